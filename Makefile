@@ -1,0 +1,51 @@
+# The two commands a newcomer needs: `make run` and `make test` (see README.md).
+# Everything they need is installed here, idempotently: a second run skips what is already there.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEBS := dovecot-imapd dovecot-lmtpd dovecot-sieve postfix redis-server lua-socket
+STAMP := $(VENV)/.installed
+
+.PHONY: run test check lint typecheck setup debs venv ferretdb clean
+
+run: setup
+	$(PY) -m bridge stack
+
+test: setup
+	$(PY) -m pytest -q
+
+check: lint typecheck
+
+lint: venv
+	$(VENV)/bin/ruff check bridge tests
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+setup: debs venv ferretdb
+
+# Debian packages: install only when one is missing (apt starts no service here; the stack starts its own).
+debs:
+	@missing=""; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections; \
+	  echo 'postfix postfix/mailname string localhost' | debconf-set-selections; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# MongoDB-compatible store: only needed when MONGODB_URL is not set.
+ferretdb:
+	@if [ -z "$$MONGODB_URL" ]; then bash scripts/install-ferretdb.sh; fi
+
+clean:
+	rm -rf var

@@ -1,0 +1,123 @@
+"""The app factory: where the protocol edges meet.
+
+`create_app(settings)` owns the process's long-lived resources. Each is opened and closed in an
+aiohttp cleanup context, in order (Redis, store, IMAP gateway, Socket.IO, consumers and spool
+drainer, SMTP filter), and reached by handlers through the typed keys in bridge.keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from bridge import keys
+from bridge.auth import TokenIssuer
+from bridge.events import Event, MessageAdded, StreamNames
+from bridge.http_api import add_routes, errors_middleware
+from bridge.imap import ImapGateway
+from bridge.realtime import Realtime
+from bridge.settings import Settings
+from bridge.smtp_filter import FilterHandler, FilterServer
+from bridge.spool import SpoolDrainer
+from bridge.store import Store
+from bridge.streams import Consumer, Publisher
+
+log = logging.getLogger(__name__)
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _supervised(name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    task = asyncio.create_task(coro, name=name)
+
+    def done(t: asyncio.Task[None]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            log.error("background task %s died: %r", name, t.exception())
+
+    task.add_done_callback(done)
+    return task
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=1 << 20)
+    app[keys.SETTINGS] = settings
+    app[keys.ISSUER] = TokenIssuer(
+        secret=settings.jwt_secret,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        ttl_s=settings.jwt_ttl_s,
+    )
+    streams = StreamNames(settings.stream_prefix)
+    realtime = Realtime(app[keys.ISSUER], settings.cors_origins)
+    app[keys.REALTIME] = realtime
+    realtime.sio.attach(app)
+    add_routes(app)
+
+    async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+        client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=10)
+        app[keys.REDIS] = client
+        app[keys.PUBLISHER] = Publisher(client, settings.spool_dir, settings.stream_maxlen)
+        yield
+        await client.aclose()
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        store = Store(settings.mongodb_url, settings.mongodb_database)
+        await store.open()
+        app[keys.STORE] = store
+        yield
+        await store.close()
+
+    async def imap_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[keys.IMAP] = ImapGateway(
+            settings.imap_host,
+            settings.imap_port,
+            settings.imap_master_user,
+            settings.imap_master_password,
+            settings.imap_timeout_s,
+        )
+        yield
+
+    async def background_ctx(app: web.Application) -> AsyncIterator[None]:
+        redis = app[keys.REDIS]
+        store = app[keys.STORE]
+
+        async def index(_stream: str, _entry_id: str, event: Event) -> None:
+            if isinstance(event, MessageAdded):
+                await store.index_message(event)
+
+        relay = Consumer(redis, streams.all(), settings.consumer_group, settings.consumer_name, realtime.relay)
+        # The index has its own group: a slow or stopped store never delays what browsers see.
+        indexer = Consumer(redis, streams.all(), f"{settings.consumer_group}-index", settings.consumer_name, index)
+        drainer = SpoolDrainer(redis, settings.spool_dir, settings.stream_maxlen)
+        tasks = [
+            _supervised("relay", relay.run()),
+            _supervised("indexer", indexer.run()),
+            _supervised("spool-drain", drainer.run()),
+        ]
+        yield
+        await _cancel(tasks)
+
+    async def filter_ctx(app: web.Application) -> AsyncIterator[None]:
+        if settings.filter_port == 0:
+            yield
+            return
+        handler = FilterHandler(app[keys.PUBLISHER], streams, settings.reinject_host, settings.reinject_port)
+        server = FilterServer(handler, settings.host, settings.filter_port)
+        await server.start()
+        yield
+        await server.stop()
+
+    app.cleanup_ctx.extend([redis_ctx, store_ctx, imap_ctx, background_ctx, filter_ctx])
+    return app

@@ -1,0 +1,75 @@
+"""JWT issue and verification (RFC 7519, with RFC 8725's best practices): pure, no I/O.
+
+A token names its subject (`sub`, the login) and the mail accounts it grants (`accounts`). The
+algorithm is pinned by configuration, never taken from the token's header, so `alg: none` and
+HS/RS key confusion are refused by construction. `iss`, `aud`, `exp` and `iat` are required.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from bridge.errors import AuthError
+
+MAX_TOKEN_BYTES = 8192  # far above any token we issue; refuses giant tokens before parsing them
+LEEWAY_S = 30  # clock skew tolerated between the host website and the bridge
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    subject: str
+    accounts: tuple[str, ...]
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenIssuer:
+    secret: str
+    issuer: str
+    audience: str
+    ttl_s: int
+    algorithm: str = "HS256"
+
+    def issue(self, subject: str, accounts: tuple[str, ...], *, now: float | None = None) -> tuple[str, int]:
+        issued = int(time.time() if now is None else now)
+        expires = issued + self.ttl_s
+        claims = {
+            "sub": subject,
+            "accounts": list(accounts),
+            "iss": self.issuer,
+            "aud": self.audience,
+            "iat": issued,
+            "nbf": issued,
+            "exp": expires,
+        }
+        return jwt.encode(claims, self.secret, algorithm=self.algorithm), expires
+
+    def verify(self, token: object) -> Identity:
+        if not isinstance(token, str) or not token:
+            raise AuthError("a token is required")
+        if len(token) > MAX_TOKEN_BYTES:
+            raise AuthError("token too large")
+        try:
+            claims = jwt.decode(
+                token,
+                self.secret,
+                algorithms=[self.algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=LEEWAY_S,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"invalid token: {exc}") from None
+        subject = claims["sub"]
+        accounts = claims.get("accounts", [subject])
+        if not isinstance(subject, str) or not isinstance(accounts, list):
+            raise AuthError("invalid token: malformed claims")
+        if not all(isinstance(a, str) and "@" in a for a in accounts):
+            raise AuthError("invalid token: malformed accounts claim")
+        return Identity(subject=subject, accounts=tuple(accounts), expires_at=int(claims["exp"]))

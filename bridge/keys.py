@@ -1,0 +1,21 @@
+"""Typed aiohttp application keys: how handlers reach the shared objects `create_app` opened."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from bridge.auth import TokenIssuer
+from bridge.imap import ImapGateway
+from bridge.realtime import Realtime
+from bridge.settings import Settings
+from bridge.store import Store
+from bridge.streams import Publisher
+
+SETTINGS = web.AppKey("settings", Settings)
+ISSUER = web.AppKey("issuer", TokenIssuer)
+REDIS = web.AppKey("redis", aioredis.Redis)
+STORE = web.AppKey("store", Store)
+IMAP = web.AppKey("imap", ImapGateway)
+REALTIME = web.AppKey("realtime", Realtime)
+PUBLISHER = web.AppKey("publisher", Publisher)

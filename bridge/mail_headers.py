@@ -1,0 +1,117 @@
+"""Bounded parsing of a message's header block for `mta.accepted` events. Pure, no I/O.
+
+Only the header block is read (RFC 5322 2.1: headers end at the first empty line), cut at
+MAX_HEADER_BYTES and MAX_HEADER_LINES, so hostile input (megabyte headers, 100k folded lines)
+costs bounded time. The body is never parsed here and never copied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from email.header import decode_header, make_header
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import parseaddr, parsedate_to_datetime
+
+from bridge.events import Direction
+
+MAX_HEADER_BYTES = 256 << 10
+MAX_HEADER_LINES = 4000
+MAX_VALUE_CHARS = 2048
+
+# Postfix's own Received: line (first one = the smtpd or pickup that queued it), e.g.
+#   by mail.example.test (Postfix) with ESMTPSA id 4Xg2Lq0dZ7z9t; ...
+#   by mail.example.test (Postfix, from userid 0) id 4Xg2...; ...
+_POSTFIX_RECEIVED = re.compile(r"\(Postfix(?P<local>, from userid \d+)?\)\s+(?:with\s+(?P<proto>\S+)\s+)?id\s+(?P<id>[0-9A-Za-z]+)")
+_AUTH_SENDER = re.compile(r"\(Authenticated sender:\s*(?P<user>[^)\s]+)\)")
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderSummary:
+    queue_id: str
+    direction: Direction
+    sasl_user: str
+    message_id: str
+    subject: str
+    from_: str
+    date: int | None
+    authentication_results: tuple[str, ...]
+    truncated: bool
+    fingerprint: str  # stable hash of the header block, for keys when no queue id is known
+
+
+def header_block(message: bytes) -> tuple[bytes, bool]:
+    """The header block (without the blank line) and whether it was cut at the bounds."""
+    match = _BLANK_LINE.search(message, 0, MAX_HEADER_BYTES + 4)
+    if match is not None:
+        block, truncated = message[: match.start()], False
+    else:
+        block = message[:MAX_HEADER_BYTES]
+        truncated = len(message) > MAX_HEADER_BYTES
+    lines = block.split(b"\n", MAX_HEADER_LINES)
+    if len(lines) > MAX_HEADER_LINES:
+        block, truncated = b"\n".join(lines[:MAX_HEADER_LINES]), True
+    return block, truncated
+
+
+def decode_text(raw: str | None) -> str:
+    """RFC 2047 decoding that never raises; junk comes out as replacement characters."""
+    if not raw:
+        return ""
+    raw = raw[: MAX_VALUE_CHARS * 4]
+    try:
+        text = str(make_header(decode_header(raw)))
+    except (ValueError, LookupError, UnicodeError, AssertionError):
+        text = raw
+    text = " ".join(text.split())
+    return text.encode("utf-8", "replace").decode("utf-8")[:MAX_VALUE_CHARS]
+
+
+def _raw(value: object) -> str:
+    # compat32 hands back str for decodable headers and Header objects for 8-bit junk.
+    text = str(value) if value is not None else ""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def summarize(message: bytes) -> HeaderSummary:
+    block, truncated = header_block(message)
+    headers = BytesHeaderParser(policy=compat32).parsebytes(block + b"\n\n")
+    queue_id, direction, sasl_user = "", Direction.INBOUND, ""
+    for received in headers.get_all("Received") or []:
+        text = _raw(received)
+        match = _POSTFIX_RECEIVED.search(text)
+        if match is None:
+            continue
+        queue_id = match.group("id")
+        auth = _AUTH_SENDER.search(text)
+        if auth is not None:
+            direction, sasl_user = Direction.OUTBOUND, auth.group("user")
+        elif match.group("local"):
+            direction = Direction.LOCAL
+        break  # the topmost Postfix line is the one that queued this message
+    date: int | None = None
+    raw_date = headers.get("Date")
+    if raw_date:
+        try:
+            date = int(parsedate_to_datetime(_raw(raw_date)).timestamp())
+        except (ValueError, TypeError, IndexError, OverflowError):
+            date = None
+    raw_from = _raw(headers.get("From"))
+    name, address = parseaddr(raw_from)
+    return HeaderSummary(
+        queue_id=queue_id,
+        direction=direction,
+        sasl_user=sasl_user,
+        message_id=_raw(headers.get("Message-ID")).strip()[:998],
+        subject=decode_text(_raw(headers.get("Subject"))),
+        from_=(f"{decode_text(name)} <{address}>" if name else address or decode_text(raw_from))[:MAX_VALUE_CHARS],
+        date=date,
+        authentication_results=tuple(
+            " ".join(_raw(v).split())[:MAX_VALUE_CHARS] for v in headers.get_all("Authentication-Results") or []
+        ),
+        truncated=truncated,
+        fingerprint=hashlib.sha256(block).hexdigest()[:32],
+    )

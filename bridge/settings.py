@@ -1,0 +1,218 @@
+"""Settings: the one place that reads the environment.
+
+`Settings` configures the bridge process (web, Socket.IO, content filter, consumers); `StackSettings`
+configures the local stack launcher (`mail-bridge stack`). Both are frozen, validated when built, and
+passed explicitly to whatever needs them; no other module reads `os.environ`.
+Every variable is documented in README.md ("Configuration").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bridge.errors import ConfigError
+
+DEFAULT_HOST = "127.0.0.1"
+
+# Defaults stay clear of the standard ports (25, 143, 587, 6379, 27017, 80/443) so the stack can run
+# beside a real mail server.
+DEFAULT_PORTS: dict[str, int] = {
+    "http": 18080,
+    "redis": 16379,
+    "mongodb": 27117,
+    "imap": 11143,
+    "lmtp": 10024,
+    "smtp": 2525,
+    "submission": 2587,
+    "filter": 10025,
+    "reinject": 10026,
+}
+
+DEFAULT_REDIS_URL = f"redis://{DEFAULT_HOST}:{DEFAULT_PORTS['redis']}/0"
+DEFAULT_MONGODB_URL = f"mongodb://{DEFAULT_HOST}:{DEFAULT_PORTS['mongodb']}/"
+MIN_SECRET_BYTES = 32
+
+
+class _Env:
+    """Typed reads from an environment mapping, each failure naming its variable."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def str(self, name: str, default: str) -> str:
+        value = self._env.get(name, "").strip()
+        return value or default
+
+    def optional(self, name: str) -> str | None:
+        value = self._env.get(name, "").strip()
+        return value or None
+
+    def int(self, name: str, default: int, *, low: int = 0, high: int = 2**31) -> int:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+        return value
+
+    def port(self, name: str, default: int) -> int:
+        return self.int(name, default, low=0, high=65535)
+
+    def list(self, name: str) -> tuple[str, ...]:
+        raw = self._env.get(name, "")
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or not (parts.hostname or parts.path):
+        raise ConfigError(f"{name} must be a {' or '.join(schemes)} URL, got {url!r}")
+    return url
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Configuration of one bridge process."""
+
+    host: str = DEFAULT_HOST
+    http_port: int = DEFAULT_PORTS["http"]
+    redis_url: str = DEFAULT_REDIS_URL
+    mongodb_url: str = DEFAULT_MONGODB_URL
+    mongodb_database: str = "mailbridge"
+    imap_host: str = DEFAULT_HOST
+    imap_port: int = DEFAULT_PORTS["imap"]
+    imap_master_user: str = ""
+    imap_master_password: str = field(default="", repr=False)
+    imap_timeout_s: float = 10.0
+    # The after-queue content filter (Postfix FILTER_README, "advanced" mode); port 0 disables it.
+    filter_port: int = DEFAULT_PORTS["filter"]
+    reinject_host: str = DEFAULT_HOST
+    reinject_port: int = DEFAULT_PORTS["reinject"]
+    jwt_secret: str = field(default="", repr=False)
+    jwt_issuer: str = "mail-bridge"
+    jwt_audience: str = "mail-bridge"
+    jwt_ttl_s: int = 3600
+    cors_origins: tuple[str, ...] = ()
+    spool_dir: Path = Path("var/spool")
+    stream_prefix: str = "mail"
+    stream_maxlen: int = 1_000_000
+    consumer_group: str = "bridge"
+    consumer_name: str = "bridge-1"
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = _Env(os.environ if env is None else env)
+        settings = cls(
+            host=e.str("BRIDGE_HOST", DEFAULT_HOST),
+            http_port=e.port("BRIDGE_HTTP_PORT", DEFAULT_PORTS["http"]),
+            redis_url=_check_url(
+                "REDIS_URL", e.str("REDIS_URL", DEFAULT_REDIS_URL), ("redis", "rediss", "unix")
+            ),
+            mongodb_url=_check_url(
+                "MONGODB_URL", e.str("MONGODB_URL", DEFAULT_MONGODB_URL), ("mongodb", "mongodb+srv")
+            ),
+            mongodb_database=e.str("BRIDGE_MONGODB_DATABASE", "mailbridge"),
+            imap_host=e.str("BRIDGE_IMAP_HOST", DEFAULT_HOST),
+            imap_port=e.port("BRIDGE_IMAP_PORT", DEFAULT_PORTS["imap"]),
+            imap_master_user=e.str("BRIDGE_IMAP_MASTER_USER", ""),
+            imap_master_password=e.str("BRIDGE_IMAP_MASTER_PASSWORD", ""),
+            filter_port=e.port("BRIDGE_FILTER_PORT", DEFAULT_PORTS["filter"]),
+            reinject_host=e.str("BRIDGE_REINJECT_HOST", DEFAULT_HOST),
+            reinject_port=e.port("BRIDGE_REINJECT_PORT", DEFAULT_PORTS["reinject"]),
+            jwt_secret=e.str("BRIDGE_JWT_SECRET", ""),
+            jwt_issuer=e.str("BRIDGE_JWT_ISSUER", "mail-bridge"),
+            jwt_audience=e.str("BRIDGE_JWT_AUDIENCE", "mail-bridge"),
+            jwt_ttl_s=e.int("BRIDGE_JWT_TTL", 3600, low=60, high=30 * 86400),
+            cors_origins=e.list("BRIDGE_CORS_ORIGINS"),
+            spool_dir=Path(e.str("BRIDGE_SPOOL_DIR", "var/spool")),
+            stream_prefix=e.str("BRIDGE_STREAM_PREFIX", "mail"),
+            stream_maxlen=e.int("BRIDGE_STREAM_MAXLEN", 1_000_000, low=1000),
+            consumer_group=e.str("BRIDGE_CONSUMER_GROUP", "bridge"),
+            consumer_name=e.str("BRIDGE_CONSUMER_NAME", "bridge-1"),
+            log_level=e.str("BRIDGE_LOG_LEVEL", "INFO").upper(),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"BRIDGE_JWT_SECRET must be set to at least {MIN_SECRET_BYTES} bytes of random text"
+            )
+        if not self.imap_master_user or not self.imap_master_password:
+            raise ConfigError(
+                "BRIDGE_IMAP_MASTER_USER and BRIDGE_IMAP_MASTER_PASSWORD must be set "
+                "(a Dovecot master user, see dovecot-conf/README.md)"
+            )
+        if self.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(f"BRIDGE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {self.log_level}")
+        if "*" in self.cors_origins:
+            raise ConfigError("BRIDGE_CORS_ORIGINS must list origins explicitly; '*' is refused")
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+
+def _default_state_dir(repo: Path) -> Path:
+    """`var/` in the checkout, unless Dovecot's mail user could not reach it there (a checkout
+    under a private home directory): then a directory of its own under /var/tmp."""
+    for part in [repo, *repo.parents]:
+        if part.exists() and not part.stat().st_mode & 0o001:
+            return Path("/var/tmp") / ("mail-bridge-" + hashlib.sha1(str(repo).encode()).hexdigest()[:10])
+    return repo / "var"
+
+
+@dataclass(frozen=True, slots=True)
+class StackSettings:
+    """Configuration of the local stack started by `make run` and by the test fixtures."""
+
+    repo_dir: Path
+    state_dir: Path
+    host: str
+    ports: Mapping[str, int]
+    ferretdb_bin: Path
+    external_mongodb_url: str | None
+    base_env: Mapping[str, str] = field(repr=False)
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, repo_dir: Path | None = None
+    ) -> StackSettings:
+        source = dict(os.environ if env is None else env)
+        e = _Env(source)
+        repo = (repo_dir or Path(__file__).resolve().parent.parent).resolve()
+        ports = {name: e.port(f"BRIDGE_{name.upper()}_PORT", port) for name, port in DEFAULT_PORTS.items()}
+        used: dict[int, str] = {}
+        for name, port in ports.items():
+            if port == 0:
+                raise ConfigError(f"BRIDGE_{name.upper()}_PORT must not be 0 for the local stack")
+            if port in used:
+                raise ConfigError(
+                    f"BRIDGE_{name.upper()}_PORT and BRIDGE_{used[port].upper()}_PORT are both {port}"
+                )
+            used[port] = name
+        cache = Path(e.str("MAIL_BRIDGE_CACHE", str(Path.home() / ".cache" / "mail-bridge")))
+        version = e.str("FERRETDB_VERSION", "v1.24.2")
+        mongodb_url = e.optional("MONGODB_URL")
+        if mongodb_url:
+            _check_url("MONGODB_URL", mongodb_url, ("mongodb", "mongodb+srv"))
+        return cls(
+            repo_dir=repo,
+            state_dir=Path(e.str("BRIDGE_STATE_DIR", str(_default_state_dir(repo)))).resolve(),
+            host=e.str("BRIDGE_HOST", DEFAULT_HOST),
+            ports=ports,
+            ferretdb_bin=Path(e.str("FERRETDB_BIN", str(cache / f"ferretdb-{version}"))),
+            external_mongodb_url=mongodb_url,
+            base_env=source,
+        )

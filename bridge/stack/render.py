@@ -1,0 +1,147 @@
+"""Render the local stack's configuration: Dovecot and Postfix files, users, secrets.
+
+Templates live in dovecot-conf/ and postfix-conf/ and use `@NAME@` placeholders (Dovecot and Postfix
+both give `$` a meaning of their own). The admin snippets are rendered as they ship, so the stack
+runs exactly what a mail admin installs. Secrets (demo passwords, the master password, the JWT key)
+are generated once and kept in the state directory, so logins survive a restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import grp
+import hashlib
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridge.errors import ConfigError
+from bridge.settings import StackSettings
+
+DEMO_USERS = ("alice@example.test", "bob@example.test")
+MASTER_USER = "bridge"
+_PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
+
+
+@dataclass(frozen=True, slots=True)
+class StackSecrets:
+    passwords: dict[str, str]
+    master_password: str
+    jwt_secret: str
+
+
+def ssha256(password: str) -> str:
+    """Dovecot's {SSHA256} scheme: base64(sha256(password + salt) + salt)."""
+    salt = secrets.token_bytes(8)
+    digest = hashlib.sha256(password.encode() + salt).digest()
+    return "{SSHA256}" + base64.b64encode(digest + salt).decode()
+
+
+def render_text(template: str, values: dict[str, str]) -> str:
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise ConfigError(f"template placeholder @{name}@ has no value")
+        return values[name]
+
+    return _PLACEHOLDER.sub(substitute, template)
+
+
+def load_secrets(path: Path) -> StackSecrets:
+    data: dict[str, object] = {}
+    if path.exists():
+        data = json.loads(path.read_text())
+    passwords = dict(data.get("passwords", {}))  # type: ignore[call-overload]
+    for user in DEMO_USERS:
+        passwords.setdefault(user, secrets.token_urlsafe(12))
+    result = StackSecrets(
+        passwords=passwords,
+        master_password=str(data.get("master_password") or secrets.token_urlsafe(24)),
+        jwt_secret=str(data.get("jwt_secret") or secrets.token_urlsafe(48)),
+    )
+    path.write_text(
+        json.dumps(
+            {
+                "passwords": result.passwords,
+                "master_password": result.master_password,
+                "jwt_secret": result.jwt_secret,
+            },
+            indent=2,
+        )
+    )
+    path.chmod(0o600)
+    return result
+
+
+def _write(path: Path, text: str, mode: int = 0o644, group: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+    if group is not None:
+        os.chown(path, -1, group)
+
+
+def render_all(settings: StackSettings, stack_secrets: StackSecrets, mail_uid: int, mail_gid: int) -> None:
+    # Password files are read by Dovecot's auth process, which runs as the dovecot user.
+    auth_gid = grp.getgrnam("dovecot").gr_gid
+    repo, state, ports = settings.repo_dir, settings.state_dir, settings.ports
+    values = {
+        "STATE": str(state),
+        "HOST": settings.host,
+        "INSTANCE": "mail-bridge-" + hashlib.sha1(str(state).encode()).hexdigest()[:8],
+        "MAIL_UID": str(mail_uid),
+        "MAIL_GID": str(mail_gid),
+        "IMAP_PORT": str(ports["imap"]),
+        "LMTP_PORT": str(ports["lmtp"]),
+        "SMTP_PORT": str(ports["smtp"]),
+        "SUBMISSION_PORT": str(ports["submission"]),
+        "FILTER_HOST": settings.host,
+        "FILTER_PORT": str(ports["filter"]),
+        "REINJECT_HOST": settings.host,
+        "REINJECT_PORT": str(ports["reinject"]),
+        "REDIS_HOST": settings.host,
+        "REDIS_PORT": str(ports["redis"]),
+        "STREAM": "mail:dovecot",
+        "SPOOL": str(state / "spool"),
+        "HOOK": str(state / "dovecot" / "mail-bridge-push.lua"),
+        "MASTER_USERS": str(state / "dovecot" / "master-users"),
+    }
+    dovecot = state / "dovecot"
+    for name in ("90-mail-bridge.conf", "91-mail-bridge-master.conf"):
+        _write(dovecot / name, render_text((repo / "dovecot-conf" / name).read_text(), values))
+    _write(
+        dovecot / "dovecot.conf",
+        render_text((repo / "dovecot-conf" / "stack" / "dovecot.conf.in").read_text(), values),
+    )
+    # The hook runs inside lmtp/imap as the mail user: it must be readable from the state dir.
+    _write(dovecot / "mail-bridge-push.lua", (repo / "hooks" / "mail-bridge-push.lua").read_text())
+    users = "".join(
+        f"{user}:{ssha256(password)}:{mail_uid}:{mail_gid}::{state / 'mail' / user.split('@')[1] / user.split('@')[0]}::\n"
+        for user, password in stack_secrets.passwords.items()
+    )
+    _write(dovecot / "users", users, 0o640, auth_gid)
+    _write(dovecot / "master-users", f"{MASTER_USER}:{ssha256(stack_secrets.master_password)}\n", 0o640, auth_gid)
+
+    etc = state / "postfix" / "etc"
+    main_cf = render_text((repo / "postfix-conf" / "stack" / "main.cf.in").read_text(), values)
+    main_cf += "\n" + render_text((repo / "postfix-conf" / "main.cf.snippet").read_text(), values)
+    master_cf = render_text((repo / "postfix-conf" / "stack" / "master.cf.in").read_text(), values)
+    master_cf += "\n" + render_text((repo / "postfix-conf" / "master.cf.snippet").read_text(), values)
+    _write(etc / "main.cf", main_cf)
+    _write(etc / "master.cf", master_cf)
+    _write(etc / "vmailbox", "".join(f"{user} ok\n" for user in stack_secrets.passwords))
+    _write(etc / "sender_logins", "".join(f"{user} {user}\n" for user in stack_secrets.passwords))
+
+
+def world_traversable(path: Path) -> bool:
+    """Can another user (Dovecot's mail user) reach `path`? Every ancestor needs o+x."""
+    for part in [path, *path.parents]:
+        try:
+            if not os.stat(part).st_mode & 0o001:
+                return False
+        except FileNotFoundError:
+            continue
+    return True

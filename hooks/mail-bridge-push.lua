@@ -1,0 +1,429 @@
+-- mail-bridge push hook: Dovecot push_notification Lua driver -> Redis Stream.
+--
+-- Loaded by Dovecot 2.3's push_notification_lua plugin for lmtp and imap (see dovecot-conf/).
+-- Contract:
+--   * Every mail-store event of a committed transaction becomes one msgpack event (docs/events.md),
+--     XADDed to the stream named by mail_bridge_stream, in transaction order, pipelined.
+--   * Never fails a delivery or an IMAP command: every step is protected, and the whole Redis
+--     exchange is bounded by mail_bridge_timeout_msecs (default 100 ms) per transaction.
+--   * Never loses an event: when Redis cannot take them, the transaction's events are written to a
+--     spool file (created as .tmp, renamed to .mp when complete) that the bridge drains in order.
+--     While a PENDING marker exists in the spool, new events go to the spool too, so order holds.
+-- Settings (plugin { } block): mail_bridge_redis_host, mail_bridge_redis_port,
+-- mail_bridge_redis_password, mail_bridge_redis_db, mail_bridge_stream, mail_bridge_stream_maxlen,
+-- mail_bridge_spool_dir, mail_bridge_timeout_msecs.
+-- Dovecot push_notification events: RFC 5423 names; Lua API: Dovecot 2.3 admin manual, "Lua".
+-- This runs inside the lmtp/imap process as the mail user, so it only needs lua-socket.
+
+local has_socket, socket = pcall(require, "socket")
+
+local SCHEMA_VERSION = 1
+local MAX_TEXT = 4096 -- bytes kept of a raw header value (a To: with thousands of recipients)
+
+-- ---------------------------------------------------------------- logging (never log mail content)
+
+local function log_error(msg)
+  if dovecot and dovecot.i_error then pcall(dovecot.i_error, "mail-bridge: " .. msg) end
+end
+
+local function log_warning(msg)
+  if dovecot and dovecot.i_warning then pcall(dovecot.i_warning, "mail-bridge: " .. msg) end
+end
+
+-- ---------------------------------------------------------------- values
+
+-- Dovecot pushes numbers with lua_pushnumber: they arrive as floats (uid 6 is 6.0).
+local function int(v)
+  if type(v) ~= "number" then return nil end
+  return math.tointeger(v) or math.tointeger(math.floor(v))
+end
+
+-- Replace bytes that are not valid UTF-8 (8-bit junk in raw headers) with U+FFFD, so every
+-- consumer can decode the string; cut over-long values first.
+local function text(s, limit)
+  if s == nil then return nil end
+  s = tostring(s)
+  limit = limit or MAX_TEXT
+  if #s > limit then s = s:sub(1, limit) end
+  if utf8.len(s) then return s end
+  local out, i = {}, 1
+  while i <= #s do
+    local ok, bad = utf8.len(s, i)
+    if ok then
+      out[#out + 1] = s:sub(i)
+      break
+    end
+    out[#out + 1] = s:sub(i, bad - 1)
+    out[#out + 1] = "\u{FFFD}"
+    i = bad + 1
+  end
+  return table.concat(out)
+end
+
+local ARRAY = {} -- metatable marking a table to encode as a msgpack array (even when empty)
+
+local function array(t)
+  return setmetatable(t or {}, ARRAY)
+end
+
+-- System flags and keywords, without \Recent (session-local, RFC 3501 2.3.2): arrays of strings.
+local function flag_list(list)
+  local out = array()
+  if type(list) ~= "table" then return out end
+  for _, f in ipairs(list) do
+    if f ~= "\\Recent" then out[#out + 1] = text(f, 256) end
+  end
+  return out
+end
+
+-- ---------------------------------------------------------------- msgpack writer (spec: msgpack.org)
+
+local pack = string.pack
+
+local function mp_encode(v, out)
+  local t = type(v)
+  if t == "nil" then
+    out[#out + 1] = "\xc0"
+  elseif t == "boolean" then
+    out[#out + 1] = v and "\xc3" or "\xc2"
+  elseif t == "number" then
+    local i = math.tointeger(v)
+    if i == nil then
+      out[#out + 1] = pack(">Bd", 0xcb, v)
+    elseif i >= 0 then
+      if i < 0x80 then out[#out + 1] = pack("B", i)
+      elseif i < 0x100 then out[#out + 1] = pack(">BB", 0xcc, i)
+      elseif i < 0x10000 then out[#out + 1] = pack(">BI2", 0xcd, i)
+      elseif i < 0x100000000 then out[#out + 1] = pack(">BI4", 0xce, i)
+      else out[#out + 1] = pack(">Bi8", 0xcf, i) end
+    else
+      if i >= -32 then out[#out + 1] = pack("b", i)
+      elseif i >= -0x80 then out[#out + 1] = pack(">Bb", 0xd0, i)
+      elseif i >= -0x8000 then out[#out + 1] = pack(">Bi2", 0xd1, i)
+      elseif i >= -0x80000000 then out[#out + 1] = pack(">Bi4", 0xd2, i)
+      else out[#out + 1] = pack(">Bi8", 0xd3, i) end
+    end
+  elseif t == "string" then
+    local n = #v
+    if n < 32 then out[#out + 1] = pack("B", 0xa0 + n)
+    elseif n < 0x100 then out[#out + 1] = pack(">BB", 0xd9, n)
+    elseif n < 0x10000 then out[#out + 1] = pack(">BI2", 0xda, n)
+    else out[#out + 1] = pack(">BI4", 0xdb, n) end
+    out[#out + 1] = v
+  elseif t == "table" then
+    if getmetatable(v) == ARRAY then
+      local n = #v
+      if n < 16 then out[#out + 1] = pack("B", 0x90 + n)
+      elseif n < 0x10000 then out[#out + 1] = pack(">BI2", 0xdc, n)
+      else out[#out + 1] = pack(">BI4", 0xdd, n) end
+      for k = 1, n do mp_encode(v[k], out) end
+    else
+      local keys = {}
+      for k in pairs(v) do keys[#keys + 1] = k end
+      table.sort(keys) -- deterministic bytes: the same event always encodes the same way
+      local n = #keys
+      if n < 16 then out[#out + 1] = pack("B", 0x80 + n)
+      else out[#out + 1] = pack(">BI2", 0xde, n) end
+      for _, k in ipairs(keys) do
+        mp_encode(k, out)
+        mp_encode(v[k], out)
+      end
+    end
+  else
+    error("cannot encode a " .. t)
+  end
+end
+
+local function msgpack(v)
+  local out = {}
+  mp_encode(v, out)
+  return table.concat(out)
+end
+
+-- ---------------------------------------------------------------- time and keys
+
+local function now_us()
+  if has_socket then return math.floor(socket.gettime() * 1000000) end
+  return os.time() * 1000000
+end
+
+local function txn_id()
+  return string.format("%x-%08x", now_us(), math.random(0, 0x7fffffff))
+end
+
+-- ---------------------------------------------------------------- transaction
+
+local function setting(user, key, default)
+  local ok, value = pcall(function() return user:plugin_getenv("mail_bridge_" .. key) end)
+  if not ok or value == nil or value == "" then return default end
+  return value
+end
+
+function script_init()
+  return 0
+end
+
+function script_deinit()
+end
+
+function dovecot_lua_notify_begin_txn(user)
+  return {
+    account = user.username,
+    id = txn_id(),
+    ts = now_us() // 1000,
+    events = {},
+    seen = {}, -- "mailbox\0uid\0flag" -> true, to fold MessageRead/MessageTrash into FlagsSet
+    folded = {}, -- MessageRead/MessageTrash awaiting a matching FlagsSet
+    cfg = {
+      host = setting(user, "redis_host", "127.0.0.1"),
+      port = tonumber(setting(user, "redis_port", "6379")),
+      password = setting(user, "redis_password", nil),
+      db = tonumber(setting(user, "redis_db", "0")),
+      stream = setting(user, "stream", "mail:dovecot"),
+      maxlen = setting(user, "stream_maxlen", "1000000"),
+      spool = setting(user, "spool_dir", "/var/spool/mail-bridge"),
+      timeout = (tonumber(setting(user, "timeout_msecs", "100")) or 100) / 1000,
+    },
+  }
+end
+
+local function base(ctx, kind, ev)
+  return {
+    v = SCHEMA_VERSION,
+    kind = kind,
+    ts = ctx.ts,
+    account = text(ctx.account, 512),
+    mailbox = text(ev.mailbox, 1024),
+  }
+end
+
+local function message(ctx, kind, ev)
+  local e = base(ctx, kind, ev)
+  e.uidvalidity = int(ev.uid_validity)
+  e.uid = int(ev.uid)
+  -- One UID is assigned once per (mailbox, UIDVALIDITY) (RFC 3501 2.3.1.1): a stable key.
+  e.key = string.format("dovecot:%s:%s:%s:%d:%d", kind, e.account, e.mailbox, e.uidvalidity, e.uid)
+  return e
+end
+
+local function add(ctx, e)
+  if e.key == nil then e.key = string.format("dovecot:%s.%d", ctx.id, #ctx.events + 1) end
+  ctx.events[#ctx.events + 1] = e
+end
+
+local function added(ctx, kind, ev)
+  local e = message(ctx, kind, ev)
+  e.from = text(ev.from)
+  e.from_address = text(ev.from_address, 512)
+  e.from_name = text(ev.from_display_name, 512)
+  e.to = text(ev.to)
+  e.to_address = text(ev.to_address, 512)
+  e.to_name = text(ev.to_display_name, 512)
+  e.subject = text(ev.subject, 2048)
+  e.snippet = text(ev.snippet, 1024)
+  e.message_id = text(ev.message_id, 1024)
+  local date = int(ev.date)
+  if date ~= nil and date ~= 0 then e.date = date end -- 0 means "no Date header"
+  e.tz = int(ev.tz) or 0
+  e.flags = flag_list(ev.flags)
+  e.keywords = flag_list(ev.keywords)
+  add(ctx, e)
+end
+
+local function flags_changed(ctx, kind, ev)
+  local flags, keywords = flag_list(ev.flags), flag_list(ev.keywords)
+  -- Dovecot sends FlagsSet and FlagsClear in pairs, one of them usually empty: drop the empty one.
+  if #flags == 0 and #keywords == 0 then return end
+  local e = message(ctx, kind, ev)
+  e.key = nil -- flags change back and forth: key the occurrence, not the message
+  e.flags = flags
+  e.keywords = keywords
+  if kind == "flags.set" then
+    for _, f in ipairs(flags) do ctx.seen[string.format("%s\0%d\0%s", e.mailbox, e.uid, f)] = true end
+  end
+  add(ctx, e)
+end
+
+local function folded(ctx, flag, ev)
+  ctx.folded[#ctx.folded + 1] = { flag = flag, ev = ev }
+end
+
+local function mailbox_event(ctx, kind, ev)
+  local e = base(ctx, kind, ev)
+  if kind == "mailbox.rename" then e.old_mailbox = text(ev.mailbox_old, 1024) end
+  add(ctx, e)
+end
+
+-- A handler's error must not reach Dovecot (it would be logged per event, and the event lost quietly).
+local function guard(name, fn, ...)
+  local bound = table.pack(...)
+  return function(ctx, ev)
+    local ok, err = pcall(fn, ctx, table.unpack(bound, 1, bound.n), ev)
+    if not ok then log_error(string.format("dropped a %s event: %s", name, tostring(err))) end
+  end
+end
+
+local function event_handler(fn, kind) return guard(kind, fn, kind) end
+
+dovecot_lua_notify_event_message_new = event_handler(added, "message.new")
+dovecot_lua_notify_event_message_append = event_handler(added, "message.append")
+dovecot_lua_notify_event_message_expunge = guard("message.expunge", function(ctx, ev)
+  add(ctx, message(ctx, "message.expunge", ev))
+end)
+dovecot_lua_notify_event_flags_set = event_handler(flags_changed, "flags.set")
+dovecot_lua_notify_event_flags_clear = event_handler(flags_changed, "flags.clear")
+dovecot_lua_notify_event_message_read = guard("MessageRead", folded, "\\Seen")
+dovecot_lua_notify_event_message_trash = guard("MessageTrash", folded, "\\Deleted")
+dovecot_lua_notify_event_mailbox_create = event_handler(mailbox_event, "mailbox.create")
+dovecot_lua_notify_event_mailbox_delete = event_handler(mailbox_event, "mailbox.delete")
+dovecot_lua_notify_event_mailbox_rename = event_handler(mailbox_event, "mailbox.rename")
+dovecot_lua_notify_event_mailbox_subscribe = event_handler(mailbox_event, "mailbox.subscribe")
+dovecot_lua_notify_event_mailbox_unsubscribe = event_handler(mailbox_event, "mailbox.unsubscribe")
+
+-- MessageRead / MessageTrash say what a FlagsSet already says; keep one only when no FlagsSet did.
+local function fold(ctx)
+  for _, f in ipairs(ctx.folded) do
+    local mailbox, uid = text(f.ev.mailbox, 1024), int(f.ev.uid)
+    if not ctx.seen[string.format("%s\0%d\0%s", mailbox, uid, f.flag)] then
+      local e = message(ctx, "flags.set", f.ev)
+      e.key = nil
+      e.flags = array({ f.flag })
+      e.keywords = array()
+      add(ctx, e)
+    end
+  end
+end
+
+-- ---------------------------------------------------------------- Redis (RESP2, pipelined)
+
+local function resp(args)
+  local out = { "*" .. #args .. "\r\n" }
+  for _, a in ipairs(args) do
+    out[#out + 1] = "$" .. #a .. "\r\n"
+    out[#out + 1] = a
+    out[#out + 1] = "\r\n"
+  end
+  return table.concat(out)
+end
+
+-- Reads one reply; returns true for a success reply, or nil and the error.
+local function read_reply(sock)
+  local line, err = sock:receive("*l")
+  if not line then return nil, err end
+  local prefix = line:sub(1, 1)
+  if prefix == "-" then return nil, line:sub(2) end
+  if prefix == "$" then
+    local n = tonumber(line:sub(2))
+    if n and n >= 0 then
+      local _, berr = sock:receive(n + 2)
+      if berr then return nil, berr end
+    end
+  end
+  return true
+end
+
+-- Sends every payload; returns how many were confirmed in order (all or fewer) and an error.
+local function publish(cfg, payloads)
+  if not has_socket then return 0, "lua-socket is not installed" end
+  local deadline = socket.gettime() + cfg.timeout
+  local sock = socket.tcp()
+  local function remaining()
+    local r = deadline - socket.gettime()
+    if r <= 0 then return nil end
+    sock:settimeout(r)
+    return r
+  end
+  remaining()
+  local ok, err = sock:connect(cfg.host, cfg.port)
+  if not ok then sock:close(); return 0, "connect: " .. tostring(err) end
+  local commands, expected = {}, 0
+  if cfg.password then
+    commands[#commands + 1] = resp({ "AUTH", cfg.password })
+    expected = expected + 1
+  end
+  if cfg.db and cfg.db ~= 0 then
+    commands[#commands + 1] = resp({ "SELECT", tostring(cfg.db) })
+    expected = expected + 1
+  end
+  local preamble = expected
+  for _, p in ipairs(payloads) do
+    commands[#commands + 1] = resp({ "XADD", cfg.stream, "MAXLEN", "~", cfg.maxlen, "*", "e", p })
+  end
+  expected = expected + #payloads
+  if not remaining() then sock:close(); return 0, "timeout" end
+  ok, err = sock:send(table.concat(commands))
+  if not ok then sock:close(); return 0, "send: " .. tostring(err) end
+  local confirmed = 0
+  for i = 1, expected do
+    if not remaining() then err = "timeout"; break end
+    local good, rerr = read_reply(sock)
+    if not good then err = rerr; break end
+    if i > preamble then confirmed = confirmed + 1 end
+  end
+  sock:close()
+  if confirmed == #payloads then return confirmed, nil end
+  return confirmed, err or "short reply"
+end
+
+-- ---------------------------------------------------------------- spool
+
+local function spool(cfg, events, from)
+  local dir = cfg.spool
+  local pending = io.open(dir .. "/PENDING", "a")
+  if pending then pending:close() end
+  local name = string.format("%s/%016d-%08x", dir, now_us(), math.random(0, 0x7fffffff))
+  local f, err = io.open(name .. ".tmp", "wb")
+  if not f then
+    log_error(string.format("LOST %d event(s): cannot write spool %s: %s", #events - from + 1, dir, err))
+    return false
+  end
+  local chunks = {}
+  for i = from, #events do
+    chunks[#chunks + 1] = msgpack(array({ cfg.stream, events[i] }))
+  end
+  local ok, werr = f:write(table.concat(chunks))
+  local closed, cerr = f:close()
+  if not ok or not closed then
+    os.remove(name .. ".tmp")
+    log_error(string.format("LOST %d event(s): spool write failed: %s", #events - from + 1,
+      tostring(werr or cerr)))
+    return false
+  end
+  local renamed, rerr = os.rename(name .. ".tmp", name .. ".mp")
+  if not renamed then
+    log_error("spool rename failed: " .. tostring(rerr))
+    return false
+  end
+  return true
+end
+
+local function spool_pending(cfg)
+  local f = io.open(cfg.spool .. "/PENDING", "r")
+  if f then f:close(); return true end
+  return false
+end
+
+local function deliver(ctx)
+  fold(ctx)
+  local events = ctx.events
+  if #events == 0 then return end
+  local cfg = ctx.cfg
+  if spool_pending(cfg) then
+    spool(cfg, events, 1)
+    return
+  end
+  local payloads = {}
+  for i, e in ipairs(events) do payloads[i] = msgpack(e) end
+  local confirmed, err = publish(cfg, payloads)
+  if confirmed < #events then
+    log_warning(string.format("redis %s:%s: %s; spooling %d event(s)", cfg.host, cfg.port, tostring(err),
+      #events - confirmed))
+    spool(cfg, events, confirmed + 1)
+  end
+end
+
+function dovecot_lua_notify_end_txn(ctx, success)
+  if success == false then return end -- the transaction was rolled back: nothing happened
+  local ok, err = pcall(deliver, ctx)
+  if not ok then log_error("hook failed: " .. tostring(err)) end
+end

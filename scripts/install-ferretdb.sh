@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Build the pinned FerretDB (MongoDB wire protocol over SQLite) once, into a cache outside the clone.
+# `go install ...@version` builds a binary that panics at start: the release version lives in an
+# untracked build/version/version.txt, so we build from a writable copy of the module with that file.
+set -euo pipefail
+version="${FERRETDB_VERSION:-v1.24.2}"
+cache="${MAIL_BRIDGE_CACHE:-$HOME/.cache/mail-bridge}"
+bin="$cache/ferretdb-$version"
+if [ -x "$bin" ]; then exit 0; fi
+command -v go >/dev/null || { echo "install-ferretdb: the Go toolchain is needed to build FerretDB" >&2; exit 1; }
+mkdir -p "$cache"
+export GOTOOLCHAIN=local GOFLAGS=-mod=mod
+echo "building FerretDB $version (once; cached in $cache)"
+src=$(cd "$cache" && go mod download -json "github.com/FerretDB/FerretDB@$version" \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+work=$(mktemp -d)
+trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
+cp -r "$src/." "$work/"
+chmod -R u+w "$work"
+echo "$version" > "$work/build/version/version.txt"
+(cd "$work" && go build -trimpath -o "$bin.tmp" ./cmd/ferretdb)
+mv "$bin.tmp" "$bin"
+echo "FerretDB $version built: $bin"
