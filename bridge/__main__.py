@@ -28,8 +28,14 @@ def serve() -> int:
 
     settings = Settings.from_env()
     _logging(settings.log_level)
-    web.run_app(create_app(settings), host=settings.host, port=settings.http_port, print=None,
-                access_log=None, handle_signals=True)
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.http_port,
+        print=None,
+        access_log=None,
+        handle_signals=True,
+    )
     return 0
 
 

@@ -144,7 +144,8 @@ def _plain(record: Any) -> dict[str, Any]:
 
 
 def encode(event: Event) -> bytes:
-    return typing.cast(bytes, msgpack.packb(to_wire(event), use_bin_type=True))
+    packed: bytes = msgpack.packb(to_wire(event), use_bin_type=True)
+    return packed
 
 
 def from_wire(data: Any) -> Event:
@@ -155,7 +156,7 @@ def from_wire(data: Any) -> Event:
         raise DecodeError(f"unsupported schema version {version!r} (this bridge reads v{SCHEMA_VERSION})")
     raw_kind = data.get("kind")
     try:
-        kind = Kind(raw_kind)
+        kind = Kind(str(raw_kind))
     except ValueError:
         raise DecodeError(f"unknown event kind {raw_kind!r}") from None
     try:

@@ -92,8 +92,9 @@ async def health(request: web.Request) -> web.Response:
             raise result
         report[name] = "ok" if not isinstance(result, BaseException) else f"down: {result}"
     healthy = all(value == "ok" for value in report.values())
-    return web.json_response({"status": "ok" if healthy else "degraded", "checks": report},
-                             status=200 if healthy else 503)
+    return web.json_response(
+        {"status": "ok" if healthy else "degraded", "checks": report}, status=200 if healthy else 503
+    )
 
 
 def add_routes(app: web.Application) -> None:

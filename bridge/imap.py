@@ -6,7 +6,6 @@ reads go through the master user (`user*master`, Dovecot "Master users/passwords
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 
@@ -48,7 +47,7 @@ class ImapGateway:
         client = aioimaplib.IMAP4(host=self.host, port=self.port, timeout=self.timeout_s)
         try:
             await client.wait_hello_from_server()
-        except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:
             raise Unavailable(f"IMAP server {self.host}:{self.port} did not answer: {exc}") from None
         return client
 
@@ -58,7 +57,7 @@ class ImapGateway:
         try:
             response = await client.login(_quoted(email), password)
             return bool(response.result == "OK")
-        except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:
             raise Unavailable(f"IMAP login did not complete: {exc}") from None
         finally:
             await _close(client)
@@ -72,7 +71,7 @@ async def _close(client: aioimaplib.IMAP4) -> None:
     try:
         if client.get_state() in ("AUTH", "SELECTED", "NONAUTH"):
             await client.logout()
-    except (OSError, TimeoutError, asyncio.TimeoutError, aioimaplib.Abort, aioimaplib.CommandTimeout):
+    except (OSError, TimeoutError, aioimaplib.Abort, aioimaplib.CommandTimeout):
         pass
     finally:
         transport = getattr(client.protocol, "transport", None)

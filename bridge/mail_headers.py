@@ -24,7 +24,9 @@ MAX_VALUE_CHARS = 2048
 # Postfix's own Received: line (first one = the smtpd or pickup that queued it), e.g.
 #   by mail.example.test (Postfix) with ESMTPSA id 4Xg2Lq0dZ7z9t; ...
 #   by mail.example.test (Postfix, from userid 0) id 4Xg2...; ...
-_POSTFIX_RECEIVED = re.compile(r"\(Postfix(?P<local>, from userid \d+)?\)\s+(?:with\s+(?P<proto>\S+)\s+)?id\s+(?P<id>[0-9A-Za-z]+)")
+_POSTFIX_RECEIVED = re.compile(
+    r"\(Postfix(?P<local>, from userid \d+)?\)\s+(?:with\s+(?P<proto>\S+)\s+)?id\s+(?P<id>[0-9A-Za-z]+)"
+)
 _AUTH_SENDER = re.compile(r"\(Authenticated sender:\s*(?P<user>[^)\s]+)\)")
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 

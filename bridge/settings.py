@@ -44,7 +44,7 @@ class _Env:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
 
-    def str(self, name: str, default: str) -> str:
+    def text(self, name: str, default: str) -> str:
         value = self._env.get(name, "").strip()
         return value or default
 
@@ -52,7 +52,7 @@ class _Env:
         value = self._env.get(name, "").strip()
         return value or None
 
-    def int(self, name: str, default: int, *, low: int = 0, high: int = 2**31) -> int:
+    def integer(self, name: str, default: int, *, low: int = 0, high: int = 2**31) -> int:
         raw = self._env.get(name, "").strip()
         if not raw:
             return default
@@ -65,9 +65,9 @@ class _Env:
         return value
 
     def port(self, name: str, default: int) -> int:
-        return self.int(name, default, low=0, high=65535)
+        return self.integer(name, default, low=0, high=65535)
 
-    def list(self, name: str) -> tuple[str, ...]:
+    def items(self, name: str) -> tuple[str, ...]:
         raw = self._env.get(name, "")
         return tuple(item.strip() for item in raw.split(",") if item.strip())
 
@@ -113,42 +113,38 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         e = _Env(os.environ if env is None else env)
         settings = cls(
-            host=e.str("BRIDGE_HOST", DEFAULT_HOST),
+            host=e.text("BRIDGE_HOST", DEFAULT_HOST),
             http_port=e.port("BRIDGE_HTTP_PORT", DEFAULT_PORTS["http"]),
-            redis_url=_check_url(
-                "REDIS_URL", e.str("REDIS_URL", DEFAULT_REDIS_URL), ("redis", "rediss", "unix")
-            ),
+            redis_url=_check_url("REDIS_URL", e.text("REDIS_URL", DEFAULT_REDIS_URL), ("redis", "rediss", "unix")),
             mongodb_url=_check_url(
-                "MONGODB_URL", e.str("MONGODB_URL", DEFAULT_MONGODB_URL), ("mongodb", "mongodb+srv")
+                "MONGODB_URL", e.text("MONGODB_URL", DEFAULT_MONGODB_URL), ("mongodb", "mongodb+srv")
             ),
-            mongodb_database=e.str("BRIDGE_MONGODB_DATABASE", "mailbridge"),
-            imap_host=e.str("BRIDGE_IMAP_HOST", DEFAULT_HOST),
+            mongodb_database=e.text("BRIDGE_MONGODB_DATABASE", "mailbridge"),
+            imap_host=e.text("BRIDGE_IMAP_HOST", DEFAULT_HOST),
             imap_port=e.port("BRIDGE_IMAP_PORT", DEFAULT_PORTS["imap"]),
-            imap_master_user=e.str("BRIDGE_IMAP_MASTER_USER", ""),
-            imap_master_password=e.str("BRIDGE_IMAP_MASTER_PASSWORD", ""),
+            imap_master_user=e.text("BRIDGE_IMAP_MASTER_USER", ""),
+            imap_master_password=e.text("BRIDGE_IMAP_MASTER_PASSWORD", ""),
             filter_port=e.port("BRIDGE_FILTER_PORT", DEFAULT_PORTS["filter"]),
-            reinject_host=e.str("BRIDGE_REINJECT_HOST", DEFAULT_HOST),
+            reinject_host=e.text("BRIDGE_REINJECT_HOST", DEFAULT_HOST),
             reinject_port=e.port("BRIDGE_REINJECT_PORT", DEFAULT_PORTS["reinject"]),
-            jwt_secret=e.str("BRIDGE_JWT_SECRET", ""),
-            jwt_issuer=e.str("BRIDGE_JWT_ISSUER", "mail-bridge"),
-            jwt_audience=e.str("BRIDGE_JWT_AUDIENCE", "mail-bridge"),
-            jwt_ttl_s=e.int("BRIDGE_JWT_TTL", 3600, low=60, high=30 * 86400),
-            cors_origins=e.list("BRIDGE_CORS_ORIGINS"),
-            spool_dir=Path(e.str("BRIDGE_SPOOL_DIR", "var/spool")),
-            stream_prefix=e.str("BRIDGE_STREAM_PREFIX", "mail"),
-            stream_maxlen=e.int("BRIDGE_STREAM_MAXLEN", 1_000_000, low=1000),
-            consumer_group=e.str("BRIDGE_CONSUMER_GROUP", "bridge"),
-            consumer_name=e.str("BRIDGE_CONSUMER_NAME", "bridge-1"),
-            log_level=e.str("BRIDGE_LOG_LEVEL", "INFO").upper(),
+            jwt_secret=e.text("BRIDGE_JWT_SECRET", ""),
+            jwt_issuer=e.text("BRIDGE_JWT_ISSUER", "mail-bridge"),
+            jwt_audience=e.text("BRIDGE_JWT_AUDIENCE", "mail-bridge"),
+            jwt_ttl_s=e.integer("BRIDGE_JWT_TTL", 3600, low=60, high=30 * 86400),
+            cors_origins=e.items("BRIDGE_CORS_ORIGINS"),
+            spool_dir=Path(e.text("BRIDGE_SPOOL_DIR", "var/spool")),
+            stream_prefix=e.text("BRIDGE_STREAM_PREFIX", "mail"),
+            stream_maxlen=e.integer("BRIDGE_STREAM_MAXLEN", 1_000_000, low=1000),
+            consumer_group=e.text("BRIDGE_CONSUMER_GROUP", "bridge"),
+            consumer_name=e.text("BRIDGE_CONSUMER_NAME", "bridge-1"),
+            log_level=e.text("BRIDGE_LOG_LEVEL", "INFO").upper(),
         )
         settings.validate()
         return settings
 
     def validate(self) -> None:
         if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
-            raise ConfigError(
-                f"BRIDGE_JWT_SECRET must be set to at least {MIN_SECRET_BYTES} bytes of random text"
-            )
+            raise ConfigError(f"BRIDGE_JWT_SECRET must be set to at least {MIN_SECRET_BYTES} bytes of random text")
         if not self.imap_master_user or not self.imap_master_password:
             raise ConfigError(
                 "BRIDGE_IMAP_MASTER_USER and BRIDGE_IMAP_MASTER_PASSWORD must be set "
@@ -186,9 +182,7 @@ class StackSettings:
     base_env: Mapping[str, str] = field(repr=False)
 
     @classmethod
-    def from_env(
-        cls, env: Mapping[str, str] | None = None, *, repo_dir: Path | None = None
-    ) -> StackSettings:
+    def from_env(cls, env: Mapping[str, str] | None = None, *, repo_dir: Path | None = None) -> StackSettings:
         source = dict(os.environ if env is None else env)
         e = _Env(source)
         repo = (repo_dir or Path(__file__).resolve().parent.parent).resolve()
@@ -198,21 +192,19 @@ class StackSettings:
             if port == 0:
                 raise ConfigError(f"BRIDGE_{name.upper()}_PORT must not be 0 for the local stack")
             if port in used:
-                raise ConfigError(
-                    f"BRIDGE_{name.upper()}_PORT and BRIDGE_{used[port].upper()}_PORT are both {port}"
-                )
+                raise ConfigError(f"BRIDGE_{name.upper()}_PORT and BRIDGE_{used[port].upper()}_PORT are both {port}")
             used[port] = name
-        cache = Path(e.str("MAIL_BRIDGE_CACHE", str(Path.home() / ".cache" / "mail-bridge")))
-        version = e.str("FERRETDB_VERSION", "v1.24.2")
+        cache = Path(e.text("MAIL_BRIDGE_CACHE", str(Path.home() / ".cache" / "mail-bridge")))
+        version = e.text("FERRETDB_VERSION", "v1.24.2")
         mongodb_url = e.optional("MONGODB_URL")
         if mongodb_url:
             _check_url("MONGODB_URL", mongodb_url, ("mongodb", "mongodb+srv"))
         return cls(
             repo_dir=repo,
-            state_dir=Path(e.str("BRIDGE_STATE_DIR", str(_default_state_dir(repo)))).resolve(),
-            host=e.str("BRIDGE_HOST", DEFAULT_HOST),
+            state_dir=Path(e.text("BRIDGE_STATE_DIR", str(_default_state_dir(repo)))).resolve(),
+            host=e.text("BRIDGE_HOST", DEFAULT_HOST),
             ports=ports,
-            ferretdb_bin=Path(e.str("FERRETDB_BIN", str(cache / f"ferretdb-{version}"))),
+            ferretdb_bin=Path(e.text("FERRETDB_BIN", str(cache / f"ferretdb-{version}"))),
             external_mongodb_url=mongodb_url,
             base_env=source,
         )

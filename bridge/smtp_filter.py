@@ -12,6 +12,7 @@ Postfix may deliver a message twice after a lost reply (FILTER_README); the even
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -77,7 +78,7 @@ class FilterHandler:
                     [aiosmtplib.SMTPRecipientRefused(code, msg, rcpt) for rcpt, (code, msg) in errors.items()]
                 )
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or envelope.content
         if not isinstance(content, bytes):
             content = _text(content or b"").encode("utf-8", "surrogateescape")
@@ -93,10 +94,9 @@ class FilterHandler:
             log.warning("[%s] re-injection failed, deferring: %s", tag, exc)
             return TEMPFAIL
         if event is not None:
-            try:
+            # An OSError here is logged as LOST by the publisher; the mail itself is delivered.
+            with contextlib.suppress(OSError):
                 await self.publisher.publish(self.streams.postfix, event)
-            except OSError:
-                pass  # logged as LOST by the publisher; the mail itself is delivered
         log.info("[%s] filtered %d bytes for %d recipient(s)", tag, len(content), len(envelope.rcpt_tos))
         return "250 2.0.0 Ok: filtered and re-injected"
 

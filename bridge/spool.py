@@ -36,7 +36,8 @@ MAX_SPOOL_FILE_BYTES = 64 << 20
 
 
 def spool_record(stream: str, event: Event) -> bytes:
-    return msgpack.packb([stream, codec.to_wire(event)], use_bin_type=True)  # type: ignore[no-any-return]
+    packed: bytes = msgpack.packb([stream, codec.to_wire(event)], use_bin_type=True)
+    return packed
 
 
 def write_spool(spool_dir: Path, records: list[bytes]) -> Path:
@@ -146,4 +147,3 @@ class SpoolDrainer:
                     log.warning("spool drain paused, will retry: %s", exc)
                 failing = True
             await asyncio.sleep(self.interval_s)
-

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -42,9 +43,7 @@ class Publisher:
         if not (self.spool_dir / PENDING).exists():
             try:
                 entry_id = await asyncio.wait_for(
-                    self.redis.xadd(
-                        stream, {ENTRY_FIELD: codec.encode(event)}, maxlen=self.maxlen, approximate=True
-                    ),
+                    self.redis.xadd(stream, {ENTRY_FIELD: codec.encode(event)}, maxlen=self.maxlen, approximate=True),
                     PUBLISH_TIMEOUT_S,
                 )
                 return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
@@ -117,7 +116,7 @@ class Consumer:
         for stream in self.streams:
             start = "0-0"
             while True:
-                result = await self.redis.xautoclaim(
+                result: Any = await self.redis.xautoclaim(
                     stream, self.group, self.name, self.claim_idle_ms, start_id=start, count=self.batch
                 )
                 start_raw, entries = result[0], result[1]
@@ -131,7 +130,7 @@ class Consumer:
     async def _pending_own(self) -> None:
         """Entries delivered to this consumer name before a restart and never acknowledged."""
         for stream in self.streams:
-            response = await self.redis.xreadgroup(self.group, self.name, {stream: "0"}, count=self.batch)
+            response: Any = await self.redis.xreadgroup(self.group, self.name, {stream: "0"}, count=self.batch)
             for _stream, entries in response or []:
                 for entry_id, fields in entries:
                     if fields:
@@ -149,8 +148,9 @@ class Consumer:
                 if loop.time() - claimed_at > self.claim_idle_ms / 1000:
                     await self._claim()
                     claimed_at = loop.time()
-                response = await self.redis.xreadgroup(
-                    self.group, self.name, dict.fromkeys(self.streams, ">"), count=self.batch, block=self.block_ms
+                streams: Any = dict.fromkeys(self.streams, ">")
+                response: Any = await self.redis.xreadgroup(
+                    self.group, self.name, streams, count=self.batch, block=self.block_ms
                 )
                 if failing:
                     log.info("consumer %s/%s recovered", self.group, self.name)

@@ -30,7 +30,7 @@ from typing import Any
 
 from bridge.errors import BridgeError
 from bridge.settings import StackSettings
-from bridge.stack.render import MASTER_USER, load_secrets, render_all, world_traversable
+from bridge.stack.render import MASTER_USER, load_secrets, render_all, user_line, world_traversable
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,7 @@ class Stack:
         busy = [
             f"{port} (BRIDGE_{name.upper()}_PORT)"
             for name, port in self.settings.ports.items()
-            if not (name == "mongodb" and self.settings.external_mongodb_url)
-            and port_in_use(self.settings.host, port)
+            if not (name == "mongodb" and self.settings.external_mongodb_url) and port_in_use(self.settings.host, port)
         ]
         if busy:
             raise StackError(f"port already in use on {self.settings.host}: " + ", ".join(busy))
@@ -200,8 +199,18 @@ class Stack:
     def _prepare(self) -> tuple[int, int]:
         mail = pwd.getpwnam("mail")
         postfix = pwd.getpwnam("postfix")
-        for sub in ("log", "redis", "ferretdb/data", "dovecot/run", "dovecot/state", "mail", "spool",
-                    "postfix/etc", "postfix/spool", "postfix/data"):
+        for sub in (
+            "log",
+            "redis",
+            "ferretdb/data",
+            "dovecot/run",
+            "dovecot/state",
+            "mail",
+            "spool",
+            "postfix/etc",
+            "postfix/spool",
+            "postfix/data",
+        ):
             (self.state / sub).mkdir(parents=True, exist_ok=True)
         # Dovecot's lmtp/imap processes (and the hook inside them) run as the mail user.
         for sub in ("mail", "spool"):
@@ -295,8 +304,21 @@ class Stack:
         first = [
             Service(
                 "redis",
-                ["redis-server", "--port", str(ports["redis"]), "--bind", host, "--save", "",
-                 "--appendonly", "no", "--dir", str(self.state / "redis"), "--daemonize", "no"],
+                [
+                    "redis-server",
+                    "--port",
+                    str(ports["redis"]),
+                    "--bind",
+                    host,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.state / "redis"),
+                    "--daemonize",
+                    "no",
+                ],
                 [banner_probe(host, ports["redis"], b"+PONG", send=b"PING\r\n")],
             ),
             Service(
@@ -312,10 +334,16 @@ class Stack:
             first.append(
                 Service(
                     "ferretdb",
-                    [str(s.ferretdb_bin), "--handler=sqlite",
-                     f"--sqlite-url=file:{self.state / 'ferretdb' / 'data'}/",
-                     f"--listen-addr={host}:{ports['mongodb']}", "--telemetry=disable",
-                     "--debug-addr=-", f"--state-dir={self.state / 'ferretdb'}", "--log-level=warn"],
+                    [
+                        str(s.ferretdb_bin),
+                        "--handler=sqlite",
+                        f"--sqlite-url=file:{self.state / 'ferretdb' / 'data'}/",
+                        f"--listen-addr={host}:{ports['mongodb']}",
+                        "--telemetry=disable",
+                        "--debug-addr=-",
+                        f"--state-dir={self.state / 'ferretdb'}",
+                        "--log-level=warn",
+                    ],
                     [mongo_probe(mongodb_url)],
                 )
             )
@@ -387,6 +415,21 @@ class Stack:
         (self.state / "stack.json").write_text(json.dumps(self.info.as_json(), indent=2) + "\n")
         log.info("stack ready in %.2f s", time.monotonic() - started)
         return self.info
+
+    def add_users(self, accounts: dict[str, str]) -> None:
+        """Add mail accounts to the running stack.
+
+        Dovecot's passwd-file driver re-reads a changed file at most once per second (it skips the
+        check when it already looked during the current second), so this returns only once the
+        clock has moved past the second of the write: the next login is sure to see the accounts.
+        """
+        mail = pwd.getpwnam("mail")
+        with open(self.state / "dovecot" / "users", "a") as users:
+            for email, password in accounts.items():
+                users.write(user_line(self.state, email, password, mail.pw_uid, mail.pw_gid))
+        written = int(time.time())
+        while int(time.time()) <= written:
+            time.sleep(0.05)
 
     def dead(self) -> list[Service]:
         return [s for s in self.services if s.process is not None and s.process.poll() is not None]

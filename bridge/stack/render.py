@@ -119,8 +119,7 @@ def render_all(settings: StackSettings, stack_secrets: StackSecrets, mail_uid: i
     # The hook runs inside lmtp/imap as the mail user: it must be readable from the state dir.
     _write(dovecot / "mail-bridge-push.lua", (repo / "hooks" / "mail-bridge-push.lua").read_text())
     users = "".join(
-        f"{user}:{ssha256(password)}:{mail_uid}:{mail_gid}::{state / 'mail' / user.split('@')[1] / user.split('@')[0]}::\n"
-        for user, password in stack_secrets.passwords.items()
+        user_line(state, user, password, mail_uid, mail_gid) for user, password in stack_secrets.passwords.items()
     )
     _write(dovecot / "users", users, 0o640, auth_gid)
     _write(dovecot / "master-users", f"{MASTER_USER}:{ssha256(stack_secrets.master_password)}\n", 0o640, auth_gid)
@@ -132,8 +131,14 @@ def render_all(settings: StackSettings, stack_secrets: StackSecrets, mail_uid: i
     master_cf += "\n" + render_text((repo / "postfix-conf" / "master.cf.snippet").read_text(), values)
     _write(etc / "main.cf", main_cf)
     _write(etc / "master.cf", master_cf)
-    _write(etc / "vmailbox", "".join(f"{user} ok\n" for user in stack_secrets.passwords))
-    _write(etc / "sender_logins", "".join(f"{user} {user}\n" for user in stack_secrets.passwords))
+    _write(etc / "vmailbox.regexp", "/@example\\.test$/ ok\n")
+    # Submission: the envelope sender must be the login itself (reject_sender_login_mismatch).
+    _write(etc / "sender_logins.regexp", "/^(.+)$/ ${1}\n")
+
+
+def user_line(state: Path, email: str, password: str, mail_uid: int, mail_gid: int) -> str:
+    local, domain = email.split("@", 1)
+    return f"{email}:{ssha256(password)}:{mail_uid}:{mail_gid}::{state / 'mail' / domain / local}::\n"
 
 
 def world_traversable(path: Path) -> bool:

@@ -1,0 +1,125 @@
+"""Session fixtures: the real stack, started once through the same launcher as `make run`.
+
+Ports are picked free at start and the state lives in var/test-stack, so the tests can run beside
+a `make run` stack. Each test gets its own fresh mail account, so no test sees another's events.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from bridge.settings import DEFAULT_PORTS, StackSettings
+from bridge.stack.launcher import Stack, StackInfo
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def stack_settings() -> StackSettings:
+    state = REPO / "var" / "test-stack"
+    shutil.rmtree(state, ignore_errors=True)
+    env = {f"BRIDGE_{name.upper()}_PORT": str(free_port()) for name in DEFAULT_PORTS}
+    env["BRIDGE_STATE_DIR"] = str(state)
+    import os  # noqa: PLC0415 - the tests, like the launcher's caller, hand it the environment
+
+    return StackSettings.from_env({**os.environ, **env}, repo_dir=REPO)
+
+
+@pytest.fixture(scope="session")
+def stack_launcher(stack_settings: StackSettings) -> Iterator[Stack]:
+    launcher = Stack(stack_settings)
+    try:
+        launcher.start()
+        yield launcher
+    finally:
+        launcher.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(stack_launcher: Stack) -> StackInfo:
+    assert stack_launcher.info is not None
+    return stack_launcher.info
+
+
+@pytest.fixture(scope="session")
+def stack_secrets(stack: StackInfo) -> dict[str, object]:
+    data: dict[str, object] = json.loads((Path(stack.state_dir) / "secrets.json").read_text())
+    return data
+
+
+@dataclass(frozen=True)
+class Account:
+    email: str
+    password: str
+
+
+class AccountPool:
+    """Fresh accounts, created in batches (each batch costs Dovecot's one-second re-read)."""
+
+    def __init__(self, launcher: Stack, batch: int = 40) -> None:
+        self.launcher = launcher
+        self.batch = batch
+        self.free: list[Account] = []
+
+    def take(self) -> Account:
+        if not self.free:
+            fresh = [
+                Account(f"t{uuid.uuid4().hex[:12]}@example.test", secrets.token_urlsafe(12)) for _ in range(self.batch)
+            ]
+            self.launcher.add_users({a.email: a.password for a in fresh})
+            self.free = fresh
+        return self.free.pop()
+
+
+@pytest.fixture(scope="session")
+def account_pool(stack_launcher: Stack) -> AccountPool:
+    return AccountPool(stack_launcher)
+
+
+@pytest.fixture
+def account(account_pool: AccountPool) -> Account:
+    """A brand-new mail account, so this test's mailbox and events are its own."""
+    return account_pool.take()
+
+
+@pytest.fixture
+def other_account(account_pool: AccountPool) -> Account:
+    return account_pool.take()
+
+
+@pytest.fixture
+async def http(stack: StackInfo) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=stack.web_url) as session:
+        yield session
+
+
+@pytest.fixture
+async def redis_client(stack: StackInfo) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(stack.redis_url)
+    yield client
+    await client.aclose()
+
+
+async def login(http: aiohttp.ClientSession, account: Account) -> str:
+    async with http.post("/api/v1/auth/login", json={"email": account.email, "password": account.password}) as r:
+        assert r.status == 200, await r.text()
+        body = await r.json()
+    token: str = body["token"]
+    return token

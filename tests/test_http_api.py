@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from tests.conftest import Account, login
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_login_returns_a_token(http: aiohttp.ClientSession, account: Account) -> None:
+    async with http.post("/api/v1/auth/login", json={"email": account.email, "password": account.password}) as r:
+        assert r.status == 200
+        body = await r.json()
+    assert set(body) == {"token", "expiresAt"}
+    assert body["token"].count(".") == 2
+
+
+async def test_wrong_password_is_401(http: aiohttp.ClientSession, account: Account) -> None:
+    async with http.post("/api/v1/auth/login", json={"email": account.email, "password": "wrong"}) as r:
+        assert r.status == 401
+        assert (await r.json()) == {"error": "invalid email or password"}
+
+
+async def test_unknown_user_is_401(http: aiohttp.ClientSession) -> None:
+    async with http.post("/api/v1/auth/login", json={"email": "nobody@example.test", "password": "x"}) as r:
+        assert r.status == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"not json", "body must be JSON"),
+        (b"[1]", "JSON object"),
+        (b'{"password": "x"}', "email must be an address"),
+        (b'{"email": "a@example.test"}', "password must be"),
+        (b'{"email": "a@example.test", "password": "x\\r\\nA1 LOGOUT"}', "forbidden characters"),
+        (b'{"email": "a\\"@example.test", "password": "x"}', "email must be an address"),
+        (b'{"email": "' + b"a" * 70_000 + b'@example.test", "password": "x"}', "larger than"),
+    ],
+)
+async def test_bad_login_input_is_400(http: aiohttp.ClientSession, body: bytes, message: str) -> None:
+    async with http.post("/api/v1/auth/login", data=body, headers={"Content-Type": "application/json"}) as r:
+        assert r.status == 400
+        assert message in (await r.json())["error"]
+
+
+async def test_health_reports_each_dependency(http: aiohttp.ClientSession) -> None:
+    async with http.get("/health") as r:
+        assert r.status == 200
+        body = await r.json()
+    assert body == {"status": "ok", "checks": {"redis": "ok", "store": "ok", "imap": "ok"}}
+
+
+async def test_token_is_usable_twice(http: aiohttp.ClientSession, account: Account) -> None:
+    assert await login(http, account) != ""

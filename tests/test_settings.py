@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import pytest
+
+from bridge.errors import ConfigError
+from bridge.settings import Settings, StackSettings
+
+GOOD = {
+    "BRIDGE_JWT_SECRET": "x" * 40,
+    "BRIDGE_IMAP_MASTER_USER": "bridge",
+    "BRIDGE_IMAP_MASTER_PASSWORD": "secret",
+}
+
+
+def test_defaults_and_overrides() -> None:
+    s = Settings.from_env({**GOOD, "BRIDGE_HTTP_PORT": "9999", "BRIDGE_CORS_ORIGINS": "https://a.test, https://b.test"})
+    assert s.http_port == 9999
+    assert s.cors_origins == ("https://a.test", "https://b.test")
+    assert s.redis_url.startswith("redis://127.0.0.1:")
+    assert "secret" not in repr(s)  # secrets never reach logs through repr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"BRIDGE_JWT_SECRET": "short"}, "BRIDGE_JWT_SECRET"),
+        ({"BRIDGE_HTTP_PORT": "eighty"}, "BRIDGE_HTTP_PORT must be an integer"),
+        ({"BRIDGE_HTTP_PORT": "70000"}, "between 0 and 65535"),
+        ({"REDIS_URL": "http://x"}, "REDIS_URL"),
+        ({"MONGODB_URL": "postgres://x"}, "MONGODB_URL"),
+        ({"BRIDGE_IMAP_MASTER_USER": ""}, "BRIDGE_IMAP_MASTER_USER"),
+        ({"BRIDGE_CORS_ORIGINS": "*"}, "'*' is refused"),
+        ({"BRIDGE_LOG_LEVEL": "chatty"}, "BRIDGE_LOG_LEVEL"),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({**GOOD, **env})
+
+
+def test_stack_ports_must_differ(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="BRIDGE_SMTP_PORT and BRIDGE_HTTP_PORT are both 4000"):
+        StackSettings.from_env({"BRIDGE_HTTP_PORT": "4000", "BRIDGE_SMTP_PORT": "4000"}, repo_dir=tmp_path)
+
+
+def test_stack_state_dir_override(tmp_path: Path) -> None:
+    s = StackSettings.from_env({"BRIDGE_STATE_DIR": str(tmp_path / "st")}, repo_dir=tmp_path)
+    assert s.state_dir == (tmp_path / "st").resolve()
+    assert s.external_mongodb_url is None

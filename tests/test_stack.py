@@ -1,0 +1,112 @@
+"""The launcher: what `make run` and the fixtures share."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bridge.settings import StackSettings
+from bridge.stack.launcher import Stack, StackError, StackInfo
+from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def banner(host: str, port: int) -> bytes:
+    with socket.create_connection((host, port), timeout=5) as sock:
+        return sock.recv(100)
+
+
+def test_stack_json_describes_a_running_stack(stack: StackInfo) -> None:
+    data = json.loads((Path(stack.state_dir) / "stack.json").read_text())
+    for key in ("web_url", "smtp", "submission", "imap", "redis_url", "mongodb_url", "users"):
+        assert key in data
+    assert {u["email"] for u in data["users"]} == {"alice@example.test", "bob@example.test"}
+    assert all(len(u["password"]) >= 12 for u in data["users"])
+    assert banner(stack.smtp["host"], stack.smtp["port"]).startswith(b"220")
+    assert banner(stack.submission["host"], stack.submission["port"]).startswith(b"220")
+    assert banner(stack.imap["host"], stack.imap["port"]).startswith(b"* OK")
+
+
+def _settings_with(base: StackSettings, tmp_path: Path, **ports: int) -> StackSettings:
+    fresh = {name: free_port() for name in base.ports}
+    fresh.update(ports)
+    return replace(base, ports=fresh, state_dir=tmp_path / "state")
+
+
+def test_port_in_use_is_one_clear_error(stack_settings: StackSettings, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        launcher = Stack(_settings_with(stack_settings, tmp_path, smtp=port))
+        with pytest.raises(StackError, match=f"port already in use on 127.0.0.1: {port} \\(BRIDGE_SMTP_PORT\\)"):
+            launcher.start()
+        launcher.stop()
+    assert not launcher.services
+
+
+def test_missing_store_binary_is_one_clear_error(stack_settings: StackSettings, tmp_path: Path) -> None:
+    settings = replace(_settings_with(stack_settings, tmp_path), ferretdb_bin=tmp_path / "no-ferretdb")
+    with pytest.raises(StackError, match=r"no-ferretdb.*make setup"):
+        Stack(settings).start()
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.parametrize("interrupt_after_s", [0.8, None])
+def test_run_command_stops_everything_it_started(
+    stack_settings: StackSettings, tmp_path: Path, interrupt_after_s: float | None
+) -> None:
+    """`mail-bridge stack` interrupted mid-start, or after it is up, leaves no process behind."""
+    # Under var/: Dovecot's mail user must be able to reach the state directory (pytest's tmp is private).
+    state = REPO / "var" / f"test-run-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "BRIDGE_STATE_DIR": str(state)}
+    env.update({f"BRIDGE_{name.upper()}_PORT": str(free_port()) for name in stack_settings.ports})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "stack"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    if interrupt_after_s is None:
+        deadline = time.monotonic() + 60
+        while not (state / "stack.json").exists():
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "stack did not come up"
+            time.sleep(0.1)
+        assert _processes_mentioning(str(state)), "services should be running"
+    else:
+        time.sleep(interrupt_after_s)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output
+    assert _processes_mentioning(str(state)) == []
+    assert not (state / "stack.json").exists()
+    shutil.rmtree(state, ignore_errors=True)
