@@ -13,6 +13,8 @@ run: setup
 	$(PY) -m bridge stack
 
 test: setup
+	$(VENV)/bin/ruff check bridge tests
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 check: lint typecheck

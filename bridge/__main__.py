@@ -19,6 +19,8 @@ from bridge.settings import Settings, StackSettings
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # aiosmtpd logs every SMTP command at INFO, peers and envelope included: keep only its problems.
+    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 def serve() -> int:
