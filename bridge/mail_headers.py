@@ -11,6 +11,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from email.header import decode_header, make_header
+from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import parseaddr, parsedate_to_datetime
@@ -45,18 +46,28 @@ class HeaderSummary:
     fingerprint: str  # stable hash of the header block, for keys when no queue id is known
 
 
-def header_block(message: bytes) -> tuple[bytes, bool]:
-    """The header block (without the blank line) and whether it was cut at the bounds."""
+@dataclass(frozen=True, slots=True)
+class ParsedHeaders:
+    headers: Message
+    body_start: int  # offset of the body in the message (== len(message) when there is none)
+    truncated: bool
+    fingerprint: str
+
+
+def parse_headers(message: bytes) -> ParsedHeaders:
+    """The header block, parsed within the bounds; the body is not looked at."""
     match = _BLANK_LINE.search(message, 0, MAX_HEADER_BYTES + 4)
     if match is not None:
-        block, truncated = message[: match.start()], False
+        block, truncated, body_start = message[: match.start()], False, match.end()
     else:
         block = message[:MAX_HEADER_BYTES]
         truncated = len(message) > MAX_HEADER_BYTES
+        body_start = len(message)
     lines = block.split(b"\n", MAX_HEADER_LINES)
     if len(lines) > MAX_HEADER_LINES:
         block, truncated = b"\n".join(lines[:MAX_HEADER_LINES]), True
-    return block, truncated
+    headers = BytesHeaderParser(policy=compat32).parsebytes(block + b"\n\n")
+    return ParsedHeaders(headers, body_start, truncated, hashlib.sha256(block).hexdigest()[:32])
 
 
 def decode_text(raw: str | None) -> str:
@@ -78,9 +89,9 @@ def _raw(value: object) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def summarize(message: bytes) -> HeaderSummary:
-    block, truncated = header_block(message)
-    headers = BytesHeaderParser(policy=compat32).parsebytes(block + b"\n\n")
+def summarize(message: bytes | ParsedHeaders) -> HeaderSummary:
+    parsed = parse_headers(message) if isinstance(message, bytes) else message
+    headers = parsed.headers
     queue_id, direction, sasl_user = "", Direction.INBOUND, ""
     for received in headers.get_all("Received") or []:
         text = _raw(received)
@@ -114,6 +125,6 @@ def summarize(message: bytes) -> HeaderSummary:
         authentication_results=tuple(
             " ".join(_raw(v).split())[:MAX_VALUE_CHARS] for v in headers.get_all("Authentication-Results") or []
         ),
-        truncated=truncated,
-        fingerprint=hashlib.sha256(block).hexdigest()[:32],
+        truncated=parsed.truncated,
+        fingerprint=parsed.fingerprint,
     )

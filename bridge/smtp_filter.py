@@ -21,7 +21,8 @@ import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from bridge.events import MtaAccepted, StreamNames
-from bridge.mail_headers import summarize
+from bridge.mail_headers import parse_headers, summarize
+from bridge.mime_summary import summarize_mime
 from bridge.streams import Publisher
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,9 @@ def _text(value: bytes | str) -> str:
 
 
 def build_event(envelope: Envelope, content: bytes) -> MtaAccepted:
-    summary = summarize(content)
+    parsed = parse_headers(content)
+    summary = summarize(parsed)
+    mime = summarize_mime(content, parsed.headers, parsed.body_start)
     key = f"postfix:{summary.queue_id}" if summary.queue_id else f"postfix:sha256:{summary.fingerprint}"
     return MtaAccepted(
         key=key,
@@ -50,8 +53,9 @@ def build_event(envelope: Envelope, content: bytes) -> MtaAccepted:
         from_=summary.from_,
         date=summary.date,
         sasl_user=summary.sasl_user,
+        attachments=mime.attachments,
         authentication_results=summary.authentication_results,
-        truncated=summary.truncated,
+        truncated=summary.truncated or mime.truncated,
     )
 
 
