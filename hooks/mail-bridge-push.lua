@@ -255,10 +255,11 @@ local function mailbox_event(ctx, kind, ev)
 end
 
 -- A handler's error must not reach Dovecot (it would be logged per event, and the event lost quietly).
-local function guard(name, fn, ...)
-  local bound = table.pack(...)
+-- `arg` (optional) is passed between ctx and the event: handler(ctx, arg, ev) or handler(ctx, ev).
+local function guard(name, fn, arg)
   return function(ctx, ev)
-    local ok, err = pcall(fn, ctx, table.unpack(bound, 1, bound.n), ev)
+    local ok, err
+    if arg == nil then ok, err = pcall(fn, ctx, ev) else ok, err = pcall(fn, ctx, arg, ev) end
     if not ok then log_error(string.format("dropped a %s event: %s", name, tostring(err))) end
   end
 end

@@ -238,7 +238,8 @@ class Stack:
             raise StackError(f"{service.name} could not be started: {exc}") from None
         finally:
             out.close()
-        self.services.append(service)
+        if service not in self.services:
+            self.services.append(service)
         log.debug("started %s pid %s", service.name, service.process.pid)
 
     def _wait_ready(self, services: list[Service]) -> None:
@@ -430,6 +431,31 @@ class Stack:
         written = int(time.time())
         while int(time.time()) <= written:
             time.sleep(0.05)
+
+    def service(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)
+
+    def stop_service(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop one service (for fault tests): SIGTERM, or SIGKILL to simulate a crash."""
+        service = self.service(name)
+        assert service.process is not None
+        if service.process.poll() is None:
+            service.process.send_signal(sig)
+            try:
+                service.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
+
+    def start_service(self, name: str) -> None:
+        """Start a stopped service again with the same command and wait until it answers."""
+        service = self.service(name)
+        assert service.process is not None and service.process.poll() is not None, f"{name} is running"
+        self._spawn(service)
+        self._wait_ready([service])
 
     def dead(self) -> list[Service]:
         return [s for s in self.services if s.process is not None and s.process.poll() is not None]
