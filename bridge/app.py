@@ -66,7 +66,11 @@ def create_app(settings: Settings) -> web.Application:
     add_routes(app)
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=10)
+        # A socket timeout above the consumers' XREADGROUP block time: a Redis that stops answering
+        # (paused, partitioned) raises instead of hanging a consumer forever.
+        client = aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10
+        )
         app[keys.REDIS] = client
         app[keys.PUBLISHER] = Publisher(client, settings.spool_dir, settings.stream_maxlen)
         yield
@@ -113,7 +117,9 @@ def create_app(settings: Settings) -> web.Application:
         if settings.filter_port == 0:
             yield
             return
-        handler = FilterHandler(app[keys.PUBLISHER], streams, settings.reinject_host, settings.reinject_port)
+        handler = FilterHandler(
+            app[keys.PUBLISHER], app[keys.REDIS], streams, settings.reinject_host, settings.reinject_port
+        )
         server = FilterServer(handler, settings.host, settings.filter_port)
         await server.start()
         yield

@@ -5,20 +5,27 @@ re-injection smtpd (aiosmtplib, same event loop) and answer 250 only once Postfi
 Any failure answers 451 4.3.0, so Postfix keeps the mail queued and retries: a mail is never lost
 or bounced because of the bridge. Only after re-injection is the `mta.accepted` event published,
 and publication never holds the mail (Redis down: the event goes to the spool).
-Postfix may deliver a message twice after a lost reply (FILTER_README); the event key
-(`postfix:<queue id>`) lets consumers drop the duplicate event.
+Postfix re-sends a message whose 250 it never saw (FILTER_README: expect duplicates). Two layers
+keep that from delivering it twice: a re-injected (queue id, recipients) pair is remembered in
+Redis as soon as Postfix took it back, and a retry of it is answered 250 without re-injection;
+for the instant before that record, each re-injection is stamped `X-Mail-Bridge-Id`, and Dovecot's
+dedupe Sieve script (dovecot-conf/92-mail-bridge-dedupe.conf) discards a second copy. The event key
+(`postfix:<queue id>:<recipients hash>`) lets consumers drop a duplicate event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from typing import Any
 
 import aiosmtplib
+import redis.asyncio as aioredis
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from redis.exceptions import RedisError
 
 from bridge.events import MtaAccepted, StreamNames
 from bridge.mail_headers import parse_headers, summarize
@@ -29,17 +36,25 @@ log = logging.getLogger(__name__)
 
 TEMPFAIL = "451 4.3.0 Temporary content filter failure, try again later"
 REINJECT_TIMEOUT_S = 60.0
+DONE_TIMEOUT_S = 0.2
+DONE_TTL_S = 7 * 86400  # longer than Postfix's maximal_queue_lifetime (5 days by default)
 
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
+def recipients_hash(rcpt_tos: list[str]) -> str:
+    # Postfix may split one queue file's recipients over several filter deliveries: each is distinct.
+    return hashlib.sha256("\0".join(sorted(rcpt_tos)).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
 def build_event(envelope: Envelope, content: bytes) -> MtaAccepted:
     parsed = parse_headers(content)
     summary = summarize(parsed)
     mime = summarize_mime(content, parsed.headers, parsed.body_start)
-    key = f"postfix:{summary.queue_id}" if summary.queue_id else f"postfix:sha256:{summary.fingerprint}"
+    origin = summary.queue_id or f"sha256:{summary.fingerprint}"
+    key = f"postfix:{origin}:{recipients_hash(envelope.rcpt_tos)}"
     return MtaAccepted(
         key=key,
         ts=time.time_ns() // 1_000_000,
@@ -59,14 +74,51 @@ def build_event(envelope: Envelope, content: bytes) -> MtaAccepted:
     )
 
 
+def stamped(content: bytes, event: MtaAccepted | None) -> bytes:
+    """The message with X-Mail-Bridge-Id prepended (the one copy the filter makes).
+
+    Dovecot's dedupe Sieve script (dovecot-conf/92-mail-bridge-dedupe.conf) discards a second
+    delivery of the same id: what Postfix re-sends after a lost reply is delivered once.
+    """
+    if event is None or not event.queue_id:
+        return content
+    newline = b"\r\n" if b"\r\n" in content[:1000] else b"\n"
+    return b"X-Mail-Bridge-Id: " + event.key.encode("ascii", "replace") + newline + content
+
+
 class FilterHandler:
-    def __init__(self, publisher: Publisher, streams: StreamNames, reinject_host: str, reinject_port: int) -> None:
+    def __init__(
+        self,
+        publisher: Publisher,
+        redis: aioredis.Redis,
+        streams: StreamNames,
+        reinject_host: str,
+        reinject_port: int,
+    ) -> None:
         self.publisher = publisher
+        self.redis = redis
         self.streams = streams
         self.reinject_host = reinject_host
         self.reinject_port = reinject_port
 
-    async def reinject(self, envelope: Envelope, content: bytes) -> None:
+    def _done_key(self, event: MtaAccepted) -> str:
+        return f"{self.streams.prefix}:filter:done:{event.key}"
+
+    async def _already_reinjected(self, event: MtaAccepted | None) -> bool:
+        if event is None or not event.queue_id:
+            return False
+        try:
+            return bool(await asyncio.wait_for(self.redis.exists(self._done_key(event)), DONE_TIMEOUT_S))
+        except (RedisError, OSError, TimeoutError):
+            return False  # cannot tell: re-inject (a possible duplicate beats a possible loss)
+
+    async def _remember(self, event: MtaAccepted | None) -> None:
+        if event is None or not event.queue_id:
+            return
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self.redis.set(self._done_key(event), b"1", ex=DONE_TTL_S), DONE_TIMEOUT_S)
+
+    async def reinject(self, envelope: Envelope, content: bytes, event: MtaAccepted | None) -> None:
         # RFC 5321 null reverse-path: aiosmtpd gives "" (or "<>"), aiosmtplib needs "<>" sent as such.
         sender = envelope.mail_from if envelope.mail_from not in (None, "", "<>") else "<>"
         mail_options = [o for o in envelope.mail_options if not o.upper().startswith("SIZE=")]
@@ -81,6 +133,9 @@ class FilterHandler:
                 raise aiosmtplib.SMTPRecipientsRefused(
                     [aiosmtplib.SMTPRecipientRefused(code, msg, rcpt) for rcpt, (code, msg) in errors.items()]
                 )
+            # Postfix owns the mail from its 250 on: record that now, before the QUIT round trip,
+            # so a crash from here on cannot lead to a second re-injection.
+            await self._remember(event)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or envelope.content
@@ -92,15 +147,23 @@ class FilterHandler:
             log.exception("[peer %s] header summary failed; mail passes without event", session.peer)
             event = None
         tag = event.queue_id if event is not None and event.queue_id else f"peer {session.peer}"
-        try:
-            await self.reinject(envelope, content)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            log.warning("[%s] re-injection failed, deferring: %s", tag, exc)
-            return TEMPFAIL
+        already = await self._already_reinjected(event)
+        if already:
+            # The process that re-injected it may have died before publishing: publish again
+            # (same key), then acknowledge the retry.
+            log.info("[%s] already re-injected before a lost reply; acknowledging the retry", tag)
+        else:
+            try:
+                await self.reinject(envelope, stamped(content, event), event)
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                log.warning("[%s] re-injection failed, deferring: %s", tag, exc)
+                return TEMPFAIL
         if event is not None:
             # An OSError here is logged as LOST by the publisher; the mail itself is delivered.
             with contextlib.suppress(OSError):
                 await self.publisher.publish(self.streams.postfix, event)
+        if already:
+            return "250 2.0.0 Ok: already filtered"
         log.info("[%s] filtered %d bytes for %d recipient(s)", tag, len(content), len(envelope.rcpt_tos))
         return "250 2.0.0 Ok: filtered and re-injected"
 

@@ -202,7 +202,11 @@ local function message(ctx, kind, ev)
   e.uidvalidity = int(ev.uid_validity)
   e.uid = int(ev.uid)
   -- One UID is assigned once per (mailbox, UIDVALIDITY) (RFC 3501 2.3.1.1): a stable key.
-  e.key = string.format("dovecot:%s:%s:%s:%d:%d", kind, e.account, e.mailbox, e.uidvalidity, e.uid)
+  -- UID 0 means "not assigned yet" (maildir saving while another process holds dovecot-uidlist):
+  -- then the key names the occurrence instead (set by add()).
+  if e.uid ~= 0 then
+    e.key = string.format("dovecot:%s:%s:%s:%d:%d", kind, e.account, e.mailbox, e.uidvalidity, e.uid)
+  end
   return e
 end
 

@@ -5,11 +5,10 @@ Each operation must produce exactly the events listed, once each, with the right
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
-import smtplib
 import time
 from collections.abc import Callable, Iterator
-from email.message import EmailMessage
 from typing import Any
 
 import pytest
@@ -22,7 +21,6 @@ from bridge.events import (
     FlagsSet,
     MailboxCreate,
     MailboxDelete,
-    MailboxEvent,
     MailboxRename,
     MailboxSubscribe,
     MailboxUnsubscribe,
@@ -32,45 +30,9 @@ from bridge.events import (
 )
 from bridge.stack.launcher import StackInfo
 from tests.conftest import Account
+from tests.mailtools import StreamWatch, lmtp_deliver, sample_message
 
 pytestmark = pytest.mark.e2e
-
-STREAM = "mail:dovecot"
-
-
-class StreamWatch:
-    """Events of one account appended to the Dovecot stream after a point in time."""
-
-    def __init__(self, client: redis.Redis, account: str) -> None:
-        self.client = client
-        self.account = account
-        self.last_id = "$"
-        self.mark()
-
-    def mark(self) -> None:
-        entries = self.client.xrevrange(STREAM, count=1)
-        self.last_id = entries[0][0].decode() if entries else "0-0"
-
-    def _read(self) -> list[Event]:
-        found: list[Event] = []
-        for _entry_id, fields in self.client.xrange(STREAM, min=f"({self.last_id}"):
-            event = codec.decode(fields[b"e"])
-            if isinstance(event, MailboxEvent) and event.account == self.account:
-                found.append(event)
-        return found
-
-    def expect(self, count: int, timeout: float = 10.0) -> list[Event]:
-        """Wait for `count` events, then make sure no more arrive; returns them and moves the mark."""
-        deadline = time.monotonic() + timeout
-        events = self._read()
-        while len(events) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
-            events = self._read()
-        time.sleep(0.3)  # room for a duplicate or a stray event to show up
-        events = self._read()
-        assert len(events) == count, [codec.to_wire(e) for e in events]
-        self.mark()
-        return events
 
 
 @pytest.fixture
@@ -84,27 +46,8 @@ def sync_redis(stack: StackInfo) -> Iterator[redis.Redis]:
 def imap(stack: StackInfo, account: Account) -> Iterator[imaplib.IMAP4]:
     connection = imaplib.IMAP4(stack.imap["host"], stack.imap["port"], timeout=10)
     yield connection
-    try:
+    with contextlib.suppress(imaplib.IMAP4.error, OSError):
         connection.logout()
-    except (imaplib.IMAP4.error, OSError):
-        pass
-
-
-def lmtp_deliver(stack: StackInfo, recipient: str, message: EmailMessage) -> None:
-    with smtplib.LMTP(stack.lmtp["host"], stack.lmtp["port"], timeout=10) as lmtp:
-        lmtp.send_message(message, to_addrs=[recipient])
-
-
-def sample_message(subject: str = "Grüße aus Köln", date: str | None = "Sun, 29 Nov 2026 07:00:00 +0100") -> EmailMessage:
-    m = EmailMessage()
-    m["From"] = "=?utf-8?q?J=C3=BCrgen_M=C3=BCller?= <juergen@outside.test>"
-    m["To"] = "Alice <alice@example.test>"
-    m["Subject"] = subject
-    m["Message-ID"] = "<hook-test-1@outside.test>"
-    if date:
-        m["Date"] = date
-    m.set_content("Hello Alice,\n\nthis is   the body text.\n")
-    return m
 
 
 def ok(result: tuple[str, Any]) -> Any:
@@ -234,3 +177,20 @@ def test_event_keys_are_unique_per_occurrence(
         ok(imap.uid("STORE", "1", "-FLAGS", "(\\Flagged)"))
     events = watch.expect(4)
     assert len({e.key for e in events}) == 4
+
+
+def test_dedupe_script_drops_a_second_copy_of_one_reinjection(
+    stack: StackInfo, account: Account, sync_redis: redis.Redis
+) -> None:
+    """What Postfix re-sends after a lost filter reply carries the same X-Mail-Bridge-Id: kept once."""
+    watch = StreamWatch(sync_redis, account.email)
+    stamped = sample_message("stamped")
+    stamped["X-Mail-Bridge-Id"] = "postfix:TESTQUEUEID:abcdef123456"
+    lmtp_deliver(stack, account.email, stamped)
+    lmtp_deliver(stack, account.email, stamped)
+    # The same Message-ID without the stamp is a different delivery (say, a resend): both kept.
+    plain = sample_message("plain")
+    lmtp_deliver(stack, account.email, plain)
+    lmtp_deliver(stack, account.email, plain)
+    events = watch.expect(4)  # mailbox.create + three message.new
+    assert [e.subject for e in events if isinstance(e, MessageNew)] == ["stamped", "plain", "plain"]

@@ -461,16 +461,14 @@ class Stack:
         return [s for s in self.services if s.process is not None and s.process.poll() is not None]
 
     def stop(self) -> None:
-        """SIGTERM every service (last started first), wait, then SIGKILL what is left."""
-        for service in reversed(self.services):
-            if service.process is not None and service.process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    service.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
+        """Stop every service, last started first, so each stops while what it uses still runs."""
         for service in reversed(self.services):
             assert service.process is not None
+            if service.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    service.process.send_signal(signal.SIGTERM)
             try:
-                service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                service.process.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop within %.0f s; killing it", service.name, STOP_TIMEOUT_S)
                 service.process.kill()

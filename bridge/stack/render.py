@@ -108,9 +108,10 @@ def render_all(settings: StackSettings, stack_secrets: StackSecrets, mail_uid: i
         "SPOOL": str(state / "spool"),
         "HOOK": str(state / "dovecot" / "mail-bridge-push.lua"),
         "MASTER_USERS": str(state / "dovecot" / "master-users"),
+        "SIEVE_DIR": str(state / "dovecot" / "sieve"),
     }
     dovecot = state / "dovecot"
-    for name in ("90-mail-bridge.conf", "91-mail-bridge-master.conf"):
+    for name in ("90-mail-bridge.conf", "91-mail-bridge-master.conf", "92-mail-bridge-dedupe.conf"):
         _write(dovecot / name, render_text((repo / "dovecot-conf" / name).read_text(), values))
     _write(
         dovecot / "dovecot.conf",
@@ -118,6 +119,10 @@ def render_all(settings: StackSettings, stack_secrets: StackSecrets, mail_uid: i
     )
     # The hook runs inside lmtp/imap as the mail user: it must be readable from the state dir.
     _write(dovecot / "mail-bridge-push.lua", (repo / "hooks" / "mail-bridge-push.lua").read_text())
+    # Pigeonhole compiles the script next to itself, as the mail user: the directory is theirs.
+    sieve = dovecot / "sieve"
+    _write(sieve / "mail-bridge-dedupe.sieve", (repo / "hooks" / "mail-bridge-dedupe.sieve").read_text())
+    os.chown(sieve, mail_uid, mail_gid)
     users = "".join(
         user_line(state, user, password, mail_uid, mail_gid) for user, password in stack_secrets.passwords.items()
     )
@@ -136,9 +141,22 @@ def render_all(settings: StackSettings, stack_secrets: StackSecrets, mail_uid: i
     _write(etc / "sender_logins.regexp", "/^(.+)$/ ${1}\n")
 
 
-def user_line(state: Path, email: str, password: str, mail_uid: int, mail_gid: int) -> str:
+def user_home(state: Path, email: str) -> Path:
     local, domain = email.split("@", 1)
-    return f"{email}:{ssha256(password)}:{mail_uid}:{mail_gid}::{state / 'mail' / domain / local}::\n"
+    return state / "mail" / domain / local
+
+
+def create_home(state: Path, email: str, mail_uid: int, mail_gid: int) -> None:
+    """Homes exist before the first delivery: Dovecot's duplicate db (Sieve) lives there."""
+    home = user_home(state, email)
+    for path in (home.parent, home):
+        path.mkdir(exist_ok=True)
+        os.chown(path, mail_uid, mail_gid)
+
+
+def user_line(state: Path, email: str, password: str, mail_uid: int, mail_gid: int) -> str:
+    create_home(state, email, mail_uid, mail_gid)
+    return f"{email}:{ssha256(password)}:{mail_uid}:{mail_gid}::{user_home(state, email)}::\n"
 
 
 def world_traversable(path: Path) -> bool:
