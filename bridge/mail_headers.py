@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesHeaderParser
@@ -77,7 +78,7 @@ def decode_text(raw: str | None) -> str:
     raw = raw[: MAX_VALUE_CHARS * 4]
     try:
         text = str(make_header(decode_header(raw)))
-    except (ValueError, LookupError, UnicodeError, AssertionError):
+    except (ValueError, LookupError, UnicodeError, AssertionError, HeaderParseError):
         text = raw
     text = " ".join(text.split())
     return text.encode("utf-8", "replace").decode("utf-8")[:MAX_VALUE_CHARS]

@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from redis.exceptions import RedisError
 
-from bridge.events import MtaAccepted, StreamNames
+from bridge.events import Direction, MtaAccepted, StreamNames
 from bridge.mail_headers import parse_headers, summarize
 from bridge.mime_summary import summarize_mime
 from bridge.streams import Publisher
@@ -47,6 +47,21 @@ def _text(value: bytes | str) -> str:
 def recipients_hash(rcpt_tos: list[str]) -> str:
     # Postfix may split one queue file's recipients over several filter deliveries: each is distinct.
     return hashlib.sha256("\0".join(sorted(rcpt_tos)).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def envelope_only_event(envelope: Envelope, content: bytes) -> MtaAccepted:
+    """What can be said of a mail whose headers defeated the parser: the envelope."""
+    digest = hashlib.sha256(content[:65536]).hexdigest()[:32]
+    return MtaAccepted(
+        key=f"postfix:sha256:{digest}:{recipients_hash(envelope.rcpt_tos)}",
+        ts=time.time_ns() // 1_000_000,
+        queue_id="",
+        direction=Direction.INBOUND,
+        mail_from=envelope.mail_from or "",
+        rcpt_to=tuple(envelope.rcpt_tos),
+        size=len(content),
+        truncated=True,
+    )
 
 
 def build_event(envelope: Envelope, content: bytes) -> MtaAccepted:
@@ -141,11 +156,16 @@ class FilterHandler:
         content = envelope.original_content or envelope.content
         if not isinstance(content, bytes):
             content = _text(content or b"").encode("utf-8", "surrogateescape")
+        event: MtaAccepted | None
         try:
             event = build_event(envelope, content)
-        except Exception:  # the event is best effort; the mail is not
-            log.exception("[peer %s] header summary failed; mail passes without event", session.peer)
-            event = None
+        except Exception:  # a parser bug must cost the event its details, never the mail
+            log.exception("[peer %s] header summary failed; publishing the envelope only", session.peer)
+            try:
+                event = envelope_only_event(envelope, content)
+            except Exception:
+                log.exception("[peer %s] no event for this mail", session.peer)
+                event = None
         tag = event.queue_id if event is not None and event.queue_id else f"peer {session.peer}"
         already = await self._already_reinjected(event)
         if already:

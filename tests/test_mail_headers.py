@@ -1,7 +1,11 @@
 import time
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from bridge.events import Direction
-from bridge.mail_headers import MAX_HEADER_BYTES, summarize
+from bridge.mail_headers import MAX_HEADER_BYTES, parse_headers, summarize
+from bridge.mime_summary import summarize_mime
 
 RECEIVED_SMTP = (
     b"Received: from client.outside.test (localhost [127.0.0.1])\r\n"
@@ -38,6 +42,8 @@ def test_outbound_and_local() -> None:
 
 
 def test_junk_headers_never_raise() -> None:
+    garbage = summarize(b"Subject: =?utf-8?B?not base64!?= =?utf-8?q?=FF=FE=?=\r\n\r\n")
+    assert "not base64" in garbage.subject
     s = summarize(b"Subject: =?bogus?q?\xff\xfe?= \xe9t\xe9\r\nDate: not a date\r\nFrom: \xff\r\n\r\n")
     assert s.date is None
     assert s.queue_id == ""
@@ -57,3 +63,36 @@ def test_many_header_lines_are_bounded() -> None:
     s = summarize(message)
     assert s.truncated
     assert s.subject == ""
+
+
+HEADER_NAMES = st.sampled_from([b"Subject", b"From", b"Date", b"Message-ID", b"Received", b"Content-Type", b"X-Any"])
+ENCODED_WORDS = st.builds(
+    lambda charset, enc, text: b"=?" + charset + b"?" + enc + b"?" + text + b"?=",
+    st.sampled_from([b"utf-8", b"iso-8859-1", b"bogus", b""]),
+    st.sampled_from([b"q", b"B", b"x"]),
+    st.binary(max_size=20),
+)
+HEADER_LINES = st.lists(
+    st.tuples(HEADER_NAMES, st.lists(st.one_of(ENCODED_WORDS, st.binary(max_size=30)), max_size=4)).map(
+        lambda pair: pair[0] + b": " + b" ".join(pair[1]) + b"\r\n"
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(HEADER_LINES, st.binary(max_size=2000))
+def test_any_header_block_is_summarized(lines: list[bytes], body: bytes) -> None:
+    message = b"".join(lines) + b"\r\n" + body
+    parsed = parse_headers(message)
+    summary = summarize(parsed)
+    summary.subject.encode("utf-8")
+    summarize_mime(message, parsed.headers, parsed.body_start)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=5000))
+def test_any_bytes_are_summarized(message: bytes) -> None:
+    parsed = parse_headers(message)
+    summarize(parsed)
+    summarize_mime(message, parsed.headers, parsed.body_start)
