@@ -13,14 +13,14 @@ run: setup
 	$(PY) -m bridge stack
 
 test: setup
-	$(VENV)/bin/ruff check bridge tests
+	$(VENV)/bin/ruff check bridge tests hooks
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 check: lint typecheck
 
 lint: venv
-	$(VENV)/bin/ruff check bridge tests
+	$(VENV)/bin/ruff check bridge tests hooks
 
 typecheck: venv
 	$(VENV)/bin/mypy

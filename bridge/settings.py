@@ -148,7 +148,7 @@ class Settings:
         if not self.imap_master_user or not self.imap_master_password:
             raise ConfigError(
                 "BRIDGE_IMAP_MASTER_USER and BRIDGE_IMAP_MASTER_PASSWORD must be set "
-                "(a Dovecot master user, see dovecot-conf/README.md)"
+                "(a Dovecot master user: dovecot-conf/91-mail-bridge-master.conf)"
             )
         if self.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"BRIDGE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {self.log_level}")
