@@ -46,17 +46,13 @@ class StreamWatch:
         deadline = time.monotonic() + timeout
         events = self._read()
         while len(events) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.02)
             events = self._read()
         return events
 
     def expect(self, count: int, timeout: float = 10.0) -> list[Event]:
         """Wait for `count` events, then make sure no more arrive; returns them and moves the mark."""
-        deadline = time.monotonic() + timeout
-        events = self._read()
-        while len(events) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
-            events = self._read()
+        self.wait_for(count, timeout)
         time.sleep(0.3)  # room for a duplicate or a stray event to show up
         events = self._read()
         assert len(events) == count, [codec.to_wire(e) for e in events]
