@@ -26,16 +26,31 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: all held open at once, so the kernel cannot hand out one twice."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def stack_ports_env() -> dict[str, str]:
+    ports = free_ports(len(DEFAULT_PORTS))
+    return {f"BRIDGE_{name.upper()}_PORT": str(port) for name, port in zip(DEFAULT_PORTS, ports, strict=True)}
 
 
 @pytest.fixture(scope="session")
 def stack_settings() -> StackSettings:
     state = REPO / "var" / "test-stack"
     shutil.rmtree(state, ignore_errors=True)
-    env = {f"BRIDGE_{name.upper()}_PORT": str(free_port()) for name in DEFAULT_PORTS}
+    env = stack_ports_env()
     env["BRIDGE_STATE_DIR"] = str(state)
     import os  # noqa: PLC0415 - the tests, like the launcher's caller, hand it the environment
 

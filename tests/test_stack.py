@@ -18,7 +18,7 @@ import pytest
 
 from bridge.settings import StackSettings
 from bridge.stack.launcher import Stack, StackError, StackInfo
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_ports, stack_ports_env
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +40,7 @@ def test_stack_json_describes_a_running_stack(stack: StackInfo) -> None:
 
 
 def _settings_with(base: StackSettings, tmp_path: Path, **ports: int) -> StackSettings:
-    fresh = {name: free_port() for name in base.ports}
+    fresh = dict(zip(base.ports, free_ports(len(base.ports)), strict=True))
     fresh.update(ports)
     return replace(base, ports=fresh, state_dir=tmp_path / "state")
 
@@ -85,7 +85,7 @@ def test_run_command_stops_everything_it_started(
     # Under var/: Dovecot's mail user must be able to reach the state directory (pytest's tmp is private).
     state = REPO / "var" / f"test-run-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "BRIDGE_STATE_DIR": str(state)}
-    env.update({f"BRIDGE_{name.upper()}_PORT": str(free_port()) for name in stack_settings.ports})
+    env.update(stack_ports_env())
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge", "stack"],
         cwd=REPO,
