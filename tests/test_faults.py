@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import smtplib
 import subprocess
 import threading
 import time
@@ -18,6 +19,7 @@ import pytest
 import redis
 
 from bridge.events import MessageNew, MtaAccepted
+from bridge.settings import StackSettings
 from bridge.stack.launcher import Stack, StackInfo
 from tests.conftest import Account
 from tests.mailtools import StreamWatch, lmtp_deliver, sample_message, send_smtp, wait_for_messages
@@ -147,3 +149,20 @@ def test_filter_killed_mid_batch_delivers_each_mail_once(
     accepted = [e for e in postfix.wait_for(30) if isinstance(e, MtaAccepted)]
     by_key = {e.key: e.message_id for e in accepted}
     assert sorted(by_key.values()) == sorted(m["Message-ID"] for m in messages)  # one event each, by key
+
+
+def test_filter_answers_451_when_it_cannot_reinject(
+    stack_settings: StackSettings, stack_launcher: Stack, account: Account
+) -> None:
+    """Postfix's re-injection smtpd down: the filter defers (4xx), never accepts or bounces."""
+    stack_launcher.stop_service("postfix")
+    try:
+        with (
+            smtplib.SMTP(stack_settings.host, stack_settings.ports["filter"], timeout=30) as smtp,
+            pytest.raises(smtplib.SMTPDataError) as refused,
+        ):
+            smtp.sendmail("x@outside.test", [account.email], b"Subject: deferred\r\n\r\nbody\r\n")
+        assert refused.value.smtp_code == 451
+        assert refused.value.smtp_error.startswith(b"4.3.0")
+    finally:
+        stack_launcher.start_service("postfix")
