@@ -60,7 +60,13 @@ def create_app(settings: Settings) -> web.Application:
         ttl_s=settings.jwt_ttl_s,
     )
     streams = StreamNames(settings.stream_prefix)
-    realtime = Realtime(app[keys.ISSUER], settings.cors_origins)
+    realtime = Realtime(
+        app[keys.ISSUER],
+        settings.cors_origins,
+        stream_prefix=settings.stream_prefix,
+        resume_log_len=settings.resume_log_len,
+        max_sockets_per_user=settings.max_sockets_per_user,
+    )
     app[keys.REALTIME] = realtime
     realtime.sio.attach(app)
     add_routes(app)
@@ -96,6 +102,7 @@ def create_app(settings: Settings) -> web.Application:
     async def background_ctx(app: web.Application) -> AsyncIterator[None]:
         redis = app[keys.REDIS]
         store = app[keys.STORE]
+        realtime.bind(redis, app[keys.IMAP])
 
         async def index(_stream: str, _entry_id: str, event: Event) -> None:
             if isinstance(event, MessageAdded):
@@ -112,6 +119,7 @@ def create_app(settings: Settings) -> web.Application:
         ]
         yield
         await _cancel(tasks)
+        await realtime.close()
 
     async def filter_ctx(app: web.Application) -> AsyncIterator[None]:
         if settings.filter_port == 0:

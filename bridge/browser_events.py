@@ -1,7 +1,7 @@
 """Browser events: what a Socket.IO client receives for each mail event. Pure, no I/O.
 
-Names and fields follow the web client's contract (README.md, "Socket.IO events"). Every browser
-event carries `eventId`, the Redis stream entry it came from, in the order the stream holds them.
+Names and fields follow the web client's contract (README.md, "Socket.IO events"). The relay adds
+`eventId` (the entry id in the account's resume log) to every payload before emitting it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,25 @@ from typing import Any
 import msgpack
 
 from bridge.errors import InvalidInput
-from bridge.events import Event, MessageAdded, MessageNew
+from bridge.events import (
+    Direction,
+    Event,
+    FlagsClear,
+    FlagsSet,
+    MailboxCreate,
+    MailboxDelete,
+    MailboxEvent,
+    MailboxRename,
+    MailboxSubscribe,
+    MailboxUnsubscribe,
+    MessageAdded,
+    MessageAppend,
+    MessageEvent,
+    MessageExpunge,
+    MtaAccepted,
+)
+
+SEEN = "\\Seen"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +41,13 @@ class EmailRef:
     mailbox: str
     uidvalidity: int
     uid: int
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserEvent:
+    name: str
+    account: str  # whose room (and resume log) it goes to
+    payload: dict[str, Any]
 
 
 def email_id(ref: EmailRef) -> str:
@@ -47,7 +72,11 @@ def parse_email_id(value: object) -> EmailRef:
 
 
 def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _ref(event: MessageEvent) -> str:
+    return email_id(EmailRef(event.account, event.mailbox, event.uidvalidity, event.uid))
 
 
 def display_from(event: MessageAdded) -> str:
@@ -56,10 +85,9 @@ def display_from(event: MessageAdded) -> str:
     return event.from_address or event.from_
 
 
-def new_email(event: MessageAdded, entry_id: str) -> dict[str, Any]:
+def new_email(event: MessageAdded) -> dict[str, Any]:
     return {
-        "id": email_id(EmailRef(event.account, event.mailbox, event.uidvalidity, event.uid)),
-        "eventId": entry_id,
+        "id": _ref(event),
         "account": event.account,
         "mailbox": event.mailbox,
         "uid": event.uid,
@@ -69,14 +97,63 @@ def new_email(event: MessageAdded, entry_id: str) -> dict[str, Any]:
         "to": event.to_address or event.to,
         "subject": event.subject,
         "preview": event.snippet,
+        "messageId": event.message_id,
         "timestamp": _iso(event.date if event.date is not None else event.ts / 1000),
         "flags": list(event.flags) + list(event.keywords),
-        "unread": "\\Seen" not in event.flags,
+        "unread": SEEN not in event.flags,
+        "source": "appended" if isinstance(event, MessageAppend) else "delivered",
     }
 
 
-def to_browser(event: Event, entry_id: str) -> tuple[str, str, dict[str, Any]] | None:
-    """(socket event name, account, payload) for events browsers see; None for the others."""
-    if isinstance(event, MessageNew):
-        return "new_email", event.account, new_email(event, entry_id)
-    return None
+def _flag_events(event: FlagsSet | FlagsClear) -> list[BrowserEvent]:
+    changed = list(event.flags) + list(event.keywords)
+    base = {"emailId": _ref(event), "account": event.account, "mailbox": event.mailbox, "uid": event.uid}
+    out: list[BrowserEvent] = []
+    if isinstance(event, FlagsSet) and SEEN in event.flags:
+        # Read receipts across devices ride on \Seen, whoever set it (this bridge, another
+        # device, an IMAP client).
+        out.append(BrowserEvent("email_read", event.account, {**base, "readAt": _iso(event.ts / 1000)}))
+    added = changed if isinstance(event, FlagsSet) else []
+    removed = changed if isinstance(event, FlagsClear) else []
+    payload = {**base, "added": added, "removed": removed}
+    if SEEN in removed:
+        payload["unread"] = True
+    elif SEEN in added:
+        payload["unread"] = False
+    out.append(BrowserEvent("email_flags", event.account, payload))
+    return out
+
+
+_MAILBOX_ACTIONS: dict[type[MailboxEvent], str] = {
+    MailboxCreate: "created",
+    MailboxDelete: "deleted",
+    MailboxRename: "renamed",
+    MailboxSubscribe: "subscribed",
+    MailboxUnsubscribe: "unsubscribed",
+}
+
+
+def to_browser(event: Event) -> list[BrowserEvent]:
+    """The browser events one mail event becomes (often one, sometimes none or two)."""
+    if isinstance(event, MessageAdded):
+        return [BrowserEvent("new_email", event.account, new_email(event))]
+    if isinstance(event, MessageExpunge):
+        payload = {"emailId": _ref(event), "account": event.account, "mailbox": event.mailbox, "uid": event.uid}
+        return [BrowserEvent("email_deleted", event.account, payload)]
+    if isinstance(event, FlagsSet | FlagsClear):
+        return _flag_events(event)
+    if isinstance(event, MailboxEvent):
+        payload = {"account": event.account, "action": _MAILBOX_ACTIONS[type(event)], "mailbox": event.mailbox}
+        if isinstance(event, MailboxRename):
+            payload["oldMailbox"] = event.old_mailbox
+        return [BrowserEvent("mailbox_updated", event.account, payload)]
+    if isinstance(event, MtaAccepted) and event.direction is Direction.OUTBOUND and event.sasl_user:
+        payload = {
+            "success": True,
+            "messageId": event.message_id,
+            "subject": event.subject,
+            "to": list(event.rcpt_to),
+            "timestamp": _iso(event.ts / 1000),
+        }
+        return [BrowserEvent("email_sent", event.sasl_user, payload)]
+    return []

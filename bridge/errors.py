@@ -27,6 +27,18 @@ class Forbidden(BridgeError):
     """Authenticated, but not allowed to touch this account or resource (HTTP 403)."""
 
 
+class NotFound(BridgeError):
+    """No such resource for this caller: also what another user's id gets (HTTP 404)."""
+
+
+class RateLimited(BridgeError):
+    """Too many requests (HTTP 429 with Retry-After, an error ack on sockets)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class DecodeError(BridgeError):
     """Bytes from a stream or spool could not be decoded into an event."""
 

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge import keys
-from bridge.errors import AuthError, BridgeError, Forbidden, InvalidInput, Unavailable
+from bridge.errors import AuthError, BridgeError, Forbidden, InvalidInput, NotFound, RateLimited, Unavailable
 from bridge.imap import check_credentials_shape
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,8 @@ _STATUS: list[tuple[type[BridgeError], int]] = [
     (InvalidInput, 400),
     (AuthError, 401),
     (Forbidden, 403),
+    (NotFound, 404),
+    (RateLimited, 429),
     (Unavailable, 503),
 ]
 
@@ -44,7 +46,10 @@ async def errors_middleware(
     except BridgeError as exc:
         for cls, status in _STATUS:
             if isinstance(exc, cls):
-                return error_response(status, str(exc))
+                response = error_response(status, str(exc))
+                if isinstance(exc, RateLimited):
+                    response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s + 0.5)))
+                return response
         log.exception("unmapped bridge error on %s %s", request.method, request.path)
         return error_response(500, "internal error")
 

@@ -6,12 +6,14 @@ reads go through the master user (`user*master`, Dovecot "Master users/passwords
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 
 import aioimaplib
 
-from bridge.errors import InvalidInput, Unavailable
+from bridge.browser_events import EmailRef
+from bridge.errors import InvalidInput, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +21,33 @@ log = logging.getLogger(__name__)
 _FORBIDDEN = re.compile(r"[\x00\r\n]")
 ADDRESS = re.compile(r"^[^@\s\"\\]{1,64}@[A-Za-z0-9.-]{1,253}$")
 MAX_PASSWORD = 1024
+_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
+_FLAG = re.compile(r"^\\?[A-Za-z0-9$_.-]{1,64}$")  # system flags and atom keywords (RFC 3501 9)
 
 
 def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def encode_mailbox(name: str) -> str:
+    """A mailbox name in IMAP's modified UTF-7 (RFC 3501 5.1.3), quoted for a command."""
+    out: list[str] = []
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            raw = "".join(pending).encode("utf-16-be")
+            out.append("&" + base64.b64encode(raw).decode().rstrip("=").replace("/", ",") + "-")
+            pending.clear()
+
+    for char in name:
+        if 0x20 <= ord(char) <= 0x7E:
+            flush()
+            out.append("&-" if char == "&" else char)
+        else:
+            pending.append(char)
+    flush()
+    return _quoted("".join(out))
 
 
 def check_credentials_shape(email: object, password: object) -> tuple[str, str]:
@@ -65,6 +90,46 @@ class ImapGateway:
     async def ping(self) -> None:
         client = await self._connect()
         await _close(client)
+
+    async def _as_user(self, account: str) -> aioimaplib.IMAP4:
+        """A session logged in as `account` through the master user (Dovecot master users)."""
+        client = await self._connect()
+        try:
+            response = await client.login(_quoted(f"{account}*{self.master_user}"), self.master_password)
+        except (OSError, TimeoutError) as exc:
+            await _close(client)
+            raise Unavailable(f"IMAP login did not complete: {exc}") from None
+        if response.result != "OK":
+            await _close(client)
+            raise Unavailable("the IMAP master user was refused; check BRIDGE_IMAP_MASTER_*")
+        return client
+
+    async def _select(self, client: aioimaplib.IMAP4, mailbox: str, uidvalidity: int) -> None:
+        response = await client.select(encode_mailbox(mailbox))
+        if response.result != "OK":
+            raise NotFound("no such email")
+        for line in response.lines:
+            match = _UIDVALIDITY.search(bytes(line) if not isinstance(line, str) else line.encode())
+            if match is not None and int(match.group(1)) != uidvalidity:
+                raise NotFound("no such email")  # the mailbox was recreated: old ids are gone
+
+    async def store_flags(self, ref: EmailRef, flags: tuple[str, ...], *, add: bool) -> None:
+        """UID STORE +FLAGS / -FLAGS as the user (RFC 3501 6.4.6); Dovecot's hook then tells every device."""
+        for flag in flags:
+            if not _FLAG.match(flag):
+                raise InvalidInput(f"invalid flag {flag!r}")
+        client = await self._as_user(ref.account)
+        try:
+            await self._select(client, ref.mailbox, ref.uidvalidity)
+            response = await client.uid(
+                "store", str(ref.uid), "+FLAGS" if add else "-FLAGS", "(" + " ".join(flags) + ")"
+            )
+            if response.result != "OK" or not any(b"FETCH" in bytes(line) for line in response.lines[:-1]):
+                raise NotFound("no such email")
+        except (OSError, TimeoutError) as exc:
+            raise Unavailable(f"IMAP STORE did not complete: {exc}") from None
+        finally:
+            await _close(client)
 
 
 async def _close(client: aioimaplib.IMAP4) -> None:

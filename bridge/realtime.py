@@ -1,23 +1,49 @@
-"""Socket.IO edge: authenticated sockets, one room per mail account, events relayed from the streams.
+"""Socket.IO edge: authenticated sockets, one room per mail account, gap-free resume, client actions.
 
-A socket must present a valid JWT (`auth.token`, or an `Authorization: Bearer` header) or its
-connection is refused; it then joins the rooms of exactly the accounts its token grants.
-Origins are checked against the configured allow-list during the handshake.
+Connecting: a socket must present a valid JWT (`auth.token`, or an `Authorization: Bearer` header)
+or it is refused; it joins the rooms of exactly the accounts its token grants. Origins are checked
+against the configured allow-list during the handshake.
+
+Relay and resume: every browser event is first appended to its account's resume log (a capped
+Redis stream, `<prefix>:browser:<account>`), whose entry id becomes the event's `eventId`, then
+emitted to the account's room. A socket that connects with `auth.lastEventId` is replayed every
+logged event after that id, in order, before it joins the room; appending+emitting and
+replaying+joining take the same per-account lock, so nothing is missed or sent twice across the
+seam. If the log no longer reaches back to that id, the socket gets `resync` instead.
+Ingest events are relayed once per key: a stream entry delivered twice is emitted once.
+
+Client actions answer through the Socket.IO acknowledgement: `{"ok": true, ...}` or
+`{"ok": false, "error": "..."}`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
+import msgpack
+import redis.asyncio as aioredis
 import socketio
 
 from bridge.auth import Identity, TokenIssuer
-from bridge.browser_events import to_browser
-from bridge.errors import AuthError
+from bridge.browser_events import BrowserEvent, parse_email_id, to_browser
+from bridge.errors import AuthError, BridgeError, Forbidden, InvalidInput, NotFound, RateLimited
 from bridge.events import Event
+from bridge.imap import ImapGateway
+from bridge.rate_limit import RateLimiter
 
 log = logging.getLogger(__name__)
+
+LOCK_STRIPES = 256
+RELAYED_TTL_S = 86400
+_EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+Ack = dict[str, Any]
 
 
 def account_room(account: str) -> str:
@@ -31,9 +57,31 @@ def _bearer(environ: dict[str, Any]) -> str | None:
     return None
 
 
+def _entry_id(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _older(a: str, b: str) -> bool:
+    """Stream ids compare as (milliseconds, sequence)."""
+    a_ms, a_seq = (int(x) for x in a.split("-"))
+    b_ms, b_seq = (int(x) for x in b.split("-"))
+    return (a_ms, a_seq) < (b_ms, b_seq)
+
+
 class Realtime:
-    def __init__(self, issuer: TokenIssuer, cors_origins: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        issuer: TokenIssuer,
+        cors_origins: tuple[str, ...],
+        *,
+        stream_prefix: str,
+        resume_log_len: int,
+        max_sockets_per_user: int,
+    ) -> None:
         self.issuer = issuer
+        self.stream_prefix = stream_prefix
+        self.resume_log_len = resume_log_len
+        self.max_sockets_per_user = max_sockets_per_user
         self.sio = socketio.AsyncServer(
             async_mode="aiohttp",
             # None keeps python-socketio's same-origin check; a list allows exactly those origins.
@@ -42,8 +90,36 @@ class Realtime:
             logger=False,
             engineio_logger=False,
         )
+        self.redis: aioredis.Redis | None = None
+        self.imap: ImapGateway | None = None
+        self._locks = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sockets_by_user: dict[str, set[str]] = {}
+        self.typing_limit = RateLimiter(2.0, 5)
+        self.action_limit = RateLimiter(10.0, 30)
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
+        self._action("join_email", self._join_email)
+        self._action("typing", self._typing)
+        self._action("mark_read", self._mark_read)
+
+    def bind(self, redis: aioredis.Redis, imap: ImapGateway) -> None:
+        self.redis = redis
+        self.imap = imap
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------ connection
+
+    def _lock(self, account: str) -> asyncio.Lock:
+        digest = hashlib.blake2b(account.lower().encode(), digest_size=4).digest()
+        return self._locks[int.from_bytes(digest, "big") % LOCK_STRIPES]
+
+    def log_key(self, account: str) -> str:
+        return f"{self.stream_prefix}:browser:{account.lower()}"
 
     async def _connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
         token = auth.get("token") if isinstance(auth, dict) else None
@@ -53,24 +129,183 @@ class Realtime:
         except AuthError as exc:
             log.info("[sid %s] connection refused: %s", sid, exc)
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
+        sockets = self._sockets_by_user.setdefault(identity.subject, set())
+        if len(sockets) >= self.max_sockets_per_user:
+            log.info("[sid %s] connection refused: %s has %d sockets", sid, identity.subject, len(sockets))
+            raise socketio.exceptions.ConnectionRefusedError("too many connections for this user")
+        sockets.add(sid)
+        last_event_id = auth.get("lastEventId") if isinstance(auth, dict) else None
         await self.sio.save_session(sid, {"identity": identity})
-        for account in identity.accounts:
-            await self.sio.enter_room(sid, account_room(account))
         log.info("[sid %s] connected as %s (%d account(s))", sid, identity.subject, len(identity.accounts))
+        if last_event_id is None:
+            for account in identity.accounts:
+                await self.sio.enter_room(sid, account_room(account))
+            return
+        # Replay after the CONNECT packet went out (the handler returns first), then join.
+        task = asyncio.create_task(self._resume(sid, identity, last_event_id), name=f"resume-{sid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _disconnect(self, sid: str, reason: object = None) -> None:
+        for subject, sockets in list(self._sockets_by_user.items()):
+            sockets.discard(sid)
+            if not sockets:
+                del self._sockets_by_user[subject]
         log.debug("[sid %s] disconnected (%s)", sid, reason)
 
     async def identity(self, sid: str) -> Identity:
         session = await self.sio.get_session(sid)
         identity = session.get("identity")
-        assert isinstance(identity, Identity)
+        if not isinstance(identity, Identity):
+            raise AuthError("not authenticated")
         return identity
 
+    # ------------------------------------------------------------------ resume
+
+    async def _resume(self, sid: str, identity: Identity, last_event_id: object) -> None:
+        await asyncio.sleep(0)  # let the CONNECT packet be queued before any replayed event
+        try:
+            for account in identity.accounts:
+                since = last_event_id.get(account) if isinstance(last_event_id, dict) else last_event_id
+                async with self._lock(account):
+                    replayed = await self._replay(sid, account, since)
+                    await self.sio.enter_room(sid, account_room(account))
+                log.info("[sid %s] resumed %s: %d event(s) replayed", sid, account, replayed)
+        except Exception:
+            log.exception("[sid %s] resume failed; asking the client to resync", sid)
+            await self.sio.emit("resync", {"reason": "resume failed"}, to=sid)
+            for account in identity.accounts:
+                await self.sio.enter_room(sid, account_room(account))
+
+    async def _replay(self, sid: str, account: str, since: object) -> int:
+        assert self.redis is not None
+        key = self.log_key(account)
+        if not isinstance(since, str) or not _EVENT_ID.match(since):
+            await self.sio.emit("resync", {"account": account, "reason": "unknown lastEventId"}, to=sid)
+            return 0
+        info: Any = {}
+        try:
+            info = await self.redis.xinfo_stream(key)
+        except aioredis.ResponseError:
+            info = {}  # no log yet: nothing was ever sent for this account
+        # The log is trimmed from the front: once `since` is older than its first entry, events
+        # after it may be gone (Redis 7.0 keeps no count of trimmed entries), so ask for a resync.
+        if info:
+            first = info.get("first-entry")
+            oldest = _entry_id(first[0]) if first else _entry_id(info.get("last-generated-id", b"0-0"))
+            if _older(since, oldest):
+                await self.sio.emit("resync", {"account": account, "reason": "gap older than the log"}, to=sid)
+                return 0
+        count = 0
+        cursor = f"({since}"
+        while True:
+            entries: Any = await self.redis.xrange(key, min=cursor, count=500)
+            if not entries:
+                return count
+            for entry_id, fields in entries:
+                payload = msgpack.unpackb(fields[b"p"], raw=False)
+                payload["eventId"] = _entry_id(entry_id)
+                await self.sio.emit(fields[b"n"].decode(), payload, to=sid)
+                count += 1
+            cursor = f"({_entry_id(entries[-1][0])}"
+
+    # ------------------------------------------------------------------ relay
+
     async def relay(self, stream: str, entry_id: str, event: Event) -> None:
-        mapped = to_browser(event, entry_id)
-        if mapped is None:
+        assert self.redis is not None
+        browser_events = to_browser(event)
+        if not browser_events:
             return
-        name, account, payload = mapped
-        await self.sio.emit(name, payload, room=account_room(account))
-        log.debug("[%s %s] %s emitted to %s", stream, entry_id, name, account)
+        # Once per key: a re-delivered ingest entry (crash before XACK, spool drained twice) is
+        # not shown twice.
+        first = await self.redis.set(f"{self.stream_prefix}:relayed:{event.key}", b"1", nx=True, ex=RELAYED_TTL_S)
+        if not first:
+            log.info("[%s %s] duplicate of %s skipped", stream, entry_id, event.key)
+            return
+        for browser_event in browser_events:
+            await self.publish(browser_event)
+        log.debug("[%s %s] relayed %s", stream, entry_id, [b.name for b in browser_events])
+
+    async def publish(self, browser_event: BrowserEvent) -> str:
+        """Log the event in its account's resume log, then emit it to the account's room."""
+        assert self.redis is not None
+        account = browser_event.account
+        async with self._lock(account):
+            event_id = _entry_id(
+                await self.redis.xadd(
+                    self.log_key(account),
+                    {b"n": browser_event.name.encode(), b"p": msgpack.packb(browser_event.payload)},
+                    maxlen=self.resume_log_len,
+                    approximate=True,
+                )
+            )
+            payload = {**browser_event.payload, "eventId": event_id}
+            await self.sio.emit(browser_event.name, payload, room=account_room(account))
+        return event_id
+
+    # ------------------------------------------------------------------ client actions
+
+    def _action(self, name: str, handler: Callable[[str, Identity, Any], Awaitable[Ack]]) -> None:
+        async def wrapped(sid: str, data: Any = None) -> Ack:
+            try:
+                identity = await self.identity(sid)
+                if not self.action_limit.allow(sid):
+                    raise RateLimited("too many requests", self.action_limit.retry_after(sid))
+                return await handler(sid, identity, data)
+            except RateLimited as exc:
+                return {"ok": False, "error": str(exc), "retryAfter": round(exc.retry_after_s, 2)}
+            except BridgeError as exc:
+                log.info("[sid %s] %s refused: %s", sid, name, exc)
+                return {"ok": False, "error": str(exc)}
+            except Exception:
+                log.exception("[sid %s] %s failed", sid, name)
+                return {"ok": False, "error": "internal error"}
+
+        self.sio.on(name, wrapped)
+
+    @staticmethod
+    def _owned(identity: Identity, account: str) -> str:
+        for granted in identity.accounts:
+            if granted.lower() == account.lower():
+                return granted
+        # Someone else's id looks exactly like one that does not exist.
+        raise NotFound("no such email")
+
+    async def _join_email(self, sid: str, identity: Identity, data: Any) -> Ack:
+        address = data.get("address") if isinstance(data, dict) else data
+        if not isinstance(address, str) or len(address) > 320:
+            raise InvalidInput("join_email takes an address")
+        granted = [a for a in identity.accounts if a.lower() == address.lower()]
+        if not granted:
+            raise Forbidden("this token does not grant that address")
+        await self.sio.enter_room(sid, account_room(granted[0]))
+        return {"ok": True, "address": granted[0]}
+
+    async def _typing(self, sid: str, identity: Identity, data: Any) -> Ack:
+        if not isinstance(data, dict):
+            raise InvalidInput("typing takes {emailId}")
+        ref = parse_email_id(data.get("emailId"))
+        account = self._owned(identity, ref.account)
+        if not self.typing_limit.allow(sid):
+            raise RateLimited("typing too fast", self.typing_limit.retry_after(sid))
+        # Only the sessions that can see this email: the account's room, not this socket itself.
+        await self.sio.emit(
+            "user_typing",
+            {"user": identity.subject, "emailId": data["emailId"], "typing": bool(data.get("typing", True))},
+            room=account_room(account),
+            skip_sid=sid,
+        )
+        return {"ok": True}
+
+    async def _mark_read(self, sid: str, identity: Identity, data: Any) -> Ack:
+        assert self.imap is not None
+        if not isinstance(data, dict):
+            raise InvalidInput("mark_read takes {emailId, read?}")
+        ref = parse_email_id(data.get("emailId"))
+        account = self._owned(identity, ref.account)
+        read = data.get("read", True)
+        if not isinstance(read, bool):
+            raise InvalidInput("read must be true or false")
+        await self.imap.store_flags(replace(ref, account=account), ("\\Seen",), add=read)
+        log.info("[sid %s] marked %s/%s %s", sid, ref.mailbox, ref.uid, "read" if read else "unread")
+        return {"ok": True}

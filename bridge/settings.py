@@ -105,6 +105,8 @@ class Settings:
     spool_dir: Path = Path("var/spool")
     stream_prefix: str = "mail"
     stream_maxlen: int = 1_000_000
+    resume_log_len: int = 10_000
+    max_sockets_per_user: int = 20
     consumer_group: str = "bridge"
     consumer_name: str = "bridge-1"
     log_level: str = "INFO"
@@ -135,6 +137,8 @@ class Settings:
             spool_dir=Path(e.text("BRIDGE_SPOOL_DIR", "var/spool")),
             stream_prefix=e.text("BRIDGE_STREAM_PREFIX", "mail"),
             stream_maxlen=e.integer("BRIDGE_STREAM_MAXLEN", 1_000_000, low=1000),
+            resume_log_len=e.integer("BRIDGE_RESUME_LOG_LEN", 10_000, low=100),
+            max_sockets_per_user=e.integer("BRIDGE_MAX_SOCKETS_PER_USER", 20, low=1),
             consumer_group=e.text("BRIDGE_CONSUMER_GROUP", "bridge"),
             consumer_name=e.text("BRIDGE_CONSUMER_NAME", "bridge-1"),
             log_level=e.text("BRIDGE_LOG_LEVEL", "INFO").upper(),
