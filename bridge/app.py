@@ -18,7 +18,8 @@ from aiohttp import web
 
 from bridge import keys
 from bridge.auth import TokenIssuer
-from bridge.events import Event, MessageAdded, StreamNames
+from bridge.browser_events import BrowserEvent
+from bridge.events import Event, StreamNames
 from bridge.http_api import add_routes, errors_middleware
 from bridge.imap import ImapGateway
 from bridge.realtime import Realtime
@@ -105,8 +106,17 @@ def create_app(settings: Settings) -> web.Application:
         realtime.bind(redis, app[keys.IMAP])
 
         async def index(_stream: str, _entry_id: str, event: Event) -> None:
-            if isinstance(event, MessageAdded):
-                await store.index_message(event)
+            changed = await store.apply(event)
+            if changed is not None:
+                account, mailbox = changed
+                unread, total = await store.counts(account, mailbox)
+                await realtime.publish(
+                    BrowserEvent(
+                        "unread_count",
+                        account,
+                        {"account": account, "mailbox": mailbox, "unread": unread, "total": total},
+                    )
+                )
 
         relay = Consumer(redis, streams.all(), settings.consumer_group, settings.consumer_name, realtime.relay)
         # The index has its own group: a slow or stopped store never delays what browsers see.

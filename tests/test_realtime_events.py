@@ -207,3 +207,16 @@ async def test_sending_through_submission_tells_the_senders_devices(
     sent = await sender.wait_for("email_sent", lambda e: e["subject"] == subject)
     assert sent["success"] is True and sent["messageId"] == m["Message-ID"] and sent["to"] == [other_account.email]
     await sender.close()
+
+
+async def test_unread_counts_follow_deliveries_and_reads(
+    stack: StackInfo, http: aiohttp.ClientSession, account: Account
+) -> None:
+    client = await client_for(stack, http, account)
+    await deliver(stack, account.email, "count me")
+    mail = await client.wait_for("new_email", lambda e: e["subject"] == "count me")
+    counted = await client.wait_for("unread_count", lambda e: e["mailbox"] == "INBOX" and e["total"] == 1)
+    assert counted["unread"] == 1 and counted["account"] == account.email and counted["eventId"]
+    assert await client.sio.call("mark_read", {"emailId": mail["id"]}, timeout=15) == {"ok": True}
+    await client.wait_for("unread_count", lambda e: e["mailbox"] == "INBOX" and e["unread"] == 0)
+    await client.close()
