@@ -15,19 +15,27 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 
 from bridge import keys
-from bridge.auth import TokenIssuer
+from bridge.auth import TokenIssuer, TrustedIssuer
+from bridge.backfill import Backfill
 from bridge.browser_events import BrowserEvent
 from bridge.events import Event, StreamNames
-from bridge.http_api import add_routes, errors_middleware
+from bridge.http_api import add_routes, cors_middleware, errors_middleware
+from bridge.http_mail import add_routes as add_mail_routes
 from bridge.imap import ImapGateway
+from bridge.mail_service import MailService
+from bridge.metrics import Metrics
+from bridge.rate_limit import RateLimiter
 from bridge.realtime import Realtime
 from bridge.settings import Settings
 from bridge.smtp_filter import FilterHandler, FilterServer
 from bridge.spool import SpoolDrainer
 from bridge.store import Store
 from bridge.streams import Consumer, Publisher
+from bridge.submission import Submission
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +60,29 @@ def _supervised(name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=1 << 20)
+    app = web.Application(
+        middlewares=[cors_middleware(settings.cors_origins), errors_middleware], client_max_size=48 << 20
+    )
+    app[keys.METRICS] = metrics = Metrics()
+    app[keys.REQUEST_LIMIT] = RateLimiter(settings.requests_per_second, settings.requests_per_second * 3)
     app[keys.SETTINGS] = settings
     app[keys.ISSUER] = TokenIssuer(
         secret=settings.jwt_secret,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
         ttl_s=settings.jwt_ttl_s,
+        trusted=(
+            (
+                TrustedIssuer(
+                    issuer=settings.host_jwt_issuer,
+                    audience=settings.host_jwt_audience,
+                    algorithm=settings.host_jwt_algorithm,
+                    public_key=settings.host_jwt_key_file.read_text(),
+                ),
+            )
+            if settings.host_jwt_key_file is not None
+            else ()
+        ),
     )
     streams = StreamNames(settings.stream_prefix)
     realtime = Realtime(
@@ -67,10 +91,27 @@ def create_app(settings: Settings) -> web.Application:
         stream_prefix=settings.stream_prefix,
         resume_log_len=settings.resume_log_len,
         max_sockets_per_user=settings.max_sockets_per_user,
+        metrics=metrics,
     )
     app[keys.REALTIME] = realtime
     realtime.sio.attach(app)
     add_routes(app)
+    add_mail_routes(app)
+
+    async def metrics_page(request: web.Request) -> web.Response:
+        groups = (settings.consumer_group, f"{settings.consumer_group}-index")
+        for stream in streams.all():
+            try:
+                infos: Any = await app[keys.REDIS].xinfo_groups(stream)
+            except RedisError:
+                continue
+            for info in infos:
+                name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+                if name in groups and info.get("lag") is not None:
+                    metrics.stream_lag.labels(stream, name).set(info["lag"])
+        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/metrics", metrics_page)
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         # A socket timeout above the consumers' XREADGROUP block time: a Redis that stops answering
@@ -100,10 +141,29 @@ def create_app(settings: Settings) -> web.Application:
         )
         yield
 
+    async def mail_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[keys.BACKFILL] = backfill = Backfill(app[keys.IMAP], app[keys.STORE])
+        app[keys.MAIL] = MailService(
+            app[keys.IMAP],
+            app[keys.STORE],
+            app[keys.REDIS],
+            Submission(
+                settings.submission_host,
+                settings.submission_port,
+                settings.imap_master_user,
+                settings.imap_master_password,
+            ),
+            prefix=settings.stream_prefix,
+            metrics=metrics,
+            send_limit=RateLimiter(settings.send_per_minute / 60, max(1, settings.send_per_minute // 3)),
+        )
+        yield
+        await backfill.close()
+
     async def background_ctx(app: web.Application) -> AsyncIterator[None]:
         redis = app[keys.REDIS]
         store = app[keys.STORE]
-        realtime.bind(redis, app[keys.IMAP])
+        realtime.bind(redis, app[keys.IMAP], app[keys.MAIL])
 
         async def index(_stream: str, _entry_id: str, event: Event) -> None:
             changed = await store.apply(event)
@@ -143,5 +203,5 @@ def create_app(settings: Settings) -> web.Application:
         yield
         await server.stop()
 
-    app.cleanup_ctx.extend([redis_ctx, store_ctx, imap_ctx, background_ctx, filter_ctx])
+    app.cleanup_ctx.extend([redis_ctx, store_ctx, imap_ctx, mail_ctx, background_ctx, filter_ctx])
     return app

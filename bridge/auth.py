@@ -25,6 +25,21 @@ class Identity:
     expires_at: int
 
 
+# Asymmetric algorithms a host website may sign with; its public key verifies, so the bridge never
+# holds a key that could mint host tokens.
+HOST_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA")
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedIssuer:
+    """A host website whose tokens are accepted: its issuer, audience, pinned algorithm and public key."""
+
+    issuer: str
+    audience: str
+    algorithm: str
+    public_key: str
+
+
 @dataclass(frozen=True, slots=True)
 class TokenIssuer:
     secret: str
@@ -32,6 +47,7 @@ class TokenIssuer:
     audience: str
     ttl_s: int
     algorithm: str = "HS256"
+    trusted: tuple[TrustedIssuer, ...] = ()
 
     def issue(self, subject: str, accounts: tuple[str, ...], *, now: float | None = None) -> tuple[str, int]:
         issued = int(time.time() if now is None else now)
@@ -52,13 +68,25 @@ class TokenIssuer:
             raise AuthError("a token is required")
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthError("token too large")
+        key: str = self.secret
+        algorithm, issuer, audience = self.algorithm, self.issuer, self.audience
+        if self.trusted:
+            # Which key verifies depends on who claims to have issued it; that claim is then
+            # verified with that issuer's own pinned algorithm and key, never the token's header.
+            try:
+                claimed = jwt.decode(token, options={"verify_signature": False}).get("iss")
+            except jwt.InvalidTokenError as exc:
+                raise AuthError(f"invalid token: {exc}") from None
+            for host in self.trusted:
+                if claimed == host.issuer:
+                    key, algorithm, issuer, audience = host.public_key, host.algorithm, host.issuer, host.audience
         try:
             claims = jwt.decode(
                 token,
-                self.secret,
-                algorithms=[self.algorithm],
-                audience=self.audience,
-                issuer=self.issuer,
+                key,
+                algorithms=[algorithm],
+                audience=audience,
+                issuer=issuer,
                 leeway=LEEWAY_S,
                 options={"require": ["exp", "iat", "iss", "aud", "sub"]},
             )

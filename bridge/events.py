@@ -196,6 +196,7 @@ class MtaAccepted(Event):
     attachments: tuple[Attachment, ...] = ()
     authentication_results: tuple[str, ...] = ()  # RFC 8601 headers, verbatim
     truncated: bool = False  # headers were cut at the parser's bounds
+    category: str = "primary"  # primary, social or promotions, from the headers (web client's tabs)
 
 
 EVENT_TYPES: dict[Kind, type[Event]] = {

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -54,12 +55,12 @@ async def errors_middleware(
         return error_response(500, "internal error")
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
-        raise InvalidInput(f"body larger than {MAX_JSON_BYTES} bytes")
-    raw = await request.content.read(MAX_JSON_BYTES + 1)
-    if len(raw) > MAX_JSON_BYTES:
-        raise InvalidInput(f"body larger than {MAX_JSON_BYTES} bytes")
+async def read_json(request: web.Request, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > limit:
+        raise InvalidInput(f"body larger than {limit} bytes")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise InvalidInput(f"body larger than {limit} bytes")
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -67,6 +68,34 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInput("body must be a JSON object")
     return data
+
+
+def cors_middleware(allowed: tuple[str, ...]) -> Any:
+    """Origins from the allow-list get CORS headers (and preflights an answer); any other Origin
+    that is not the bridge itself is refused with 403 (cross-site request forgery, OWASP)."""
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is None or request.path.startswith("/socket.io/"):
+            return await handler(request)  # Socket.IO checks origins itself, during its handshake
+        same_origin = origin == f"{request.scheme}://{request.host}"
+        if origin not in allowed and not same_origin:
+            return error_response(403, "origin not allowed")
+        if request.method == "OPTIONS":
+            response: web.StreamResponse = web.Response(status=204)
+        else:
+            response = await handler(request)
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
+        response.headers["Access-Control-Max-Age"] = "600"
+        return response
+
+    return middleware
 
 
 async def login(request: web.Request) -> web.Response:
@@ -77,6 +106,7 @@ async def login(request: web.Request) -> web.Response:
         log.info("login refused for %s", email)
         raise AuthError("invalid email or password")
     token, expires = request.app[keys.ISSUER].issue(email, (email,))
+    request.app[keys.BACKFILL].start(email)
     log.info("login ok for %s", email)
     return web.json_response({"token": token, "expiresAt": expires})
 
@@ -102,6 +132,14 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
+OPENAPI = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
+
+
+async def api_docs(request: web.Request) -> web.Response:
+    return web.Response(body=OPENAPI.read_bytes(), content_type="application/json")
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/auth/login", login)
     app.router.add_get("/health", health)
+    app.router.add_get("/api/docs", api_docs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+from dataclasses import dataclass
 
 import aioimaplib
 
@@ -130,6 +131,190 @@ class ImapGateway:
             raise Unavailable(f"IMAP STORE did not complete: {exc}") from None
         finally:
             await _close(client)
+
+    async def list_mailboxes(self, account: str) -> list[MailboxInfo]:
+        """Every mailbox of the account, with its special use (RFC 6154) where the server names one."""
+        client = await self._as_user(account)
+        try:
+            response = await client.list('""', '"*"')
+            if response.result != "OK":
+                raise Unavailable("IMAP LIST failed")
+            return [info for line in response.lines[:-1] if (info := parse_list_line(bytes(line))) is not None]
+        except (OSError, TimeoutError) as exc:
+            raise Unavailable(f"IMAP LIST did not complete: {exc}") from None
+        finally:
+            await _close(client)
+
+    async def fetch_raw(self, ref: EmailRef) -> bytes:
+        """The whole message (BODY.PEEK[] leaves \\Seen alone, RFC 3501 6.4.5)."""
+        client = await self._as_user(ref.account)
+        try:
+            await self._select(client, ref.mailbox, ref.uidvalidity)
+            response = await client.uid("fetch", str(ref.uid), "(BODY.PEEK[])")
+            literals = [bytes(line) for line in response.lines if isinstance(line, bytearray)]
+            if response.result != "OK" or not literals:
+                raise NotFound("no such email")
+            return literals[0]
+        except (OSError, TimeoutError) as exc:
+            raise Unavailable(f"IMAP FETCH did not complete: {exc}") from None
+        finally:
+            await _close(client)
+
+    async def move(self, ref: EmailRef, target: str) -> None:
+        """UID MOVE (RFC 6851): the hook reports the append there and the expunge here."""
+        client = await self._as_user(ref.account)
+        try:
+            await self._select(client, ref.mailbox, ref.uidvalidity)
+            response = await client.uid("move", str(ref.uid), encode_mailbox(target))
+            if response.result != "OK":
+                raise NotFound("no such email or mailbox")
+        except (OSError, TimeoutError) as exc:
+            raise Unavailable(f"IMAP MOVE did not complete: {exc}") from None
+        finally:
+            await _close(client)
+
+    async def headers_of_all(self, account: str, mailbox: str) -> tuple[int, list[FetchedHeaders]]:
+        """UIDVALIDITY and, for every message, UID, flags and the headers the index keeps."""
+        client = await self._as_user(account)
+        try:
+            response = await client.select(encode_mailbox(mailbox))
+            if response.result != "OK":
+                return 0, []
+            validity = 0
+            for line in response.lines:
+                match = _UIDVALIDITY.search(bytes(line))
+                if match is not None:
+                    validity = int(match.group(1))
+            response = await client.uid(
+                "fetch", "1:*", "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE MESSAGE-ID)])"
+            )
+            found: list[FetchedHeaders] = []
+            pending: tuple[int, tuple[str, ...], int] | None = None
+            for line in response.lines:
+                if isinstance(line, bytearray) and pending is not None:
+                    found.append(FetchedHeaders(pending[0], pending[1], pending[2], bytes(line)))
+                    pending = None
+                    continue
+                match = _FETCH_ITEM.search(bytes(line))
+                if match is not None:
+                    flags = tuple(match.group("flags").decode("ascii", "replace").split())
+                    pending = (int(match.group("uid")), flags, int(match.group("size") or 0))
+            return validity, found
+        except (OSError, TimeoutError) as exc:
+            raise Unavailable(f"IMAP FETCH did not complete: {exc}") from None
+        finally:
+            await _close(client)
+
+    async def ensure_mailbox(self, account: str, mailbox: str) -> None:
+        """CREATE unless it exists (RFC 3501 6.3.3: creating an existing name is a NO)."""
+        client = await self._as_user(account)
+        try:
+            await client.create(encode_mailbox(mailbox))
+        except (OSError, TimeoutError) as exc:
+            raise Unavailable(f"IMAP CREATE did not complete: {exc}") from None
+        finally:
+            await _close(client)
+
+    async def expunge_uid(self, ref: EmailRef) -> None:
+        """UID EXPUNGE (RFC 4315): removes this message only, not others marked \\Deleted."""
+        client = await self._as_user(ref.account)
+        try:
+            await self._select(client, ref.mailbox, ref.uidvalidity)
+            response = await client.uid("expunge", str(ref.uid))
+            if response.result != "OK":
+                raise Unavailable("IMAP UID EXPUNGE failed")
+        except (OSError, TimeoutError) as exc:
+            raise Unavailable(f"IMAP EXPUNGE did not complete: {exc}") from None
+        finally:
+            await _close(client)
+
+    async def append(self, account: str, mailbox: str, message: bytes, flags: tuple[str, ...] = ()) -> None:
+        """APPEND (RFC 3501 6.3.11), creating the mailbox when it does not exist yet."""
+        client = await self._as_user(account)
+        try:
+            flag_list = "(" + " ".join(flags) + ")" if flags else None
+            response = await client.append(message, mailbox=encode_mailbox(mailbox), flags=flag_list)
+            if response.result != "OK":
+                await client.create(encode_mailbox(mailbox))
+                response = await client.append(message, mailbox=encode_mailbox(mailbox), flags=flag_list)
+            if response.result != "OK":
+                raise Unavailable(f"IMAP APPEND to {mailbox} failed")
+        except (OSError, TimeoutError) as exc:
+            raise Unavailable(f"IMAP APPEND did not complete: {exc}") from None
+        finally:
+            await _close(client)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedHeaders:
+    uid: int
+    flags: tuple[str, ...]
+    size: int
+    header: bytes
+
+
+# "* 3 FETCH (UID 7 FLAGS (\\Seen) RFC822.SIZE 512 BODY[HEADER.FIELDS (...)] {123}" in any item order.
+_FETCH_ITEM = re.compile(
+    rb"FETCH \((?=.*\bUID (?P<uid>\d+))(?=.*\bFLAGS \((?P<flags>[^)]*)\))(?=(?:.*\bRFC822\.SIZE (?P<size>\d+))?)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxInfo:
+    name: str
+    delimiter: str
+    special_use: str  # "\\Sent", "\\Trash", ... or ""
+    selectable: bool
+
+
+_LIST_LINE = re.compile(rb'^\((?P<flags>[^)]*)\) (?:"(?P<delim>(?:\\.|[^"])*)"|NIL) (?P<name>.+)$')
+_SPECIAL_USE = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash")
+
+
+def parse_list_line(line: bytes) -> MailboxInfo | None:
+    """One untagged LIST response (RFC 3501 7.2.2), without the leading '* LIST '."""
+    line = line.strip()
+    if line.startswith(b"LIST "):
+        line = line[5:]
+    match = _LIST_LINE.match(line)
+    if match is None:
+        return None
+    flags = match.group("flags").decode("ascii", "replace").split()
+    name = match.group("name").decode("utf-8", "replace")
+    if name.startswith('"') and name.endswith('"'):
+        name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    special = next((f for f in flags if f in _SPECIAL_USE), "")
+    return MailboxInfo(
+        name=decode_mailbox(name),
+        delimiter=(match.group("delim") or b"").decode(),
+        special_use=special,
+        selectable="\\Noselect" not in flags and "\\NonExistent" not in flags,
+    )
+
+
+def decode_mailbox(name: str) -> str:
+    """Modified UTF-7 (RFC 3501 5.1.3) to text; a malformed name is returned as it is."""
+    out: list[str] = []
+    i = 0
+    while i < len(name):
+        if name[i] != "&":
+            out.append(name[i])
+            i += 1
+            continue
+        end = name.find("-", i)
+        if end == -1:
+            return name
+        chunk = name[i + 1 : end]
+        if not chunk:
+            out.append("&")
+        else:
+            try:
+                raw = base64.b64decode(chunk.replace(",", "/") + "=" * (-len(chunk) % 4))
+                out.append(raw.decode("utf-16-be"))
+            except (ValueError, UnicodeDecodeError):
+                return name
+        i = end + 1
+    return "".join(out)
 
 
 async def _close(client: aioimaplib.IMAP4) -> None:

@@ -6,7 +6,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from bridge.auth import TokenIssuer
+from bridge.backfill import Backfill
 from bridge.imap import ImapGateway
+from bridge.mail_service import MailService
+from bridge.metrics import Metrics
+from bridge.rate_limit import RateLimiter
 from bridge.realtime import Realtime
 from bridge.settings import Settings
 from bridge.store import Store
@@ -19,3 +23,7 @@ STORE = web.AppKey("store", Store)
 IMAP = web.AppKey("imap", ImapGateway)
 REALTIME = web.AppKey("realtime", Realtime)
 PUBLISHER = web.AppKey("publisher", Publisher)
+MAIL = web.AppKey("mail", MailService)
+REQUEST_LIMIT = web.AppKey("request_limit", RateLimiter)
+METRICS = web.AppKey("metrics", Metrics)
+BACKFILL = web.AppKey("backfill", Backfill)

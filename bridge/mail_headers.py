@@ -33,6 +33,41 @@ _AUTH_SENDER = re.compile(r"\(Authenticated sender:\s*(?P<user>[^)\s]+)\)")
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 
 
+# Senders whose mail goes to the "social" tab; anything sent to a list (RFC 2369 List-Unsubscribe,
+# Precedence: bulk/list) goes to "promotions"; the rest is "primary".
+SOCIAL_DOMAINS = frozenset(
+    {
+        "facebookmail.com",
+        "linkedin.com",
+        "twitter.com",
+        "x.com",
+        "instagram.com",
+        "mastodon.social",
+        "pinterest.com",
+        "reddit.com",
+        "redditmail.com",
+        "tiktok.com",
+        "youtube.com",
+        "discord.com",
+        "slack.com",
+        "meetup.com",
+        "quora.com",
+        "tumblr.com",
+        "snapchat.com",
+        "github.com",
+    }
+)
+
+
+def categorize(from_address: str, list_unsubscribe: bool, precedence: str) -> str:
+    domain = from_address.rsplit("@", 1)[-1].lower() if "@" in from_address else ""
+    if any(domain == d or domain.endswith("." + d) for d in SOCIAL_DOMAINS):
+        return "social"
+    if list_unsubscribe or precedence.strip().lower() in {"bulk", "list", "junk"}:
+        return "promotions"
+    return "primary"
+
+
 @dataclass(frozen=True, slots=True)
 class HeaderSummary:
     queue_id: str
@@ -45,6 +80,7 @@ class HeaderSummary:
     authentication_results: tuple[str, ...]
     truncated: bool
     fingerprint: str  # stable hash of the header block, for keys when no queue id is known
+    category: str = "primary"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,4 +164,5 @@ def summarize(message: bytes | ParsedHeaders) -> HeaderSummary:
         ),
         truncated=parsed.truncated,
         fingerprint=parsed.fingerprint,
+        category=categorize(address, headers.get("List-Unsubscribe") is not None, _raw(headers.get("Precedence"))),
     )

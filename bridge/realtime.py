@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -35,6 +36,8 @@ from bridge.browser_events import BrowserEvent, parse_email_id, to_browser
 from bridge.errors import AuthError, BridgeError, Forbidden, InvalidInput, NotFound, RateLimited
 from bridge.events import Event
 from bridge.imap import ImapGateway
+from bridge.mail_service import MailService, owned_account
+from bridge.metrics import Metrics
 from bridge.rate_limit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,7 @@ class Realtime:
         stream_prefix: str,
         resume_log_len: int,
         max_sockets_per_user: int,
+        metrics: Metrics,
     ) -> None:
         self.issuer = issuer
         self.stream_prefix = stream_prefix
@@ -90,8 +94,10 @@ class Realtime:
             logger=False,
             engineio_logger=False,
         )
+        self.metrics = metrics
         self.redis: aioredis.Redis | None = None
         self.imap: ImapGateway | None = None
+        self.mail: MailService | None = None
         self._locks = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
         self._tasks: set[asyncio.Task[None]] = set()
         self._sockets_by_user: dict[str, set[str]] = {}
@@ -102,10 +108,12 @@ class Realtime:
         self._action("join_email", self._join_email)
         self._action("typing", self._typing)
         self._action("mark_read", self._mark_read)
+        self._action("send_email", self._send_email)
 
-    def bind(self, redis: aioredis.Redis, imap: ImapGateway) -> None:
+    def bind(self, redis: aioredis.Redis, imap: ImapGateway, mail: MailService) -> None:
         self.redis = redis
         self.imap = imap
+        self.mail = mail
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -134,6 +142,7 @@ class Realtime:
             log.info("[sid %s] connection refused: %s has %d sockets", sid, identity.subject, len(sockets))
             raise socketio.exceptions.ConnectionRefusedError("too many connections for this user")
         sockets.add(sid)
+        self.metrics.sockets.inc()
         last_event_id = auth.get("lastEventId") if isinstance(auth, dict) else None
         await self.sio.save_session(sid, {"identity": identity})
         log.info("[sid %s] connected as %s (%d account(s))", sid, identity.subject, len(identity.accounts))
@@ -148,6 +157,8 @@ class Realtime:
 
     async def _disconnect(self, sid: str, reason: object = None) -> None:
         for subject, sockets in list(self._sockets_by_user.items()):
+            if sid in sockets:
+                self.metrics.sockets.dec()
             sockets.discard(sid)
             if not sockets:
                 del self._sockets_by_user[subject]
@@ -224,6 +235,7 @@ class Realtime:
             return
         for browser_event in browser_events:
             await self.publish(browser_event)
+        self.metrics.relay_latency.observe(max(0.0, time.time() - event.ts / 1000))
         log.debug("[%s %s] relayed %s", stream, entry_id, [b.name for b in browser_events])
 
     async def publish(self, browser_event: BrowserEvent) -> str:
@@ -241,6 +253,7 @@ class Realtime:
             )
             payload = {**browser_event.payload, "eventId": event_id}
             await self.sio.emit(browser_event.name, payload, room=account_room(account))
+        self.metrics.events_relayed.labels(browser_event.name).inc()
         return event_id
 
     # ------------------------------------------------------------------ client actions
@@ -309,3 +322,9 @@ class Realtime:
         await self.imap.store_flags(replace(ref, account=account), ("\\Seen",), add=read)
         log.info("[sid %s] marked %s/%s %s", sid, ref.mailbox, ref.uid, "read" if read else "unread")
         return {"ok": True}
+
+    async def _send_email(self, sid: str, identity: Identity, data: Any) -> Ack:
+        assert self.mail is not None
+        account = owned_account(identity, data.get("account") if isinstance(data, dict) else None)
+        result = await self.mail.send(identity, account, data)
+        return {"ok": True, **result}

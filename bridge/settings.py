@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bridge.auth import HOST_ALGORITHMS
 from bridge.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -72,6 +73,10 @@ class _Env:
         return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
 def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> str:
     parts = urlsplit(url)
     if parts.scheme not in schemes or not (parts.hostname or parts.path):
@@ -97,10 +102,18 @@ class Settings:
     filter_port: int = DEFAULT_PORTS["filter"]
     reinject_host: str = DEFAULT_HOST
     reinject_port: int = DEFAULT_PORTS["reinject"]
+    submission_host: str = DEFAULT_HOST
+    submission_port: int = DEFAULT_PORTS["submission"]
+    send_per_minute: int = 30
+    requests_per_second: int = 20
     jwt_secret: str = field(default="", repr=False)
     jwt_issuer: str = "mail-bridge"
     jwt_audience: str = "mail-bridge"
     jwt_ttl_s: int = 3600
+    host_jwt_issuer: str = ""
+    host_jwt_audience: str = ""
+    host_jwt_algorithm: str = "RS256"
+    host_jwt_key_file: Path | None = None
     cors_origins: tuple[str, ...] = ()
     spool_dir: Path = Path("var/spool")
     stream_prefix: str = "mail"
@@ -129,10 +142,20 @@ class Settings:
             filter_port=e.port("BRIDGE_FILTER_PORT", DEFAULT_PORTS["filter"]),
             reinject_host=e.text("BRIDGE_REINJECT_HOST", DEFAULT_HOST),
             reinject_port=e.port("BRIDGE_REINJECT_PORT", DEFAULT_PORTS["reinject"]),
+            submission_host=e.text("BRIDGE_SUBMISSION_HOST", DEFAULT_HOST),
+            submission_port=e.port("BRIDGE_SUBMISSION_PORT", DEFAULT_PORTS["submission"]),
+            send_per_minute=e.integer("BRIDGE_SEND_PER_MINUTE", 30, low=1),
+            requests_per_second=e.integer("BRIDGE_REQUESTS_PER_SECOND", 20, low=1),
             jwt_secret=e.text("BRIDGE_JWT_SECRET", ""),
             jwt_issuer=e.text("BRIDGE_JWT_ISSUER", "mail-bridge"),
             jwt_audience=e.text("BRIDGE_JWT_AUDIENCE", "mail-bridge"),
             jwt_ttl_s=e.integer("BRIDGE_JWT_TTL", 3600, low=60, high=30 * 86400),
+            host_jwt_issuer=e.text("BRIDGE_HOST_JWT_ISSUER", ""),
+            host_jwt_audience=e.text("BRIDGE_HOST_JWT_AUDIENCE", e.text("BRIDGE_JWT_AUDIENCE", "mail-bridge")),
+            host_jwt_algorithm=e.text("BRIDGE_HOST_JWT_ALGORITHM", "RS256"),
+            host_jwt_key_file=Path(e.text("BRIDGE_HOST_JWT_KEY_FILE", ""))
+            if e.optional("BRIDGE_HOST_JWT_KEY_FILE")
+            else None,
             cors_origins=e.items("BRIDGE_CORS_ORIGINS"),
             spool_dir=Path(e.text("BRIDGE_SPOOL_DIR", "var/spool")),
             stream_prefix=e.text("BRIDGE_STREAM_PREFIX", "mail"),
@@ -156,6 +179,15 @@ class Settings:
             )
         if self.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"BRIDGE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {self.log_level}")
+        if self.host_jwt_issuer or self.host_jwt_key_file:
+            if not (self.host_jwt_issuer and self.host_jwt_key_file):
+                raise ConfigError("BRIDGE_HOST_JWT_ISSUER and BRIDGE_HOST_JWT_KEY_FILE are set together")
+            if self.host_jwt_issuer == self.jwt_issuer:
+                raise ConfigError("BRIDGE_HOST_JWT_ISSUER must differ from BRIDGE_JWT_ISSUER")
+            if self.host_jwt_algorithm not in HOST_ALGORITHMS:
+                raise ConfigError(f"BRIDGE_HOST_JWT_ALGORITHM must be one of {', '.join(HOST_ALGORITHMS)}")
+            if not self.host_jwt_key_file.is_file():
+                raise ConfigError(f"BRIDGE_HOST_JWT_KEY_FILE {self.host_jwt_key_file} is not a readable file")
         if "*" in self.cors_origins:
             raise ConfigError("BRIDGE_CORS_ORIGINS must list origins explicitly; '*' is refused")
 

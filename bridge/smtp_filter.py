@@ -86,6 +86,7 @@ def build_event(envelope: Envelope, content: bytes) -> MtaAccepted:
         attachments=mime.attachments,
         authentication_results=summary.authentication_results,
         truncated=summary.truncated or mime.truncated,
+        category=summary.category,
     )
 
 

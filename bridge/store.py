@@ -120,12 +120,13 @@ class Store:
                     {"filename": a.filename, "contentType": a.content_type, "size": a.size} for a in event.attachments
                 ],
                 "size": event.size,
+                "category": event.category,
             }
             await self.mta.update_one({"messageId": event.message_id}, {"$set": summary}, upsert=True)
             # The delivery may have been indexed first: complete it.
             await self.messages.update_many(
                 {"messageId": event.message_id, "account": {"$in": list(event.rcpt_to)}},
-                {"$set": {"hasAttachments": summary["hasAttachments"], "size": event.size}},
+                {"$set": {"hasAttachments": summary["hasAttachments"], "size": event.size, "category": event.category}},
             )
         return None
 
@@ -147,6 +148,7 @@ class Store:
             "seen": SEEN in event.flags,
             "hasAttachments": bool(summary and summary.get("hasAttachments")),
             "size": int(summary["size"]) if summary else 0,
+            "category": str(summary.get("category", "primary")) if summary else "primary",
         }
         await self.messages.update_one(
             _message_key(event.account, event.mailbox, event.uidvalidity, event.uid), {"$set": doc}, upsert=True

@@ -46,12 +46,43 @@ def stack_ports_env() -> dict[str, str]:
     return {f"BRIDGE_{name.upper()}_PORT": str(port) for name, port in zip(DEFAULT_PORTS, ports, strict=True)}
 
 
+HOST_ISSUER = "https://host.test"
+
+
+def _host_keys() -> tuple[str, str]:
+    """An RSA key pair standing for the host website that issues its own tokens."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return private, public
+
+
+HOST_KEY_DIR = REPO / "var" / "test-stack"
+
+
 @pytest.fixture(scope="session")
 def stack_settings() -> StackSettings:
     state = REPO / "var" / "test-stack"
     shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    # Files, not module globals: the tests import this module a second time under another name.
+    private, public = _host_keys()
+    (state / "host-website.pem").write_text(public)
+    (state / "host-website.key").write_text(private)
     env = stack_ports_env()
     env["BRIDGE_STATE_DIR"] = str(state)
+    env["BRIDGE_HOST_JWT_ISSUER"] = HOST_ISSUER
+    env["BRIDGE_HOST_JWT_KEY_FILE"] = str(state / "host-website.pem")
+    env["BRIDGE_HOST_JWT_ALGORITHM"] = "RS256"
     import os  # noqa: PLC0415 - the tests, like the launcher's caller, hand it the environment
 
     return StackSettings.from_env({**os.environ, **env}, repo_dir=REPO)
@@ -138,3 +169,22 @@ async def login(http: aiohttp.ClientSession, account: Account) -> str:
         body = await r.json()
     token: str = body["token"]
     return token
+
+
+def host_token(subject: str, accounts: list[str], **claims: object) -> str:
+    """A token as the host website would issue it (RS256, its own issuer)."""
+    import time  # noqa: PLC0415
+
+    import jwt  # noqa: PLC0415
+
+    now = int(time.time())
+    body = {
+        "iss": HOST_ISSUER,
+        "aud": "mail-bridge",
+        "sub": subject,
+        "accounts": accounts,
+        "iat": now,
+        "exp": now + 600,
+    }
+    private = (HOST_KEY_DIR / "host-website.key").read_text()
+    return jwt.encode({**body, **claims}, private, algorithm="RS256")

@@ -5,7 +5,7 @@ import time
 import jwt
 import pytest
 
-from bridge.auth import MAX_TOKEN_BYTES, TokenIssuer
+from bridge.auth import MAX_TOKEN_BYTES, TokenIssuer, TrustedIssuer
 from bridge.errors import AuthError
 
 ISSUER = TokenIssuer(secret="s" * 40, issuer="mail-bridge", audience="mail-bridge", ttl_s=600)
@@ -63,3 +63,77 @@ def test_tampered_signature() -> None:
     forged_body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
     with pytest.raises(AuthError):
         ISSUER.verify(f"{head}.{forged_body}.{sig}")
+
+
+def _rsa_pair() -> tuple[str, str]:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return private, public
+
+
+HOST_PRIVATE, HOST_PUBLIC = _rsa_pair()
+WITH_HOST = TokenIssuer(
+    secret="s" * 40,
+    issuer="mail-bridge",
+    audience="mail-bridge",
+    ttl_s=600,
+    trusted=(
+        TrustedIssuer(issuer="https://host.test", audience="mail-bridge", algorithm="RS256", public_key=HOST_PUBLIC),
+    ),
+)
+
+
+def _host_token(claims: dict[str, object], key: str = HOST_PRIVATE, algorithm: str = "RS256") -> str:
+    now = int(time.time())
+    base: dict[str, object] = {"iss": "https://host.test", "aud": "mail-bridge", "iat": now, "exp": now + 300}
+    return jwt.encode({**base, **claims}, key, algorithm=algorithm)
+
+
+def test_host_website_tokens_are_accepted() -> None:
+    identity = WITH_HOST.verify(_host_token({"sub": "alice@example.test", "accounts": ["alice@example.test"]}))
+    assert identity.accounts == ("alice@example.test",)
+    # The bridge's own tokens keep working beside the host's.
+    own, _ = WITH_HOST.issue("bob@example.test", ("bob@example.test",))
+    assert WITH_HOST.verify(own).subject == "bob@example.test"
+
+
+def _hs256_by_hand(claims: dict[str, object], secret: bytes) -> str:
+    """PyJWT will not sign HS256 with a PEM key; an attacker's own code will."""
+    import hashlib  # noqa: PLC0415
+    import hmac  # noqa: PLC0415
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    now = int(time.time())
+    body = {"iss": "https://host.test", "aud": "mail-bridge", "iat": now, "exp": now + 300, **claims}
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(json.dumps(body).encode())
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(signature)
+
+
+def test_host_key_confusion_and_forgeries_are_refused() -> None:
+    claims = {"sub": "alice@example.test", "accounts": ["alice@example.test"]}
+    forgeries = [
+        # HS256 "signed" with the host's public key: the classic RS/HS confusion (RFC 8725 3.1).
+        _hs256_by_hand(claims, HOST_PUBLIC.encode()),
+        # Signed by some other RSA key.
+        _host_token(claims, key=_rsa_pair()[0]),
+        # The host's issuer, but the bridge's own HS256 secret.
+        _host_token(claims, key="s" * 40, algorithm="HS256"),
+        _host_token({**claims, "aud": "someone-else"}),
+        _host_token({**claims, "exp": int(time.time()) - 3600}),
+    ]
+    for token in forgeries:
+        with pytest.raises(AuthError):
+            WITH_HOST.verify(token)

@@ -96,3 +96,11 @@ def test_any_bytes_are_summarized(message: bytes) -> None:
     parsed = parse_headers(message)
     summarize(parsed)
     summarize_mime(message, parsed.headers, parsed.body_start)
+
+
+def test_categories() -> None:
+    social = summarize(b"From: LinkedIn <messages-noreply@linkedin.com>\r\nSubject: x\r\n\r\n")
+    promo = summarize(b"From: shop@store.test\r\nList-Unsubscribe: <mailto:u@store.test>\r\n\r\n")
+    bulk = summarize(b"From: news@paper.test\r\nPrecedence: bulk\r\n\r\n")
+    primary = summarize(b"From: Bob <bob@example.test>\r\n\r\n")
+    assert [s.category for s in (social, promo, bulk, primary)] == ["social", "promotions", "promotions", "primary"]

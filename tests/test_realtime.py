@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 import socketio
 
 from bridge.auth import TokenIssuer
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, login
+from tests.conftest import Account, host_token, login
+from tests.mailtools import send_smtp
 from tests.socket_client import RecordingClient
+from tests.test_e2e_mail import message
 
 pytestmark = pytest.mark.e2e
 
@@ -42,3 +46,39 @@ async def test_bearer_header_is_accepted(stack: StackInfo, http: aiohttp.ClientS
     )
     assert client.sio.connected
     await client.close()
+
+
+async def test_host_website_token_with_two_accounts(stack: StackInfo, account: Account, other_account: Account) -> None:
+    """A token from the host website may grant several accounts: the socket hears all of them."""
+    client = RecordingClient()
+    await client.connect(stack.web_url, host_token("user-42", [account.email, other_account.email]))
+    for target in (account, other_account):
+        subject = f"to {target.email}"
+        await asyncio.to_thread(send_smtp, stack, [message("carol@outside.test", target.email, subject)])
+        mail = await client.wait_for("new_email", lambda e, s=subject: e["subject"] == s)
+        assert mail["account"] == target.email
+    await client.close()
+
+
+async def test_host_token_signed_by_someone_else_is_refused(stack: StackInfo, account: Account) -> None:
+    import jwt  # noqa: PLC0415
+
+    from tests.conftest import _host_keys  # noqa: PLC0415
+
+    impostor_key, _ = _host_keys()
+    now = int(__import__("time").time())
+    forged = jwt.encode(
+        {
+            "iss": "https://host.test",
+            "aud": "mail-bridge",
+            "sub": "x",
+            "accounts": [account.email],
+            "iat": now,
+            "exp": now + 600,
+        },
+        impostor_key,
+        algorithm="RS256",
+    )
+    client = RecordingClient()
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(stack.web_url, forged)

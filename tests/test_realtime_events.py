@@ -220,3 +220,47 @@ async def test_unread_counts_follow_deliveries_and_reads(
     assert await client.sio.call("mark_read", {"emailId": mail["id"]}, timeout=15) == {"ok": True}
     await client.wait_for("unread_count", lambda e: e["mailbox"] == "INBOX" and e["unread"] == 0)
     await client.close()
+
+
+async def test_bridge_killed_and_restarted_clients_miss_nothing(
+    stack: StackInfo, http: aiohttp.ClientSession, account: Account, stack_launcher: Any
+) -> None:
+    from tests.mailtools import lmtp_deliver, sample_message  # noqa: PLC0415
+
+    client = await client_for(stack, http, account)
+    await deliver(stack, account.email, "before the crash")
+    last = await client.wait_for("new_email", lambda e: e["subject"] == "before the crash")
+    token = await login(http, account)
+    await asyncio.to_thread(stack_launcher.stop_service, "bridge", __import__("signal").SIGKILL)
+    try:
+        for n in range(3):  # straight into Dovecot: the hook publishes, nobody relays yet
+            await asyncio.to_thread(lmtp_deliver, stack, account.email, sample_message(f"while down {n}"))
+    finally:
+        await asyncio.to_thread(stack_launcher.start_service, "bridge")
+    resumed = RecordingClient()
+    await resumed.sio.connect(
+        stack.web_url, auth={"token": token, "lastEventId": last["eventId"]}, transports=["websocket"], wait_timeout=5
+    )
+    for n in range(3):
+        await resumed.wait_for("new_email", lambda e, n=n: e["subject"] == f"while down {n}", timeout=30)
+    await asyncio.sleep(0.5)
+    subjects = [e["subject"] for name, e in resumed.events if name == "new_email"]
+    assert sorted(subjects) == [f"while down {n}" for n in range(3)]  # each once, nothing from before
+    await resumed.close()
+    await client.close()
+
+
+async def test_send_email_over_the_socket(
+    stack: StackInfo, http: aiohttp.ClientSession, account: Account, other_account: Account
+) -> None:
+    client = await client_for(stack, http, account)
+    subject = f"socket send {uuid.uuid4().hex[:6]}"
+    ack = await client.sio.call(
+        "send_email", {"to": [other_account.email], "subject": subject, "body": "hi"}, timeout=30
+    )
+    assert ack["ok"] is True and ack["success"] is True and ack["messageId"].startswith("<")
+    await client.wait_for("email_sent", lambda e: e["messageId"] == ack["messageId"])
+    refused = await client.sio.call("send_email", {"to": ["x@example.test"], "subject": "a\nb"}, timeout=10)
+    assert refused["ok"] is False and "line breaks" in refused["error"]
+    assert (await client.sio.call("send_email", "nonsense", timeout=10))["ok"] is False
+    await client.close()

@@ -366,6 +366,8 @@ class Stack:
                 "BRIDGE_FILTER_PORT": str(ports["filter"]),
                 "BRIDGE_REINJECT_HOST": host,
                 "BRIDGE_REINJECT_PORT": str(ports["reinject"]),
+                "BRIDGE_SUBMISSION_HOST": host,
+                "BRIDGE_SUBMISSION_PORT": str(ports["submission"]),
                 "BRIDGE_JWT_SECRET": stack_secrets.jwt_secret,
                 "BRIDGE_SPOOL_DIR": str(self.state / "spool"),
                 "PYTHONUNBUFFERED": "1",

@@ -1,0 +1,97 @@
+"""Index a user's existing mail from IMAP, once, in the background (on first login or connect).
+
+Events keep the index current from then on; this only fills in what was there before the bridge
+was. Documents the events already wrote are left alone ($setOnInsert), so a backfill racing with
+live events never overwrites newer state with older.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import parseaddr, parsedate_to_datetime
+from typing import Any
+
+from pymongo.errors import PyMongoError
+
+from bridge.errors import BridgeError
+from bridge.imap import FetchedHeaders, ImapGateway
+from bridge.mail_headers import decode_text
+from bridge.store import SEEN, Store
+
+log = logging.getLogger(__name__)
+
+
+def document(account: str, mailbox: str, uidvalidity: int, item: FetchedHeaders) -> dict[str, Any]:
+    headers = BytesHeaderParser(policy=compat32).parsebytes(item.header)
+    raw_from = decode_text(str(headers.get("From") or ""))
+    from_name, from_address = parseaddr(raw_from)
+    _to_name, to_address = parseaddr(decode_text(str(headers.get("To") or "")))
+    try:
+        date = int(parsedate_to_datetime(str(headers.get("Date"))).timestamp())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        date = int(time.time())
+    flags = [f for f in item.flags if f.startswith("\\") and f != "\\Recent"]
+    return {
+        "account": account,
+        "mailbox": mailbox,
+        "uidvalidity": uidvalidity,
+        "uid": item.uid,
+        "from": raw_from,
+        "fromAddress": from_address,
+        "fromName": from_name,
+        "to": decode_text(str(headers.get("To") or "")),
+        "toAddress": to_address,
+        "subject": decode_text(str(headers.get("Subject") or "")),
+        "snippet": "",
+        "messageId": str(headers.get("Message-ID") or "").strip(),
+        "date": date,
+        "flags": flags,
+        "keywords": [f for f in item.flags if not f.startswith("\\")],
+        "seen": SEEN in flags,
+        "hasAttachments": False,
+        "size": item.size,
+    }
+
+
+class Backfill:
+    def __init__(self, imap: ImapGateway, store: Store) -> None:
+        self.imap = imap
+        self.store = store
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, account: str) -> None:
+        if account in self._tasks:
+            return
+        task = asyncio.create_task(self._run(account), name=f"backfill-{account}")
+        self._tasks[account] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(account, None))
+
+    async def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _run(self, account: str) -> None:
+        try:
+            if await self.store.db["accounts"].find_one({"account": account, "indexed": True}):
+                return
+            started, count = time.monotonic(), 0
+            for box in await self.imap.list_mailboxes(account):
+                if not box.selectable:
+                    continue
+                validity, items = await self.imap.headers_of_all(account, box.name)
+                for item in items:
+                    doc = document(account, box.name, validity, item)
+                    key = {k: doc[k] for k in ("account", "mailbox", "uidvalidity", "uid")}
+                    await self.store.messages.update_one(key, {"$setOnInsert": doc}, upsert=True)
+                    count += 1
+            await self.store.db["accounts"].update_one(
+                {"account": account}, {"$set": {"indexed": True, "indexedAt": int(time.time())}}, upsert=True
+            )
+            log.info("[%s] backfilled %d message(s) in %.2f s", account, count, time.monotonic() - started)
+        except (BridgeError, PyMongoError) as exc:
+            log.warning("[%s] backfill postponed to the next login: %s", account, exc)

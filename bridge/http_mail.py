@@ -1,0 +1,174 @@
+"""HTTP API edge, mail resources: the REST twin of the Socket.IO actions (docs/openapi.json).
+
+Every route needs `Authorization: Bearer <token>`; the account is the `account` query parameter
+(or the token's first account) and must be one the token grants. Errors are JSON, mapped from the
+bridge's error hierarchy by bridge.http_api's middleware.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from aiohttp import web
+
+from bridge import keys
+from bridge.auth import Identity
+from bridge.errors import AuthError, InvalidInput, RateLimited
+from bridge.http_api import read_json
+from bridge.mail_service import owned_account, owned_ref
+from bridge.search_query import parse_search, to_mongo_filter
+
+log = logging.getLogger(__name__)
+
+MAX_SEND_BODY = 40 << 20  # attachments travel base64-encoded in the JSON body
+_PART_ID = re.compile(r"^\d{1,4}(\.\d{1,4}){0,15}$")
+
+
+def identity_of(request: web.Request) -> Identity:
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() != "bearer ":
+        raise AuthError("an Authorization: Bearer token is required")
+    identity = request.app[keys.ISSUER].verify(header[7:].strip())
+    limiter = request.app[keys.REQUEST_LIMIT]
+    if not limiter.allow(identity.subject):
+        raise RateLimited("too many requests", limiter.retry_after(identity.subject))
+    return identity
+
+
+def _flag_list(value: object, name: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(f, str) for f in value) or len(value) > 20:
+        raise InvalidInput(f"{name} must be a list of flags")
+    return value
+
+
+async def mailboxes(request: web.Request) -> web.Response:
+    identity = identity_of(request)
+    account = owned_account(identity, request.query.get("account"))
+    return web.json_response({"account": account, "mailboxes": await request.app[keys.MAIL].mailboxes(account)})
+
+
+async def inbox(request: web.Request) -> web.Response:
+    identity = identity_of(request)
+    account = owned_account(identity, request.query.get("account"))
+    mailbox = request.query.get("mailbox", "INBOX")
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        raise InvalidInput("limit must be an integer") from None
+    filters = [f for f in request.query.get("filter", "").split(",") if f]
+    text = request.query.get("q", "").strip()
+    search = to_mongo_filter(parse_search(text), account, mailbox) if text else None
+    page = await request.app[keys.MAIL].listing(
+        account, mailbox, limit=limit, cursor=request.query.get("cursor"), filters=filters, search=search
+    )
+    return web.json_response({"account": account, "mailbox": mailbox, **page})
+
+
+async def search(request: web.Request) -> web.Response:
+    if not request.query.get("q", "").strip():
+        raise InvalidInput("q is required")
+    return await inbox(request)
+
+
+async def message(request: web.Request) -> web.Response:
+    ref = owned_ref(identity_of(request), request.match_info["id"])
+    return web.json_response(await request.app[keys.MAIL].message(ref))
+
+
+async def attachment(request: web.Request) -> web.StreamResponse:
+    ref = owned_ref(identity_of(request), request.match_info["id"])
+    part_id = request.match_info["part"]
+    if not _PART_ID.match(part_id):
+        raise InvalidInput("invalid attachment id")
+    filename, content_type, data = await request.app[keys.MAIL].attachment(ref, part_id)
+    safe_name = re.sub(r"[^\w.\- ]", "_", filename) or "attachment"
+    return web.Response(
+        body=data,
+        content_type="application/octet-stream",  # never rendered by the browser as the sender chose
+        headers={
+            "Content-Disposition": f'attachment; filename="{safe_name}"',
+            "X-Content-Type-Options": "nosniff",
+            "X-Original-Content-Type": content_type,
+        },
+    )
+
+
+async def flags(request: web.Request) -> web.Response:
+    ref = owned_ref(identity_of(request), request.match_info["id"])
+    body = await read_json(request)
+    await request.app[keys.MAIL].set_flags(
+        ref, _flag_list(body.get("add"), "add"), _flag_list(body.get("remove"), "remove")
+    )
+    return web.json_response({"ok": True})
+
+
+async def move(request: web.Request) -> web.Response:
+    ref = owned_ref(identity_of(request), request.match_info["id"])
+    body = await read_json(request)
+    await request.app[keys.MAIL].move(ref, body.get("mailbox"))
+    return web.json_response({"ok": True})
+
+
+async def delete(request: web.Request) -> web.Response:
+    ref = owned_ref(identity_of(request), request.match_info["id"])
+    await request.app[keys.MAIL].delete(ref)
+    return web.json_response({"ok": True})
+
+
+async def send(request: web.Request) -> web.Response:
+    identity = identity_of(request)
+    body = await read_json(request, limit=MAX_SEND_BODY)
+    account = owned_account(identity, body.get("account") if isinstance(body.get("account"), str) else None)
+    return web.json_response(await request.app[keys.MAIL].send(identity, account, body))
+
+
+async def draft(request: web.Request) -> web.Response:
+    identity = identity_of(request)
+    body = await read_json(request, limit=MAX_SEND_BODY)
+    account = owned_account(identity, body.get("account") if isinstance(body.get("account"), str) else None)
+    return web.json_response(await request.app[keys.MAIL].save_draft(account, body))
+
+
+async def get_settings(request: web.Request) -> web.Response:
+    identity = identity_of(request)
+    account = owned_account(identity, request.query.get("account"))
+    doc = await request.app[keys.STORE].settings.find_one({"account": account}) or {}
+    return web.json_response({"account": account, "settings": doc.get("settings", {})})
+
+
+_SETTINGS = {"notifications": bool, "sound": bool, "signature": str, "theme": str}
+
+
+async def put_settings(request: web.Request) -> web.Response:
+    identity = identity_of(request)
+    account = owned_account(identity, request.query.get("account"))
+    body = await read_json(request)
+    settings: dict[str, Any] = {}
+    for name, value in body.items():
+        kind = _SETTINGS.get(name)
+        if kind is None:
+            raise InvalidInput(f"unknown setting {name!r} (known: {', '.join(_SETTINGS)})")
+        if not isinstance(value, kind) or (isinstance(value, str) and len(value) > 10_000):
+            raise InvalidInput(f"{name} must be a {kind.__name__}")
+        settings[f"settings.{name}"] = value
+    await request.app[keys.STORE].settings.update_one({"account": account}, {"$set": settings}, upsert=True)
+    return await get_settings(request)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/v1/mailboxes", mailboxes)
+    app.router.add_get("/api/v1/email/inbox", inbox)
+    app.router.add_get("/api/v1/email/search", search)
+    app.router.add_post("/api/v1/email/send", send)
+    app.router.add_post("/api/v1/drafts", draft)
+    app.router.add_get("/api/v1/email/{id}", message)
+    app.router.add_delete("/api/v1/email/{id}", delete)
+    app.router.add_post("/api/v1/email/{id}/flags", flags)
+    app.router.add_post("/api/v1/email/{id}/move", move)
+    app.router.add_get("/api/v1/email/{id}/attachments/{part}", attachment)
+    app.router.add_get("/api/v1/settings", get_settings)
+    app.router.add_put("/api/v1/settings", put_settings)

@@ -1,0 +1,31 @@
+"""Prometheus metrics of one bridge process, served at /metrics (text exposition format).
+
+One registry per app (not the library's global one), so several apps in one process (tests) do
+not collide. Names follow Prometheus conventions: `mailbridge_` prefix, base units, `_total` counters.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.sockets = Gauge("mailbridge_sockets_connected", "Socket.IO connections open", registry=self.registry)
+        self.events_relayed = Counter(
+            "mailbridge_events_relayed_total", "Browser events emitted, by name", ["event"], registry=self.registry
+        )
+        self.relay_latency = Histogram(
+            "mailbridge_relay_latency_seconds",
+            "From the producer's timestamp to the emit, per ingest event",
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.stream_lag = Gauge(
+            "mailbridge_stream_lag_entries",
+            "Entries not yet read by a consumer group (XINFO GROUPS lag)",
+            ["stream", "group"],
+            registry=self.registry,
+        )
+        self.sends = Counter("mailbridge_sends_total", "Mails submitted, by result", ["result"], registry=self.registry)

@@ -1,0 +1,46 @@
+"""SMTP submission edge (RFC 6409): send as a user through Postfix's submission port.
+
+The bridge authenticates as `user*master` with the Dovecot master user (Postfix's SASL goes through
+Dovecot, which then names the user itself), so Postfix applies its own policy to the user:
+sender-login match, rate and size limits. Nothing here holds a user's password.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiosmtplib
+
+from bridge.compose import Outgoing
+from bridge.errors import InvalidInput, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+class Submission:
+    def __init__(self, host: str, port: int, master_user: str, master_password: str, timeout_s: float = 30) -> None:
+        self.host = host
+        self.port = port
+        self.master_user = master_user
+        self.master_password = master_password
+        self.timeout_s = timeout_s
+
+    async def send(self, account: str, outgoing: Outgoing) -> None:
+        try:
+            async with aiosmtplib.SMTP(
+                hostname=self.host, port=self.port, timeout=self.timeout_s, start_tls=False
+            ) as client:
+                await client.login(f"{account}*{self.master_user}", self.master_password)
+                errors, _reply = await client.sendmail(account, list(outgoing.recipients), outgoing.message)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            raise InvalidInput("no recipient was accepted: " + "; ".join(str(e) for e in exc.recipients)) from None
+        except aiosmtplib.SMTPResponseException as exc:
+            if 500 <= exc.code < 600:
+                raise InvalidInput(f"the mail server refused the message: {exc.code} {exc.message}") from None
+            raise Unavailable(f"the mail server deferred the message: {exc.code} {exc.message}") from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise Unavailable(f"submission failed: {exc}") from None
+        if errors:
+            refused = ", ".join(errors)
+            log.warning("[%s] submitted, but refused for %s", outgoing.message_id, refused)
+        log.info("[%s] submitted for %s to %d recipient(s)", outgoing.message_id, account, len(outgoing.recipients))
