@@ -156,6 +156,7 @@ def create_app(settings: Settings) -> web.Application:
             prefix=settings.stream_prefix,
             metrics=metrics,
             send_limit=RateLimiter(settings.send_per_minute / 60, max(1, settings.send_per_minute // 3)),
+            publish=realtime.publish,
         )
         yield
         await backfill.close()

@@ -109,8 +109,12 @@ async def flags(request: web.Request) -> web.Response:
 async def move(request: web.Request) -> web.Response:
     ref = owned_ref(identity_of(request), request.match_info["id"])
     body = await read_json(request)
-    await request.app[keys.MAIL].move(ref, body.get("mailbox"))
-    return web.json_response({"ok": True})
+    return web.json_response({"ok": True, **await request.app[keys.MAIL].move(ref, body.get("mailbox"))})
+
+
+async def archive(request: web.Request) -> web.Response:
+    ref = owned_ref(identity_of(request), request.match_info["id"])
+    return web.json_response({"ok": True, **await request.app[keys.MAIL].move(ref, "Archive", create=True)})
 
 
 async def delete(request: web.Request) -> web.Response:
@@ -169,6 +173,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/api/v1/email/{id}", delete)
     app.router.add_post("/api/v1/email/{id}/flags", flags)
     app.router.add_post("/api/v1/email/{id}/move", move)
+    app.router.add_post("/api/v1/email/{id}/archive", archive)
     app.router.add_get("/api/v1/email/{id}/attachments/{part}", attachment)
     app.router.add_get("/api/v1/settings", get_settings)
     app.router.add_put("/api/v1/settings", put_settings)

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 _FORBIDDEN = re.compile(r"[\x00\r\n]")
 ADDRESS = re.compile(r"^[^@\s\"\\]{1,64}@[A-Za-z0-9.-]{1,253}$")
 MAX_PASSWORD = 1024
+_COPYUID = re.compile(rb"\[COPYUID (\d+) (\d+) (\d+)\]")
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _FLAG = re.compile(r"^\\?[A-Za-z0-9$_.-]{1,64}$")  # system flags and atom keywords (RFC 3501 9)
 
@@ -160,14 +161,20 @@ class ImapGateway:
         finally:
             await _close(client)
 
-    async def move(self, ref: EmailRef, target: str) -> None:
-        """UID MOVE (RFC 6851): the hook reports the append there and the expunge here."""
+    async def move(self, ref: EmailRef, target: str) -> EmailRef | None:
+        """UID MOVE (RFC 6851): the hook reports the append there and the expunge here. Returns the
+        message's new identity from the COPYUID response code (RFC 4315), when the server gives it."""
         client = await self._as_user(ref.account)
         try:
             await self._select(client, ref.mailbox, ref.uidvalidity)
             response = await client.uid("move", str(ref.uid), encode_mailbox(target))
             if response.result != "OK":
                 raise NotFound("no such email or mailbox")
+            for line in response.lines:
+                match = _COPYUID.search(bytes(line))
+                if match is not None:
+                    return EmailRef(ref.account, target, int(match.group(1)), int(match.group(3)))
+            return None
         except (OSError, TimeoutError) as exc:
             raise Unavailable(f"IMAP MOVE did not complete: {exc}") from None
         finally:

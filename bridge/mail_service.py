@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +24,7 @@ from redis.exceptions import RedisError
 
 from bridge import compose
 from bridge.auth import Identity
-from bridge.browser_events import EmailRef, email_id, parse_email_id
+from bridge.browser_events import BrowserEvent, EmailRef, email_id, parse_email_id
 from bridge.errors import Forbidden, InvalidInput, NotFound, RateLimited, Unavailable
 from bridge.imap import ImapGateway, MailboxInfo
 from bridge.message_parse import extract_part, parse_message
@@ -118,8 +119,10 @@ class MailService:
         prefix: str,
         metrics: Metrics,
         send_limit: RateLimiter,
+        publish: Callable[[BrowserEvent], Awaitable[str]],
     ) -> None:
         self.metrics = metrics
+        self.publish = publish
         self.imap = imap
         self.store = store
         self.redis = redis
@@ -232,10 +235,22 @@ class MailService:
         if remove:
             await self.imap.store_flags(ref, tuple(remove), add=False)
 
-    async def move(self, ref: EmailRef, mailbox: object) -> None:
+    async def move(self, ref: EmailRef, mailbox: object, *, create: bool = False) -> dict[str, Any]:
         if not isinstance(mailbox, str) or not mailbox or len(mailbox) > 1024 or "\r" in mailbox or "\n" in mailbox:
             raise InvalidInput("mailbox must be a mailbox name")
-        await self.imap.move(ref, mailbox)
+        if create:
+            await self.imap.ensure_mailbox(ref.account, mailbox)
+        moved = await self.imap.move(ref, mailbox)
+        payload = {
+            "emailId": email_id(ref),
+            "account": ref.account,
+            "fromMailbox": ref.mailbox,
+            "toMailbox": mailbox,
+            "newEmailId": email_id(moved) if moved is not None else None,
+        }
+        # The hook reports the append and the expunge separately; this says they were one move.
+        await self.publish(BrowserEvent("email_moved", ref.account, payload))
+        return payload
 
     async def delete(self, ref: EmailRef) -> None:
         """Into Trash; from Trash itself, for good (\\Deleted, then MOVE's sibling: UID EXPUNGE)."""
@@ -243,8 +258,7 @@ class MailService:
             await self.imap.store_flags(ref, ("\\Deleted",), add=True)
             await self.imap.expunge_uid(ref)
         else:
-            await self.imap.ensure_mailbox(ref.account, "Trash")
-            await self.imap.move(ref, "Trash")
+            await self.move(ref, "Trash", create=True)
 
     async def send(self, identity: Identity, account: str, data: object) -> dict[str, Any]:
         if not self.send_limit.allow(account):

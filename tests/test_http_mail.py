@@ -260,3 +260,22 @@ async def test_mail_from_before_the_bridge_is_indexed_on_first_login(
     assert sorted(e["subject"] for e in listing["emails"]) == ["old one", "old two"]
     assert (await client["mailbridge"]["accounts"].find_one({"account": account.email}))["indexed"] is True
     await client.close()
+
+
+async def test_archive_is_one_move_event(stack: StackInfo, http: aiohttp.ClientSession, account: Account) -> None:
+    await deliver_and_wait(stack, http, account, "archive me")
+    headers = await authed(http, account)
+    client = RecordingClient()
+    await client.connect(stack.web_url, headers["Authorization"][7:])
+    (mail,) = (await get_json(http, "/api/v1/email/inbox", headers))["emails"]
+    async with http.post(f"/api/v1/email/{mail['id']}/archive", headers=headers) as r:
+        assert r.status == 200, await r.text()
+        moved = await r.json()
+    event = await client.wait_for("email_moved", lambda e: e["emailId"] == mail["id"])
+    assert (event["fromMailbox"], event["toMailbox"]) == ("INBOX", "Archive")
+    assert event["newEmailId"] == moved["newEmailId"]
+    arrived = await client.wait_for("new_email", lambda e: e["mailbox"] == "Archive")
+    assert arrived["id"] == moved["newEmailId"]
+    body = await get_json(http, f"/api/v1/email/{moved['newEmailId']}", headers)
+    assert body["subject"] == "archive me"
+    await client.close()

@@ -82,3 +82,57 @@ async def test_host_token_signed_by_someone_else_is_refused(stack: StackInfo, ac
     client = RecordingClient()
     with pytest.raises(socketio.exceptions.ConnectionError):
         await client.connect(stack.web_url, forged)
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": 1},  # long expired
+        {"nbf": 2**40},  # not yet valid
+        {"aud": "someone-else"},
+        {"iss": "https://elsewhere.test"},
+    ],
+)
+async def test_bad_host_tokens_are_refused_on_socket_and_rest(
+    stack: StackInfo, http: aiohttp.ClientSession, account: Account, claims: dict[str, object]
+) -> None:
+    token = host_token("user-1", [account.email], **claims)
+    client = RecordingClient()
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(stack.web_url, token)
+    async with http.get("/api/v1/email/inbox", headers={"Authorization": f"Bearer {token}"}) as r:
+        assert r.status == 401
+
+
+async def test_alg_none_is_refused(stack: StackInfo, account: Account) -> None:
+    import base64  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    def b64(data: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    body = {
+        "iss": "mail-bridge",
+        "aud": "mail-bridge",
+        "sub": account.email,
+        "accounts": [account.email],
+        "iat": 1,
+        "exp": 2**40,
+    }
+    client = RecordingClient()
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(stack.web_url, f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(body)}.")
+
+
+async def test_disallowed_origin_is_refused_at_the_handshake(
+    stack: StackInfo, http: aiohttp.ClientSession, account: Account
+) -> None:
+    client = RecordingClient()
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.sio.connect(
+            stack.web_url,
+            auth={"token": await login(http, account)},
+            headers={"Origin": "https://evil.test"},
+            transports=["websocket"],
+            wait_timeout=5,
+        )
