@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from bridge import keys
-from bridge.auth import TokenIssuer, TrustedIssuer
+from bridge.auth import SHARED_SECRET_ALGORITHMS, TokenIssuer, TrustedIssuer
 from bridge.backfill import Backfill
 from bridge.browser_events import BrowserEvent
 from bridge.events import Event, StreamNames
@@ -59,6 +59,14 @@ def _supervised(name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None
     return task
 
 
+def _own_keys(settings: Settings) -> tuple[str, str]:
+    """(signing key, verifying key) of the bridge's own tokens; a shared secret is both."""
+    private, public = settings.jwt_private_key_file, settings.jwt_public_key_file
+    if settings.jwt_algorithm in SHARED_SECRET_ALGORITHMS or private is None or public is None:
+        return settings.jwt_secret, ""
+    return private.read_text(), public.read_text()
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[cors_middleware(settings.cors_origins), errors_middleware], client_max_size=48 << 20
@@ -66,8 +74,11 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.METRICS] = metrics = Metrics()
     app[keys.REQUEST_LIMIT] = RateLimiter(settings.requests_per_second, settings.requests_per_second * 3)
     app[keys.SETTINGS] = settings
+    signing_key, verify_key = _own_keys(settings)
     app[keys.ISSUER] = TokenIssuer(
-        secret=settings.jwt_secret,
+        secret=signing_key,
+        verify_key=verify_key,
+        algorithm=settings.jwt_algorithm,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
         ttl_s=settings.jwt_ttl_s,

@@ -40,14 +40,21 @@ class TrustedIssuer:
     public_key: str
 
 
+SHARED_SECRET_ALGORITHMS = ("HS256", "HS384", "HS512")
+
+
 @dataclass(frozen=True, slots=True)
 class TokenIssuer:
+    """The bridge's own tokens: HS256 with a shared secret by default, or an asymmetric algorithm
+    with a private key to sign (`secret`) and its public key to verify (`verify_key`)."""
+
     secret: str
     issuer: str
     audience: str
     ttl_s: int
     algorithm: str = "HS256"
     trusted: tuple[TrustedIssuer, ...] = ()
+    verify_key: str = ""
 
     def issue(self, subject: str, accounts: tuple[str, ...], *, now: float | None = None) -> tuple[str, int]:
         issued = int(time.time() if now is None else now)
@@ -68,7 +75,7 @@ class TokenIssuer:
             raise AuthError("a token is required")
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthError("token too large")
-        key: str = self.secret
+        key: str = self.verify_key or self.secret
         algorithm, issuer, audience = self.algorithm, self.issuer, self.audience
         if self.trusted:
             # Which key verifies depends on who claims to have issued it; that claim is then

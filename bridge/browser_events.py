@@ -85,7 +85,17 @@ def display_from(event: MessageAdded) -> str:
     return event.from_address or event.from_
 
 
-def new_email(event: MessageAdded) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class MtaFacts:
+    """What the content filter learnt of a mail that Dovecot's event does not say."""
+
+    has_attachments: bool = False
+    size: int = 0
+    category: str = "primary"
+
+
+def new_email(event: MessageAdded, facts: MtaFacts | None = None) -> dict[str, Any]:
+    facts = facts or MtaFacts()
     return {
         "id": _ref(event),
         "account": event.account,
@@ -102,6 +112,9 @@ def new_email(event: MessageAdded) -> dict[str, Any]:
         "flags": list(event.flags) + list(event.keywords),
         "unread": SEEN not in event.flags,
         "source": "appended" if isinstance(event, MessageAppend) else "delivered",
+        "hasAttachments": facts.has_attachments,
+        "size": facts.size,
+        "category": facts.category,
     }
 
 
@@ -133,10 +146,10 @@ _MAILBOX_ACTIONS: dict[type[MailboxEvent], str] = {
 }
 
 
-def to_browser(event: Event) -> list[BrowserEvent]:
+def to_browser(event: Event, facts: MtaFacts | None = None) -> list[BrowserEvent]:
     """The browser events one mail event becomes (often one, sometimes none or two)."""
     if isinstance(event, MessageAdded):
-        return [BrowserEvent("new_email", event.account, new_email(event))]
+        return [BrowserEvent("new_email", event.account, new_email(event, facts))]
     if isinstance(event, MessageExpunge):
         payload = {"emailId": _ref(event), "account": event.account, "mailbox": event.mailbox, "uid": event.uid}
         return [BrowserEvent("email_deleted", event.account, payload)]

@@ -32,9 +32,9 @@ import redis.asyncio as aioredis
 import socketio
 
 from bridge.auth import Identity, TokenIssuer
-from bridge.browser_events import BrowserEvent, parse_email_id, to_browser
+from bridge.browser_events import BrowserEvent, MtaFacts, parse_email_id, to_browser
 from bridge.errors import AuthError, BridgeError, Forbidden, InvalidInput, NotFound, RateLimited
-from bridge.events import Event
+from bridge.events import Event, MessageAdded, MtaAccepted
 from bridge.imap import ImapGateway
 from bridge.mail_service import MailService, owned_account
 from bridge.metrics import Metrics
@@ -222,9 +222,28 @@ class Realtime:
 
     # ------------------------------------------------------------------ relay
 
+    async def _facts(self, event: Event) -> MtaFacts | None:
+        """The filter's summary of a delivered mail, remembered by Message-ID when it passed (the
+        filter publishes as soon as Postfix has the mail back, before Dovecot delivers it)."""
+        assert self.redis is not None
+        if isinstance(event, MtaAccepted) and event.message_id:
+            facts = [int(bool(event.attachments)), event.size, event.category]
+            await self.redis.set(self._facts_key(event.message_id), msgpack.packb(facts), ex=RELAYED_TTL_S)
+            return None
+        if isinstance(event, MessageAdded) and event.message_id:
+            raw = await self.redis.get(self._facts_key(event.message_id))
+            if isinstance(raw, bytes):
+                has_attachments, size, category = msgpack.unpackb(raw)
+                return MtaFacts(bool(has_attachments), int(size), str(category))
+        return None
+
+    def _facts_key(self, message_id: str) -> str:
+        digest = hashlib.sha256(message_id.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        return f"{self.stream_prefix}:mta:{digest}"
+
     async def relay(self, stream: str, entry_id: str, event: Event) -> None:
         assert self.redis is not None
-        browser_events = to_browser(event)
+        browser_events = to_browser(event, await self._facts(event))
         if not browser_events:
             return
         # Once per key: a re-delivered ingest entry (crash before XACK, spool drained twice) is

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bridge.auth import HOST_ALGORITHMS
+from bridge.auth import HOST_ALGORITHMS, SHARED_SECRET_ALGORITHMS
 from bridge.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -107,6 +107,9 @@ class Settings:
     send_per_minute: int = 30
     requests_per_second: int = 20
     jwt_secret: str = field(default="", repr=False)
+    jwt_algorithm: str = "HS256"
+    jwt_private_key_file: Path | None = None
+    jwt_public_key_file: Path | None = None
     jwt_issuer: str = "mail-bridge"
     jwt_audience: str = "mail-bridge"
     jwt_ttl_s: int = 3600
@@ -147,6 +150,9 @@ class Settings:
             send_per_minute=e.integer("BRIDGE_SEND_PER_MINUTE", 30, low=1),
             requests_per_second=e.integer("BRIDGE_REQUESTS_PER_SECOND", 20, low=1),
             jwt_secret=e.text("BRIDGE_JWT_SECRET", ""),
+            jwt_algorithm=e.text("BRIDGE_JWT_ALGORITHM", "HS256"),
+            jwt_private_key_file=_optional_path(e.optional("BRIDGE_JWT_PRIVATE_KEY_FILE")),
+            jwt_public_key_file=_optional_path(e.optional("BRIDGE_JWT_PUBLIC_KEY_FILE")),
             jwt_issuer=e.text("BRIDGE_JWT_ISSUER", "mail-bridge"),
             jwt_audience=e.text("BRIDGE_JWT_AUDIENCE", "mail-bridge"),
             jwt_ttl_s=e.integer("BRIDGE_JWT_TTL", 3600, low=60, high=30 * 86400),
@@ -170,8 +176,19 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
-            raise ConfigError(f"BRIDGE_JWT_SECRET must be set to at least {MIN_SECRET_BYTES} bytes of random text")
+        if self.jwt_algorithm in SHARED_SECRET_ALGORITHMS:
+            if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
+                raise ConfigError(f"BRIDGE_JWT_SECRET must be set to at least {MIN_SECRET_BYTES} bytes of random text")
+        elif self.jwt_algorithm in HOST_ALGORITHMS:
+            for name, path in (
+                ("BRIDGE_JWT_PRIVATE_KEY_FILE", self.jwt_private_key_file),
+                ("BRIDGE_JWT_PUBLIC_KEY_FILE", self.jwt_public_key_file),
+            ):
+                if path is None or not path.is_file():
+                    raise ConfigError(f"{name} must name a readable PEM file for {self.jwt_algorithm}")
+        else:
+            allowed = SHARED_SECRET_ALGORITHMS + HOST_ALGORITHMS
+            raise ConfigError(f"BRIDGE_JWT_ALGORITHM must be one of {', '.join(allowed)}")
         if not self.imap_master_user or not self.imap_master_password:
             raise ConfigError(
                 "BRIDGE_IMAP_MASTER_USER and BRIDGE_IMAP_MASTER_PASSWORD must be set "

@@ -137,3 +137,15 @@ def test_host_key_confusion_and_forgeries_are_refused() -> None:
     for token in forgeries:
         with pytest.raises(AuthError):
             WITH_HOST.verify(token)
+
+
+def test_own_tokens_can_be_asymmetric() -> None:
+    private, public = _rsa_pair()
+    issuer = TokenIssuer(
+        secret=private, verify_key=public, issuer="mail-bridge", audience="mail-bridge", ttl_s=60, algorithm="RS256"
+    )
+    token, _ = issuer.issue("alice@example.test", ("alice@example.test",))
+    assert jwt.get_unverified_header(token)["alg"] == "RS256"
+    assert issuer.verify(token).subject == "alice@example.test"
+    with pytest.raises(AuthError):  # an HS256 token made with the public key is no token of ours
+        issuer.verify(_hs256_by_hand({"sub": "a@example.test", "iss": "mail-bridge"}, public.encode()))

@@ -71,6 +71,7 @@ async def test_smtp_mail_reaches_the_socket_as_new_email(
     assert event["mailbox"] == "INBOX"
     assert event["uid"] >= 1
     assert event["unread"] is True
+    assert event["hasAttachments"] is False and event["size"] > 100  # from the filter's summary
     assert event["timestamp"].endswith("Z")
     assert event["eventId"].count("-") == 1
     ref = parse_email_id(event["id"])
@@ -82,6 +83,18 @@ async def test_smtp_mail_reaches_the_socket_as_new_email(
     assert mta.mail_from == "carol@outside.test"
     assert mta.subject == subject
     assert mta.queue_id and mta.key.startswith(f"postfix:{mta.queue_id}:")
+
+
+async def test_new_email_says_whether_it_has_attachments(
+    stack: StackInfo, http: aiohttp.ClientSession, account: Account
+) -> None:
+    client = await connected(stack, http, account)
+    m = message("carol@outside.test", account.email, "with file")
+    m.add_attachment(b"x" * 5000, maintype="application", subtype="octet-stream", filename="f.bin")
+    await asyncio.to_thread(send_smtp, stack, m)
+    event = await client.wait_for("new_email", lambda e: e["subject"] == "with file")
+    assert event["hasAttachments"] is True and event["size"] > 5000
+    await client.close()
 
 
 async def test_events_reach_only_their_account(

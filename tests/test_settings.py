@@ -47,3 +47,15 @@ def test_stack_state_dir_override(tmp_path: Path) -> None:
     s = StackSettings.from_env({"BRIDGE_STATE_DIR": str(tmp_path / "st")}, repo_dir=tmp_path)
     assert s.state_dir == (tmp_path / "st").resolve()
     assert s.external_mongodb_url is None
+
+
+def test_asymmetric_own_tokens_need_key_files(tmp_path: Path) -> None:
+    env = {**GOOD, "BRIDGE_JWT_SECRET": "", "BRIDGE_JWT_ALGORITHM": "ES256"}
+    with pytest.raises(ConfigError, match="BRIDGE_JWT_PRIVATE_KEY_FILE"):
+        Settings.from_env(env)
+    (tmp_path / "k").write_text("x")
+    (tmp_path / "p").write_text("y")
+    env.update(BRIDGE_JWT_PRIVATE_KEY_FILE=str(tmp_path / "k"), BRIDGE_JWT_PUBLIC_KEY_FILE=str(tmp_path / "p"))
+    assert Settings.from_env(env).jwt_algorithm == "ES256"
+    with pytest.raises(ConfigError, match="BRIDGE_JWT_ALGORITHM must be one of"):
+        Settings.from_env({**GOOD, "BRIDGE_JWT_ALGORITHM": "none"})
