@@ -7,8 +7,10 @@ reads go through the master user (`user*master`, Dovecot "Master users/passwords
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aioimaplib
@@ -106,6 +108,17 @@ class ImapGateway:
             raise Unavailable("the IMAP master user was refused; check BRIDGE_IMAP_MASTER_*")
         return client
 
+    @contextlib.asynccontextmanager
+    async def _session(self, account: str, what: str) -> AsyncIterator[aioimaplib.IMAP4]:
+        """A master-user session as `account`, closed afterwards; transport failures become Unavailable."""
+        client = await self._as_user(account)
+        try:
+            yield client
+        except (OSError, TimeoutError) as exc:
+            raise Unavailable(f"IMAP {what} did not complete: {exc}") from None
+        finally:
+            await _close(client)
+
     async def _select(self, client: aioimaplib.IMAP4, mailbox: str, uidvalidity: int) -> None:
         response = await client.select(encode_mailbox(mailbox))
         if response.result != "OK":
@@ -120,52 +133,36 @@ class ImapGateway:
         for flag in flags:
             if not _FLAG.match(flag):
                 raise InvalidInput(f"invalid flag {flag!r}")
-        client = await self._as_user(ref.account)
-        try:
+        async with self._session(ref.account, "STORE") as client:
             await self._select(client, ref.mailbox, ref.uidvalidity)
             response = await client.uid(
                 "store", str(ref.uid), "+FLAGS" if add else "-FLAGS", "(" + " ".join(flags) + ")"
             )
             if response.result != "OK" or not any(b"FETCH" in bytes(line) for line in response.lines[:-1]):
                 raise NotFound("no such email")
-        except (OSError, TimeoutError) as exc:
-            raise Unavailable(f"IMAP STORE did not complete: {exc}") from None
-        finally:
-            await _close(client)
 
     async def list_mailboxes(self, account: str) -> list[MailboxInfo]:
         """Every mailbox of the account, with its special use (RFC 6154) where the server names one."""
-        client = await self._as_user(account)
-        try:
+        async with self._session(account, "LIST") as client:
             response = await client.list('""', '"*"')
             if response.result != "OK":
                 raise Unavailable("IMAP LIST failed")
             return [info for line in response.lines[:-1] if (info := parse_list_line(bytes(line))) is not None]
-        except (OSError, TimeoutError) as exc:
-            raise Unavailable(f"IMAP LIST did not complete: {exc}") from None
-        finally:
-            await _close(client)
 
     async def fetch_raw(self, ref: EmailRef) -> bytes:
         """The whole message (BODY.PEEK[] leaves \\Seen alone, RFC 3501 6.4.5)."""
-        client = await self._as_user(ref.account)
-        try:
+        async with self._session(ref.account, "FETCH") as client:
             await self._select(client, ref.mailbox, ref.uidvalidity)
             response = await client.uid("fetch", str(ref.uid), "(BODY.PEEK[])")
             literals = [bytes(line) for line in response.lines if isinstance(line, bytearray)]
             if response.result != "OK" or not literals:
                 raise NotFound("no such email")
             return literals[0]
-        except (OSError, TimeoutError) as exc:
-            raise Unavailable(f"IMAP FETCH did not complete: {exc}") from None
-        finally:
-            await _close(client)
 
     async def move(self, ref: EmailRef, target: str) -> EmailRef | None:
         """UID MOVE (RFC 6851): the hook reports the append there and the expunge here. Returns the
         message's new identity from the COPYUID response code (RFC 4315), when the server gives it."""
-        client = await self._as_user(ref.account)
-        try:
+        async with self._session(ref.account, "MOVE") as client:
             await self._select(client, ref.mailbox, ref.uidvalidity)
             response = await client.uid("move", str(ref.uid), encode_mailbox(target))
             if response.result != "OK":
@@ -175,15 +172,10 @@ class ImapGateway:
                 if match is not None:
                     return EmailRef(ref.account, target, int(match.group(1)), int(match.group(3)))
             return None
-        except (OSError, TimeoutError) as exc:
-            raise Unavailable(f"IMAP MOVE did not complete: {exc}") from None
-        finally:
-            await _close(client)
 
     async def headers_of_all(self, account: str, mailbox: str) -> tuple[int, list[FetchedHeaders]]:
         """UIDVALIDITY and, for every message, UID, flags and the headers the index keeps."""
-        client = await self._as_user(account)
-        try:
+        async with self._session(account, "FETCH") as client:
             response = await client.select(encode_mailbox(mailbox))
             if response.result != "OK":
                 return 0, []
@@ -207,38 +199,23 @@ class ImapGateway:
                     flags = tuple(match.group("flags").decode("ascii", "replace").split())
                     pending = (int(match.group("uid")), flags, int(match.group("size") or 0))
             return validity, found
-        except (OSError, TimeoutError) as exc:
-            raise Unavailable(f"IMAP FETCH did not complete: {exc}") from None
-        finally:
-            await _close(client)
 
     async def ensure_mailbox(self, account: str, mailbox: str) -> None:
         """CREATE unless it exists (RFC 3501 6.3.3: creating an existing name is a NO)."""
-        client = await self._as_user(account)
-        try:
+        async with self._session(account, "CREATE") as client:
             await client.create(encode_mailbox(mailbox))
-        except (OSError, TimeoutError) as exc:
-            raise Unavailable(f"IMAP CREATE did not complete: {exc}") from None
-        finally:
-            await _close(client)
 
     async def expunge_uid(self, ref: EmailRef) -> None:
         """UID EXPUNGE (RFC 4315): removes this message only, not others marked \\Deleted."""
-        client = await self._as_user(ref.account)
-        try:
+        async with self._session(ref.account, "EXPUNGE") as client:
             await self._select(client, ref.mailbox, ref.uidvalidity)
             response = await client.uid("expunge", str(ref.uid))
             if response.result != "OK":
                 raise Unavailable("IMAP UID EXPUNGE failed")
-        except (OSError, TimeoutError) as exc:
-            raise Unavailable(f"IMAP EXPUNGE did not complete: {exc}") from None
-        finally:
-            await _close(client)
 
     async def append(self, account: str, mailbox: str, message: bytes, flags: tuple[str, ...] = ()) -> None:
         """APPEND (RFC 3501 6.3.11), creating the mailbox when it does not exist yet."""
-        client = await self._as_user(account)
-        try:
+        async with self._session(account, "APPEND") as client:
             flag_list = "(" + " ".join(flags) + ")" if flags else None
             response = await client.append(message, mailbox=encode_mailbox(mailbox), flags=flag_list)
             if response.result != "OK":
@@ -246,10 +223,6 @@ class ImapGateway:
                 response = await client.append(message, mailbox=encode_mailbox(mailbox), flags=flag_list)
             if response.result != "OK":
                 raise Unavailable(f"IMAP APPEND to {mailbox} failed")
-        except (OSError, TimeoutError) as exc:
-            raise Unavailable(f"IMAP APPEND did not complete: {exc}") from None
-        finally:
-            await _close(client)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ import pytest
 
 from bridge.auth import MAX_TOKEN_BYTES, TokenIssuer, TrustedIssuer
 from bridge.errors import AuthError
+from tests.conftest import _host_keys
 
 ISSUER = TokenIssuer(secret="s" * 40, issuer="mail-bridge", audience="mail-bridge", ttl_s=600)
 
@@ -65,21 +66,7 @@ def test_tampered_signature() -> None:
         ISSUER.verify(f"{head}.{forged_body}.{sig}")
 
 
-def _rsa_pair() -> tuple[str, str]:
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
-    from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    return private, public
-
+_rsa_pair = _host_keys
 
 HOST_PRIVATE, HOST_PUBLIC = _rsa_pair()
 WITH_HOST = TokenIssuer(
