@@ -16,6 +16,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from bridge import keys
@@ -126,9 +129,15 @@ def create_app(settings: Settings) -> web.Application:
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         # A socket timeout above the consumers' XREADGROUP block time: a Redis that stops answering
-        # (paused, partitioned) raises instead of hanging a consumer forever.
+        # (paused, partitioned) raises instead of hanging a consumer forever. After a Redis restart
+        # every pooled connection is dead: retry on a fresh one rather than fail the first command.
         client = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10
+            settings.redis_url,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=10,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 2),
+            retry_on_error=[RedisConnectionError],
         )
         app[keys.REDIS] = client
         app[keys.PUBLISHER] = Publisher(client, settings.spool_dir, settings.stream_maxlen)

@@ -5,6 +5,7 @@ These stop and restart shared services, and put every service back before they r
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import smtplib
@@ -14,6 +15,7 @@ import time
 import uuid
 from email.message import EmailMessage
 from email.utils import make_msgid
+from pathlib import Path
 
 import pytest
 import redis
@@ -166,3 +168,27 @@ def test_filter_answers_451_when_it_cannot_reinject(
         assert refused.value.smtp_error.startswith(b"4.3.0")
     finally:
         stack_launcher.start_service("postfix")
+
+
+async def test_after_a_redis_restart_the_relay_carries_on(
+    stack: StackInfo, stack_launcher: Stack, account: Account
+) -> None:
+    """Consumer groups are recreated (Redis without persistence forgets them) and mail flows again."""
+    import aiohttp  # noqa: PLC0415
+
+    from tests.conftest import login  # noqa: PLC0415
+    from tests.socket_client import RecordingClient  # noqa: PLC0415
+
+    log = Path(stack.log_dir) / "bridge.out"
+    before = log.read_text().count("paused, retrying")
+    stack_launcher.stop_service("redis")
+    await asyncio.sleep(1)
+    stack_launcher.start_service("redis")
+    async with aiohttp.ClientSession(base_url=stack.web_url) as http:
+        client = RecordingClient()
+        await client.connect(stack.web_url, await login(http, account))
+        await asyncio.to_thread(send_smtp, stack, numbered(account, "after-restart", 1))
+        await client.wait_for("new_email", lambda e: e["subject"] == "after-restart 000", timeout=30)
+        await client.close()
+    # One warning per consumer per outage, not one per retry.
+    assert log.read_text().count("paused, retrying") - before <= 2

@@ -47,8 +47,8 @@ async def test_bad_login_input_is_400(http: aiohttp.ClientSession, body: bytes, 
 
 async def test_health_reports_each_dependency(http: aiohttp.ClientSession) -> None:
     async with http.get("/health") as r:
-        assert r.status == 200
         body = await r.json()
+        assert r.status == 200, body
     assert body == {"status": "ok", "checks": {"redis": "ok", "store": "ok", "imap": "ok"}}
 
 

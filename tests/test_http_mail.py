@@ -279,3 +279,28 @@ async def test_archive_is_one_move_event(stack: StackInfo, http: aiohttp.ClientS
     body = await get_json(http, f"/api/v1/email/{moved['newEmailId']}", headers)
     assert body["subject"] == "archive me"
     await client.close()
+
+
+async def test_draft_is_saved_to_drafts(stack: StackInfo, http: aiohttp.ClientSession, account: Account) -> None:
+    headers = await authed(http, account)
+    client = RecordingClient()
+    await client.connect(stack.web_url, headers["Authorization"][7:])
+    async with http.post("/api/v1/drafts", headers=headers, json={"subject": "half written", "body": "to be"}) as r:
+        assert r.status == 200, await r.text()
+        saved = await r.json()
+    draft = await client.wait_for("new_email", lambda e: e["mailbox"] == "Drafts")
+    assert draft["subject"] == "half written" and draft["messageId"] == saved["messageId"]
+    assert "\\Draft" in draft["flags"] and draft["unread"] is False
+    await client.close()
+
+
+async def test_metrics_count_what_happened(stack: StackInfo, http: aiohttp.ClientSession, account: Account) -> None:
+    await deliver_and_wait(stack, http, account, "counted")
+    async with http.get("/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    assert 'mailbridge_events_relayed_total{event="new_email"}' in text
+    count = next(line for line in text.splitlines() if line.startswith("mailbridge_relay_latency_seconds_count"))
+    assert float(count.split()[-1]) >= 1
+    assert "mailbridge_sockets_connected" in text
+    assert 'mailbridge_stream_lag_entries{group="bridge",stream="mail:dovecot"}' in text
