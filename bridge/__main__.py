@@ -49,8 +49,10 @@ def stack() -> int:
     from bridge.stack.launcher import Stack  # noqa: PLC0415
 
     _logging("INFO")
-    # SIGTERM behaves like Ctrl-C: at any moment, everything started so far is stopped.
+    # SIGTERM behaves like Ctrl-C: at any moment, everything started so far is stopped. SIGINT is
+    # installed explicitly too: a shell starting us in the background hands it over ignored.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     launcher = Stack(StackSettings.from_env())
     try:
         info = launcher.start()
