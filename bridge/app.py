@@ -163,6 +163,7 @@ def create_app(settings: Settings) -> web.Application:
 
     async def mail_ctx(app: web.Application) -> AsyncIterator[None]:
         app[keys.BACKFILL] = backfill = Backfill(app[keys.IMAP], app[keys.STORE])
+        realtime.on_accounts = backfill.start_all
         app[keys.MAIL] = MailService(
             app[keys.IMAP],
             app[keys.STORE],

@@ -62,9 +62,14 @@ class Backfill:
         self.imap = imap
         self.store = store
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._done: set[str] = set()  # accounts known to be indexed: no store lookup per connection
+
+    def start_all(self, accounts: tuple[str, ...]) -> None:
+        for account in accounts:
+            self.start(account)
 
     def start(self, account: str) -> None:
-        if account in self._tasks:
+        if account in self._tasks or account in self._done:
             return
         task = asyncio.create_task(self._run(account), name=f"backfill-{account}")
         self._tasks[account] = task
@@ -78,6 +83,7 @@ class Backfill:
     async def _run(self, account: str) -> None:
         try:
             if await self.store.db["accounts"].find_one({"account": account, "indexed": True}):
+                self._done.add(account)
                 return
             started, count = time.monotonic(), 0
             for box in await self.imap.list_mailboxes(account):
@@ -92,6 +98,7 @@ class Backfill:
             await self.store.db["accounts"].update_one(
                 {"account": account}, {"$set": {"indexed": True, "indexedAt": int(time.time())}}, upsert=True
             )
+            self._done.add(account)
             log.info("[%s] backfilled %d message(s) in %.2f s", account, count, time.monotonic() - started)
         except (BridgeError, PyMongoError) as exc:
             log.warning("[%s] backfill postponed to the next login: %s", account, exc)

@@ -101,6 +101,9 @@ class Realtime:
         self._locks = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
         self._tasks: set[asyncio.Task[None]] = set()
         self._sockets_by_user: dict[str, set[str]] = {}
+        self._user_of: dict[str, str] = {}
+        # Called with the accounts of every new connection (the app starts their backfill).
+        self.on_accounts: Callable[[tuple[str, ...]], None] = lambda _accounts: None
         self.typing_limit = RateLimiter(2.0, 5)
         self.action_limit = RateLimiter(10.0, 30)
         self.sio.on("connect", self._connect)
@@ -142,7 +145,9 @@ class Realtime:
             log.info("[sid %s] connection refused: %s has %d sockets", sid, identity.subject, len(sockets))
             raise socketio.exceptions.ConnectionRefusedError("too many connections for this user")
         sockets.add(sid)
+        self._user_of[sid] = identity.subject
         self.metrics.sockets.inc()
+        self.on_accounts(identity.accounts)
         last_event_id = auth.get("lastEventId") if isinstance(auth, dict) else None
         await self.sio.save_session(sid, {"identity": identity})
         log.info("[sid %s] connected as %s (%d account(s))", sid, identity.subject, len(identity.accounts))
@@ -156,12 +161,13 @@ class Realtime:
         task.add_done_callback(self._tasks.discard)
 
     async def _disconnect(self, sid: str, reason: object = None) -> None:
-        for subject, sockets in list(self._sockets_by_user.items()):
-            if sid in sockets:
-                self.metrics.sockets.dec()
+        subject = self._user_of.pop(sid, None)
+        if subject is not None:
+            self.metrics.sockets.dec()
+            sockets = self._sockets_by_user.get(subject, set())
             sockets.discard(sid)
             if not sockets:
-                del self._sockets_by_user[subject]
+                self._sockets_by_user.pop(subject, None)
         log.debug("[sid %s] disconnected (%s)", sid, reason)
 
     async def identity(self, sid: str) -> Identity:
