@@ -1,0 +1,55 @@
+"""No password, token or mail body reaches any log of the stack (bridge, Dovecot, Postfix, ...)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bridge.stack.launcher import StackInfo
+from tests.conftest import Account, login
+from tests.mailtools import send_smtp, wait_for_messages
+from tests.socket_client import RecordingClient
+from tests.test_e2e_mail import message
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_logs_hold_no_secrets_or_bodies(
+    stack: StackInfo, http: aiohttp.ClientSession, account: Account, other_account: Account
+) -> None:
+    body_marker = f"BODY-{uuid.uuid4().hex}"
+    token = await login(http, account)
+    async with http.post("/api/v1/auth/login", json={"email": account.email, "password": "wrong-" + body_marker}) as r:
+        assert r.status == 401
+    client = RecordingClient()
+    await client.connect(stack.web_url, token)
+    await asyncio.to_thread(send_smtp, stack, [message("carol@outside.test", account.email, "s1", body_marker)])
+    headers = {"Authorization": f"Bearer {token}"}
+    async with http.post(
+        "/api/v1/email/send", headers=headers, json={"to": [other_account.email], "subject": "s2", "body": body_marker}
+    ) as r:
+        assert r.status == 200, await r.text()
+    await asyncio.to_thread(wait_for_messages, stack, other_account.email, other_account.password, 1)
+    mail = await client.wait_for("new_email", lambda e: e["subject"] == "s1")
+    async with http.get(f"/api/v1/email/{mail['id']}", headers=headers) as r:
+        assert body_marker in (await r.json())["text"]  # the body did travel...
+    await client.close()
+    await asyncio.sleep(0.5)
+
+    secrets = json.loads((Path(stack.state_dir) / "secrets.json").read_text())
+    forbidden = {
+        "a mail body": body_marker,
+        "a user's password": account.password,
+        "the master password": secrets["master_password"],
+        "the JWT secret": secrets["jwt_secret"],
+        "a token": token.split(".")[2],  # its signature
+    }
+    logs = {p.name: p.read_text(errors="replace") for p in Path(stack.log_dir).iterdir() if p.is_file()}
+    assert {"bridge.out", "dovecot.log", "postfix.log"} <= set(logs)
+    leaks = [f"{what} in {name}" for name, text in logs.items() for what, value in forbidden.items() if value in text]
+    assert leaks == []  # ...but never into a log
