@@ -102,6 +102,7 @@ class Realtime:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sockets_by_user: dict[str, set[str]] = {}
         self._user_of: dict[str, str] = {}
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
         # Called with the accounts of every new connection (the app starts their backfill).
         self.on_accounts: Callable[[tuple[str, ...]], None] = lambda _accounts: None
         self.typing_limit = RateLimiter(2.0, 5)
@@ -146,6 +147,10 @@ class Realtime:
             raise socketio.exceptions.ConnectionRefusedError("too many connections for this user")
         sockets.add(sid)
         self._user_of[sid] = identity.subject
+        # A socket lives no longer than its token: at expiry it is disconnected (the client logs in
+        # again and resumes with lastEventId).
+        delay = max(0.0, identity.expires_at - time.time())
+        self._expiry[sid] = asyncio.get_running_loop().call_later(delay, self._expire, sid)
         self.metrics.sockets.inc()
         self.on_accounts(identity.accounts)
         last_event_id = auth.get("lastEventId") if isinstance(auth, dict) else None
@@ -160,7 +165,17 @@ class Realtime:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _expire(self, sid: str) -> None:
+        self._expiry.pop(sid, None)
+        log.info("[sid %s] token expired; disconnecting", sid)
+        task = asyncio.create_task(self.sio.disconnect(sid), name=f"expire-{sid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _disconnect(self, sid: str, reason: object = None) -> None:
+        timer = self._expiry.pop(sid, None)
+        if timer is not None:
+            timer.cancel()
         subject = self._user_of.pop(sid, None)
         if subject is not None:
             self.metrics.sockets.dec()

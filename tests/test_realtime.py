@@ -136,3 +136,15 @@ async def test_disallowed_origin_is_refused_at_the_handshake(
             transports=["websocket"],
             wait_timeout=5,
         )
+
+
+async def test_a_socket_is_disconnected_when_its_token_expires(stack: StackInfo, account: Account) -> None:
+    now = int(__import__("time").time())
+    client = RecordingClient()
+    await client.connect(stack.web_url, host_token("user-2", [account.email], exp=now + 2))
+    assert client.sio.connected
+    for _ in range(100):
+        if not client.sio.connected:
+            break
+        await asyncio.sleep(0.1)
+    assert not client.sio.connected
