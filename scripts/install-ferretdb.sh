@@ -4,9 +4,11 @@
 # untracked build/version/version.txt, so we build from a writable copy of the module with that file.
 set -euo pipefail
 version="${FERRETDB_VERSION:-v1.24.2}"
-cache="${MAIL_BRIDGE_CACHE:-$HOME/.cache/mail-bridge}"
+cache="${MAIL_BRIDGE_CACHE:-${HOME:-/root}/.cache/mail-bridge}"
 bin="$cache/ferretdb-$version"
 if [ -x "$bin" ]; then exit 0; fi
+# The Go toolchain may live outside the PATH a non-login shell gets.
+command -v go >/dev/null || export PATH="$PATH:/usr/local/go/bin:/usr/lib/go/bin"
 command -v go >/dev/null || { echo "install-ferretdb: the Go toolchain is needed to build FerretDB" >&2; exit 1; }
 mkdir -p "$cache"
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod
