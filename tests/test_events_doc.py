@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +36,19 @@ def test_the_documented_consumer_reads_the_events(stack: StackInfo, account: Acc
     lines = result.stdout.splitlines()
     assert f"mail:dovecot message.new {account.email} {subject}" in lines
     assert f"mail:postfix mta.accepted {account.email} {subject}" in lines
+
+
+def test_the_readme_example_receives_new_email(stack: StackInfo) -> None:
+    readme = (REPO / "README.md").read_text()
+    example = re.findall(r"```python\n(.*?)```", readme, re.S)[0]
+    stack_json = str(Path(stack.state_dir) / "stack.json")
+    assert 'open("var/stack.json")' in example
+    result = subprocess.run(
+        [sys.executable, "-c", example.replace('open("var/stack.json")', f"open({stack_json!r})")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "'subject': 'hello'" in result.stdout and "'preview': 'Hi Alice'" in result.stdout
