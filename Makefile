@@ -5,14 +5,16 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEBS := dovecot-imapd dovecot-lmtpd dovecot-sieve postfix redis-server lua-socket
+# The browser the web client's tests drive (headless).
+TEST_DEBS := chromium
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck setup debs venv ferretdb clean
+.PHONY: run test check lint typecheck setup debs test-debs venv ferretdb web clean
 
 run: setup
 	$(PY) -m bridge stack
 
-test: setup
+test: setup test-debs
 	$(VENV)/bin/ruff check bridge tests hooks
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
@@ -25,9 +27,12 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-setup: debs venv ferretdb
+setup: debs venv ferretdb web
 
 # Debian packages: install only when one is missing (apt starts no service here; the stack starts its own).
+test-debs:
+	@$(MAKE) --no-print-directory debs DEBS="$(TEST_DEBS)"
+
 debs:
 	@missing=""; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -45,9 +50,18 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# The web client (web/): dependencies from package-lock.json, built into web/dist for the bridge to serve.
+web: web/dist/index.html
+
+web/node_modules/.package-lock.json: web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+
+web/dist/index.html: web/node_modules/.package-lock.json web/index.html web/vite.config.js $(wildcard web/src/*)
+	cd web && npm run build
+
 # MongoDB-compatible store: only needed when MONGODB_URL is not set.
 ferretdb:
 	@if [ -z "$$MONGODB_URL" ]; then bash scripts/install-ferretdb.sh; fi
 
 clean:
-	rm -rf var
+	rm -rf var web/dist

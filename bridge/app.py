@@ -26,7 +26,7 @@ from bridge.auth import SHARED_SECRET_ALGORITHMS, TokenIssuer, TrustedIssuer
 from bridge.backfill import Backfill
 from bridge.browser_events import BrowserEvent
 from bridge.events import Event, StreamNames
-from bridge.http_api import add_routes, cors_middleware, errors_middleware
+from bridge.http_api import add_routes, add_web_client, cors_middleware, errors_middleware
 from bridge.http_mail import add_routes as add_mail_routes
 from bridge.imap import ImapGateway
 from bridge.mail_service import MailService
@@ -111,6 +111,7 @@ def create_app(settings: Settings) -> web.Application:
     realtime.sio.attach(app)
     add_routes(app)
     add_mail_routes(app)
+    add_web_client(app, settings.web_dir)
 
     async def metrics_page(request: web.Request) -> web.Response:
         groups = (settings.consumer_group, f"{settings.consumer_group}-index")

@@ -139,6 +139,32 @@ async def api_docs(request: web.Request) -> web.Response:
     return web.Response(body=OPENAPI.read_bytes(), content_type="application/json")
 
 
+# The web client is a static single-page app: its own files only, no inline script, and the mail
+# bodies it shows sit in sandboxed frames.
+WEB_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    "connect-src 'self' ws: wss:; frame-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+def add_web_client(app: web.Application, web_dir: Path) -> None:
+    """Serve the built web client (web/dist) at "/", when it has been built."""
+    index = web_dir / "index.html"
+    if not index.is_file():
+        log.warning("no web client at %s (run `make web`); serving the API only", web_dir)
+        return
+
+    async def page(request: web.Request) -> web.FileResponse:
+        response = web.FileResponse(index)
+        response.headers["Content-Security-Policy"] = WEB_CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    app.router.add_get("/", page)
+    app.router.add_static("/assets", web_dir / "assets")
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/auth/login", login)
     app.router.add_get("/health", health)

@@ -119,6 +119,7 @@ class Settings:
     host_jwt_key_file: Path | None = None
     cors_origins: tuple[str, ...] = ()
     spool_dir: Path = Path("var/spool")
+    web_dir: Path = Path("web/dist")
     stream_prefix: str = "mail"
     stream_maxlen: int = 1_000_000
     resume_log_len: int = 10_000
@@ -164,6 +165,7 @@ class Settings:
             else None,
             cors_origins=e.items("BRIDGE_CORS_ORIGINS"),
             spool_dir=Path(e.text("BRIDGE_SPOOL_DIR", "var/spool")),
+            web_dir=Path(e.text("BRIDGE_WEB_DIR", "web/dist")),
             stream_prefix=e.text("BRIDGE_STREAM_PREFIX", "mail"),
             stream_maxlen=e.integer("BRIDGE_STREAM_MAXLEN", 1_000_000, low=1000),
             resume_log_len=e.integer("BRIDGE_RESUME_LOG_LEN", 10_000, low=100),

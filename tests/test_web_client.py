@@ -1,0 +1,90 @@
+"""The web client in a real browser (Debian's Chromium, headless, driven by Playwright)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from bridge.stack.launcher import StackInfo
+from tests.conftest import Account
+from tests.mailtools import send_smtp
+from tests.test_e2e_mail import message
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # root in a container-like machine
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    # This machine reaches no outside host: keep Chromium from trying.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        await browser.close()
+
+
+async def signed_in(browser: Browser, stack: StackInfo, account: Account) -> Page:
+    page = await browser.new_page()
+    await page.goto(stack.web_url)
+    await page.get_by_label("Email").fill(account.email)
+    await page.get_by_label("Password").fill(account.password)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("status").filter(has_text="Live")).to_be_visible(timeout=15_000)
+    return page
+
+
+async def test_login_is_refused_with_a_clear_message(browser: Browser, stack: StackInfo, account: Account) -> None:
+    page = await browser.new_page()
+    await page.goto(stack.web_url)
+    await page.get_by_label("Email").fill(account.email)
+    await page.get_by_label("Password").fill("wrong")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("alert")).to_have_text("invalid email or password")
+
+
+async def test_new_mail_appears_without_reload_and_reads_across_devices(
+    browser: Browser, stack: StackInfo, account: Account
+) -> None:
+    phone, laptop = await signed_in(browser, stack, account), await signed_in(browser, stack, account)
+    await expect(phone.get_by_text("No messages")).to_be_visible()
+    subject = f"Live {uuid.uuid4().hex[:6]}"
+    await asyncio.to_thread(
+        send_smtp, stack, [message("carol@outside.test", account.email, subject, "Hello from the browser test")]
+    )
+    for page in (phone, laptop):
+        await expect(page.get_by_role("button", name=subject)).to_be_visible(timeout=15_000)
+        await expect(page).to_have_title("(1) INBOX — mail-bridge")
+    await phone.get_by_role("button", name=subject).click()
+    await expect(phone.get_by_test_id("body-text")).to_contain_text("Hello from the browser test")
+    # Read on the phone: the laptop's count drops too, pushed by Dovecot's event.
+    await expect(laptop).to_have_title("INBOX — mail-bridge", timeout=15_000)
+    await phone.close()
+    await laptop.close()
+
+
+async def test_compose_sends_and_the_sent_mail_arrives(browser: Browser, stack: StackInfo, account: Account) -> None:
+    page = await signed_in(browser, stack, account)
+    subject = f"Note to self {uuid.uuid4().hex[:6]}"
+    await page.get_by_role("button", name="Compose").click()
+    await page.get_by_label("To").fill(account.email)
+    await page.get_by_label("Subject").fill(subject)
+    await page.get_by_label("Message text").fill("remember the milk")
+    await page.get_by_role("button", name="Send", exact=True).click()
+    await expect(page.get_by_role("status").filter(has_text="Sent")).to_be_visible(timeout=15_000)
+    await expect(page.get_by_role("button", name=subject)).to_be_visible(timeout=15_000)
+    await page.close()
