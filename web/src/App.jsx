@@ -6,6 +6,12 @@ import { api, login } from "./api.js";
 const SESSION = "mail-bridge-session";
 const LAST_EVENT = "mail-bridge-last-event";
 
+function merge(fetched, live, mailbox) {
+  const byId = new Map();
+  for (const m of [...fetched, ...live]) if (m.mailbox === mailbox) byId.set(m.id, { ...byId.get(m.id), ...m });
+  return [...byId.values()].sort((a, b) => new Date(b.timestamp) - new Date(a.timestamp) || b.uid - a.uid);
+}
+
 function Login({ onLogin }) {
   const [email, setEmail] = useState("");
   const [password, setPassword] = useState("");
@@ -115,7 +121,8 @@ function Mail({ session, onLogout }) {
       api(session.token, `/api/v1/email/inbox?mailbox=${encodeURIComponent(mailboxRef.current)}&limit=100`),
       api(session.token, "/api/v1/mailboxes"),
     ]);
-    setEmails(list.emails);
+    // Mail that arrived live while the listing was on its way is newer than the listing: keep it.
+    setEmails((current) => merge(list.emails, current, mailboxRef.current));
     setMailboxes(boxes.mailboxes);
   }, [session.token]);
 
@@ -128,7 +135,9 @@ function Mail({ session, onLogout }) {
     });
     socketRef.current = socket;
     const seen = (e) => e && e.eventId && sessionStorage.setItem(LAST_EVENT, e.eventId);
-    socket.on("connect", () => setLive(true));
+    // Listed after the socket is live: what came before is in the listing, what comes after arrives
+    // live (and merge() keeps both), so nothing falls between the two.
+    socket.on("connect", () => { setLive(true); reload().catch(() => {}); });
     socket.on("disconnect", () => setLive(false));
     socket.on("connect_error", (err) => { setLive(false); if (/token/.test(err.message)) onLogout(); });
     socket.on("new_email", (mail) => {
@@ -180,7 +189,7 @@ function Mail({ session, onLogout }) {
       </header>
       <nav aria-label="Mailboxes">
         {(mailboxes.length ? mailboxes : [{ name: "INBOX", unread: 0 }]).map((b) => (
-          <button key={b.name} className={b.name === mailbox ? "box current" : "box"} onClick={() => { setMailbox(b.name); setSelected(null); }}>
+          <button key={b.name} className={b.name === mailbox ? "box current" : "box"} onClick={() => { setEmails([]); setMailbox(b.name); setSelected(null); }}>
             {b.name}{b.unread ? ` (${b.unread})` : ""}
           </button>
         ))}
