@@ -88,3 +88,41 @@ async def test_compose_sends_and_the_sent_mail_arrives(browser: Browser, stack: 
     await expect(page.get_by_role("status").filter(has_text="Sent")).to_be_visible(timeout=15_000)
     await expect(page.get_by_role("button", name=subject)).to_be_visible(timeout=15_000)
     await page.close()
+
+
+async def test_search_tabs_keyboard_and_delete(browser: Browser, stack: StackInfo, account: Account) -> None:
+    tag = uuid.uuid4().hex[:6]
+    social = message("notifications@linkedin.com", account.email, f"Social {tag}", "someone viewed your profile")
+    await asyncio.to_thread(
+        send_smtp,
+        stack,
+        [
+            message("carol@outside.test", account.email, f"Alpha {tag}"),
+            message("dan@outside.test", account.email, f"Beta {tag}"),
+            social,
+        ],
+    )
+    page = await signed_in(browser, stack, account)
+    for subject in (f"Alpha {tag}", f"Beta {tag}", f"Social {tag}"):
+        await expect(page.get_by_role("button", name=subject)).to_be_visible(timeout=15_000)
+
+    await page.get_by_role("tab", name="Social").click()
+    await expect(page.get_by_role("button", name=f"Social {tag}")).to_be_visible()
+    await expect(page.get_by_role("button", name=f"Alpha {tag}")).to_have_count(0)
+    await page.get_by_role("tab", name="All").click()
+
+    await page.get_by_label("Search mail").fill("subject:alpha")
+    await page.get_by_label("Search mail").press("Enter")
+    await expect(page.get_by_role("button", name=f"Alpha {tag}")).to_be_visible()
+    await expect(page.get_by_role("button", name=f"Beta {tag}")).to_have_count(0)
+    await page.get_by_label("Search mail").fill("")
+    await page.get_by_label("Search mail").press("Enter")
+    await expect(page.get_by_role("button", name=f"Beta {tag}")).to_be_visible()
+
+    await page.locator("body").click()
+    await page.keyboard.press("j")  # opens the newest message
+    await expect(page.get_by_role("region", name="Message")).to_be_visible()
+    subject = await page.get_by_role("region", name="Message").get_by_role("heading").inner_text()
+    await page.get_by_role("button", name="Delete", exact=True).click()
+    await expect(page.get_by_role("button", name=subject)).to_have_count(0, timeout=15_000)
+    await page.close()

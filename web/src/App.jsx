@@ -6,9 +6,23 @@ import { api, login } from "./api.js";
 const SESSION = "mail-bridge-session";
 const LAST_EVENT = "mail-bridge-last-event";
 
-function merge(fetched, live, mailbox) {
+const FILTERS = {
+  "": () => true,
+  unread: (m) => m.unread,
+  starred: (m) => (m.flags || []).includes("\\Flagged"),
+  attachments: (m) => m.hasAttachments,
+};
+const TABS = { "": () => true, primary: (m) => !["social", "promotions"].includes(m.category), social: (m) => m.category === "social", promotions: (m) => m.category === "promotions" };
+
+function matches(view, m) {
+  return !view.q && FILTERS[view.filter](m) && TABS[view.tab](m);
+}
+
+function merge(fetched, live, mailbox, view, gone) {
   const byId = new Map();
-  for (const m of [...fetched, ...live]) if (m.mailbox === mailbox) byId.set(m.id, { ...byId.get(m.id), ...m });
+  // The index may answer before it has applied a deletion the socket already reported.
+  for (const m of fetched) if (!gone.has(m.id)) byId.set(m.id, m);
+  for (const m of live) if (m.mailbox === mailbox && (byId.has(m.id) || matches(view, m))) byId.set(m.id, { ...byId.get(m.id), ...m });
   return [...byId.values()].sort((a, b) => new Date(b.timestamp) - new Date(a.timestamp) || b.uid - a.uid);
 }
 
@@ -48,7 +62,7 @@ function colour(address) {
   return `hsl(${h} 55% 42%)`;
 }
 
-function Preview({ session, email }) {
+function Preview({ session, email, onAction }) {
   const [body, setBody] = useState(null);
   const [error, setError] = useState("");
   useEffect(() => {
@@ -63,6 +77,11 @@ function Preview({ session, email }) {
   return (
     <section className="preview" aria-label="Message">
       <h2>{body.subject || "(no subject)"}</h2>
+      <div className="actions">
+        <button onClick={() => onAction("archive")} title="Archive (e)">Archive</button>
+        <button onClick={() => onAction("delete")} title="Delete (#)">Delete</button>
+        <button onClick={() => onAction("unread")} title="Mark unread (u)">Mark unread</button>
+      </div>
       <p className="meta">{body.from} · {body.date}</p>
       {html ? (
         <iframe title="Message body" sandbox="" srcDoc={html} className="body-frame" />
@@ -112,21 +131,33 @@ function Mail({ session, onLogout }) {
   const [live, setLive] = useState(false);
   const [composing, setComposing] = useState(false);
   const [toast, setToast] = useState("");
+  const [view, setView] = useState({ q: "", filter: "", tab: "" });
+  const [query, setQuery] = useState("");
   const socketRef = useRef(null);
+  const searchRef = useRef(null);
+  const notifications = useRef(new Map());
+  const gone = useRef(new Set());
   const mailboxRef = useRef(mailbox);
   mailboxRef.current = mailbox;
+  const viewRef = useRef(view);
+  viewRef.current = view;
 
   const reload = useCallback(async () => {
+    const v = viewRef.current;
+    const params = new URLSearchParams({ mailbox: mailboxRef.current, limit: "100" });
+    const filters = [v.filter, v.tab].filter(Boolean).join(",");
+    if (filters) params.set("filter", filters);
+    if (v.q) params.set("q", v.q);
     const [list, boxes] = await Promise.all([
-      api(session.token, `/api/v1/email/inbox?mailbox=${encodeURIComponent(mailboxRef.current)}&limit=100`),
+      api(session.token, `/api/v1/email/inbox?${params}`),
       api(session.token, "/api/v1/mailboxes"),
     ]);
     // Mail that arrived live while the listing was on its way is newer than the listing: keep it.
-    setEmails((current) => merge(list.emails, current, mailboxRef.current));
+    setEmails((current) => merge(list.emails, current, mailboxRef.current, v, gone.current));
     setMailboxes(boxes.mailboxes);
   }, [session.token]);
 
-  useEffect(() => { reload().catch((e) => setToast(e.message)); }, [mailbox, reload]);
+  useEffect(() => { reload().catch((e) => setToast(e.message)); }, [mailbox, view, reload]);
 
   useEffect(() => {
     const socket = io({
@@ -142,19 +173,25 @@ function Mail({ session, onLogout }) {
     socket.on("connect_error", (err) => { setLive(false); if (/token/.test(err.message)) onLogout(); });
     socket.on("new_email", (mail) => {
       seen(mail);
-      if (mail.mailbox !== mailboxRef.current) return;
-      setEmails((list) => (list.some((m) => m.id === mail.id) ? list : [mail, ...list]));
-      if (mail.unread && document.hidden && window.Notification && Notification.permission === "granted") {
-        new Notification(mail.from, { body: mail.subject, tag: mail.id });
+      if (mail.unread && mail.source === "delivered" && window.Notification && Notification.permission === "granted") {
+        notifications.current.set(mail.id, new Notification(mail.from, { body: mail.subject, tag: mail.id }));
       }
+      if (mail.mailbox !== mailboxRef.current || !matches(viewRef.current, mail)) return;
+      setEmails((list) => (list.some((m) => m.id === mail.id) ? list : [mail, ...list]));
     });
-    socket.on("email_read", (e) => { seen(e); setEmails((l) => l.map((m) => (m.id === e.emailId ? { ...m, unread: false } : m))); });
+    socket.on("email_read", (e) => {
+      seen(e);
+      // Read anywhere: its notification goes away on every device.
+      notifications.current.get(e.emailId)?.close();
+      notifications.current.delete(e.emailId);
+      setEmails((l) => l.map((m) => (m.id === e.emailId ? { ...m, unread: false } : m)));
+    });
     socket.on("email_flags", (e) => {
       seen(e);
       if (e.unread === undefined) return;
       setEmails((l) => l.map((m) => (m.id === e.emailId ? { ...m, unread: e.unread } : m)));
     });
-    socket.on("email_deleted", (e) => { seen(e); setEmails((l) => l.filter((m) => m.id !== e.emailId)); });
+    socket.on("email_deleted", (e) => { seen(e); gone.current.add(e.emailId); setEmails((l) => l.filter((m) => m.id !== e.emailId)); });
     socket.on("unread_count", (e) => {
       seen(e);
       setMailboxes((boxes) => boxes.map((b) => (b.name === e.mailbox ? { ...b, unread: e.unread, total: e.total } : b)));
@@ -175,6 +212,44 @@ function Mail({ session, onLogout }) {
     if (mail.unread) socketRef.current?.emit("mark_read", { emailId: mail.id }, () => {});
   };
 
+  const act = async (action, mail = selected) => {
+    if (!mail) return;
+    try {
+      if (action === "unread") {
+        socketRef.current?.emit("mark_read", { emailId: mail.id, read: false }, () => {});
+        return;
+      }
+      const path = action === "archive" ? `/api/v1/email/${mail.id}/archive` : `/api/v1/email/${mail.id}`;
+      await api(session.token, path, { method: action === "archive" ? "POST" : "DELETE" });
+      setSelected(null);
+      setToast(action === "archive" ? "Archived" : "Deleted");
+    } catch (err) {
+      setToast(err.message);
+    }
+  };
+
+  // Keyboard: j/k next/previous, o or Enter open, e archive, # delete, u unread, c compose, / search.
+  const keys = useRef({});
+  keys.current = { emails, selected, open, act };
+  useEffect(() => {
+    const onKey = (e) => {
+      if (e.target.closest && e.target.closest("input, textarea, select")) return;
+      const { emails: list, selected: current, open: openMail, act: doAct } = keys.current;
+      const index = current ? list.findIndex((m) => m.id === current.id) : -1;
+      if (e.key === "j" && list.length) openMail(list[Math.min(list.length - 1, index + 1)]);
+      else if (e.key === "k" && list.length) openMail(list[Math.max(0, index - 1)]);
+      else if ((e.key === "o" || e.key === "Enter") && list.length && !current) openMail(list[0]);
+      else if (e.key === "e") doAct("archive");
+      else if (e.key === "#") doAct("delete");
+      else if (e.key === "u") doAct("unread");
+      else if (e.key === "c") setComposing(true);
+      else if (e.key === "/") { e.preventDefault(); searchRef.current?.focus(); }
+      else return;
+    };
+    window.addEventListener("keydown", onKey);
+    return () => window.removeEventListener("keydown", onKey);
+  }, []);
+
   return (
     <div className="app">
       <header>
@@ -194,6 +269,20 @@ function Mail({ session, onLogout }) {
           </button>
         ))}
       </nav>
+      <div className="listing">
+      <form role="search" className="search" onSubmit={(e) => { e.preventDefault(); setEmails([]); setView({ ...view, q: query.trim() }); }}>
+        <input ref={searchRef} aria-label="Search mail" placeholder="Search (from: subject: is:unread …)" value={query} onChange={(e) => setQuery(e.target.value)} />
+      </form>
+      <div role="tablist" aria-label="Categories" className="tabs">
+        {[["", "All"], ["primary", "Primary"], ["social", "Social"], ["promotions", "Promotions"]].map(([key, label]) => (
+          <button key={key} role="tab" aria-selected={view.tab === key} onClick={() => { setEmails([]); setView({ ...view, tab: key }); }}>{label}</button>
+        ))}
+      </div>
+      <div className="filters" aria-label="Quick filters">
+        {[["unread", "Unread"], ["starred", "Starred"], ["attachments", "Attachments"]].map(([key, label]) => (
+          <button key={key} aria-pressed={view.filter === key} onClick={() => { setEmails([]); setView({ ...view, filter: view.filter === key ? "" : key }); }}>{label}</button>
+        ))}
+      </div>
       <ul className="list" aria-label="Messages">
         {emails.length === 0 && <li className="empty">No messages</li>}
         {emails.map((m) => (
@@ -207,7 +296,8 @@ function Mail({ session, onLogout }) {
           </li>
         ))}
       </ul>
-      {selected ? <Preview session={session} email={selected} /> : <section className="preview empty">Select a message</section>}
+      </div>
+      {selected ? <Preview session={session} email={selected} onAction={(a) => act(a)} /> : <section className="preview empty">Select a message</section>}
       {composing && <Compose socket={socketRef.current} onClose={(msg) => { setComposing(false); setToast(msg); }} />}
       {toast && <div className="toast" role="status" onClick={() => setToast("")}>{toast}</div>}
     </div>
