@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
@@ -125,4 +126,33 @@ async def test_search_tabs_keyboard_and_delete(browser: Browser, stack: StackInf
     subject = await page.get_by_role("region", name="Message").get_by_role("heading").inner_text()
     await page.get_by_role("button", name="Delete", exact=True).click()
     await expect(page.get_by_role("button", name=subject)).to_have_count(0, timeout=15_000)
+    await page.close()
+
+
+async def test_reply_and_attachment_download(
+    browser: Browser, stack: StackInfo, account: Account, other_account: Account
+) -> None:
+    from tests.mailtools import wait_for_messages  # noqa: PLC0415
+
+    tag = uuid.uuid4().hex[:6]
+    original = message(other_account.email, account.email, f"Question {tag}", "Can you send the numbers?")
+    original.add_attachment(b"1,2,3\n", maintype="text", subtype="csv", filename="numbers.csv")
+    await asyncio.to_thread(send_smtp, stack, [original])
+    page = await signed_in(browser, stack, account)
+    await page.get_by_role("button", name=f"Question {tag}").click()
+
+    async with page.expect_download() as download_info:
+        await page.get_by_role("button", name="numbers.csv").click()
+    download = await download_info.value
+    assert download.suggested_filename == "numbers.csv"
+    assert Path(await download.path()).read_bytes() == b"1,2,3\n"
+
+    await page.get_by_role("button", name="Reply", exact=True).click()
+    await expect(page.get_by_label("To", exact=True)).to_have_value(f"Sender Person <{other_account.email}>")
+    await expect(page.get_by_label("Subject")).to_have_value(f"Re: Question {tag}")
+    await expect(page.get_by_label("Message text")).to_contain_text("> Can you send the numbers?")
+    await page.get_by_role("button", name="Send", exact=True).click()
+    await expect(page.get_by_role("status").filter(has_text="Sent")).to_be_visible(timeout=15_000)
+    ids = await asyncio.to_thread(wait_for_messages, stack, other_account.email, other_account.password, 1)
+    assert len(ids) == 1
     await page.close()

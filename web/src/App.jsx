@@ -62,6 +62,22 @@ function colour(address) {
   return `hsl(${h} 55% 42%)`;
 }
 
+async function download(token, attachment) {
+  // The link needs the token, so fetch it and hand the browser a local copy.
+  const r = await fetch(attachment.url, { headers: { Authorization: `Bearer ${token}` } });
+  const url = URL.createObjectURL(await r.blob());
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = attachment.filename || "attachment";
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+function quoted(body) {
+  const lines = (body.text || "").split("\n").map((l) => `> ${l}`).join("\n");
+  return `\n\nOn ${body.date}, ${body.from} wrote:\n${lines}`;
+}
+
 function Preview({ session, email, onAction }) {
   const [body, setBody] = useState(null);
   const [error, setError] = useState("");
@@ -81,6 +97,8 @@ function Preview({ session, email, onAction }) {
         <button onClick={() => onAction("archive")} title="Archive (e)">Archive</button>
         <button onClick={() => onAction("delete")} title="Delete (#)">Delete</button>
         <button onClick={() => onAction("unread")} title="Mark unread (u)">Mark unread</button>
+        <button onClick={() => onAction("reply", body)} title="Reply (r)">Reply</button>
+        <button onClick={() => onAction("forward", body)}>Forward</button>
       </div>
       <p className="meta">{body.from} · {body.date}</p>
       {html ? (
@@ -90,22 +108,32 @@ function Preview({ session, email, onAction }) {
       )}
       {body.attachments.length > 0 && (
         <ul className="attachments" aria-label="Attachments">
-          {body.attachments.map((a) => <li key={a.part_id}>{a.filename} ({a.size} bytes)</li>)}
+          {body.attachments.map((a) => (
+            <li key={a.part_id}>
+              <button onClick={() => download(session.token, a)}>{a.filename}</button> ({a.size} bytes)
+            </li>
+          ))}
         </ul>
       )}
     </section>
   );
 }
 
-function Compose({ socket, onClose }) {
-  const [to, setTo] = useState("");
-  const [subject, setSubject] = useState("");
-  const [text, setText] = useState("");
+const addresses = (value) => value.split(",").map((s) => s.trim()).filter(Boolean);
+
+function Compose({ socket, onClose, initial = {} }) {
+  const [to, setTo] = useState(initial.to || "");
+  const [cc, setCc] = useState("");
+  const [bcc, setBcc] = useState("");
+  const [subject, setSubject] = useState(initial.subject || "");
+  const [text, setText] = useState(initial.body || "");
   const [status, setStatus] = useState("");
   const send = (e) => {
     e.preventDefault();
     setStatus("Sending…");
-    socket.emit("send_email", { to: to.split(",").map((s) => s.trim()).filter(Boolean), subject, body: text }, (ack) => {
+    const mail = { to: addresses(to), cc: addresses(cc), bcc: addresses(bcc), subject, body: text };
+    if (initial.inReplyTo) mail.inReplyTo = initial.inReplyTo;
+    socket.emit("send_email", mail, (ack) => {
       if (ack && ack.ok) onClose("Sent");
       else setStatus((ack && ack.error) || "Not sent");
     });
@@ -113,6 +141,8 @@ function Compose({ socket, onClose }) {
   return (
     <form className="compose" onSubmit={send} aria-label="Compose">
       <label>To <input name="to" value={to} onChange={(e) => setTo(e.target.value)} required /></label>
+      <label>Cc <input name="cc" value={cc} onChange={(e) => setCc(e.target.value)} /></label>
+      <label>Bcc <input name="bcc" value={bcc} onChange={(e) => setBcc(e.target.value)} /></label>
       <label>Subject <input name="subject" value={subject} onChange={(e) => setSubject(e.target.value)} /></label>
       <textarea name="body" aria-label="Message text" value={text} onChange={(e) => setText(e.target.value)} rows={8} />
       <div>
@@ -129,7 +159,7 @@ function Mail({ session, onLogout }) {
   const [emails, setEmails] = useState([]);
   const [selected, setSelected] = useState(null);
   const [live, setLive] = useState(false);
-  const [composing, setComposing] = useState(false);
+  const [composing, setComposing] = useState(null);
   const [toast, setToast] = useState("");
   const [view, setView] = useState({ q: "", filter: "", tab: "" });
   const [query, setQuery] = useState("");
@@ -212,8 +242,17 @@ function Mail({ session, onLogout }) {
     if (mail.unread) socketRef.current?.emit("mark_read", { emailId: mail.id }, () => {});
   };
 
-  const act = async (action, mail = selected) => {
+  const act = async (action, mail = selected, body = null) => {
     if (!mail) return;
+    if (action === "reply" || action === "forward") {
+      const subject = body.subject || "";
+      setComposing(
+        action === "reply"
+          ? { to: body.from, subject: /^re:/i.test(subject) ? subject : `Re: ${subject}`, body: quoted(body), inReplyTo: body.messageId }
+          : { subject: `Fwd: ${subject}`, body: quoted(body) },
+      );
+      return;
+    }
     try {
       if (action === "unread") {
         socketRef.current?.emit("mark_read", { emailId: mail.id, read: false }, () => {});
@@ -242,7 +281,7 @@ function Mail({ session, onLogout }) {
       else if (e.key === "e") doAct("archive");
       else if (e.key === "#") doAct("delete");
       else if (e.key === "u") doAct("unread");
-      else if (e.key === "c") setComposing(true);
+      else if (e.key === "c") setComposing({});
       else if (e.key === "/") { e.preventDefault(); searchRef.current?.focus(); }
       else return;
     };
@@ -256,7 +295,7 @@ function Mail({ session, onLogout }) {
         <strong>mail-bridge</strong>
         <span className={live ? "live on" : "live off"} role="status" aria-live="polite">{live ? "● Live" : "○ Reconnecting"}</span>
         <span>{session.email}</span>
-        <button onClick={() => setComposing(true)}>Compose</button>
+        <button onClick={() => setComposing({})}>Compose</button>
         {window.Notification && Notification.permission === "default" && (
           <button onClick={() => Notification.requestPermission()}>Enable notifications</button>
         )}
@@ -297,8 +336,8 @@ function Mail({ session, onLogout }) {
         ))}
       </ul>
       </div>
-      {selected ? <Preview session={session} email={selected} onAction={(a) => act(a)} /> : <section className="preview empty">Select a message</section>}
-      {composing && <Compose socket={socketRef.current} onClose={(msg) => { setComposing(false); setToast(msg); }} />}
+      {selected ? <Preview session={session} email={selected} onAction={(a, body) => act(a, selected, body)} /> : <section className="preview empty">Select a message</section>}
+      {composing && <Compose socket={socketRef.current} initial={composing} onClose={(msg) => { setComposing(null); setToast(msg); }} />}
       {toast && <div className="toast" role="status" onClick={() => setToast("")}>{toast}</div>}
     </div>
   );
