@@ -156,3 +156,18 @@ async def test_reply_and_attachment_download(
     ids = await asyncio.to_thread(wait_for_messages, stack, other_account.email, other_account.password, 1)
     assert len(ids) == 1
     await page.close()
+
+
+async def test_replying_shows_on_the_users_other_device(browser: Browser, stack: StackInfo, account: Account) -> None:
+    subject = f"Thread {uuid.uuid4().hex[:6]}"
+    await asyncio.to_thread(send_smtp, stack, [message("carol@outside.test", account.email, subject)])
+    laptop, phone = await signed_in(browser, stack, account), await signed_in(browser, stack, account)
+    for page in (laptop, phone):
+        await page.get_by_role("button", name=subject).click()
+    await laptop.get_by_role("button", name="Reply", exact=True).click()
+    await laptop.get_by_label("Message text").press_sequentially("Sure, ")
+    await expect(phone.get_by_role("status").filter(has_text="is replying")).to_have_text(
+        f"{account.email} is replying…", timeout=10_000
+    )
+    await laptop.close()
+    await phone.close()

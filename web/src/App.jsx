@@ -78,7 +78,7 @@ function quoted(body) {
   return `\n\nOn ${body.date}, ${body.from} wrote:\n${lines}`;
 }
 
-function Preview({ session, email, onAction }) {
+function Preview({ session, email, onAction, typing }) {
   const [body, setBody] = useState(null);
   const [error, setError] = useState("");
   useEffect(() => {
@@ -93,6 +93,7 @@ function Preview({ session, email, onAction }) {
   return (
     <section className="preview" aria-label="Message">
       <h2>{body.subject || "(no subject)"}</h2>
+      {typing && <p className="typing" role="status">{typing} is replying…</p>}
       <div className="actions">
         <button onClick={() => onAction("archive")} title="Archive (e)">Archive</button>
         <button onClick={() => onAction("delete")} title="Delete (#)">Delete</button>
@@ -128,6 +129,15 @@ function Compose({ socket, onClose, initial = {} }) {
   const [subject, setSubject] = useState(initial.subject || "");
   const [text, setText] = useState(initial.body || "");
   const [status, setStatus] = useState("");
+  const lastTyping = useRef(0);
+  const typed = (value) => {
+    setText(value);
+    // Tell the account's other sessions someone is replying (at most every 2 s).
+    if (initial.emailId && Date.now() - lastTyping.current > 2000) {
+      lastTyping.current = Date.now();
+      socket.emit("typing", { emailId: initial.emailId }, () => {});
+    }
+  };
   const send = (e) => {
     e.preventDefault();
     setStatus("Sending…");
@@ -144,7 +154,7 @@ function Compose({ socket, onClose, initial = {} }) {
       <label>Cc <input name="cc" value={cc} onChange={(e) => setCc(e.target.value)} /></label>
       <label>Bcc <input name="bcc" value={bcc} onChange={(e) => setBcc(e.target.value)} /></label>
       <label>Subject <input name="subject" value={subject} onChange={(e) => setSubject(e.target.value)} /></label>
-      <textarea name="body" aria-label="Message text" value={text} onChange={(e) => setText(e.target.value)} rows={8} />
+      <textarea name="body" aria-label="Message text" value={text} onChange={(e) => typed(e.target.value)} rows={8} />
       <div>
         <button type="submit">Send</button> <button type="button" onClick={() => onClose("")}>Cancel</button>
       </div>
@@ -167,6 +177,7 @@ function Mail({ session, onLogout }) {
   const searchRef = useRef(null);
   const notifications = useRef(new Map());
   const gone = useRef(new Set());
+  const [typing, setTyping] = useState({});
   const mailboxRef = useRef(mailbox);
   mailboxRef.current = mailbox;
   const viewRef = useRef(view);
@@ -228,6 +239,10 @@ function Mail({ session, onLogout }) {
     });
     socket.on("mailbox_updated", (e) => { seen(e); reload(); });
     socket.on("email_sent", (e) => { seen(e); setToast(`Sent: ${e.subject || e.messageId}`); });
+    socket.on("user_typing", (e) => {
+      setTyping((t) => ({ ...t, [e.emailId]: e.user }));
+      setTimeout(() => setTyping((t) => { const next = { ...t }; delete next[e.emailId]; return next; }), 5000);
+    });
     socket.on("resync", () => { sessionStorage.removeItem(LAST_EVENT); reload(); });
     return () => socket.disconnect();
   }, [session.token, onLogout, reload]);
@@ -248,7 +263,13 @@ function Mail({ session, onLogout }) {
       const subject = body.subject || "";
       setComposing(
         action === "reply"
-          ? { to: body.from, subject: /^re:/i.test(subject) ? subject : `Re: ${subject}`, body: quoted(body), inReplyTo: body.messageId }
+          ? {
+              to: body.from,
+              subject: /^re:/i.test(subject) ? subject : `Re: ${subject}`,
+              body: quoted(body),
+              inReplyTo: body.messageId,
+              emailId: mail.id,
+            }
           : { subject: `Fwd: ${subject}`, body: quoted(body) },
       );
       return;
@@ -336,7 +357,7 @@ function Mail({ session, onLogout }) {
         ))}
       </ul>
       </div>
-      {selected ? <Preview session={session} email={selected} onAction={(a, body) => act(a, selected, body)} /> : <section className="preview empty">Select a message</section>}
+      {selected ? <Preview session={session} email={selected} typing={typing[selected.id]} onAction={(a, body) => act(a, selected, body)} /> : <section className="preview empty">Select a message</section>}
       {composing && <Compose socket={socketRef.current} initial={composing} onClose={(msg) => { setComposing(null); setToast(msg); }} />}
       {toast && <div className="toast" role="status" onClick={() => setToast("")}>{toast}</div>}
     </div>
