@@ -171,3 +171,19 @@ async def test_replying_shows_on_the_users_other_device(browser: Browser, stack:
     )
     await laptop.close()
     await phone.close()
+
+
+async def test_a_label_added_on_one_device_shows_on_the_other(
+    browser: Browser, stack: StackInfo, account: Account
+) -> None:
+    subject = f"Label me {uuid.uuid4().hex[:6]}"
+    await asyncio.to_thread(send_smtp, stack, [message("carol@outside.test", account.email, subject)])
+    laptop, phone = await signed_in(browser, stack, account), await signed_in(browser, stack, account)
+    await expect(phone.get_by_role("button", name=subject)).to_be_visible(timeout=15_000)
+    await laptop.get_by_role("button", name=subject).click()
+    await laptop.get_by_label("Add label").fill("work")
+    await laptop.get_by_label("Add label").press("Enter")
+    # An IMAP keyword set through the bridge: Dovecot's event brings it to every session.
+    await expect(phone.get_by_role("button", name=subject).get_by_label("Labels")).to_have_text("work", timeout=15_000)
+    await laptop.close()
+    await phone.close()

@@ -78,6 +78,19 @@ function quoted(body) {
   return `\n\nOn ${body.date}, ${body.from} wrote:\n${lines}`;
 }
 
+// Labels are IMAP keywords (flags without a backslash, RFC 3501 2.3.2); $-keywords are the client's own.
+const labelsOf = (flags) => (flags || []).filter((f) => !f.startsWith("\\") && !f.startsWith("$"));
+
+function Labels({ flags }) {
+  const labels = labelsOf(flags);
+  if (!labels.length) return null;
+  return (
+    <span className="labels" aria-label="Labels">
+      {labels.map((l) => <span key={l} className="label">{l}</span>)}
+    </span>
+  );
+}
+
 function Preview({ session, email, onAction, typing }) {
   const [body, setBody] = useState(null);
   const [error, setError] = useState("");
@@ -94,6 +107,10 @@ function Preview({ session, email, onAction, typing }) {
     <section className="preview" aria-label="Message">
       <h2>{body.subject || "(no subject)"}</h2>
       {typing && <p className="typing" role="status">{typing} is replying…</p>}
+      <Labels flags={email.flags} />
+      <form className="add-label" onSubmit={(e) => { e.preventDefault(); const v = e.target.label.value.trim(); if (v) onAction("label", v); e.target.reset(); }}>
+        <input name="label" aria-label="Add label" placeholder="Add label" pattern="[A-Za-z0-9_.-]{1,64}" />
+      </form>
       <div className="actions">
         <button onClick={() => onAction("archive")} title="Archive (e)">Archive</button>
         <button onClick={() => onAction("delete")} title="Delete (#)">Delete</button>
@@ -118,6 +135,23 @@ function Preview({ session, email, onAction, typing }) {
       )}
     </section>
   );
+}
+
+// A short, quiet chime for new mail (Web Audio; browsers allow it once the page had a user gesture).
+function chime() {
+  try {
+    const ctx = chime.ctx || (chime.ctx = new AudioContext());
+    const osc = ctx.createOscillator();
+    const gain = ctx.createGain();
+    osc.frequency.value = 880;
+    gain.gain.setValueAtTime(0.05, ctx.currentTime);
+    gain.gain.exponentialRampToValueAtTime(0.0001, ctx.currentTime + 0.3);
+    osc.connect(gain).connect(ctx.destination);
+    osc.start();
+    osc.stop(ctx.currentTime + 0.3);
+  } catch {
+    // No audio here: the list and the notification still tell.
+  }
 }
 
 const addresses = (value) => value.split(",").map((s) => s.trim()).filter(Boolean);
@@ -214,6 +248,7 @@ function Mail({ session, onLogout }) {
     socket.on("connect_error", (err) => { setLive(false); if (/token/.test(err.message)) onLogout(); });
     socket.on("new_email", (mail) => {
       seen(mail);
+      if (mail.unread && mail.source === "delivered") chime();
       if (mail.unread && mail.source === "delivered" && window.Notification && Notification.permission === "granted") {
         notifications.current.set(mail.id, new Notification(mail.from, { body: mail.subject, tag: mail.id }));
       }
@@ -229,8 +264,13 @@ function Mail({ session, onLogout }) {
     });
     socket.on("email_flags", (e) => {
       seen(e);
-      if (e.unread === undefined) return;
-      setEmails((l) => l.map((m) => (m.id === e.emailId ? { ...m, unread: e.unread } : m)));
+      setEmails((l) =>
+        l.map((m) => {
+          if (m.id !== e.emailId) return m;
+          const flags = [...new Set([...(m.flags || []).filter((f) => !e.removed.includes(f)), ...e.added])];
+          return { ...m, flags, unread: e.unread === undefined ? m.unread : e.unread };
+        }),
+      );
     });
     socket.on("email_deleted", (e) => { seen(e); gone.current.add(e.emailId); setEmails((l) => l.filter((m) => m.id !== e.emailId)); });
     socket.on("unread_count", (e) => {
@@ -259,6 +299,10 @@ function Mail({ session, onLogout }) {
 
   const act = async (action, mail = selected, body = null) => {
     if (!mail) return;
+    if (action === "label") {
+      await api(session.token, `/api/v1/email/${mail.id}/flags`, { method: "POST", body: JSON.stringify({ add: [body] }) }).catch((err) => setToast(err.message));
+      return;
+    }
     if (action === "reply" || action === "forward") {
       const subject = body.subject || "";
       setComposing(
@@ -352,12 +396,13 @@ function Mail({ session, onLogout }) {
               <span className="from">{m.fromName || m.fromAddress}</span>
               <span className="subject">{m.subject || "(no subject)"}</span>
               <span className="snippet">{m.preview}</span>
+              <Labels flags={m.flags} />
             </button>
           </li>
         ))}
       </ul>
       </div>
-      {selected ? <Preview session={session} email={selected} typing={typing[selected.id]} onAction={(a, body) => act(a, selected, body)} /> : <section className="preview empty">Select a message</section>}
+      {selected ? <Preview session={session} email={emails.find((m) => m.id === selected.id) || selected} typing={typing[selected.id]} onAction={(a, body) => act(a, selected, body)} /> : <section className="preview empty">Select a message</section>}
       {composing && <Compose socket={socketRef.current} initial={composing} onClose={(msg) => { setComposing(null); setToast(msg); }} />}
       {toast && <div className="toast" role="status" onClick={() => setToast("")}>{toast}</div>}
     </div>
