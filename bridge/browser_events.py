@@ -162,6 +162,7 @@ def to_browser(event: Event, facts: MtaFacts | None = None) -> list[BrowserEvent
         return [BrowserEvent("mailbox_updated", event.account, payload)]
     if isinstance(event, MtaAccepted) and event.direction is Direction.OUTBOUND and event.sasl_user:
         payload = {
+            "account": event.sasl_user,
             "success": True,
             "messageId": event.message_id,
             "subject": event.subject,

@@ -3,6 +3,11 @@
 Refuses header injection (CR/LF anywhere in a header value), malformed addresses, too many
 recipients and oversized content with a clear InvalidInput; the sender is always the account
 itself, never a client-chosen From.
+
+An attachment is either inline, `{filename, contentType, content (base64)}`, or a staged upload,
+`{uploadId}`. Staged uploads are read by the caller (`upload_ids` names them) and handed to `build`
+already resolved, as `Attachment`s; an id the caller could not resolve is refused here, as "not found
+or expired". Both kinds count against the same total, MAX_ATTACHMENT_BYTES.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, getaddresses, make_msgid
@@ -27,6 +33,19 @@ _ADDRESS = re.compile(r"^[^@\s<>()\[\]\\,;:\"]{1,64}@[A-Za-z0-9.-]{1,253}$")
 _MSG_ID = re.compile(r"^<[^<>\s]{1,990}>$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f/\\]")
+_CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
+# What secrets.token_urlsafe produces (bridge.uploads), with room to change its length.
+UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file already decoded and checked (check_filename, check_content_type): a staged upload."""
+
+    filename: str
+    content_type: str
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +86,51 @@ def _addresses(data: dict[str, Any], key: str) -> list[tuple[str, str]]:
     return out
 
 
-def build(account: str, data: object, *, draft: bool = False) -> Outgoing:
-    """The message to send (or, with `draft`, to save in Drafts: recipients may then be missing)."""
+def check_filename(value: object) -> str:
+    """An attachment's file name: 1 to 255 characters, no control characters, no path separators."""
+    if not isinstance(value, str) or not value or len(value) > 255 or _FILENAME_BAD.search(value):
+        raise InvalidInput("attachment filename is missing or invalid")
+    return value
+
+
+def check_content_type(value: object) -> str:
+    """A media type `type/subtype` (no parameters); missing or empty means application/octet-stream."""
+    if value is None or value == "":
+        return DEFAULT_CONTENT_TYPE
+    if not isinstance(value, str) or not _CONTENT_TYPE.match(value):
+        raise InvalidInput("attachment contentType is invalid")
+    return value
+
+
+def upload_ids(data: object) -> tuple[str, ...]:
+    """The staged uploads `data` refers to, each once, in order; what `build` will need resolved.
+
+    Only the shape of the ids is checked here; any other problem with `data` is `build`'s to report.
+    """
+    attachments = data.get("attachments") if isinstance(data, dict) else None
+    if not isinstance(attachments, list):
+        return ()
+    if len(attachments) > MAX_ATTACHMENTS:
+        raise InvalidInput(f"attachments must be a list of at most {MAX_ATTACHMENTS}")
+    ids: dict[str, None] = {}
+    for item in attachments:
+        if isinstance(item, dict) and "uploadId" in item:
+            ids[_upload_id(item["uploadId"])] = None
+    return tuple(ids)
+
+
+def _upload_id(value: object) -> str:
+    if not isinstance(value, str) or not UPLOAD_ID.match(value):
+        raise InvalidInput("attachment uploadId is invalid")
+    return value
+
+
+def build(
+    account: str, data: object, *, draft: bool = False, uploads: Mapping[str, Attachment] | None = None
+) -> Outgoing:
+    """The message to send (or, with `draft`, to save in Drafts: recipients may then be missing).
+
+    `uploads` holds the staged uploads the caller resolved (see `upload_ids`), by id."""
     if not isinstance(data, dict):
         raise InvalidInput("send takes an object {to, cc, bcc, subject, body, html, attachments, inReplyTo}")
     to, cc, bcc = _addresses(data, "to"), _addresses(data, "cc"), _addresses(data, "bcc")
@@ -101,7 +163,7 @@ def build(account: str, data: object, *, draft: bool = False) -> Outgoing:
     message.set_content(body or "")
     if html:
         message.add_alternative(html, subtype="html")
-    _attach(message, data.get("attachments"))
+    _attach(message, data.get("attachments"), uploads or {})
     return Outgoing(message.as_bytes(), message_id, recipients, subject)
 
 
@@ -109,7 +171,7 @@ def _joined(addresses: list[tuple[str, str]]) -> str:
     return ", ".join(formataddr((name, address)) for name, address in addresses)
 
 
-def _attach(message: EmailMessage, attachments: object) -> None:
+def _attach(message: EmailMessage, attachments: object, uploads: Mapping[str, Attachment]) -> None:
     if attachments in (None, []):
         return
     if not isinstance(attachments, list) or len(attachments) > MAX_ATTACHMENTS:
@@ -117,24 +179,34 @@ def _attach(message: EmailMessage, attachments: object) -> None:
     total = 0
     for item in attachments:
         if not isinstance(item, dict):
-            raise InvalidInput("an attachment is {filename, contentType, content (base64)}")
-        filename = item.get("filename")
-        content_type = item.get("contentType") or "application/octet-stream"
-        content = item.get("content")
-        if not isinstance(filename, str) or not filename or len(filename) > 255 or _FILENAME_BAD.search(filename):
-            raise InvalidInput("attachment filename is missing or invalid")
-        if not isinstance(content_type, str) or not re.match(r"^[\w.+-]+/[\w.+-]+$", content_type):
-            raise InvalidInput("attachment contentType is invalid")
-        if not isinstance(content, str):
-            raise InvalidInput("attachment content must be base64 text")
-        if len(content) > MAX_ATTACHMENT_BYTES * 4 // 3 + 4:
-            raise InvalidInput(f"attachments larger than {MAX_ATTACHMENT_BYTES} bytes")
-        try:
-            data = base64.b64decode(content, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidInput("attachment content is not valid base64") from None
-        total += len(data)
+            raise InvalidInput("an attachment is {filename, contentType, content (base64)} or {uploadId}")
+        attachment = _staged(item, uploads) if "uploadId" in item else _inline(item)
+        total += len(attachment.data)
         if total > MAX_ATTACHMENT_BYTES:
             raise InvalidInput(f"attachments larger than {MAX_ATTACHMENT_BYTES} bytes")
-        maintype, subtype = content_type.split("/", 1)
-        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
+        maintype, subtype = attachment.content_type.split("/", 1)
+        message.add_attachment(attachment.data, maintype=maintype, subtype=subtype, filename=attachment.filename)
+
+
+def _staged(item: dict[str, Any], uploads: Mapping[str, Attachment]) -> Attachment:
+    upload_id = _upload_id(item["uploadId"])
+    found = uploads.get(upload_id)
+    if found is None:
+        raise InvalidInput(f"attachment upload {upload_id} not found or expired")
+    # Checked when it was staged; checked again so that a stored value cannot bypass the rules.
+    return Attachment(check_filename(found.filename), check_content_type(found.content_type), found.data)
+
+
+def _inline(item: dict[str, Any]) -> Attachment:
+    filename = check_filename(item.get("filename"))
+    content_type = check_content_type(item.get("contentType"))
+    content = item.get("content")
+    if not isinstance(content, str):
+        raise InvalidInput("attachment content must be base64 text")
+    if len(content) > MAX_ATTACHMENT_BYTES * 4 // 3 + 4:
+        raise InvalidInput(f"attachments larger than {MAX_ATTACHMENT_BYTES} bytes")
+    try:
+        data = base64.b64decode(content, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("attachment content is not valid base64") from None
+    return Attachment(filename, content_type, data)

@@ -19,6 +19,10 @@ class InvalidInput(BridgeError):
     """A client sent something malformed (HTTP 400, socket ack error)."""
 
 
+class TooLarge(InvalidInput):
+    """A client sent more than the route takes (HTTP 413; elsewhere, like any InvalidInput)."""
+
+
 class AuthError(BridgeError):
     """Credentials or a token were refused (HTTP 401, socket connection refused)."""
 

@@ -1,7 +1,9 @@
-"""HTTP API edge (aiohttp): login, health; errors mapped to statuses in one middleware.
+"""HTTP API edge (aiohttp): login, health, the web client's files; errors mapped to statuses in one
+middleware.
 
 Every error answer is JSON: `{"error": "<one line>"}` with 400 (bad input), 401 (credentials or
-token refused), 403 (not yours), 503 (a backing service is down).
+token refused), 403 (not yours), 404 (no such resource), 413 (body too large), 429 (too many
+requests, with Retry-After), 503 (a backing service is down).
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ from typing import Any
 from aiohttp import web
 
 from bridge import keys
-from bridge.errors import AuthError, BridgeError, Forbidden, InvalidInput, NotFound, RateLimited, Unavailable
+from bridge.errors import (
+    AuthError,
+    BridgeError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    TooLarge,
+    Unavailable,
+)
 from bridge.imap import check_credentials_shape
 
 log = logging.getLogger(__name__)
@@ -24,7 +35,9 @@ log = logging.getLogger(__name__)
 MAX_JSON_BYTES = 64 << 10
 HEALTH_TIMEOUT_S = 3.0
 
+# First match wins: a subclass comes before its base.
 _STATUS: list[tuple[type[BridgeError], int]] = [
+    (TooLarge, 413),
     (InvalidInput, 400),
     (AuthError, 401),
     (Forbidden, 403),
@@ -140,11 +153,23 @@ async def api_docs(request: web.Request) -> web.Response:
 
 
 # The web client is a static single-page app: its own files only, no inline script, and the mail
-# bodies it shows sit in sandboxed frames.
+# bodies it shows sit in sandboxed frames. Those frames (srcdoc) inherit this policy, so img-src
+# must allow remote images for a reader who asked to see them; the server's sanitiser is what
+# blocks them by default (bridge.html_sanitizer), and it keeps them only on that request.
 WEB_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob: https: http:; "
     "connect-src 'self' ws: wss:; frame-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'"
 )
+
+# Top-level files of the build served besides index.html and assets/: a fixed list, never a
+# directory. The service worker may control the whole origin (Service-Worker-Allowed) and must be
+# revalidated on every load, or an old worker would keep serving an old client.
+WEB_FILES: dict[str, tuple[str, dict[str, str]]] = {
+    "sw.js": ("application/javascript", {"Cache-Control": "no-cache", "Service-Worker-Allowed": "/"}),
+    "manifest.webmanifest": ("application/manifest+json", {}),
+    "icon.svg": ("image/svg+xml", {}),
+}
 
 
 def add_web_client(app: web.Application, web_dir: Path) -> None:
@@ -161,7 +186,21 @@ def add_web_client(app: web.Application, web_dir: Path) -> None:
         response.headers["Referrer-Policy"] = "no-referrer"
         return response
 
+    def top_level(name: str, content_type: str, extra: dict[str, str]) -> Callable[[web.Request], Awaitable[Any]]:
+        path = web_dir / name
+
+        async def serve(request: web.Request) -> web.FileResponse:
+            if not path.is_file():  # looked up per request: a rebuild may add or remove it
+                raise NotFound(f"no {name}")
+            response = web.FileResponse(path, headers={"Content-Type": content_type, **extra})
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            return response
+
+        return serve
+
     app.router.add_get("/", page)
+    for name, (content_type, extra) in WEB_FILES.items():
+        app.router.add_get(f"/{name}", top_level(name, content_type, extra))
     app.router.add_static("/assets", web_dir / "assets")
 
 

@@ -3,6 +3,10 @@
 Every route needs `Authorization: Bearer <token>`; the account is the `account` query parameter
 (or the token's first account) and must be one the token grants. Errors are JSON, mapped from the
 bridge's error hierarchy by bridge.http_api's middleware.
+
+Attachments may be staged first (`POST /api/v1/uploads`, the file as the raw body, at most
+compose.MAX_ATTACHMENT_BYTES, read in chunks and refused with 413 as soon as it is larger) and then
+named by id in sends and drafts, so large files are not re-sent base64-encoded with every autosave.
 """
 
 from __future__ import annotations
@@ -15,15 +19,17 @@ from aiohttp import web
 
 from bridge import keys
 from bridge.auth import Identity
-from bridge.errors import AuthError, InvalidInput, RateLimited
+from bridge.errors import AuthError, InvalidInput, RateLimited, TooLarge
 from bridge.http_api import read_json
 from bridge.mail_service import owned_account, owned_ref
 from bridge.search_query import parse_search, to_mongo_filter
+from bridge.uploads import MAX_UPLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
 MAX_SEND_BODY = 40 << 20  # attachments travel base64-encoded in the JSON body
 _PART_ID = re.compile(r"^\d{1,4}(\.\d{1,4}){0,15}$")
+_UPLOAD_CHUNK = 256 << 10
 
 
 def identity_of(request: web.Request) -> Identity:
@@ -45,6 +51,20 @@ def _flag_list(value: object, name: str) -> list[str]:
     return value
 
 
+def _int_param(request: web.Request, name: str, default: int) -> int:
+    try:
+        return int(request.query.get(name, str(default)))
+    except ValueError:
+        raise InvalidInput(f"{name} must be an integer") from None
+
+
+async def me(request: web.Request) -> web.Response:
+    identity = identity_of(request)
+    return web.json_response(
+        {"subject": identity.subject, "accounts": list(identity.accounts), "expiresAt": identity.expires_at}
+    )
+
+
 async def mailboxes(request: web.Request) -> web.Response:
     identity = identity_of(request)
     account = owned_account(identity, request.query.get("account"))
@@ -55,10 +75,7 @@ async def inbox(request: web.Request) -> web.Response:
     identity = identity_of(request)
     account = owned_account(identity, request.query.get("account"))
     mailbox = request.query.get("mailbox", "INBOX")
-    try:
-        limit = int(request.query.get("limit", "50"))
-    except ValueError:
-        raise InvalidInput("limit must be an integer") from None
+    limit = _int_param(request, "limit", 50)
     filters = [f for f in request.query.get("filter", "").split(",") if f]
     text = request.query.get("q", "").strip()
     search = to_mongo_filter(parse_search(text), account, mailbox) if text else None
@@ -76,7 +93,42 @@ async def search(request: web.Request) -> web.Response:
 
 async def message(request: web.Request) -> web.Response:
     ref = owned_ref(identity_of(request), request.match_info["id"])
-    return web.json_response(await request.app[keys.MAIL].message(ref))
+    remote = request.query.get("remoteImages", "0")
+    if remote not in ("0", "1"):
+        raise InvalidInput("remoteImages must be 0 or 1")
+    return web.json_response(await request.app[keys.MAIL].message(ref, remote_images=remote == "1"))
+
+
+async def contacts(request: web.Request) -> web.Response:
+    identity = identity_of(request)
+    account = owned_account(identity, request.query.get("account"))
+    found = await request.app[keys.MAIL].contacts(
+        account, request.query.get("q", ""), _int_param(request, "limit", 10)
+    )
+    return web.json_response({"contacts": found})
+
+
+async def upload(request: web.Request) -> web.Response:
+    identity = identity_of(request)
+    account = owned_account(identity, request.query.get("account"))
+    too_large = f"upload larger than {MAX_UPLOAD_BYTES} bytes"
+    if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES:
+        raise TooLarge(too_large)
+    # Checked before the body is read, so a refused upload costs nothing.
+    filename = request.query.get("filename")
+    content_type = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    mail = request.app[keys.MAIL]
+    mail.check_upload(filename, content_type)
+    data = bytearray()
+    async for chunk in request.content.iter_chunked(_UPLOAD_CHUNK):
+        data.extend(chunk)
+        if len(data) > MAX_UPLOAD_BYTES:  # a chunked body has no Content-Length to check first
+            raise TooLarge(too_large)
+    staged = await mail.stage_upload(account, filename, content_type, bytes(data))
+    return web.json_response(
+        {"id": staged.id, "filename": staged.filename, "contentType": staged.content_type, "size": staged.size},
+        status=201,
+    )
 
 
 async def attachment(request: web.Request) -> web.StreamResponse:
@@ -134,7 +186,7 @@ async def draft(request: web.Request) -> web.Response:
     identity = identity_of(request)
     body = await read_json(request, limit=MAX_SEND_BODY)
     account = owned_account(identity, body.get("account") if isinstance(body.get("account"), str) else None)
-    return web.json_response(await request.app[keys.MAIL].save_draft(account, body))
+    return web.json_response(await request.app[keys.MAIL].save_draft(identity, account, body))
 
 
 async def get_settings(request: web.Request) -> web.Response:
@@ -164,6 +216,9 @@ async def put_settings(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/v1/me", me)
+    app.router.add_get("/api/v1/contacts", contacts)
+    app.router.add_post("/api/v1/uploads", upload)
     app.router.add_get("/api/v1/mailboxes", mailboxes)
     app.router.add_get("/api/v1/email/inbox", inbox)
     app.router.add_get("/api/v1/email/search", search)

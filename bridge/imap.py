@@ -25,6 +25,7 @@ _FORBIDDEN = re.compile(r"[\x00\r\n]")
 ADDRESS = re.compile(r"^[^@\s\"\\]{1,64}@[A-Za-z0-9.-]{1,253}$")
 MAX_PASSWORD = 1024
 _COPYUID = re.compile(rb"\[COPYUID (\d+) (\d+) (\d+)\]")
+_APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]")
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _FLAG = re.compile(r"^\\?[A-Za-z0-9$_.-]{1,64}$")  # system flags and atom keywords (RFC 3501 9)
 
@@ -213,8 +214,11 @@ class ImapGateway:
             if response.result != "OK":
                 raise Unavailable("IMAP UID EXPUNGE failed")
 
-    async def append(self, account: str, mailbox: str, message: bytes, flags: tuple[str, ...] = ()) -> None:
-        """APPEND (RFC 3501 6.3.11), creating the mailbox when it does not exist yet."""
+    async def append(
+        self, account: str, mailbox: str, message: bytes, flags: tuple[str, ...] = ()
+    ) -> EmailRef | None:
+        """APPEND (RFC 3501 6.3.11), creating the mailbox when it does not exist yet. Returns the new
+        message's identity from the APPENDUID response code (RFC 4315), when the server gives it."""
         async with self._session(account, "APPEND") as client:
             flag_list = "(" + " ".join(flags) + ")" if flags else None
             response = await client.append(message, mailbox=encode_mailbox(mailbox), flags=flag_list)
@@ -223,6 +227,11 @@ class ImapGateway:
                 response = await client.append(message, mailbox=encode_mailbox(mailbox), flags=flag_list)
             if response.result != "OK":
                 raise Unavailable(f"IMAP APPEND to {mailbox} failed")
+            for line in response.lines:
+                match = _APPENDUID.search(bytes(line) if not isinstance(line, str) else line.encode())
+                if match is not None:
+                    return EmailRef(account, mailbox, int(match.group(1)), int(match.group(2)))
+            return None
 
 
 @dataclass(frozen=True, slots=True)

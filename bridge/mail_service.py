@@ -6,6 +6,13 @@ move, delete, append) or to Postfix's submission port (send), never to the index
 Dovecot hook's events bring the index and every device up to date, whoever made the change.
 Every operation is scoped to an account the caller's token grants; another user's email id is
 answered exactly like a missing one.
+
+Sends and drafts may attach staged uploads (bridge.uploads), resolved here for the account before
+compose.build sees them. A draft save may replace an earlier draft (autosave): the new one is
+appended first and only then the old one removed for good, so a failure in between leaves two
+drafts, never none. A send may name the draft it came from, removed once the mail is out.
+Contacts (address completion) come from the index: senders of the account's mail and recipients
+of what it sent, newest first, over a bounded number of documents.
 """
 
 from __future__ import annotations
@@ -13,9 +20,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
+from email.utils import getaddresses
 from typing import Any
 
 import msgpack
@@ -27,16 +36,27 @@ from bridge.auth import Identity
 from bridge.browser_events import BrowserEvent, EmailRef, email_id, parse_email_id
 from bridge.errors import Forbidden, InvalidInput, NotFound, RateLimited, Unavailable
 from bridge.imap import ImapGateway, MailboxInfo
+from bridge.mail_headers import decode_text
 from bridge.message_parse import extract_part, parse_message
 from bridge.metrics import Metrics
 from bridge.rate_limit import RateLimiter
 from bridge.store import Store
 from bridge.submission import Submission
+from bridge.uploads import StagedUpload, Uploads
 
 log = logging.getLogger(__name__)
 
 BODY_CACHE_TTL_S = 3600
 MAX_PAGE = 200
+DRAFTS = "Drafts"
+SENT = "Sent"
+MAX_CONTACTS = 50
+MAX_CONTACT_QUERY = 100
+# Contacts read at most this many index documents per source (senders; Sent recipients), newest
+# first: the answer costs the same however much mail the account has.
+CONTACT_SCAN = 2000
+# Senders of mail in these are not people the user corresponds with.
+_NOT_CORRESPONDENTS = ("Sent", "Drafts", "Junk", "Spam")
 FILTERS: dict[str, dict[str, Any]] = {
     "unread": {"seen": False},
     "starred": {"flags": "\\Flagged"},
@@ -63,6 +83,14 @@ def owned_ref(identity: Identity, value: object) -> EmailRef:
         if granted.lower() == ref.account.lower():
             return replace(ref, account=granted)
     raise NotFound("no such email")  # someone else's id looks exactly like a missing one
+
+
+def draft_ref(identity: Identity, account: str, value: object, name: str) -> EmailRef:
+    """An email id naming a draft of `account`: in its Drafts mailbox, else InvalidInput."""
+    ref = owned_ref(identity, value)
+    if ref.account.lower() != account.lower() or ref.mailbox != DRAFTS:
+        raise InvalidInput(f"{name} must be the id of a draft of this account (in {DRAFTS})")
+    return replace(ref, account=account)
 
 
 def summary(doc: dict[str, Any]) -> dict[str, Any]:
@@ -129,6 +157,7 @@ class MailService:
         self.submission = submission
         self.prefix = prefix
         self.send_limit = send_limit
+        self.uploads = Uploads(redis, prefix)
 
     # -- reads
 
@@ -183,8 +212,10 @@ class MailService:
             "nextCursor": encode_cursor(page[-1]) if len(docs) > limit else None,
         }
 
-    async def message(self, ref: EmailRef) -> dict[str, Any]:
-        key = f"{self.prefix}:body:{email_id(ref)}"
+    async def message(self, ref: EmailRef, *, remote_images: bool = False) -> dict[str, Any]:
+        """One message for display; with `remote_images`, its HTML keeps remote image sources (the
+        reader asked for them). The two variants are cached apart."""
+        key = f"{self.prefix}:body:{email_id(ref)}" + (":remote-images" if remote_images else "")
         try:
             cached = await self.redis.get(key)
         except RedisError:
@@ -193,7 +224,7 @@ class MailService:
             data: dict[str, Any] = msgpack.unpackb(cached, raw=False)
             return data
         raw = await self.imap.fetch_raw(ref)
-        parsed = parse_message(raw)
+        parsed = parse_message(raw, allow_remote_images=remote_images)
         data = {
             "id": email_id(ref),
             "account": ref.account,
@@ -226,6 +257,64 @@ class MailService:
         if found is None:
             raise NotFound("no such attachment")
         return found
+
+    async def contacts(self, account: str, query: str, limit: int) -> list[dict[str, str]]:
+        """Past correspondents of `account` whose address, or a word of whose name, starts with
+        `query` (case-insensitive), newest first, each address once, never the account itself."""
+        if len(query) > MAX_CONTACT_QUERY:
+            raise InvalidInput(f"q must be at most {MAX_CONTACT_QUERY} characters")
+        if not 1 <= limit <= MAX_CONTACTS:
+            raise InvalidInput(f"limit must be between 1 and {MAX_CONTACTS}")
+        needle = query.strip().lower()
+        escaped = re.escape(needle)
+        senders: dict[str, Any] = {"account": account, "mailbox": {"$nin": list(_NOT_CORRESPONDENTS)}}
+        if needle:
+            # The store narrows by the same test (so the bound counts matches, not mail); the exact
+            # test is repeated below. Sent's To is the raw header (maybe RFC 2047): tested below only.
+            senders["$or"] = [
+                {"fromAddress": {"$regex": f"^{escaped}", "$options": "i"}},
+                {"fromName": {"$regex": rf"(^|\s){escaped}", "$options": "i"}},
+            ]
+        newest = [("date", -1), ("uid", -1)]
+        try:
+            received = (
+                await self.store.messages.find(senders, {"fromAddress": 1, "fromName": 1, "date": 1, "_id": 0})
+                .sort(newest)
+                .limit(CONTACT_SCAN)
+                .to_list()
+            )
+            sent = (
+                await self.store.messages.find({"account": account, "mailbox": SENT}, {"to": 1, "date": 1, "_id": 0})
+                .sort(newest)
+                .limit(CONTACT_SCAN)
+                .to_list()
+            )
+        except Exception as exc:  # pymongo errors: the store is down
+            raise Unavailable(f"store: {exc}") from None
+        candidates: list[tuple[int, str, str]] = [
+            (int(d.get("date") or 0), str(d.get("fromName") or ""), str(d.get("fromAddress") or "")) for d in received
+        ]
+        for doc in sent:
+            # Split the header first: a decoded display name may hold a comma.
+            pairs = getaddresses([str(doc.get("to") or "")])
+            candidates.extend((int(doc.get("date") or 0), decode_text(name), address) for name, address in pairs)
+        candidates.sort(key=lambda c: c[0], reverse=True)  # stable: a mail's recipients keep their order
+        word = re.compile(rf"(^|\s){escaped}", re.IGNORECASE)
+        found: dict[str, dict[str, str]] = {}
+        for _date, name, address in candidates:
+            key = address.lower()
+            if "@" not in key or key == account.lower():
+                continue
+            if key in found:
+                if not found[key]["name"] and name:
+                    found[key]["name"] = name  # the newest mail had no display name; an older one has
+                continue
+            if len(found) >= limit:
+                continue
+            if needle and not (key.startswith(needle) or word.search(name)):
+                continue
+            found[key] = {"name": name, "address": address}
+        return list(found.values())
 
     # -- changes (Dovecot's events report them back to every device and the index)
 
@@ -260,25 +349,73 @@ class MailService:
         else:
             await self.move(ref, "Trash", create=True)
 
+    @staticmethod
+    def check_upload(filename: object, content_type: object) -> None:
+        """Refuse a file name or content type that compose would refuse (before reading the file)."""
+        compose.check_filename(filename)
+        compose.check_content_type(content_type)
+
+    async def stage_upload(self, account: str, filename: object, content_type: object, data: bytes) -> StagedUpload:
+        """Keep a file for later sends and drafts of `account` (bridge.uploads)."""
+        attachment = compose.Attachment(
+            compose.check_filename(filename), compose.check_content_type(content_type), data
+        )
+        return await self.uploads.stage(account, attachment)
+
+    async def _compose(self, account: str, data: object, *, draft: bool) -> tuple[compose.Outgoing, tuple[str, ...]]:
+        """The message, with its staged uploads read from Redis for this account; and their ids."""
+        ids = compose.upload_ids(data)
+        resolved = await self.uploads.resolve(account, ids) if ids else {}
+        return compose.build(account, data, draft=draft, uploads=resolved), ids
+
     async def send(self, identity: Identity, account: str, data: object) -> dict[str, Any]:
+        draft_id = data.get("draftId") if isinstance(data, dict) else None
+        # Checked before anything is sent: only a draft of this account may be removed afterwards.
+        draft = draft_ref(identity, account, draft_id, "draftId") if draft_id is not None else None
         if not self.send_limit.allow(account):
             raise RateLimited("sending too fast", self.send_limit.retry_after(account))
-        outgoing = compose.build(account, data)
+        outgoing, upload_ids = await self._compose(account, data, draft=False)
         try:
             await self.submission.send(account, outgoing)
         except (InvalidInput, Unavailable):
             self.metrics.sends.labels("refused").inc()
             raise
         self.metrics.sends.labels("sent").inc()
+        saved = True
         try:
-            await self.imap.append(account, "Sent", outgoing.message, ("\\Seen",))
+            await self.imap.append(account, SENT, outgoing.message, ("\\Seen",))
         except Unavailable as exc:
             # The mail went out; only the copy is missing. Say so rather than fail the send.
             log.error("[%s] sent, but no copy in Sent: %s", outgoing.message_id, exc)
-            return {"success": True, "messageId": outgoing.message_id, "savedToSent": False}
-        return {"success": True, "messageId": outgoing.message_id, "savedToSent": True}
+            saved = False
+        # The mail is out: its staged uploads and its draft have served their purpose.
+        await self.uploads.discard(account, upload_ids)
+        if draft is not None:
+            await self._remove_draft(draft, outgoing.message_id)
+        return {"success": True, "messageId": outgoing.message_id, "savedToSent": saved}
 
-    async def save_draft(self, account: str, data: object) -> dict[str, Any]:
-        outgoing = compose.build(account, data, draft=True)
-        await self.imap.append(account, "Drafts", outgoing.message, ("\\Draft", "\\Seen"))
-        return {"saved": True, "messageId": outgoing.message_id}
+    async def save_draft(self, identity: Identity, account: str, data: object) -> dict[str, Any]:
+        """APPEND to Drafts; with `replaces`, then remove that earlier draft (autosave)."""
+        replaces = data.get("replaces") if isinstance(data, dict) else None
+        old = draft_ref(identity, account, replaces, "replaces") if replaces is not None else None
+        outgoing, _upload_ids = await self._compose(account, data, draft=True)
+        new = await self.imap.append(account, DRAFTS, outgoing.message, ("\\Draft", "\\Seen"))
+        if old is not None:
+            await self._remove_draft(old, outgoing.message_id)
+        return {
+            "saved": True,
+            "messageId": outgoing.message_id,
+            "emailId": email_id(new) if new is not None else None,
+        }
+
+    async def _remove_draft(self, ref: EmailRef, message_id: str) -> None:
+        """Remove a draft for good, as delete does in Trash. Never raises: what it is called after
+        (a send, a newer draft) has already happened and must be reported as done."""
+        try:
+            await self.imap.store_flags(ref, ("\\Deleted",), add=True)
+            await self.imap.expunge_uid(ref)
+        except NotFound:
+            # Already gone: another device's autosave or send removed it first.
+            log.info("[%s] draft %s/%s was already gone", message_id, ref.mailbox, ref.uid)
+        except (Unavailable, InvalidInput) as exc:
+            log.warning("[%s] draft %s/%s not removed: %s", message_id, ref.mailbox, ref.uid, exc)

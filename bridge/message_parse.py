@@ -123,11 +123,13 @@ class _Leaf:
         return self.disposition != "attachment" and not self.filename
 
 
-def parse_message(raw: bytes) -> ParsedMessage:
-    """Decode `raw` into display fields. Never raises; see the module docstring for the bounds."""
+def parse_message(raw: bytes, *, allow_remote_images: bool = False) -> ParsedMessage:
+    """Decode `raw` into display fields. Never raises; see the module docstring for the bounds.
+
+    Remote images in the HTML are blocked (and counted) unless `allow_remote_images`."""
     message = _parse(raw)
     try:
-        return _read(message)
+        return _read(message, allow_remote_images)
     except Exception:
         # Every step below guards itself; this only catches a bug in that guarding.
         return ParsedMessage("", "", (), (), None, "", "", (), "", None, 0, ())
@@ -189,7 +191,7 @@ class _PartLimitReached(Exception):
     pass
 
 
-def _read(message: Message) -> ParsedMessage:
+def _read(message: Message, allow_remote_images: bool) -> ParsedMessage:
     text_leaf, html_leaf, attachment_leaves = _classify(_walk(message))
 
     text = _decode_text(text_leaf.part, MAX_TEXT_CHARS) if text_leaf is not None else ""
@@ -197,7 +199,8 @@ def _read(message: Message) -> ParsedMessage:
     blocked = 0
     if html_leaf is not None:
         try:
-            sanitized = sanitize_html(_decode_text(html_leaf.part, MAX_HTML_CHARS))
+            html_text = _decode_text(html_leaf.part, MAX_HTML_CHARS)
+            sanitized = sanitize_html(html_text, allow_remote_images=allow_remote_images)
             html, blocked = sanitized.html, sanitized.blocked_remote_images
         except Exception:
             html = ""

@@ -57,6 +57,8 @@ class Store:
                 [("account", ASCENDING), ("mailbox", ASCENDING), ("date", DESCENDING), ("uid", DESCENDING)]
             )
             await self.messages.create_index([("account", ASCENDING), ("mailbox", ASCENDING), ("seen", ASCENDING)])
+            # Contacts: the account's newest mail across mailboxes, read until the scan's bound.
+            await self.messages.create_index([("account", ASCENDING), ("date", DESCENDING), ("uid", DESCENDING)])
             await self.mta.create_index([("messageId", ASCENDING)])
             await self.settings.create_index([("account", ASCENDING)], unique=True)
         except PyMongoError as exc:

@@ -1,10 +1,20 @@
 import base64
 from email import message_from_bytes
+from email.message import EmailMessage
 from email.policy import default
 
 import pytest
 
-from bridge.compose import MAX_RECIPIENTS, build
+from bridge.compose import (
+    MAX_ATTACHMENT_BYTES,
+    MAX_ATTACHMENTS,
+    MAX_RECIPIENTS,
+    Attachment,
+    build,
+    check_content_type,
+    check_filename,
+    upload_ids,
+)
 from bridge.errors import InvalidInput
 
 
@@ -58,3 +68,62 @@ def test_drafts_may_lack_recipients() -> None:
     assert build("alice@example.test", {"subject": "later"}, draft=True).recipients == ()
     with pytest.raises(InvalidInput, match="at least one recipient"):
         build("alice@example.test", {"subject": "later"})
+
+
+def test_staged_uploads_are_attached_like_inline_ones() -> None:
+    upload_id = "u" * 24
+    data = {
+        "to": ["bob@example.test"],
+        "attachments": [
+            {"uploadId": upload_id},
+            {"filename": "b.txt", "content": base64.b64encode(b"inline").decode()},
+            {"uploadId": upload_id},
+        ],
+    }
+    assert upload_ids(data) == (upload_id,)
+    staged = {upload_id: Attachment("Bericht.pdf", "application/pdf", b"%PDF\x00\xff")}
+    parsed = message_from_bytes(build("alice@example.test", data, uploads=staged).message, policy=default)
+    found = []
+    for part in parsed.iter_attachments():
+        assert isinstance(part, EmailMessage)
+        found.append((part.get_filename(), part.get_content_type(), part.get_payload(decode=True)))
+    assert found == [
+        ("Bericht.pdf", "application/pdf", b"%PDF\x00\xff"),
+        ("b.txt", "application/octet-stream", b"inline"),
+        ("Bericht.pdf", "application/pdf", b"%PDF\x00\xff"),
+    ]
+
+
+def test_unresolved_or_malformed_upload_ids_are_refused() -> None:
+    data = {"to": ["bob@example.test"], "attachments": [{"uploadId": "v" * 24}]}
+    with pytest.raises(InvalidInput, match=f"attachment upload {'v' * 24} not found or expired"):
+        build("alice@example.test", data, uploads={"w" * 24: Attachment("a", "text/plain", b"")})
+    for bad in ("short", "x" * 65, "../../etc/passwd-xxxxxxxxx", 5, None):
+        with pytest.raises(InvalidInput, match="uploadId is invalid"):
+            upload_ids({"attachments": [{"uploadId": bad}]})
+    with pytest.raises(InvalidInput, match="at most"):
+        upload_ids({"attachments": [{"uploadId": "u" * 24}] * (MAX_ATTACHMENTS + 1)})
+    assert upload_ids({"attachments": "not a list"}) == () and upload_ids([]) == ()
+
+
+def test_staged_and_inline_attachments_share_one_size_limit() -> None:
+    big = {"u" * 24: Attachment("big.bin", "application/octet-stream", b"\0" * (MAX_ATTACHMENT_BYTES - 2))}
+    fits = {"to": ["b@example.test"], "attachments": [{"uploadId": "u" * 24}, {"filename": "s", "content": "YQ=="}]}
+    build("alice@example.test", fits, uploads=big)
+    over = {**fits, "attachments": [*fits["attachments"], {"filename": "t", "content": "YWI="}]}
+    with pytest.raises(InvalidInput, match="larger than"):
+        build("alice@example.test", over, uploads=big)
+
+
+def test_names_and_types_are_checked_whichever_the_form() -> None:
+    assert check_content_type(None) == check_content_type("") == "application/octet-stream"
+    assert check_content_type("image/svg+xml") == "image/svg+xml"
+    for bad_type in ("text", "text/plain; charset=x", "a/b/c", 3):
+        with pytest.raises(InvalidInput, match="contentType"):
+            check_content_type(bad_type)
+    for bad_name in ("", "a/b", "a\\b", "a\nb", "x" * 256, None):
+        with pytest.raises(InvalidInput, match="filename"):
+            check_filename(bad_name)
+    staged = {"u" * 24: Attachment("../x", "text/plain", b"")}  # a stored value is checked again
+    with pytest.raises(InvalidInput, match="filename"):
+        build("alice@example.test", {"to": ["b@example.test"], "attachments": [{"uploadId": "u" * 24}]}, uploads=staged)

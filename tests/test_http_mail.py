@@ -1,11 +1,14 @@
-"""The REST API on the real stack: listings from the index, bodies over IMAP, send, flags, move, delete."""
+"""The REST API on the real stack: listings from the index, bodies over IMAP, send, flags, move, delete,
+contacts, draft autosave."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import imaplib
+import time
 import uuid
+from email import message_from_bytes
 from email.message import EmailMessage
 from typing import Any
 
@@ -14,7 +17,7 @@ import pytest
 
 from bridge.browser_events import EmailRef, email_id
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, login
+from tests.conftest import Account, host_token, login
 from tests.mailtools import send_smtp, wait_for_messages
 from tests.socket_client import RecordingClient
 from tests.test_e2e_mail import message
@@ -312,3 +315,195 @@ async def test_metrics_count_what_happened(stack: StackInfo, http: aiohttp.Clien
     assert float(count.split()[-1]) >= 1
     assert "mailbridge_sockets_connected" in text
     assert 'mailbridge_stream_lag_entries{group="bridge",stream="mail:dovecot"}' in text
+
+
+async def test_me_describes_the_token(http: aiohttp.ClientSession, account: Account, other_account: Account) -> None:
+    token = await login(http, account)
+    async with http.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}) as r:
+        assert r.status == 200, await r.text()
+        me = await r.json()
+    assert set(me) == {"subject", "accounts", "expiresAt"}
+    assert me["subject"] == account.email and me["accounts"] == [account.email]
+    assert isinstance(me["expiresAt"], int) and me["expiresAt"] > time.time()
+    host = host_token("user-42", [account.email, other_account.email])
+    async with http.get("/api/v1/me", headers={"Authorization": f"Bearer {host}"}) as r:
+        assert (await r.json())["accounts"] == [account.email, other_account.email]
+        assert (await r.json())["subject"] == "user-42"
+    async with http.get("/api/v1/me") as r:
+        assert r.status == 401
+
+
+async def first_email(http: aiohttp.ClientSession, headers: dict[str, str], mailbox: str = "INBOX") -> Any:
+    for _ in range(100):
+        listing = await get_json(http, "/api/v1/email/inbox", headers, mailbox=mailbox)
+        if listing["emails"]:
+            return listing["emails"][0]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"nothing indexed in {mailbox}")
+
+
+async def test_remote_images_are_shown_only_when_asked_for(
+    stack: StackInfo, http: aiohttp.ClientSession, account: Account
+) -> None:
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = "News <news@outside.test>", account.email, "pictures"
+    m.set_content("plain")
+    m.add_alternative('<p>Look<img src="https://example.test/x.png" alt="x"></p>', subtype="html")
+    await asyncio.to_thread(send_smtp, stack, [m])
+    headers = await authed(http, account)
+    url = f"/api/v1/email/{(await first_email(http, headers))['id']}"
+
+    blocked = await get_json(http, url, headers)
+    assert blocked["blockedRemoteImages"] == 1 and "example.test" not in blocked["html"]
+    shown = await get_json(http, url, headers, remoteImages="1")
+    assert shown["blockedRemoteImages"] == 0 and 'src="https://example.test/x.png"' in shown["html"]
+    assert {k: v for k, v in shown.items() if k not in ("html", "blockedRemoteImages")} == {
+        k: v for k, v in blocked.items() if k not in ("html", "blockedRemoteImages")
+    }
+    # Each variant is cached under its own key: asking for one never answers the other.
+    assert (await get_json(http, url, headers))["blockedRemoteImages"] == 1
+    assert (await get_json(http, url, headers, remoteImages="0"))["blockedRemoteImages"] == 1
+    assert (await get_json(http, url, headers, remoteImages="1"))["blockedRemoteImages"] == 0
+    for bad in ("yes", "true", "2", ""):
+        async with http.get(url, headers=headers, params={"remoteImages": bad}) as r:
+            assert r.status == 400, bad
+            assert "remoteImages" in (await r.json())["error"]
+
+
+def dated(sender: str, to: str, subject: str, date: str) -> EmailMessage:
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"], m["Date"] = sender, to, subject, date
+    m.set_content("hello")
+    return m
+
+
+async def contacts(http: aiohttp.ClientSession, headers: dict[str, str], **params: str) -> list[dict[str, str]]:
+    found: list[dict[str, str]] = (await get_json(http, "/api/v1/contacts", headers, **params))["contacts"]
+    return found
+
+
+async def test_contacts_complete_from_past_correspondents(
+    stack: StackInfo, http: aiohttp.ClientSession, account: Account, other_account: Account
+) -> None:
+    await asyncio.to_thread(
+        send_smtp,
+        stack,
+        [
+            dated("Carol Danvers <carol@outside.test>", account.email, "c1", "Thu, 01 Jan 2026 10:00:00 +0000"),
+            dated("Dave Smith <Dave.Smith@outside.test>", account.email, "d1", "Fri, 02 Jan 2026 10:00:00 +0000"),
+            dated("carol@outside.test", account.email, "c2", "Sat, 03 Jan 2026 10:00:00 +0000"),
+            dated(f"Me Myself <{account.email}>", account.email, "self", "Sun, 04 Jan 2026 10:00:00 +0000"),
+            dated("Eve Other <eve@elsewhere.test>", other_account.email, "e1", "Sun, 04 Jan 2026 10:00:00 +0000"),
+        ],
+    )
+    headers = await authed(http, account)
+    for _ in range(100):  # the index follows the events: wait for all four
+        if len((await get_json(http, "/api/v1/email/inbox", headers))["emails"]) == 4:
+            break
+        await asyncio.sleep(0.1)
+    everyone = await contacts(http, headers)
+    # Newest first, each address once (the newest mail had no name: an older one's is used), never
+    # the account itself, never another account's correspondents.
+    assert everyone == [
+        {"name": "Carol Danvers", "address": "carol@outside.test"},
+        {"name": "Dave Smith", "address": "Dave.Smith@outside.test"},
+    ]
+    assert await contacts(http, headers, limit="1") == everyone[:1]
+    assert [c["address"] for c in await contacts(http, headers, q="CAR")] == ["carol@outside.test"]
+    assert [c["address"] for c in await contacts(http, headers, q="dave.s")] == ["Dave.Smith@outside.test"]
+    assert [c["address"] for c in await contacts(http, headers, q="smi")] == ["Dave.Smith@outside.test"]
+    assert [c["address"] for c in await contacts(http, headers, q="carol danv")] == ["carol@outside.test"]
+    for nothing in ("outside", "anvers", "eve", "me", "(", ".*", "[a-z]"):  # prefixes only, regex escaped
+        assert await contacts(http, headers, q=nothing) == [], nothing
+    for params in ({"limit": "0"}, {"limit": "51"}, {"limit": "x"}, {"q": "a" * 101}):
+        async with http.get("/api/v1/contacts", headers=headers, params=params) as r:
+            assert r.status == 400, params
+    async with http.get("/api/v1/contacts", headers=headers, params={"account": other_account.email}) as r:
+        assert r.status == 403
+
+    # Recipients of what the account sent (the local stack delivers to example.test only).
+    payload = {"to": [f"Frank Sentman <{other_account.email}>"], "subject": "out", "body": "x"}
+    async with http.post("/api/v1/email/send", headers=headers, json=payload) as r:
+        assert r.status == 200, await r.text()
+    for _ in range(100):
+        found = await contacts(http, headers, q="sentm")
+        if found:
+            break
+        await asyncio.sleep(0.1)
+    assert found == [{"name": "Frank Sentman", "address": other_account.email}]
+    assert [c["address"] for c in await contacts(http, headers, q="fr")] == [other_account.email]
+    assert [c["address"] for c in await contacts(http, headers)] == [
+        other_account.email,  # sent today, after the mail dated January 2026
+        "carol@outside.test",
+        "Dave.Smith@outside.test",
+    ]
+    other_headers = await authed(http, other_account)
+    for _ in range(100):
+        theirs = await contacts(http, other_headers)
+        if len(theirs) == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert theirs == [
+        {"name": "", "address": account.email},  # who just wrote to it
+        {"name": "Eve Other", "address": "eve@elsewhere.test"},
+    ]
+
+
+def imap_subjects(stack: StackInfo, account: Account, mailbox: str) -> list[str]:
+    with imaplib.IMAP4(stack.imap["host"], stack.imap["port"], timeout=10) as imap:
+        imap.login(account.email, account.password)
+        status, data = imap.select(mailbox, readonly=True)
+        if status != "OK" or data[0] == b"0":
+            return []
+        _status, data = imap.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        return [str(message_from_bytes(item[1])["Subject"]) for item in data if isinstance(item, tuple)]
+
+
+async def save_draft(http: aiohttp.ClientSession, headers: dict[str, str], **body: Any) -> Any:
+    async with http.post("/api/v1/drafts", headers=headers, json=body) as r:
+        assert r.status == 200, await r.text()
+        return await r.json()
+
+
+async def test_autosave_replaces_the_previous_draft(
+    stack: StackInfo, http: aiohttp.ClientSession, account: Account, other_account: Account
+) -> None:
+    headers = await authed(http, account)
+    first = await save_draft(http, headers, subject="v1", body="first words")
+    assert first["saved"] is True and first["emailId"]
+    second = await save_draft(http, headers, subject="v2", body="more words", replaces=first["emailId"])
+    assert second["emailId"] and second["emailId"] != first["emailId"]
+    assert await asyncio.to_thread(imap_subjects, stack, account, "Drafts") == ["v2"]
+    body = await get_json(http, f"/api/v1/email/{second['emailId']}", headers)
+    assert (body["subject"], body["text"].strip(), body["messageId"]) == ("v2", "more words", second["messageId"])
+    async with http.get(f"/api/v1/email/{first['emailId']}", headers=headers) as r:
+        assert r.status == 404
+
+    # Another device's autosave got there first: the old draft is gone, and that is no error.
+    third = await save_draft(http, headers, subject="v3", replaces=first["emailId"])
+    assert sorted(await asyncio.to_thread(imap_subjects, stack, account, "Drafts")) == ["v2", "v3"]
+
+    await deliver_and_wait(stack, http, account, "not a draft")
+    inbox_id = (await first_email(http, headers))["id"]
+    theirs = email_id(EmailRef(other_account.email, "Drafts", 1, 1))
+    for replaces, status in [(inbox_id, 400), ("garbage!", 400), (theirs, 404), (42, 400)]:
+        async with http.post("/api/v1/drafts", headers=headers, json={"subject": "v4", "replaces": replaces}) as r:
+            assert r.status == status, (replaces, await r.text())
+    assert sorted(await asyncio.to_thread(imap_subjects, stack, account, "Drafts")) == ["v2", "v3"]
+    assert await asyncio.to_thread(imap_subjects, stack, account, "INBOX") == ["not a draft"]
+
+    # Sending a draft removes it (and only it).
+    payload = {"to": [other_account.email], "subject": "v3 sent", "body": "done", "draftId": third["emailId"]}
+    async with http.post("/api/v1/email/send", headers=headers, json={**payload, "draftId": inbox_id}) as r:
+        assert r.status == 400  # only a draft may be named, and nothing is sent
+    async with http.post("/api/v1/email/send", headers=headers, json=payload) as r:
+        assert r.status == 200, await r.text()
+        sent = await r.json()
+    assert await asyncio.to_thread(imap_subjects, stack, account, "Drafts") == ["v2"]
+    assert await asyncio.to_thread(wait_for_messages, stack, other_account.email, other_account.password, 1) == [
+        sent["messageId"]
+    ]
+    # A draft that is gone by the time the mail is sent does not fail the send.
+    async with http.post("/api/v1/email/send", headers=headers, json={**payload, "subject": "again"}) as r:
+        assert r.status == 200, await r.text()
+    assert await asyncio.to_thread(imap_subjects, stack, account, "Drafts") == ["v2"]
