@@ -9,7 +9,10 @@ Redis stream, `<prefix>:browser:<account>`), whose entry id becomes the event's 
 emitted to the account's room. A socket that connects with `auth.lastEventId` is replayed every
 logged event after that id, in order, before it joins the room; appending+emitting and
 replaying+joining take the same per-account lock, so nothing is missed or sent twice across the
-seam. If the log no longer reaches back to that id, the socket gets `resync` instead.
+seam. If the log no longer reaches back to that id, the socket gets `resync` instead. A socket
+that connects without a `lastEventId` for an account gets `resume_point` (the log's newest id, or
+"0-0"), taken under the same lock as its join, so it can resume even if no event reached it before
+it dropped.
 Ingest events are relayed once per key: a stream entry delivered twice is emitted once.
 
 Client actions answer through the Socket.IO acknowledgement: `{"ok": true, ...}` or
@@ -157,11 +160,19 @@ class Realtime:
         await self.sio.save_session(sid, {"identity": identity})
         log.info("[sid %s] connected as %s (%d account(s))", sid, identity.subject, len(identity.accounts))
         if last_event_id is None:
+            points: dict[str, str] = {}
             for account in identity.accounts:
-                await self.sio.enter_room(sid, account_room(account))
+                async with self._lock(account):
+                    points[account] = await self._log_position(account)
+                    await self.sio.enter_room(sid, account_room(account))
+            self._spawn(self._send_resume_points(sid, points), f"points-{sid}")
             return
         # Replay after the CONNECT packet went out (the handler returns first), then join.
-        task = asyncio.create_task(self._resume(sid, identity, last_event_id), name=f"resume-{sid}")
+        self._spawn(self._resume(sid, identity, last_event_id), f"resume-{sid}")
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -194,15 +205,36 @@ class Realtime:
 
     # ------------------------------------------------------------------ resume
 
+    async def _log_position(self, account: str) -> str:
+        """The id of the newest event in the account's log ("0-0" if it has none yet). Called under
+        the account's lock, with the join: every later event reaches the socket live."""
+        assert self.redis is not None
+        newest: Any = await self.redis.xrevrange(self.log_key(account), count=1)
+        return _entry_id(newest[0][0]) if newest else "0-0"
+
+    async def _send_resume_points(self, sid: str, points: dict[str, str]) -> None:
+        """A socket that came without lastEventId (or without one for an account) learns where its
+        view of each account begins, so a reconnect can resume from there even if no event came
+        before it dropped: without this, what happened while it was away would be replayed to no one."""
+        await asyncio.sleep(0)  # after the CONNECT packet
+        for account, event_id in points.items():
+            await self.sio.emit("resume_point", {"account": account, "eventId": event_id}, to=sid)
+
     async def _resume(self, sid: str, identity: Identity, last_event_id: object) -> None:
         await asyncio.sleep(0)  # let the CONNECT packet be queued before any replayed event
         try:
+            fresh: dict[str, str] = {}
             for account in identity.accounts:
                 since = last_event_id.get(account) if isinstance(last_event_id, dict) else last_event_id
                 async with self._lock(account):
-                    replayed = await self._replay(sid, account, since)
+                    if since is None:  # an account this client has no position for yet
+                        fresh[account] = await self._log_position(account)
+                        replayed = 0
+                    else:
+                        replayed = await self._replay(sid, account, since)
                     await self.sio.enter_room(sid, account_room(account))
                 log.info("[sid %s] resumed %s: %d event(s) replayed", sid, account, replayed)
+            await self._send_resume_points(sid, fresh)
         except Exception:
             log.exception("[sid %s] resume failed; asking the client to resync", sid)
             await self.sio.emit("resync", {"reason": "resume failed"}, to=sid)
@@ -222,7 +254,13 @@ class Realtime:
             info = {}  # no log yet: nothing was ever sent for this account
         # The log is trimmed from the front: once `since` is older than its first entry, events
         # after it may be gone (Redis 7.0 keeps no count of trimmed entries), so ask for a resync.
-        if info:
+        if info and since == "0-0":
+            # From the log's very beginning: a gap only if entries were trimmed (Redis >= 7.0 counts
+            # every entry ever added; XINFO STREAM).
+            if int(info.get("entries-added", 0)) > int(info.get("length", 0)):
+                await self.sio.emit("resync", {"account": account, "reason": "gap older than the log"}, to=sid)
+                return 0
+        elif info:
             first = info.get("first-entry")
             oldest = _entry_id(first[0]) if first else _entry_id(info.get("last-generated-id", b"0-0"))
             if _older(since, oldest):

@@ -92,6 +92,45 @@ async def test_resume_from_beyond_the_log_asks_for_resync(
     await garbage.close()
 
 
+async def test_a_socket_that_saw_no_event_still_resumes_from_where_it_joined(
+    stack: StackInfo, http: aiohttp.ClientSession, account: Account, redis_client: aioredis.Redis
+) -> None:
+    # A brand-new account has no log: the point is "0-0", and resuming from it replays the log whole.
+    quiet = await client_for(stack, http, account)
+    point = await quiet.wait_for("resume_point")
+    assert point == {"account": account.email, "eventId": "0-0"}
+    await quiet.close()
+    watcher = await client_for(stack, http, account)
+    await deliver(stack, account.email, "while away 1")
+    await watcher.wait_for("new_email", lambda e: e["subject"] == "while away 1")
+    resumed = await client_for(stack, http, account, lastEventId={account.email: point["eventId"]})
+    await resumed.wait_for("new_email", lambda e: e["subject"] == "while away 1")
+    assert not [name for name, _e in resumed.events if name in ("resync", "resume_point")]
+    await resumed.close()
+
+    # With a log: the point is its newest entry, so only what comes after is replayed.
+    second = await client_for(stack, http, account)
+    later = await second.wait_for("resume_point")
+    newest = await redis_client.xrevrange(f"mail:browser:{account.email}", count=1)
+    assert later["eventId"] == newest[0][0].decode()
+    await second.close()
+    await deliver(stack, account.email, "while away 2")
+    await watcher.wait_for("new_email", lambda e: e["subject"] == "while away 2")
+    again = await client_for(stack, http, account, lastEventId={account.email: later["eventId"]})
+    await again.wait_for("new_email", lambda e: e["subject"] == "while away 2")
+    await asyncio.sleep(0.3)
+    subjects = [e.get("subject") for name, e in again.events if name == "new_email"]
+    assert subjects == ["while away 2"]
+    await again.close()
+    await watcher.close()
+
+    # Trimmed since "0-0": no longer the whole story, so resync.
+    await redis_client.xtrim(f"mail:browser:{account.email}", maxlen=0)
+    trimmed = await client_for(stack, http, account, lastEventId={account.email: "0-0"})
+    assert (await trimmed.wait_for("resync"))["reason"] == "gap older than the log"
+    await trimmed.close()
+
+
 async def test_read_in_an_imap_client_reaches_every_device(
     stack: StackInfo, http: aiohttp.ClientSession, account: Account
 ) -> None:
