@@ -5,11 +5,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEBS := dovecot-imapd dovecot-lmtpd dovecot-sieve postfix redis-server lua-socket
-# The browser the web client's tests drive (headless).
-TEST_DEBS := chromium
+# The browser the web client's tests drive (headless), and a font for the emoji it shows.
+TEST_DEBS := chromium fonts-noto-color-emoji
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck setup debs test-debs venv ferretdb web clean
+.PHONY: run test check lint typecheck setup debs test-debs venv ferretdb web screenshots clean
 
 run: setup
 	$(PY) -m bridge stack
@@ -56,8 +56,12 @@ web: web/dist/index.html
 web/node_modules/.package-lock.json: web/package-lock.json
 	cd web && npm ci --no-audit --no-fund
 
-web/dist/index.html: web/node_modules/.package-lock.json web/index.html web/vite.config.js $(wildcard web/src/*)
+web/dist/index.html: web/node_modules/.package-lock.json web/index.html web/vite.config.js $(wildcard web/src/*) $(wildcard web/public/*)
 	cd web && npm run build
+
+# The README's screenshots: the web client on the stack, captured by its accessibility test.
+screenshots: setup test-debs
+	MAIL_BRIDGE_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_web_a11y.py -k main_screens
 
 # MongoDB-compatible store: only needed when MONGODB_URL is not set.
 ferretdb:

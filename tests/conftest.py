@@ -7,6 +7,7 @@ a `make run` stack. Each test gets its own fresh mail account, so no test sees a
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -18,6 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from playwright.async_api import Browser
 
 from bridge.settings import DEFAULT_PORTS, StackSettings
 from bridge.stack.launcher import Stack, StackInfo
@@ -66,12 +68,14 @@ def _host_keys() -> tuple[str, str]:
     return private, public
 
 
-HOST_KEY_DIR = REPO / "var" / "test-stack"
+# Two test runs at once (two people, or a person and a helper) each need their own state dir.
+TEST_STATE = Path(os.environ.get("MAIL_BRIDGE_TEST_STATE", REPO / "var" / "test-stack"))
+HOST_KEY_DIR = TEST_STATE
 
 
 @pytest.fixture(scope="session")
 def stack_settings() -> StackSettings:
-    state = REPO / "var" / "test-stack"
+    state = TEST_STATE
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
     # Files, not module globals: the tests import this module a second time under another name.
@@ -83,8 +87,6 @@ def stack_settings() -> StackSettings:
     env["BRIDGE_HOST_JWT_ISSUER"] = HOST_ISSUER
     env["BRIDGE_HOST_JWT_KEY_FILE"] = str(state / "host-website.pem")
     env["BRIDGE_HOST_JWT_ALGORITHM"] = "RS256"
-    import os  # noqa: PLC0415 - the tests, like the launcher's caller, hand it the environment
-
     return StackSettings.from_env({**os.environ, **env}, repo_dir=REPO)
 
 
@@ -154,6 +156,15 @@ def other_account(account_pool: AccountPool) -> Account:
 async def http(stack: StackInfo) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(base_url=stack.web_url) as session:
         yield session
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium, headless (tests/browser.py)."""
+    from tests.browser import chromium  # noqa: PLC0415 (tests.browser imports this module)
+
+    async with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

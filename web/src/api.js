@@ -1,13 +1,29 @@
 // The bridge's public REST API (docs/openapi.json); every call carries the session's token.
+export class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function answer(r) {
+  let body = {};
+  try {
+    body = await r.json();
+  } catch {
+    // A proxy's HTML error page, or nothing at all: the status says enough.
+  }
+  if (!r.ok) throw new ApiError(body.error || `request failed (${r.status})`, r.status);
+  return body;
+}
+
 export async function login(email, password) {
   const r = await fetch("/api/v1/auth/login", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ email, password }),
   });
-  const body = await r.json();
-  if (!r.ok) throw new Error(body.error || `login failed (${r.status})`);
-  return body;
+  return answer(r);
 }
 
 export async function api(token, path, options = {}) {
@@ -15,7 +31,43 @@ export async function api(token, path, options = {}) {
     ...options,
     headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json", ...(options.headers || {}) },
   });
-  const body = await r.json();
-  if (!r.ok) throw new Error(body.error || `request failed (${r.status})`);
-  return body;
+  return answer(r);
+}
+
+export const post = (token, path, body) => api(token, path, { method: "POST", body: JSON.stringify(body) });
+
+// Staged attachment upload. XMLHttpRequest rather than fetch: only it reports upload progress.
+export function upload(token, account, file, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    const params = new URLSearchParams({ account, filename: file.name });
+    xhr.open("POST", `/api/v1/uploads?${params}`);
+    xhr.setRequestHeader("Authorization", `Bearer ${token}`);
+    xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
+    xhr.upload.onprogress = (e) => e.lengthComputable && onProgress(e.loaded / e.total);
+    xhr.onload = () => {
+      let body = {};
+      try {
+        body = JSON.parse(xhr.responseText);
+      } catch {
+        // See answer(): the status is the message.
+      }
+      if (xhr.status >= 200 && xhr.status < 300) resolve(body);
+      else reject(new ApiError(body.error || `upload failed (${xhr.status})`, xhr.status));
+    };
+    xhr.onerror = () => reject(new ApiError("upload failed: the bridge cannot be reached", 0));
+    xhr.send(file);
+  });
+}
+
+// The token names a link the browser cannot follow by itself: fetch it and hand over a local copy.
+export async function download(token, attachment) {
+  const r = await fetch(attachment.url, { headers: { Authorization: `Bearer ${token}` } });
+  if (!r.ok) throw new ApiError(`download failed (${r.status})`, r.status);
+  const url = URL.createObjectURL(await r.blob());
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = attachment.filename || "attachment";
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }

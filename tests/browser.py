@@ -1,0 +1,49 @@
+"""Helpers for the web client's tests: Debian's Chromium, headless, driven by Playwright."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+
+from bridge.stack.launcher import StackInfo
+from tests.conftest import Account
+
+CHROMIUM = "/usr/bin/chromium"  # browser downloads are not possible here: Debian's package
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # root in a container-like machine
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    # This machine reaches no outside host: keep Chromium from trying.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PHONE = {"width": 390, "height": 844}
+
+
+@asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def wait_live(page: Page) -> None:
+    await expect(page.get_by_role("status").filter(has_text="Live")).to_be_visible(timeout=15_000)
+
+
+async def signed_in(browser: Browser | BrowserContext, stack: StackInfo, account: Account) -> Page:
+    """A signed-in client: each call on a Browser is a new context, like a separate device."""
+    page = await browser.new_page()
+    await page.goto(stack.web_url)
+    await page.get_by_label("Email").fill(account.email)
+    await page.get_by_label("Password").fill(account.password)
+    await page.get_by_role("button", name="Sign in").click()
+    await wait_live(page)
+    return page

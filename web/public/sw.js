@@ -1,0 +1,65 @@
+// mail-bridge service worker: the app shell and recently read mail stay readable offline.
+// Shell: cached at install (the page and the hashed assets it names), served network-first for the
+// page so a new deploy shows at once, cache-first for assets (their names change with content).
+// Mail: GETs under /api/v1/ go to the network and a copy is kept; offline, the copy answers.
+// Socket.IO, non-GET requests and attachments are never cached.
+const SHELL = "mail-bridge-shell-v1";
+const DATA = "mail-bridge-data";
+
+self.addEventListener("install", (event) => {
+  event.waitUntil(
+    (async () => {
+      const cache = await caches.open(SHELL);
+      const page = await fetch("/", { cache: "no-cache" });
+      const html = await page.clone().text();
+      const assets = [...html.matchAll(/(?:src|href)="(\/assets\/[^"]+)"/g)].map((m) => m[1]);
+      await cache.put("/", page);
+      await cache.addAll(assets);
+      await self.skipWaiting();
+    })(),
+  );
+});
+
+self.addEventListener("activate", (event) => {
+  event.waitUntil(
+    (async () => {
+      for (const name of await caches.keys()) if (name.startsWith("mail-bridge-shell") && name !== SHELL) await caches.delete(name);
+      await self.clients.claim();
+    })(),
+  );
+});
+
+async function networkFirst(request, cacheName, key = request) {
+  const cache = await caches.open(cacheName);
+  try {
+    const response = await fetch(request);
+    if (response.ok) await cache.put(key, response.clone());
+    return response;
+  } catch (err) {
+    const cached = await cache.match(key, { ignoreVary: true });
+    if (cached) return cached;
+    throw err;
+  }
+}
+
+async function cacheFirst(request) {
+  const cache = await caches.open(SHELL);
+  // ignoreVary: the bridge answers with Vary: Origin, and a module script's request carries an
+  // Origin header where the worker's own install-time fetch did not.
+  const cached = await cache.match(request, { ignoreVary: true });
+  if (cached) return cached;
+  const response = await fetch(request);
+  if (response.ok) await cache.put(request, response.clone());
+  return response;
+}
+
+self.addEventListener("fetch", (event) => {
+  const request = event.request;
+  const url = new URL(request.url);
+  if (request.method !== "GET" || url.origin !== self.location.origin) return;
+  if (request.mode === "navigate") event.respondWith(networkFirst(request, SHELL, "/"));
+  else if (url.pathname.startsWith("/assets/")) event.respondWith(cacheFirst(request));
+  else if (url.pathname.startsWith("/api/v1/") && !url.pathname.includes("/attachments/")) {
+    event.respondWith(networkFirst(request, DATA));
+  }
+});

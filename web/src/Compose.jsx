@@ -1,0 +1,170 @@
+import { useEffect, useRef, useState } from "react";
+import DOMPurify from "dompurify";
+import { post, upload } from "./api.js";
+import { AddressInput } from "./AddressInput.jsx";
+import { RichEditor } from "./RichEditor.jsx";
+import { formatSize } from "./Preview.jsx";
+import { enqueue } from "./offline.js";
+
+const AUTOSAVE_MS = 2000;
+const addresses = (value) => value.split(",").map((s) => s.trim()).filter(Boolean);
+
+// The composer. Nothing written is lost: it is saved to Drafts while being written (each save
+// replaces the previous one), a failed send keeps it open with the error, and without a connection
+// the mail waits in the outbox.
+export function Compose({ token, accounts, account: initialAccount, socket, initial = {}, onClose }) {
+  const [account, setAccount] = useState(initialAccount);
+  const [to, setTo] = useState(initial.to || "");
+  const [cc, setCc] = useState(initial.cc || "");
+  const [bcc, setBcc] = useState("");
+  const [subject, setSubject] = useState(initial.subject || "");
+  const [files, setFiles] = useState([]);
+  const [status, setStatus] = useState("");
+  const [error, setError] = useState("");
+  const [sending, setSending] = useState(false);
+  const [edits, setEdits] = useState(0);
+  const content = useRef({ text: "", html: "" });
+  const draftId = useRef(initial.draftId || null);
+  const saving = useRef(Promise.resolve());
+  const lastTyping = useRef(0);
+
+  const mail = () => {
+    const m = {
+      account,
+      to: addresses(to),
+      cc: addresses(cc),
+      bcc: addresses(bcc),
+      subject,
+      body: content.current.text,
+      html: content.current.html,
+      attachments: files.filter((f) => f.uploadId).map((f) => ({ uploadId: f.uploadId })),
+    };
+    if (initial.inReplyTo) m.inReplyTo = initial.inReplyTo;
+    return m;
+  };
+
+  const touch = () => setEdits((n) => n + 1);
+  const onEditor = (node, byUser) => {
+    // What the writer pasted may carry script or tracking: only formatting goes out.
+    content.current = { text: node.innerText, html: DOMPurify.sanitize(node.innerHTML) };
+    if (!byUser) return;
+    touch();
+    if (initial.emailId && Date.now() - lastTyping.current > 2000) {
+      lastTyping.current = Date.now();
+      socket?.emit("typing", { emailId: initial.emailId }, () => {});
+    }
+  };
+
+  // Autosave, 2 s after the last change; saves run one after another so `replaces` is always the
+  // latest, and closing the composer saves what the timer has not yet.
+  const saved = useRef(0);
+  const saveNow = () => {
+    if (edits === saved.current) return saving.current;
+    const body = mail();
+    saved.current = edits; // queued: the next change starts a new save, a repeat click does not
+    saving.current = saving.current.then(() =>
+      post(token, "/api/v1/drafts", { ...body, replaces: draftId.current || undefined }).then(
+        (r) => {
+          draftId.current = r.emailId || draftId.current;
+          setStatus(`Draft saved ${new Date().toLocaleTimeString()}`);
+        },
+        (e) => {
+          saved.current = -1; // try again on the next change or on Close
+          setStatus(`Draft not saved: ${e.message}`);
+        },
+      ),
+    );
+    return saving.current;
+  };
+  const save = useRef(saveNow);
+  save.current = saveNow;
+  useEffect(() => {
+    if (edits === 0) return undefined; // nothing written yet: no draft
+    const timer = setTimeout(() => save.current(), AUTOSAVE_MS);
+    return () => clearTimeout(timer);
+  }, [edits]);
+
+  const attach = (list) => {
+    for (const file of list) {
+      const key = crypto.randomUUID();
+      setFiles((fs) => [...fs, { key, name: file.name, size: file.size, progress: 0 }]);
+      const update = (change) => setFiles((fs) => fs.map((f) => (f.key === key ? { ...f, ...change } : f)));
+      upload(token, account, file, (progress) => update({ progress })).then(
+        (r) => { update({ uploadId: r.id, progress: 1 }); touch(); },
+        (e) => update({ error: e.message }),
+      );
+    }
+  };
+
+  const send = async (e) => {
+    e.preventDefault();
+    setError("");
+    saved.current = edits; // sending supersedes any pending autosave
+    await saving.current; // the draft to remove after sending is the latest one
+    const body = { ...mail(), draftId: draftId.current || undefined };
+    if (!socket || !socket.connected) {
+      enqueue(body);
+      onClose("Offline: queued, it will be sent when the connection is back");
+      return;
+    }
+    setSending(true);
+    setStatus("Sending…");
+    const ack = await socket.timeout(60_000).emitWithAck("send_email", body).catch(() => null);
+    setSending(false);
+    if (ack && ack.ok) onClose("Sent");
+    else {
+      setStatus("");
+      saved.current = -1; // not sent: keep it in Drafts as well
+      saveNow();
+      setError(`Not sent: ${ack ? ack.error : "no answer from the bridge"}. Your message is kept.`);
+    }
+  };
+
+  const discard = async () => {
+    saved.current = edits;
+    await saving.current;
+    if (draftId.current) {
+      await fetch(`/api/v1/email/${draftId.current}`, { method: "DELETE", headers: { Authorization: `Bearer ${token}` } }).catch(() => {});
+    }
+    onClose("Draft discarded");
+  };
+
+  const uploading = files.some((f) => !f.uploadId && !f.error);
+  return (
+    <form className="compose" onSubmit={send} aria-label="Compose">
+      {accounts.length > 1 && (
+        <label>From{" "}
+          <select value={account} onChange={(e) => { setAccount(e.target.value); touch(); }}>
+            {accounts.map((a) => <option key={a}>{a}</option>)}
+          </select>
+        </label>
+      )}
+      <AddressInput label="To" value={to} onChange={(v) => { setTo(v); touch(); }} token={token} account={account} required />
+      <AddressInput label="Cc" value={cc} onChange={(v) => { setCc(v); touch(); }} token={token} account={account} />
+      <AddressInput label="Bcc" value={bcc} onChange={(v) => { setBcc(v); touch(); }} token={token} account={account} />
+      <label>Subject <input name="subject" value={subject} onChange={(e) => { setSubject(e.target.value); touch(); }} /></label>
+      <RichEditor initialText={initial.body} onInput={onEditor} />
+      <div className="files">
+        <label className="attach">Attach files <input type="file" multiple onChange={(e) => { attach([...e.target.files]); e.target.value = ""; }} /></label>
+        <ul aria-label="Attached files">
+          {files.map((f) => (
+            <li key={f.key}>
+              {f.name} <span className="size">{formatSize(f.size)}</span>{" "}
+              {f.error ? <span role="alert" className="error">{f.error}</span>
+                : !f.uploadId ? <progress aria-label={`Uploading ${f.name}`} value={f.progress} max={1} />
+                : <span className="done">uploaded</span>}{" "}
+              <button type="button" aria-label={`Remove ${f.name}`} onClick={() => { setFiles((fs) => fs.filter((x) => x.key !== f.key)); touch(); }}>×</button>
+            </li>
+          ))}
+        </ul>
+      </div>
+      <div className="compose-actions">
+        <button type="submit" disabled={sending || uploading}>Send</button>
+        <button type="button" onClick={() => saveNow().then(() => onClose(draftId.current ? "Saved to Drafts" : ""))}>Close</button>
+        <button type="button" onClick={discard}>Discard</button>
+      </div>
+      {status && <p role="status">{status}</p>}
+      {error && <p role="alert" className="error">{error}</p>}
+    </form>
+  );
+}

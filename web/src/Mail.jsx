@@ -1,0 +1,386 @@
+import { useCallback, useEffect, useRef, useState } from "react";
+import { io } from "socket.io-client";
+import { api, post } from "./api.js";
+import { announce, mayAskToNotify, withdraw } from "./notify.js";
+import { flushOutbox, outbox, registerServiceWorker } from "./offline.js";
+import { forgetEvents, lastEventIds, rememberEvent, rememberPoint, saveSession } from "./session.js";
+import { Compose } from "./Compose.jsx";
+import { MessageList } from "./MessageList.jsx";
+import { Preview } from "./Preview.jsx";
+import { longDate } from "./dates.js";
+
+const FILTERS = {
+  "": () => true,
+  unread: (m) => m.unread,
+  starred: (m) => (m.flags || []).includes("\\Flagged"),
+  attachments: (m) => m.hasAttachments,
+};
+const TABS = {
+  "": () => true,
+  primary: (m) => !["social", "promotions"].includes(m.category),
+  social: (m) => m.category === "social",
+  promotions: (m) => m.category === "promotions",
+};
+
+// Does a mail pushed live belong in the current view? (Searches are answered by the bridge only.)
+const matches = (view, m) => !view.q && FILTERS[view.filter](m) && TABS[view.tab](m);
+
+/**
+ * The listing just fetched, merged with the list on screen. The listing is the truth as of when it
+ * was asked for (`since`); a live event that came after that is newer still. So, per message: the
+ * live copy wins if it changed after `since`, else the listing's; a message the listing lacks stays
+ * only if it arrived live after `since` (else it was deleted or moved meanwhile).
+ */
+function merge(fetched, current, where, view, gone, since, changedAt) {
+  const byId = new Map();
+  // The index may answer before it has applied a deletion the socket already reported.
+  for (const m of fetched) if (!gone.has(m.id)) byId.set(m.id, m);
+  for (const m of current) {
+    if (m.account !== where.account || m.mailbox !== where.mailbox) continue;
+    const newer = (changedAt.get(m.id) || 0) > since;
+    if (byId.has(m.id)) byId.set(m.id, newer ? { ...byId.get(m.id), ...m } : { ...m, ...byId.get(m.id) });
+    else if (newer && matches(view, m)) byId.set(m.id, m);
+  }
+  return [...byId.values()].sort((a, b) => new Date(b.timestamp) - new Date(a.timestamp) || b.uid - a.uid);
+}
+
+function quoted(body) {
+  const lines = (body.text || "").split("\n").map((l) => `> ${l}`).join("\n");
+  return `\n\nOn ${longDate(body.date)}, ${body.from} wrote:\n${lines}`;
+}
+
+const withFlags = (m, e) => {
+  const flags = [...new Set([...(m.flags || []).filter((f) => !e.removed.includes(f)), ...e.added])];
+  return { ...m, flags, unread: e.unread === undefined ? m.unread : e.unread };
+};
+
+export function Mail({ session, onLogout }) {
+  const { token } = session;
+  // Known from the last /me answer too, so the client opens offline with what it had.
+  const [accounts, setAccounts] = useState(session.accounts || []);
+  const [account, setAccount] = useState((session.accounts || [])[0] || null);
+  const [inboxUnread, setInboxUnread] = useState({}); // account -> unread in its INBOX
+  const [mailbox, setMailbox] = useState("INBOX");
+  const [mailboxes, setMailboxes] = useState([]);
+  const [emails, setEmails] = useState([]);
+  const [selected, setSelected] = useState(null);
+  const [live, setLive] = useState(false);
+  const [online, setOnline] = useState(navigator.onLine);
+  const [composing, setComposing] = useState(null);
+  const [toasts, setToasts] = useState([]);
+  // Toasts stack up (at most three) and each leaves after a while: one never hides another.
+  const setToast = useCallback((text) => {
+    if (!text) return;
+    const id = crypto.randomUUID();
+    setToasts((ts) => [...ts.slice(-2), { id, text }]);
+    setTimeout(() => setToasts((ts) => ts.filter((t) => t.id !== id)), 6000);
+  }, []);
+  const [view, setView] = useState({ q: "", filter: "", tab: "" });
+  const [query, setQuery] = useState("");
+  const [typing, setTyping] = useState({});
+  const [settings, setSettings] = useState({ sound: true });
+  const socketRef = useRef(null);
+  const searchRef = useRef(null);
+  const gone = useRef(new Set());
+  const changedAt = useRef(new Map()); // email id -> when a live event last changed it
+  const changed = (id) => changedAt.current.set(id, performance.now());
+  const countedAt = useRef(new Map()); // "account\nmailbox" -> when unread_count last came
+  const where = useRef({});
+  where.current = { account, mailbox };
+  const viewRef = useRef(view);
+  viewRef.current = view;
+  const settingsRef = useRef(settings);
+  settingsRef.current = settings;
+
+  // Who this token lets us read: the host website's tokens may grant several accounts.
+  useEffect(() => {
+    api(token, "/api/v1/me").then(
+      (me) => {
+        saveSession({ ...session, accounts: me.accounts });
+        setAccounts((known) => (known.join() === me.accounts.join() ? known : me.accounts));
+        setAccount((a) => (a && me.accounts.includes(a) ? a : me.accounts[0]));
+      },
+      (e) => (e.status === 401 ? onLogout() : setToast(e.message)),
+    );
+  }, [token, onLogout]); // eslint-disable-line react-hooks/exhaustive-deps
+
+  useEffect(() => {
+    if (!account) return;
+    api(token, `/api/v1/settings?account=${encodeURIComponent(account)}`).then(
+      (r) => setSettings({ sound: true, ...r.settings }),
+      () => {},
+    );
+  }, [token, account]);
+
+  const reload = useCallback(async () => {
+    const { account: acct, mailbox: box } = where.current;
+    if (!acct) return;
+    const v = viewRef.current;
+    const since = performance.now();
+    const params = new URLSearchParams({ account: acct, mailbox: box, limit: "100" });
+    const filters = [v.filter, v.tab].filter(Boolean).join(",");
+    if (filters) params.set("filter", filters);
+    if (v.q) params.set("q", v.q);
+    const [list, boxes] = await Promise.all([
+      api(token, `/api/v1/email/inbox?${params}`),
+      api(token, `/api/v1/mailboxes?account=${encodeURIComponent(acct)}`),
+    ]);
+    if (where.current.account !== acct || where.current.mailbox !== box) return; // switched meanwhile
+    // Mail that arrived live while the listing was on its way is newer than the listing: keep it.
+    setEmails((current) => merge(list.emails, current, { account: acct, mailbox: box }, v, gone.current, since, changedAt.current));
+    // Counts pushed live after the listing was asked for are newer than the listing's.
+    setMailboxes((current) =>
+      boxes.mailboxes.map((b) => {
+        const live = current.find((c) => c.name === b.name);
+        return live && (countedAt.current.get(`${acct}\n${b.name}`) || 0) > since ? { ...b, unread: live.unread, total: live.total } : b;
+      }),
+    );
+    const inbox = boxes.mailboxes.find((b) => b.name === "INBOX");
+    if (inbox && !((countedAt.current.get(`${acct}\nINBOX`) || 0) > since)) setInboxUnread((u) => ({ ...u, [acct]: inbox.unread }));
+  }, [token]);
+
+  useEffect(() => { reload().catch((e) => setToast(e.message)); }, [account, mailbox, view, reload]);
+
+  // Unread counts of the other accounts, for the switcher.
+  useEffect(() => {
+    for (const a of accounts) {
+      api(token, `/api/v1/mailboxes?account=${encodeURIComponent(a)}`).then(
+        (r) => setInboxUnread((u) => ({ ...u, [a]: (r.mailboxes.find((b) => b.name === "INBOX") || {}).unread || 0 })),
+        () => {},
+      );
+    }
+  }, [token, accounts]);
+
+  useEffect(() => {
+    const goOnline = () => setOnline(true);
+    const goOffline = () => setOnline(false);
+    window.addEventListener("online", goOnline);
+    window.addEventListener("offline", goOffline);
+    registerServiceWorker(() => reload().catch(() => {}));
+    return () => { window.removeEventListener("online", goOnline); window.removeEventListener("offline", goOffline); };
+  }, [reload]);
+
+  useEffect(() => {
+    if (!accounts.length) return undefined;
+    const socket = io({
+      transports: ["websocket"],
+      reconnectionDelayMax: 10_000, // backoff from 1 s up to 10 s, with jitter
+      auth: (cb) => {
+        const ids = lastEventIds();
+        cb({ token, lastEventId: Object.keys(ids).length ? ids : undefined });
+      },
+    });
+    socketRef.current = socket;
+    const here = (e) => e.account === where.current.account && e.mailbox === where.current.mailbox;
+    // Listed after the socket is live: what came before is in the listing, what comes after arrives
+    // live (and merge() keeps both), so nothing falls between the two.
+    socket.on("connect", () => {
+      setLive(true);
+      reload().catch(() => {});
+      flushOutbox(socket, accounts, {
+        onSent: (m) => setToast(`Sent from the outbox: ${m.subject || "(no subject)"}`),
+        onRefused: (m, error) => setToast(`Not sent: ${m.subject || "(no subject)"}: ${error}. Kept in Drafts.`),
+        saveDraft: (body) => post(token, "/api/v1/drafts", body),
+      });
+    });
+    socket.on("disconnect", () => setLive(false));
+    socket.on("connect_error", (err) => { setLive(false); if (/token/.test(err.message)) onLogout(); });
+    socket.on("new_email", (mail) => {
+      rememberEvent(mail);
+      changed(mail.id);
+      if (mail.unread && mail.source === "delivered") {
+        const line = announce(mail, { sound: settingsRef.current.sound !== false });
+        if (line) setToast(line);
+      }
+      if (!here(mail) || !matches(viewRef.current, mail)) return;
+      setEmails((list) => (list.some((m) => m.id === mail.id) ? list : [mail, ...list]));
+    });
+    socket.on("email_read", (e) => {
+      rememberEvent(e);
+      changed(e.emailId);
+      withdraw(e.emailId); // read anywhere: its notification goes away on every device
+      setEmails((l) => l.map((m) => (m.id === e.emailId ? { ...m, unread: false } : m)));
+    });
+    socket.on("email_flags", (e) => {
+      rememberEvent(e);
+      changed(e.emailId);
+      if (e.unread === false) withdraw(e.emailId);
+      setEmails((l) => l.map((m) => (m.id === e.emailId ? withFlags(m, e) : m)));
+    });
+    socket.on("email_deleted", (e) => {
+      rememberEvent(e);
+      withdraw(e.emailId);
+      gone.current.add(e.emailId);
+      setEmails((l) => l.filter((m) => m.id !== e.emailId));
+      setSelected((s) => (s && s.id === e.emailId ? null : s));
+    });
+    socket.on("email_moved", (e) => { rememberEvent(e); gone.current.add(e.emailId); setEmails((l) => l.filter((m) => m.id !== e.emailId)); });
+    socket.on("unread_count", (e) => {
+      rememberEvent(e);
+      countedAt.current.set(`${e.account}\n${e.mailbox}`, performance.now());
+      if (e.mailbox === "INBOX") setInboxUnread((u) => ({ ...u, [e.account]: e.unread }));
+      if (e.account !== where.current.account) return;
+      setMailboxes((boxes) => boxes.map((b) => (b.name === e.mailbox ? { ...b, unread: e.unread, total: e.total } : b)));
+    });
+    socket.on("mailbox_updated", (e) => { rememberEvent(e); if (e.account === where.current.account) reload().catch(() => {}); });
+    socket.on("email_sent", (e) => { rememberEvent(e); setToast(`Sent: ${e.subject || e.messageId}`); });
+    socket.on("user_typing", (e) => {
+      setTyping((t) => ({ ...t, [e.emailId]: e.user }));
+      setTimeout(() => setTyping((t) => { const next = { ...t }; delete next[e.emailId]; return next; }), 5000);
+    });
+    socket.on("resume_point", rememberPoint);
+    socket.on("resync", (e) => { forgetEvents(e && e.account); reload().catch(() => {}); });
+    return () => socket.disconnect();
+  }, [token, accounts, onLogout, reload]);
+
+  const unread = (mailboxes.find((b) => b.name === mailbox) || {}).unread ?? emails.filter((m) => m.unread).length;
+  useEffect(() => {
+    document.title = `${unread ? `(${unread}) ` : ""}${mailbox} — mail-bridge`;
+  }, [unread, mailbox]);
+
+  const open = (mail) => {
+    setSelected(mail);
+    if (mail.unread) socketRef.current?.emit("mark_read", { emailId: mail.id }, () => {});
+  };
+
+  const act = async (action, mail = selected, body = null) => {
+    if (!mail) return;
+    if (action === "label" || action === "star" || action === "unstar") {
+      // The change comes back as email_flags from Dovecot, to this device and every other.
+      const change = action === "label" ? { add: [body] } : action === "star" ? { add: ["\\Flagged"] } : { remove: ["\\Flagged"] };
+      await post(token, `/api/v1/email/${mail.id}/flags`, change).catch((err) => setToast(err.message));
+      return;
+    }
+    if (action === "reply" || action === "forward" || action === "edit") {
+      const subject = body.subject || "";
+      if (action === "reply") {
+        setComposing({ to: body.from, subject: /^re:/i.test(subject) ? subject : `Re: ${subject}`, body: quoted(body), inReplyTo: body.messageId, emailId: mail.id });
+      } else if (action === "forward") setComposing({ subject: /^fwd:/i.test(subject) ? subject : `Fwd: ${subject}`, body: quoted(body) });
+      else setComposing({ to: (body.to || []).join(", "), cc: (body.cc || []).join(", "), subject, body: body.text, draftId: mail.id });
+      return;
+    }
+    if (action === "read" || action === "unread") {
+      const ack = await socketRef.current?.timeout(15_000).emitWithAck("mark_read", { emailId: mail.id, read: action === "read" }).catch(() => null);
+      if (!ack || !ack.ok) setToast(`Not changed: ${ack ? ack.error : "no answer from the bridge"}`);
+      return;
+    }
+    try {
+      const path = action === "archive" ? `/api/v1/email/${mail.id}/archive` : `/api/v1/email/${mail.id}`;
+      await api(token, path, { method: action === "archive" ? "POST" : "DELETE" });
+      if (selected && selected.id === mail.id) setSelected(null);
+      setToast(action === "archive" ? "Archived" : "Deleted");
+    } catch (err) {
+      setToast(err.message);
+    }
+  };
+
+  // Keyboard: j/k next/previous, o or Enter open, e archive, # delete, r reply, u unread, s star,
+  // c compose, / search.
+  const keys = useRef({});
+  keys.current = { emails, selected, open, act };
+  useEffect(() => {
+    const onKey = (e) => {
+      if (e.target.closest && e.target.closest("input, textarea, select, [contenteditable], .compose")) return;
+      if (e.ctrlKey || e.metaKey || e.altKey) return;
+      const { emails: list, selected: current, open: openMail, act: doAct } = keys.current;
+      const index = current ? list.findIndex((m) => m.id === current.id) : -1;
+      if (e.key === "j" && list.length) openMail(list[Math.min(list.length - 1, index + 1)]);
+      else if (e.key === "k" && list.length) openMail(list[Math.max(0, index - 1)]);
+      else if ((e.key === "o" || (e.key === "Enter" && !e.target.closest("button"))) && list.length && !current) openMail(list[0]);
+      else if (e.key === "e") doAct("archive");
+      else if (e.key === "#") doAct("delete");
+      else if (e.key === "u") doAct("unread");
+      else if (e.key === "s" && current) {
+        const fresh = list.find((m) => m.id === current.id) || current;
+        doAct((fresh.flags || []).includes("\\Flagged") ? "unstar" : "star", fresh);
+      }
+      else if (e.key === "r" && current) {
+        api(token, `/api/v1/email/${current.id}`).then((body) => doAct("reply", current, body), (err) => setToast(err.message));
+      } else if (e.key === "c") setComposing({});
+      else if (e.key === "/") { e.preventDefault(); searchRef.current?.focus(); }
+    };
+    window.addEventListener("keydown", onKey);
+    return () => window.removeEventListener("keydown", onKey);
+  }, [token]);
+
+  const queued = outbox().length;
+  const status = live ? "● Live" : online ? "○ Reconnecting…" : "○ Offline";
+  const switchTo = (a) => { setEmails([]); setSelected(null); setMailbox("INBOX"); setAccount(a); };
+  const toggleSound = () => {
+    const sound = settings.sound === false;
+    setSettings({ ...settings, sound });
+    api(token, `/api/v1/settings?account=${encodeURIComponent(account)}`, { method: "PUT", body: JSON.stringify({ sound }) }).catch(() => {});
+  };
+  return (
+    <div className={selected ? "app reading" : "app"}>
+      <header>
+        <h1 className="brand">mail-bridge</h1>
+        <span className={live ? "live on" : "live off"} role="status" aria-live="polite">{status}{queued ? ` · ${queued} queued` : ""}</span>
+        {accounts.length > 1 ? (
+          <label className="switcher">Account{" "}
+            <select value={account || ""} onChange={(e) => switchTo(e.target.value)}>
+              {accounts.map((a) => <option key={a} value={a}>{a}{inboxUnread[a] ? ` (${inboxUnread[a]})` : ""}</option>)}
+            </select>
+          </label>
+        ) : (
+          <span className="who">{account}</span>
+        )}
+        <span className="spacer" />
+        <button onClick={() => setComposing({})}>Compose</button>
+        <button onClick={toggleSound} aria-pressed={settings.sound !== false}>Sound</button>
+        {mayAskToNotify() && <button onClick={() => Notification.requestPermission().then(() => setToasts((ts) => [...ts]))}>Enable notifications</button>}
+        <button onClick={onLogout}>Sign out</button>
+      </header>
+      <nav aria-label="Mailboxes">
+        {(mailboxes.length ? mailboxes : [{ name: "INBOX", unread: 0 }]).map((b) => (
+          <button key={b.name} className={b.name === mailbox ? "box current" : "box"} aria-current={b.name === mailbox ? "page" : undefined} onClick={() => { setEmails([]); setMailbox(b.name); setSelected(null); }}>
+            {b.name}{b.unread ? ` (${b.unread})` : ""}
+          </button>
+        ))}
+      </nav>
+      <main className="listing">
+        <form role="search" className="search" onSubmit={(e) => { e.preventDefault(); setEmails([]); setView({ ...view, q: query.trim() }); }}>
+          <input ref={searchRef} type="search" aria-label="Search mail" placeholder="Search (from: subject: is:unread …)" value={query} onChange={(e) => setQuery(e.target.value)} />
+        </form>
+        <div role="tablist" aria-label="Categories" className="tabs">
+          {[["", "All"], ["primary", "Primary"], ["social", "Social"], ["promotions", "Promotions"]].map(([key, label]) => (
+            <button key={key} role="tab" aria-selected={view.tab === key} onClick={() => { setEmails([]); setView({ ...view, tab: key }); }}>{label}</button>
+          ))}
+        </div>
+        <div className="filters" role="group" aria-label="Quick filters">
+          {[["unread", "Unread"], ["starred", "Starred"], ["attachments", "Attachments"]].map(([key, label]) => (
+            <button key={key} aria-pressed={view.filter === key} onClick={() => { setEmails([]); setView({ ...view, filter: view.filter === key ? "" : key }); }}>{label}</button>
+          ))}
+        </div>
+        <MessageList emails={emails} selectedId={selected?.id} onOpen={open} onAction={(a, m) => act(a, m)} />
+      </main>
+      {selected ? (
+        <Preview
+          token={token}
+          email={emails.find((m) => m.id === selected.id) || selected}
+          typing={typing[selected.id]}
+          onAction={(a, body) => act(a, selected, body)}
+          onBack={() => setSelected(null)}
+          onError={setToast}
+        />
+      ) : (
+        <section className="preview empty" aria-label="Message">Select a message</section>
+      )}
+      {composing && account && (
+        <Compose
+          token={token}
+          accounts={accounts}
+          account={account}
+          socket={socketRef.current}
+          initial={composing}
+          onClose={(msg) => { setComposing(null); setToast(msg); }}
+        />
+      )}
+      <div className="toasts">
+        {toasts.map((t) => (
+          <div key={t.id} className="toast" role="status" onClick={() => setToasts((ts) => ts.filter((x) => x.id !== t.id))}>{t.text}</div>
+        ))}
+      </div>
+    </div>
+  );
+}

@@ -1,0 +1,39 @@
+// New-mail signals: a quiet chime, a desktop notification when allowed, else the page's toast.
+// Notifications are tagged with the email id so reading the mail anywhere can close them.
+const open = new Map();
+
+// Web Audio; browsers allow it once the page has had a user gesture.
+export function chime() {
+  try {
+    const ctx = chime.ctx || (chime.ctx = new AudioContext());
+    const osc = ctx.createOscillator();
+    const gain = ctx.createGain();
+    osc.frequency.value = 880;
+    gain.gain.setValueAtTime(0.05, ctx.currentTime);
+    gain.gain.exponentialRampToValueAtTime(0.0001, ctx.currentTime + 0.3);
+    osc.connect(gain).connect(ctx.destination);
+    osc.start();
+    osc.stop(ctx.currentTime + 0.3);
+  } catch {
+    // No audio here: the list and the notification still tell.
+  }
+}
+
+export const canNotify = () => "Notification" in window && Notification.permission === "granted";
+export const mayAskToNotify = () => "Notification" in window && Notification.permission === "default";
+
+/** Announce new mail; returns a line for the toast when no desktop notification could be shown. */
+export function announce(mail, { sound }) {
+  if (sound) chime();
+  const from = mail.fromName || mail.fromAddress || mail.from || "someone";
+  if (canNotify()) {
+    open.set(mail.id, new Notification(from, { body: mail.subject || "(no subject)", tag: mail.id }));
+    return "";
+  }
+  return `New mail from ${from}: ${mail.subject || "(no subject)"}`;
+}
+
+export function withdraw(emailId) {
+  open.get(emailId)?.close();
+  open.delete(emailId);
+}

@@ -1,0 +1,52 @@
+// Where the signed-in session lives: this tab's sessionStorage (gone when the tab closes).
+// A host website that issues its own tokens opens the client as /#token=<jwt>; the token is taken
+// from the fragment (never sent to any server as part of a URL) and the fragment is cleared.
+const SESSION = "mail-bridge-session";
+const LAST_EVENT = "mail-bridge-last-event";
+
+export function readSession() {
+  const fragment = new URLSearchParams(window.location.hash.slice(1));
+  const token = fragment.get("token");
+  if (token) {
+    history.replaceState(null, "", window.location.pathname + window.location.search);
+    const session = { token };
+    saveSession(session);
+    sessionStorage.removeItem(LAST_EVENT);
+    return session;
+  }
+  return JSON.parse(sessionStorage.getItem(SESSION) || "null");
+}
+
+export function saveSession(session) {
+  sessionStorage.setItem(SESSION, JSON.stringify(session));
+}
+
+export function clearSession() {
+  sessionStorage.removeItem(SESSION);
+  sessionStorage.removeItem(LAST_EVENT);
+  // Mail kept for offline reading belongs to this session only.
+  if (window.caches) caches.delete("mail-bridge-data").catch(() => {});
+}
+
+// The resume point for the bridge's lastEventId, one per account (event ids are per-account logs).
+export function lastEventIds() {
+  return JSON.parse(sessionStorage.getItem(LAST_EVENT) || "{}");
+}
+
+export function rememberEvent(event) {
+  if (!event || !event.eventId || !event.account) return;
+  const ids = lastEventIds();
+  ids[event.account] = event.eventId;
+  sessionStorage.setItem(LAST_EVENT, JSON.stringify(ids));
+}
+
+// Where this session's view of an account begins, given by the bridge when it had no position yet.
+export function rememberPoint(point) {
+  if (point && point.account && !lastEventIds()[point.account]) rememberEvent(point);
+}
+
+export function forgetEvents(account) {
+  const ids = lastEventIds();
+  if (account) delete ids[account];
+  sessionStorage.setItem(LAST_EVENT, JSON.stringify(account ? ids : {}));
+}
