@@ -1,10 +1,15 @@
 // mail-bridge service worker: the app shell and recently read mail stay readable offline.
 // Shell: cached at install (the page and the hashed assets it names), served network-first for the
 // page so a new deploy shows at once, cache-first for assets (their names change with content).
-// Mail: GETs under /api/v1/ go to the network and a copy is kept; offline, the copy answers.
-// Socket.IO, non-GET requests and attachments are never cached.
+// Mail: GETs under /api/v1/ (message bodies, mailboxes, settings) go to the network and a copy is
+// kept; offline, the copy answers. Socket.IO, non-GET requests, listings and attachments are never
+// cached.
 const SHELL = "mail-bridge-shell-v1";
 const DATA = "mail-bridge-data";
+// Listings are not kept here: the page keeps the list it last showed (fresher than any listing,
+// since live events update it), and a stale listing from here would undo that. Attachments can be
+// large and are fetched on demand.
+const NOT_CACHED = /^\/api\/v1\/email\/(inbox|search)$|\/attachments\//;
 
 self.addEventListener("install", (event) => {
   event.waitUntil(
@@ -59,7 +64,7 @@ self.addEventListener("fetch", (event) => {
   if (request.method !== "GET" || url.origin !== self.location.origin) return;
   if (request.mode === "navigate") event.respondWith(networkFirst(request, SHELL, "/"));
   else if (url.pathname.startsWith("/assets/")) event.respondWith(cacheFirst(request));
-  else if (url.pathname.startsWith("/api/v1/") && !url.pathname.includes("/attachments/")) {
+  else if (url.pathname.startsWith("/api/v1/") && !NOT_CACHED.test(url.pathname)) {
     event.respondWith(networkFirst(request, DATA));
   }
 });

@@ -2,7 +2,7 @@ import { useCallback, useEffect, useRef, useState } from "react";
 import { io } from "socket.io-client";
 import { api, post } from "./api.js";
 import { announce, mayAskToNotify, withdraw } from "./notify.js";
-import { flushOutbox, outbox, registerServiceWorker } from "./offline.js";
+import { flushOutbox, outbox, registerServiceWorker, rememberList, rememberedList } from "./offline.js";
 import { forgetEvents, lastEventIds, rememberEvent, rememberPoint, saveSession } from "./session.js";
 import { Compose } from "./Compose.jsx";
 import { MessageList } from "./MessageList.jsx";
@@ -25,10 +25,13 @@ const TABS = {
 // Does a mail pushed live belong in the current view? (Searches are answered by the bridge only.)
 const matches = (view, m) => !view.q && FILTERS[view.filter](m) && TABS[view.tab](m);
 
+const INDEX_LAG_MS = 10_000;
+const isDefaultView = (v) => !v.q && !v.filter && !v.tab;
+
 /**
  * The listing just fetched, merged with the list on screen. The listing is the truth as of when it
  * was asked for (`since`); a live event that came after that is newer still. So, per message: the
- * live copy wins if it changed after `since`, else the listing's; a message the listing lacks stays
+ * live copy wins if it changed after `since` (give or take the index's lag), else the listing's; a message the listing lacks stays
  * only if it arrived live after `since` (else it was deleted or moved meanwhile).
  */
 function merge(fetched, current, where, view, gone, since, changedAt) {
@@ -37,7 +40,9 @@ function merge(fetched, current, where, view, gone, since, changedAt) {
   for (const m of fetched) if (!gone.has(m.id)) byId.set(m.id, m);
   for (const m of current) {
     if (m.account !== where.account || m.mailbox !== where.mailbox) continue;
-    const newer = (changedAt.get(m.id) || 0) > since;
+    // The index applies the same events in its own consumer group and may lag the live relay a
+    // little: a live change from just before the listing was asked for still beats it.
+    const newer = (changedAt.get(m.id) || 0) > since - INDEX_LAG_MS;
     if (byId.has(m.id)) byId.set(m.id, newer ? { ...byId.get(m.id), ...m } : { ...m, ...byId.get(m.id) });
     else if (newer && matches(view, m)) byId.set(m.id, m);
   }
@@ -112,6 +117,24 @@ export function Mail({ session, onLogout }) {
     );
   }, [token, account]);
 
+  const reloadBoxes = useCallback(async () => {
+    const acct = where.current.account;
+    if (!acct) return;
+    const since = performance.now();
+    const boxes = await api(token, `/api/v1/mailboxes?account=${encodeURIComponent(acct)}`);
+    if (where.current.account !== acct) return; // switched meanwhile
+    // Counts pushed live after the listing was asked for are newer than the listing's.
+    const newer = (name) => (countedAt.current.get(`${acct}\n${name}`) || 0) > since;
+    setMailboxes((current) =>
+      boxes.mailboxes.map((b) => {
+        const live = current.find((c) => c.name === b.name);
+        return live && newer(b.name) ? { ...b, unread: live.unread, total: live.total } : b;
+      }),
+    );
+    const inbox = boxes.mailboxes.find((b) => b.name === "INBOX");
+    if (inbox && !newer("INBOX")) setInboxUnread((u) => ({ ...u, [acct]: inbox.unread }));
+  }, [token]);
+
   const reload = useCallback(async () => {
     const { account: acct, mailbox: box } = where.current;
     if (!acct) return;
@@ -121,25 +144,22 @@ export function Mail({ session, onLogout }) {
     const filters = [v.filter, v.tab].filter(Boolean).join(",");
     if (filters) params.set("filter", filters);
     if (v.q) params.set("q", v.q);
-    const [list, boxes] = await Promise.all([
-      api(token, `/api/v1/email/inbox?${params}`),
-      api(token, `/api/v1/mailboxes?account=${encodeURIComponent(acct)}`),
-    ]);
-    if (where.current.account !== acct || where.current.mailbox !== box) return; // switched meanwhile
-    // Mail that arrived live while the listing was on its way is newer than the listing: keep it.
+    const [list] = await Promise.all([api(token, `/api/v1/email/inbox?${params}`), reloadBoxes()]);
+    if (where.current.account !== acct || where.current.mailbox !== box || viewRef.current !== v) return; // switched meanwhile
     setEmails((current) => merge(list.emails, current, { account: acct, mailbox: box }, v, gone.current, since, changedAt.current));
-    // Counts pushed live after the listing was asked for are newer than the listing's.
-    setMailboxes((current) =>
-      boxes.mailboxes.map((b) => {
-        const live = current.find((c) => c.name === b.name);
-        return live && (countedAt.current.get(`${acct}\n${b.name}`) || 0) > since ? { ...b, unread: live.unread, total: live.total } : b;
-      }),
-    );
-    const inbox = boxes.mailboxes.find((b) => b.name === "INBOX");
-    if (inbox && !((countedAt.current.get(`${acct}\nINBOX`) || 0) > since)) setInboxUnread((u) => ({ ...u, [acct]: inbox.unread }));
-  }, [token]);
+  }, [token, reloadBoxes]);
 
-  useEffect(() => { reload().catch((e) => setToast(e.message)); }, [account, mailbox, view, reload]);
+  // The list last seen for this mailbox shows at once (and offline), then the listing updates it.
+  useEffect(() => {
+    setEmails(account && isDefaultView(view) ? rememberedList(account, mailbox) : []);
+  }, [account, mailbox, view]);
+  useEffect(() => {
+    if (account && isDefaultView(viewRef.current)) rememberList(account, mailbox, emails.filter((m) => m.account === account && m.mailbox === mailbox));
+  }, [emails]); // eslint-disable-line react-hooks/exhaustive-deps
+
+  useEffect(() => {
+    reload().catch((e) => navigator.onLine && setToast(e.message));
+  }, [account, mailbox, view, reload]);
 
   // Unread counts of the other accounts, for the switcher.
   useEffect(() => {
@@ -222,7 +242,12 @@ export function Mail({ session, onLogout }) {
       if (e.account !== where.current.account) return;
       setMailboxes((boxes) => boxes.map((b) => (b.name === e.mailbox ? { ...b, unread: e.unread, total: e.total } : b)));
     });
-    socket.on("mailbox_updated", (e) => { rememberEvent(e); if (e.account === where.current.account) reload().catch(() => {}); });
+    socket.on("mailbox_updated", (e) => {
+      rememberEvent(e);
+      if (e.account !== where.current.account) return;
+      const onScreen = [e.mailbox, e.oldMailbox].includes(where.current.mailbox);
+      (onScreen ? reload() : reloadBoxes()).catch(() => {});
+    });
     socket.on("email_sent", (e) => { rememberEvent(e); setToast(`Sent: ${e.subject || e.messageId}`); });
     socket.on("user_typing", (e) => {
       setTyping((t) => ({ ...t, [e.emailId]: e.user }));
@@ -305,7 +330,7 @@ export function Mail({ session, onLogout }) {
 
   const queued = outbox().length;
   const status = live ? "● Live" : online ? "○ Reconnecting…" : "○ Offline";
-  const switchTo = (a) => { setEmails([]); setSelected(null); setMailbox("INBOX"); setAccount(a); };
+  const switchTo = (a) => { setSelected(null); setMailbox("INBOX"); setAccount(a); };
   const toggleSound = () => {
     const sound = settings.sound === false;
     setSettings({ ...settings, sound });
@@ -333,23 +358,23 @@ export function Mail({ session, onLogout }) {
       </header>
       <nav aria-label="Mailboxes">
         {(mailboxes.length ? mailboxes : [{ name: "INBOX", unread: 0 }]).map((b) => (
-          <button key={b.name} className={b.name === mailbox ? "box current" : "box"} aria-current={b.name === mailbox ? "page" : undefined} onClick={() => { setEmails([]); setMailbox(b.name); setSelected(null); }}>
+          <button key={b.name} className={b.name === mailbox ? "box current" : "box"} aria-current={b.name === mailbox ? "page" : undefined} onClick={() => { setMailbox(b.name); setSelected(null); }}>
             {b.name}{b.unread ? ` (${b.unread})` : ""}
           </button>
         ))}
       </nav>
       <main className="listing">
-        <form role="search" className="search" onSubmit={(e) => { e.preventDefault(); setEmails([]); setView({ ...view, q: query.trim() }); }}>
+        <form role="search" className="search" onSubmit={(e) => { e.preventDefault(); setView({ ...view, q: query.trim() }); }}>
           <input ref={searchRef} type="search" aria-label="Search mail" placeholder="Search (from: subject: is:unread …)" value={query} onChange={(e) => setQuery(e.target.value)} />
         </form>
         <div role="tablist" aria-label="Categories" className="tabs">
           {[["", "All"], ["primary", "Primary"], ["social", "Social"], ["promotions", "Promotions"]].map(([key, label]) => (
-            <button key={key} role="tab" aria-selected={view.tab === key} onClick={() => { setEmails([]); setView({ ...view, tab: key }); }}>{label}</button>
+            <button key={key} role="tab" aria-selected={view.tab === key} onClick={() => setView({ ...view, tab: key })}>{label}</button>
           ))}
         </div>
         <div className="filters" role="group" aria-label="Quick filters">
           {[["unread", "Unread"], ["starred", "Starred"], ["attachments", "Attachments"]].map(([key, label]) => (
-            <button key={key} aria-pressed={view.filter === key} onClick={() => { setEmails([]); setView({ ...view, filter: view.filter === key ? "" : key }); }}>{label}</button>
+            <button key={key} aria-pressed={view.filter === key} onClick={() => setView({ ...view, filter: view.filter === key ? "" : key })}>{label}</button>
           ))}
         </div>
         <MessageList emails={emails} selectedId={selected?.id} onOpen={open} onAction={(a, m) => act(a, m)} />

@@ -1,5 +1,5 @@
 // Offline support: the service worker (public/sw.js) keeps the shell and recently fetched mail
-// readable; mail written while offline waits in an outbox in localStorage (it survives a reload or
+// readable, the last list shown is kept per mailbox; mail written while offline waits in an outbox in localStorage (it survives a reload or
 // a closed tab) and is sent when the socket is back.
 const OUTBOX = "mail-bridge-outbox";
 
@@ -10,6 +10,22 @@ export function registerServiceWorker(onReady) {
   });
   // Once the worker controls the page, fetch the listing again so it passes through its cache.
   navigator.serviceWorker.addEventListener("controllerchange", onReady);
+}
+
+// The list last shown for a mailbox, for this tab's session (sessionStorage: gone with the tab,
+// like the session itself): shown at once on the next load, and the only list there is offline.
+const listKey = (account, mailbox) => `mail-bridge-list:${account}\n${mailbox}`;
+
+export function rememberList(account, mailbox, emails) {
+  try {
+    sessionStorage.setItem(listKey(account, mailbox), JSON.stringify(emails.slice(0, 100)));
+  } catch {
+    // Storage full: the next load waits for the listing, nothing else changes.
+  }
+}
+
+export function rememberedList(account, mailbox) {
+  return JSON.parse(sessionStorage.getItem(listKey(account, mailbox)) || "[]");
 }
 
 export function outbox() {
