@@ -61,8 +61,10 @@ def demo_mail(to: str, tag: str) -> list[Any]:
 
 
 async def test_main_screens_are_accessible_work_on_a_phone_and_are_captured(
-    browser: Browser, stack: StackInfo, account: Account
+    browser: Browser, stack: StackInfo, stack_secrets: dict[str, Any]
 ) -> None:
+    # The demo login that `make run` prints, so the screenshots show what a newcomer sees.
+    account = Account("alice@example.test", stack_secrets["passwords"]["alice@example.test"])
     SHOTS.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:4]
     await asyncio.to_thread(send_smtp, stack, demo_mail(account.email, tag))
