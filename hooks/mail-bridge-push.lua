@@ -215,17 +215,26 @@ local function add(ctx, e)
   ctx.events[#ctx.events + 1] = e
 end
 
+-- A header value as Dovecot hands it is still folded (RFC 5322 2.2.3: a long header line goes on
+-- over CRLF + whitespace). Unfold it and trim the ends, so e.g. a Message-ID folded onto its own
+-- line reads "<id@host>", the same as the content filter reports it.
+local function header(s, limit)
+  if s == nil then return nil end
+  s = tostring(s):gsub("\r?\n([ \t])", "%1"):gsub("^%s+", ""):gsub("%s+$", "")
+  return text(s, limit)
+end
+
 local function added(ctx, kind, ev)
   local e = message(ctx, kind, ev)
-  e.from = text(ev.from)
+  e.from = header(ev.from)
   e.from_address = text(ev.from_address, 512)
   e.from_name = text(ev.from_display_name, 512)
-  e.to = text(ev.to)
+  e.to = header(ev.to)
   e.to_address = text(ev.to_address, 512)
   e.to_name = text(ev.to_display_name, 512)
-  e.subject = text(ev.subject, 2048)
+  e.subject = header(ev.subject, 2048)
   e.snippet = text(ev.snippet, 1024)
-  e.message_id = text(ev.message_id, 1024)
+  e.message_id = header(ev.message_id, 1024)
   local date = int(ev.date)
   if date ~= nil and date ~= 0 then e.date = date end -- 0 means "no Date header"
   e.tz = int(ev.tz) or 0

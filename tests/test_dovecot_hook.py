@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
+import smtplib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -87,6 +88,23 @@ def test_missing_date_header_gives_no_date(stack: StackInfo, account: Account, s
     lmtp_deliver(stack, account.email, sample_message(date=None))
     _create, new = watch.expect(2)
     assert isinstance(new, MessageNew) and new.date is None
+
+
+def test_folded_header_values_arrive_unfolded(stack: StackInfo, account: Account, sync_redis: redis.Redis) -> None:
+    """A Message-ID too long for one line is folded onto the next (RFC 5322 2.2.3), as Python's
+    email package does: the event carries it unfolded, as the content filter reports it."""
+    watch = StreamWatch(sync_redis, account.email)
+    long_id = f"<{'x' * 70}.folded@outside.test>"
+    raw = sample_message().as_bytes()
+    raw = raw.replace(b"Message-ID: <hook-test-1@outside.test>", f"Message-ID:\n {long_id}".encode())
+    raw = raw.replace(b"To: ", b"To:\n\t", 1)
+    assert f"Message-ID:\n {long_id}".encode() in raw and b"To:\n\tAlice" in raw
+    with smtplib.LMTP(stack.lmtp["host"], stack.lmtp["port"], timeout=10) as lmtp:
+        lmtp.sendmail("juergen@outside.test", [account.email], raw)  # smtplib sends CRLF line ends
+    _create, new = watch.expect(2)
+    assert isinstance(new, MessageNew)
+    assert new.message_id == long_id
+    assert new.to == "Alice <alice@example.test>"
 
 
 def test_imap_operations_produce_exactly_their_events(
