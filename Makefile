@@ -9,20 +9,29 @@ DEBS := dovecot-imapd dovecot-lmtpd dovecot-sieve postfix redis-server lua-socke
 TEST_DEBS := chromium fonts-noto-color-emoji
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck setup debs test-debs venv ferretdb web screenshots clean
+.PHONY: run test bench check lint typecheck setup debs test-debs venv ferretdb web screenshots clean
 
 run: setup
 	$(PY) -m bridge stack
 
 test: setup test-debs
-	$(VENV)/bin/ruff check bridge tests hooks
+	$(VENV)/bin/ruff check bridge tests hooks bench
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
+
+# Benchmarks on the real stack (about 10 minutes); writes docs/benchmarks.md and its plots.
+bench: setup $(VENV)/.bench-installed
+	$(VENV)/bin/mypy --strict bench
+	$(PY) -m bench
+
+$(VENV)/.bench-installed: setup.cfg $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
 
 check: lint typecheck
 
 lint: venv
-	$(VENV)/bin/ruff check bridge tests hooks
+	$(VENV)/bin/ruff check bridge tests hooks bench
 
 typecheck: venv
 	$(VENV)/bin/mypy

@@ -1,0 +1,96 @@
+"""The stack the benchmark runs on: the same launcher as `make run`, in its own state dir and ports.
+
+`BenchStack` starts Redis, the store, Dovecot, Postfix and one bridge process, creates benchmark
+users in batches, and mints tokens with the stack's own secret (so thousands of sockets need no
+thousands of logins). Limits meant for browsers (sockets per user, requests per second) are raised
+here: the benchmark measures the relay, not the rate limiter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridge.auth import TokenIssuer
+from bridge.settings import DEFAULT_PORTS, StackSettings
+from bridge.stack.launcher import Stack, StackInfo
+
+REPO = Path(__file__).resolve().parent.parent
+STATE = REPO / "var" / "bench-stack"
+
+BENCH_ENV = {
+    "BRIDGE_MAX_SOCKETS_PER_USER": "100000",
+    "BRIDGE_REQUESTS_PER_SECOND": "100000",
+    "BRIDGE_SEND_PER_MINUTE": "100000",
+    "BRIDGE_LOG_LEVEL": "WARNING",  # a log line per event would measure the logger
+}
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass(frozen=True)
+class User:
+    email: str
+    password: str
+
+
+class BenchStack:
+    def __init__(self, launcher: Stack, info: StackInfo, state: Path) -> None:
+        self.launcher = launcher
+        self.info = info
+        self.state = state
+        data = json.loads((state / "secrets.json").read_text())
+        self.secrets = data
+        self.issuer = TokenIssuer(
+            secret=data["jwt_secret"], issuer="mail-bridge", audience="mail-bridge", ttl_s=6 * 3600
+        )
+
+    def add_users(self, count: int, prefix: str) -> list[User]:
+        """`count` fresh accounts, added to Dovecot's passwd-file in one write."""
+        users = [User(f"{prefix}{n:05d}@example.test", secrets.token_urlsafe(12)) for n in range(count)]
+        self.launcher.add_users({u.email: u.password for u in users})
+        return users
+
+    def token(self, email: str) -> str:
+        token, _expires = self.issuer.issue(email, (email,))
+        return token
+
+    def pid(self, service: str) -> int:
+        process = self.launcher.service(service).process
+        assert process is not None
+        return process.pid
+
+
+@contextmanager
+def running_stack(state: Path = STATE) -> Iterator[BenchStack]:
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    ports = free_ports(len(DEFAULT_PORTS))
+    env = {f"BRIDGE_{name.upper()}_PORT": str(port) for name, port in zip(DEFAULT_PORTS, ports, strict=True)}
+    env["BRIDGE_STATE_DIR"] = str(state)
+    settings = StackSettings.from_env({**os.environ, **BENCH_ENV, **env}, repo_dir=REPO)
+    launcher = Stack(settings)
+    started = time.monotonic()
+    info = launcher.start()
+    print(f"stack up in {time.monotonic() - started:.1f} s: {info.web_url}", flush=True)
+    try:
+        yield BenchStack(launcher, info, state)
+    finally:
+        launcher.stop()
