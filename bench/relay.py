@@ -168,11 +168,13 @@ class RssSampler:
         self.peak = max(self.peak, rss_bytes(self.pid))
 
 
-async def settle(pid: int, *, below: float = 0.03, window: float = 0.5, timeout: float = 30.0) -> float:
-    """Wait until the process's background work is over (the first-connect backfill, a drain):
-    its CPU use over `window` seconds is below `below` of a core, or has levelled off (four
-    windows within 0.05 of a core of each other, under half a core: thousands of idle sockets cost
-    a steady share of a core in Engine.IO pings). Returns the seconds waited."""
+async def settle(
+    pid: int, *, below: float = 0.03, window: float = 0.5, timeout: float = 30.0, plateau: bool = False
+) -> float:
+    """Wait until the process's background work is over (the first-connect backfill, a drain): its
+    CPU use over `window` seconds is below `below` of a core. With `plateau`, also once it has
+    levelled off (four windows within 0.05 of a core of each other, under half a core: thousands of
+    idle sockets cost a steady share of a core in Engine.IO pings). Returns the seconds waited."""
     started = time.monotonic()
     recent: list[float] = []
     while time.monotonic() - started < timeout:
@@ -182,7 +184,7 @@ async def settle(pid: int, *, below: float = 0.03, window: float = 0.5, timeout:
         if usage < below:
             break
         recent = [*recent[-3:], usage]
-        if len(recent) == 4 and max(recent) < 0.5 and max(recent) - min(recent) < 0.05:
+        if plateau and len(recent) == 4 and max(recent) < 0.5 and max(recent) - min(recent) < 0.05:
             break
     return round(time.monotonic() - started, 2)
 
@@ -210,11 +212,17 @@ async def warm_accounts(
     socket costs. Waves, because a thousand backfills at once time out against Dovecot and are
     postponed to the next connection (that is, into the measurement)."""
     bridge = stack.pid("bridge")
+    imap_port = int(stack.info.imap["port"])
     cpu0, started = cpu_seconds(bridge), time.monotonic()
     for lo in range(0, len(accounts), wave):
         tokens = [stack.token(a) for a in accounts[lo : lo + wave]]
         async with SocketFleet(stack.info.web_url, tokens, processes=processes, mode="count"):
-            await settle(bridge, timeout=60)
+            deadline = time.monotonic() + 60
+            # Backfill is over when the bridge holds no IMAP connection and is idle again.
+            while time.monotonic() < deadline:
+                await settle(bridge, below=0.05, timeout=max(0.0, deadline - time.monotonic()))
+                if tcp_connections(bridge, imap_port) == 0:
+                    break
     return {
         "accounts": len(accounts),
         "wave": wave,
@@ -487,7 +495,7 @@ async def relay_ceiling(
             stack.info.web_url, tokens, processes=processes, mode="count", connect_concurrency=connect_concurrency
         ) as fleet:
             connect_wall_s = time.monotonic() - fleet_started
-            settled_s = await settle(bridge, below=0.05, timeout=60)
+            settled_s = await settle(bridge, below=0.05, timeout=60, plateau=True)
             injector = Injector(redis, names.dovecot, kind)
             injector.check(accounts[0])
 
@@ -687,7 +695,7 @@ async def socket_memory(
                 run["bridge_cpu_per_connect_ms"] = round(
                     1000 * run["bridge_cpu_connect_s"] / max(1, fleet.connected), 3
                 )
-                run["settle_s"] = await settle(bridge, timeout=60)
+                run["settle_s"] = await settle(bridge, timeout=60, plateau=True)
                 run["rss_with_bytes"] = with_sockets = rss_bytes(bridge)
                 run["idle_cpu"] = await idle_cpu(bridge)
                 run["open_fds"] = open_fds(bridge)

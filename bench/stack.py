@@ -81,7 +81,7 @@ class BenchStack:
 @contextmanager
 def running_stack(state: Path = STATE) -> Iterator[BenchStack]:
     shutil.rmtree(state, ignore_errors=True)
-    state.mkdir(parents=True)
+    state.mkdir(parents=True, exist_ok=True)  # a dying service may have re-created a subfolder
     ports = free_ports(len(DEFAULT_PORTS))
     env = {f"BRIDGE_{name.upper()}_PORT": str(port) for name, port in zip(DEFAULT_PORTS, ports, strict=True)}
     env["BRIDGE_STATE_DIR"] = str(state)
