@@ -76,7 +76,8 @@ class Store:
 
     async def apply(self, event: Event) -> tuple[str, str] | None:
         """Bring the index up to date with one event; returns the (account, mailbox) whose counts
-        may have changed, if any. Raises Unavailable when the store does not answer."""
+        may have changed (a message added or expunged, \\Seen set or cleared), if any. Raises
+        Unavailable when the store does not answer."""
         try:
             return await self._apply(event)
         except PyMongoError as exc:
@@ -104,7 +105,9 @@ class Store:
             if SEEN in event.flags:
                 update["$set"] = {"seen": isinstance(event, FlagsSet)}
             await self.messages.update_one(key, update)
-            return event.account, event.mailbox
+            # Only \Seen moves a mailbox's counts; other flags and keywords leave unread and total
+            # as they were, so there is nothing to recount (and no count query per flag change).
+            return (event.account, event.mailbox) if SEEN in event.flags else None
         if isinstance(event, MailboxRename):
             # Dovecot keeps UIDs and UIDVALIDITY across a rename (RFC 3501 6.3.5 allows either).
             await self.messages.update_many(

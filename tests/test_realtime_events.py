@@ -258,6 +258,23 @@ async def test_unread_counts_follow_deliveries_and_reads(
     assert counted["unread"] == 1 and counted["account"] == account.email and counted["eventId"]
     assert await client.sio.call("mark_read", {"emailId": mail["id"]}, timeout=15) == {"ok": True}
     await client.wait_for("unread_count", lambda e: e["mailbox"] == "INBOX" and e["unread"] == 0)
+    # A flag that is not \Seen moves no count: the star arrives, and no unread_count with it.
+    def counts() -> int:
+        return sum(1 for name, _e in client.events if name == "unread_count")
+
+    before = counts()
+    await client.sio.call("mark_read", {"emailId": mail["id"], "read": False}, timeout=15)
+    for _ in range(150):  # \Seen cleared: one more count
+        if counts() == before + 1:
+            break
+        await asyncio.sleep(0.1)
+    assert counts() == before + 1
+    imap = imap_session(stack, account)
+    imap.uid("STORE", str(mail["uid"]), "+FLAGS", "(\\Flagged)")
+    imap.logout()
+    await client.wait_for("email_flags", lambda e: "\\Flagged" in e["added"])
+    await asyncio.sleep(0.5)
+    assert counts() == before + 1
     await client.close()
 
 
