@@ -12,8 +12,9 @@ them: the relay ("bridge") turns each into browser events for the account's room
 Nothing is disabled: that cost is part of the bridge.
 
 Kinds of injected event (`kind`):
-  "flags"      flags.set `$Bench` keyword: the relay emits one `email_flags`; the indexer updates the
-               store and emits one `unread_count` (two browser events per ingest event in all).
+  "flags"      flags.set of a `$Bench` keyword: the relay emits one `email_flags`; the indexer updates
+               the store (a keyword moves no counts, so it neither recounts nor emits `unread_count`;
+               a `\\Seen` change would).
   "subscribe"  mailbox.subscribe: the relay emits one `mailbox_updated`; the indexer writes nothing
                and emits nothing (the relay's cost alone).
 
@@ -490,6 +491,8 @@ async def relay_ceiling(
     redis = aioredis.Redis.from_url(stack.info.redis_url)
     http = aiohttp.ClientSession()
     try:
+        # The accounts' first connections (backfill: IMAP and the store) before anything is timed.
+        warmed = await warm_accounts(stack, accounts, processes=processes)
         fleet_started = time.monotonic()
         async with SocketFleet(
             stack.info.web_url, tokens, processes=processes, mode="count", connect_concurrency=connect_concurrency
@@ -571,6 +574,7 @@ async def relay_ceiling(
                 "connect_wall_s": round(connect_wall_s, 3),
                 "connect_retried": fleet.retried,
                 "settle_s": settled_s,
+                "warm": warmed,
                 "injected": stats.injected,
                 "injected_per_s": round(stats.per_s, 1),
                 "inject_unthrottled_per_s": round(stats.unthrottled_per_s, 1),
@@ -584,6 +588,13 @@ async def relay_ceiling(
                 "bridge_emits_per_s": bridge_rates,
                 "relay_latency_mean_s": round(lat_s / lat_n, 4) if lat_n else None,
                 "cpu_cores": cpu,
+                # Bridge CPU per relayed ingest event (all its fan-out and the indexer's share
+                # included): steadier than events/s when something else competes for the cores.
+                "bridge_cpu_ms_per_event": round(
+                    1000 * cpu.get("bridge", 0.0) / (deliveries.get(relay_event, 0.0) / per_user), 3
+                )
+                if deliveries.get(relay_event)
+                else None,
                 "machine_cores_busy_before": machine_before,
                 "machine_cores": os.cpu_count(),
                 "bridge_rss_bytes": {"before": rss_before, "peak": rss.peak, "after": rss_bytes(bridge)},
@@ -736,9 +747,9 @@ async def resume_replay(
     """Reconnect with lastEventId after `events` events were missed: time from starting the connect
     to the first and to the last replayed event, `repeats` times.
 
-    The replayed entries are everything in the account's resume log after the socket's last id:
-    for kind "flags" that is `events` email_flags (relay) and `events` unread_count (indexer),
-    interleaved; both groups are drained before the reconnect, so the log is complete."""
+    The replayed entries are everything in the account's resume log after the socket's last id
+    (the `events` relay events, and whatever the indexer logged for them, e.g. `unread_count` for a
+    \\Seen change); both groups are drained before the reconnect, so the log is complete."""
     names = names_of(stack)
     relay_event = KINDS[kind]
     record = ("resume_point", "resync", "email_flags", "unread_count", "mailbox_updated")

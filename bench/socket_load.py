@@ -24,7 +24,8 @@ prints JSON lines on stdout:
     {"e": name, "k": key, "t": wall_time, "s": socket_index}     (mode "events", recorded kinds only;
                                                                  key = subject for new_email, else eventId)
     {"counts": {name: n}, "t": wall_time, "open": n_open}        (every second, both modes)
-    {"done": true, "counts": {name: n}}                          (after "stop\\n" or EOF on stdin)
+    {"done": true, "counts": {name: n}, "dropped": n}            (after "stop\\n" or EOF on stdin;
+                                                                 dropped = sockets the server closed)
 
 Controller: `SocketFleet`, an async context manager that runs the workers as asyncio subprocesses,
 reads their output continuously and keeps `connected`, `received` and `counts` current.
