@@ -42,6 +42,8 @@ from bridge.submission import Submission
 
 log = logging.getLogger(__name__)
 
+REDIS_POOL_SIZE = 256
+
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
@@ -132,14 +134,20 @@ def create_app(settings: Settings) -> web.Application:
         # A socket timeout above the consumers' XREADGROUP block time: a Redis that stops answering
         # (paused, partitioned) raises instead of hanging a consumer forever. After a Redis restart
         # every pooled connection is dead: retry on a fresh one rather than fail the first command.
-        client = aioredis.Redis.from_url(
+        # A blocking pool: past REDIS_POOL_SIZE connections a command waits for a free one instead
+        # of raising MaxConnectionsError (a connect storm of 1,000 sockets hit redis-py's default
+        # non-blocking limit of 100, and each refused CONNECT left a browser hanging for 30 s).
+        pool = aioredis.BlockingConnectionPool.from_url(
             settings.redis_url,
+            max_connections=REDIS_POOL_SIZE,
+            timeout=5,
             socket_connect_timeout=2,
             socket_timeout=5,
             health_check_interval=10,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 2),
             retry_on_error=[RedisConnectionError],
         )
+        client = aioredis.Redis.from_pool(pool)
         app[keys.REDIS] = client
         app[keys.PUBLISHER] = Publisher(client, settings.spool_dir, settings.stream_maxlen)
         yield

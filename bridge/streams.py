@@ -105,8 +105,11 @@ class Consumer:
         else:
             try:
                 await self.handler(stream, entry_id, event)
-            except Unavailable:
-                raise  # not acknowledged: retried from the pending list once the service is back
+            except (Unavailable, RedisError):
+                # Not acknowledged: retried from the pending list once the service is back. A Redis
+                # error inside the handler (pool exhausted, connection lost) is the same case: the
+                # event was not relayed or indexed, so acknowledging it would lose it.
+                raise
             except Exception:
                 # A bug must not wedge the stream behind one entry: log it with its id, move on.
                 log.exception("[%s %s] handler failed; entry acknowledged", stream, entry_id)
