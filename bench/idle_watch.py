@@ -453,7 +453,8 @@ def _kib(path: Path, key: str) -> int:
     return 0
 
 
-def _socket_inodes(pid: int) -> frozenset[int]:
+def socket_inodes(pid: int) -> frozenset[int]:
+    """The inodes of a process's sockets (from /proc/<pid>/fd), as /proc/net/tcp names them."""
     inodes: set[int] = set()
     with contextlib.suppress(OSError):
         for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -500,7 +501,7 @@ def dovecot_snapshot(
                     rss_bytes=_kib(Path(f"/proc/{pid}/status"), "VmRSS:"),
                     pss_bytes=pss,
                     cpu_ticks=_cpu(fields),
-                    socket_inodes=_socket_inodes(pid) if comm in comms else frozenset(),
+                    socket_inodes=socket_inodes(pid) if comm in comms else frozenset(),
                 )
             )
         except (OSError, ValueError, IndexError):

@@ -39,6 +39,7 @@ import aiohttp
 import msgpack
 import redis.asyncio as aioredis
 
+from bench.idle_watch import socket_inodes
 from bench.socket_load import SocketFleet, raise_fd_limit
 from bench.stack import BenchStack
 from bridge import codec
@@ -95,13 +96,7 @@ def open_fds(pid: int) -> int:
 def tcp_connections(pid: int, remote_port: int) -> int:
     """Established TCP connections of a process to `remote_port` (its socket inodes matched
     against /proc/net/tcp and tcp6)."""
-    inodes: set[str] = set()
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
+    inodes = {str(inode) for inode in socket_inodes(pid)}
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as f:

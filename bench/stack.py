@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from bridge.auth import TokenIssuer
 from bridge.settings import DEFAULT_PORTS, StackSettings
-from bridge.stack.launcher import Stack, StackInfo
+from bridge.stack.launcher import Stack, StackInfo, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / "var" / "bench-stack"
@@ -32,17 +31,6 @@ BENCH_ENV = {
     "BRIDGE_SEND_PER_MINUTE": "100000",
     "BRIDGE_LOG_LEVEL": "WARNING",  # a log line per event would measure the logger
 }
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -22,25 +21,13 @@ import redis.asyncio as aioredis
 from playwright.async_api import Browser
 
 from bridge.settings import DEFAULT_PORTS, StackSettings
-from bridge.stack.launcher import Stack, StackInfo
+from bridge.stack.launcher import Stack, StackInfo, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
     return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free ports: all held open at once, so the kernel cannot hand out one twice."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def stack_ports_env() -> dict[str, str]:

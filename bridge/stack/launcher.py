@@ -485,3 +485,15 @@ class Stack:
             yield self.start()
         finally:
             self.stop()
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports: all held open at once, so the kernel cannot hand out one twice."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
