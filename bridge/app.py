@@ -1,8 +1,10 @@
 """The app factory: where the protocol edges meet.
 
-`create_app(settings)` owns the process's long-lived resources. Each is opened and closed in an
-aiohttp cleanup context, in order (Redis, store, IMAP gateway, Socket.IO, consumers and spool
+`create_app(settings)` owns the bridge process's long-lived resources. Each is opened and closed in
+an aiohttp cleanup context, in order (Redis, store, IMAP gateway, Socket.IO, consumers and spool
 drainer, SMTP filter), and reached by handlers through the typed keys in bridge.keys.
+`create_filter_app(settings)` is the content filter alone (Redis and the SMTP listener), for
+running it as its own process; the bridge then runs with BRIDGE_FILTER_PORT=0.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -25,7 +27,7 @@ from bridge import keys
 from bridge.auth import SHARED_SECRET_ALGORITHMS, TokenIssuer, TrustedIssuer
 from bridge.backfill import Backfill
 from bridge.browser_events import BrowserEvent
-from bridge.events import Event, StreamNames
+from bridge.events import StreamNames
 from bridge.http_api import add_routes, add_web_client, cors_middleware, errors_middleware
 from bridge.http_mail import add_routes as add_mail_routes
 from bridge.imap import ImapGateway
@@ -37,7 +39,7 @@ from bridge.settings import Settings
 from bridge.smtp_filter import FilterHandler, FilterServer
 from bridge.spool import SpoolDrainer
 from bridge.store import Store
-from bridge.streams import Consumer, Publisher
+from bridge.streams import Consumer, Delivery, Publisher
 from bridge.submission import Submission
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,12 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         task.cancel()
     for task in tasks:
+        # Cancel again until it ends: on Python 3.11 a library's asyncio.wait_for can drop a
+        # cancellation that lands as its reply arrives (CPython gh-86296).
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.5)
+            if not task.done():
+                task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
@@ -70,6 +78,60 @@ def _own_keys(settings: Settings) -> tuple[str, str]:
     if settings.jwt_algorithm in SHARED_SECRET_ALGORITHMS or private is None or public is None:
         return settings.jwt_secret, ""
     return private.read_text(), public.read_text()
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    # A socket timeout above the consumers' XREADGROUP block time: a Redis that stops answering
+    # (paused, partitioned) raises instead of hanging a consumer forever. After a Redis restart
+    # every pooled connection is dead: retry on a fresh one rather than fail the first command.
+    # A blocking pool: past REDIS_POOL_SIZE connections a command waits for a free one instead
+    # of raising MaxConnectionsError (a connect storm of 1,000 sockets hit redis-py's default
+    # non-blocking limit of 100, and each refused CONNECT left a browser hanging for 30 s).
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=REDIS_POOL_SIZE,
+        timeout=5,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=10,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 2),
+        retry_on_error=[RedisConnectionError],
+    )
+    client = aioredis.Redis.from_pool(pool)
+    app[keys.REDIS] = client
+    app[keys.PUBLISHER] = Publisher(client, settings.spool_dir, settings.stream_maxlen)
+    yield
+    await client.aclose()
+
+
+async def filter_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The Postfix content filter's SMTP listener (none when BRIDGE_FILTER_PORT is 0)."""
+    settings = app[keys.SETTINGS]
+    if settings.filter_port == 0:
+        yield
+        return
+    handler = FilterHandler(
+        app[keys.PUBLISHER],
+        app[keys.REDIS],
+        StreamNames(settings.stream_prefix),
+        settings.reinject_host,
+        settings.reinject_port,
+    )
+    server = FilterServer(handler, settings.host, settings.filter_port)
+    await server.start()
+    yield
+    await server.stop()
+
+
+def create_filter_app(settings: Settings) -> web.Application:
+    """The content filter alone (`mail-bridge filter`): Redis and the SMTP listener, no HTTP. Run
+    apart from the bridge, a mail's MIME scan and re-injection never share an event loop (or a
+    core) with the relay that pushes events to browsers."""
+    app = web.Application()
+    app[keys.SETTINGS] = settings
+    app.cleanup_ctx.extend([redis_ctx, filter_ctx])
+    return app
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -130,29 +192,6 @@ def create_app(settings: Settings) -> web.Application:
 
     app.router.add_get("/metrics", metrics_page)
 
-    async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-        # A socket timeout above the consumers' XREADGROUP block time: a Redis that stops answering
-        # (paused, partitioned) raises instead of hanging a consumer forever. After a Redis restart
-        # every pooled connection is dead: retry on a fresh one rather than fail the first command.
-        # A blocking pool: past REDIS_POOL_SIZE connections a command waits for a free one instead
-        # of raising MaxConnectionsError (a connect storm of 1,000 sockets hit redis-py's default
-        # non-blocking limit of 100, and each refused CONNECT left a browser hanging for 30 s).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=REDIS_POOL_SIZE,
-            timeout=5,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            health_check_interval=10,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 2),
-            retry_on_error=[RedisConnectionError],
-        )
-        client = aioredis.Redis.from_pool(pool)
-        app[keys.REDIS] = client
-        app[keys.PUBLISHER] = Publisher(client, settings.spool_dir, settings.stream_maxlen)
-        yield
-        await client.aclose()
-
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         store = Store(settings.mongodb_url, settings.mongodb_database)
         await store.open()
@@ -196,18 +235,15 @@ def create_app(settings: Settings) -> web.Application:
         store = app[keys.STORE]
         realtime.bind(redis, app[keys.IMAP], app[keys.MAIL])
 
-        async def index(_stream: str, _entry_id: str, event: Event) -> None:
-            changed = await store.apply(event)
-            if changed is not None:
-                account, mailbox = changed
+        async def index(deliveries: Sequence[Delivery]) -> None:
+            changed = await store.apply([d.event for d in deliveries])
+            # One recount per mailbox per read, however many of its messages the read touched.
+            counts: list[BrowserEvent] = []
+            for account, mailbox in changed:
                 unread, total = await store.counts(account, mailbox)
-                await realtime.publish(
-                    BrowserEvent(
-                        "unread_count",
-                        account,
-                        {"account": account, "mailbox": mailbox, "unread": unread, "total": total},
-                    )
-                )
+                payload = {"account": account, "mailbox": mailbox, "unread": unread, "total": total}
+                counts.append(BrowserEvent("unread_count", account, payload))
+            await realtime.publish_many(counts)
 
         relay = Consumer(redis, streams.all(), settings.consumer_group, settings.consumer_name, realtime.relay)
         # The index has its own group: a slow or stopped store never delays what browsers see.
@@ -221,18 +257,6 @@ def create_app(settings: Settings) -> web.Application:
         yield
         await _cancel(tasks)
         await realtime.close()
-
-    async def filter_ctx(app: web.Application) -> AsyncIterator[None]:
-        if settings.filter_port == 0:
-            yield
-            return
-        handler = FilterHandler(
-            app[keys.PUBLISHER], app[keys.REDIS], streams, settings.reinject_host, settings.reinject_port
-        )
-        server = FilterServer(handler, settings.host, settings.filter_port)
-        await server.start()
-        yield
-        await server.stop()
 
     app.cleanup_ctx.extend([redis_ctx, store_ctx, imap_ctx, mail_ctx, background_ctx, filter_ctx])
     return app

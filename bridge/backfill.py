@@ -15,6 +15,7 @@ from email.policy import compat32
 from email.utils import parseaddr, parsedate_to_datetime
 from typing import Any
 
+from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
 from bridge.errors import BridgeError
@@ -23,6 +24,9 @@ from bridge.mail_headers import decode_text
 from bridge.store import SEEN, Store
 
 log = logging.getLogger(__name__)
+
+CONCURRENT_BACKFILLS = 4
+WRITE_BATCH = 500
 
 
 def document(account: str, mailbox: str, uidvalidity: int, item: FetchedHeaders) -> dict[str, Any]:
@@ -63,6 +67,7 @@ class Backfill:
         self.store = store
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._done: set[str] = set()  # accounts known to be indexed: no store lookup per connection
+        self._slots = asyncio.Semaphore(CONCURRENT_BACKFILLS)
 
     def start_all(self, accounts: tuple[str, ...]) -> None:
         for account in accounts:
@@ -81,6 +86,13 @@ class Backfill:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def _run(self, account: str) -> None:
+        # A connect storm of new users must not open an IMAP session and a store write stream per
+        # user at once: Dovecot and the store would time out most of them (seen at 1,000 first
+        # connects: most backfills postponed, the store answering SQLITE_BUSY).
+        async with self._slots:
+            await self._backfill(account)
+
+    async def _backfill(self, account: str) -> None:
         try:
             if await self.store.db["accounts"].find_one({"account": account, "indexed": True}):
                 self._done.add(account)
@@ -90,11 +102,14 @@ class Backfill:
                 if not box.selectable:
                     continue
                 validity, items = await self.imap.headers_of_all(account, box.name)
+                writes = []
                 for item in items:
                     doc = document(account, box.name, validity, item)
                     key = {k: doc[k] for k in ("account", "mailbox", "uidvalidity", "uid")}
-                    await self.store.messages.update_one(key, {"$setOnInsert": doc}, upsert=True)
-                    count += 1
+                    writes.append(UpdateOne(key, {"$setOnInsert": doc}, upsert=True))
+                for start in range(0, len(writes), WRITE_BATCH):
+                    await self.store.messages.bulk_write(writes[start : start + WRITE_BATCH], ordered=False)
+                count += len(writes)
             await self.store.db["accounts"].update_one(
                 {"account": account}, {"$set": {"indexed": True, "indexedAt": int(time.time())}}, upsert=True
             )

@@ -102,9 +102,7 @@ async def message(request: web.Request) -> web.Response:
 async def contacts(request: web.Request) -> web.Response:
     identity = identity_of(request)
     account = owned_account(identity, request.query.get("account"))
-    found = await request.app[keys.MAIL].contacts(
-        account, request.query.get("q", ""), _int_param(request, "limit", 10)
-    )
+    found = await request.app[keys.MAIL].contacts(account, request.query.get("q", ""), _int_param(request, "limit", 10))
     return web.json_response({"contacts": found})
 
 

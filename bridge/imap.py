@@ -214,9 +214,7 @@ class ImapGateway:
             if response.result != "OK":
                 raise Unavailable("IMAP UID EXPUNGE failed")
 
-    async def append(
-        self, account: str, mailbox: str, message: bytes, flags: tuple[str, ...] = ()
-    ) -> EmailRef | None:
+    async def append(self, account: str, mailbox: str, message: bytes, flags: tuple[str, ...] = ()) -> EmailRef | None:
         """APPEND (RFC 3501 6.3.11), creating the mailbox when it does not exist yet. Returns the new
         message's identity from the APPENDUID response code (RFC 4315), when the server gives it."""
         async with self._session(account, "APPEND") as client:

@@ -22,11 +22,12 @@ Client actions answer through the Socket.IO acknowledgement: `{"ok": true, ...}`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -42,6 +43,7 @@ from bridge.imap import ImapGateway
 from bridge.mail_service import MailService, owned_account
 from bridge.metrics import Metrics
 from bridge.rate_limit import RateLimiter
+from bridge.streams import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +131,13 @@ class Realtime:
 
     # ------------------------------------------------------------------ connection
 
-    def _lock(self, account: str) -> asyncio.Lock:
+    @staticmethod
+    def _stripe(account: str) -> int:
         digest = hashlib.blake2b(account.lower().encode(), digest_size=4).digest()
-        return self._locks[int.from_bytes(digest, "big") % LOCK_STRIPES]
+        return int.from_bytes(digest, "big") % LOCK_STRIPES
+
+    def _lock(self, account: str) -> asyncio.Lock:
+        return self._locks[self._stripe(account)]
 
     def log_key(self, account: str) -> str:
         return f"{self.stream_prefix}:browser:{account.lower()}"
@@ -281,58 +287,97 @@ class Realtime:
 
     # ------------------------------------------------------------------ relay
 
-    async def _facts(self, event: Event) -> MtaFacts | None:
-        """The filter's summary of a delivered mail, remembered by Message-ID when it passed (the
-        filter publishes as soon as Postfix has the mail back, before Dovecot delivers it)."""
+    async def _facts(self, events: Sequence[Event]) -> list[MtaFacts | None]:
+        """The filter's summary of each delivered mail, remembered by Message-ID when it passed (the
+        filter publishes as soon as Postfix has the mail back, before Dovecot delivers it). One
+        pipeline for the whole read, in event order: a summary set earlier in the read is seen by
+        a delivery later in it."""
         assert self.redis is not None
-        if isinstance(event, MtaAccepted) and event.message_id:
-            facts = [int(bool(event.attachments)), event.size, event.category]
-            await self.redis.set(self._facts_key(event.message_id), msgpack.packb(facts), ex=RELAYED_TTL_S)
-            return None
-        if isinstance(event, MessageAdded) and event.message_id:
-            raw = await self.redis.get(self._facts_key(event.message_id))
+        pipe = self.redis.pipeline(transaction=False)
+        asked: list[tuple[int, int]] = []  # (event index, its GET's place in the pipeline)
+        for index, event in enumerate(events):
+            if isinstance(event, MtaAccepted) and event.message_id:
+                facts = [int(bool(event.attachments)), event.size, event.category]
+                pipe.set(self._facts_key(event.message_id), msgpack.packb(facts), ex=RELAYED_TTL_S)
+            elif isinstance(event, MessageAdded) and event.message_id:
+                asked.append((index, len(pipe)))
+                pipe.get(self._facts_key(event.message_id))
+        found: list[MtaFacts | None] = [None] * len(events)
+        if not len(pipe):
+            return found
+        replies = await pipe.execute()
+        for index, place in asked:
+            raw = replies[place]
             if isinstance(raw, bytes):
                 has_attachments, size, category = msgpack.unpackb(raw)
-                return MtaFacts(bool(has_attachments), int(size), str(category))
-        return None
+                found[index] = MtaFacts(bool(has_attachments), int(size), str(category))
+        return found
 
     def _facts_key(self, message_id: str) -> str:
         digest = hashlib.sha256(message_id.encode("utf-8", "surrogateescape")).hexdigest()[:32]
         return f"{self.stream_prefix}:mta:{digest}"
 
-    async def relay(self, stream: str, entry_id: str, event: Event) -> None:
+    async def relay(self, deliveries: Sequence[Delivery]) -> None:
+        """Relay one read of ingest events: facts, once-per-key check and resume-log appends are
+        each one pipelined round trip to Redis for the whole read."""
         assert self.redis is not None
-        browser_events = to_browser(event, await self._facts(event))
-        if not browser_events:
+        events = [d.event for d in deliveries]
+        candidates: list[tuple[Delivery, list[BrowserEvent]]] = []
+        for delivery, facts in zip(deliveries, await self._facts(events), strict=True):
+            browser_events = to_browser(delivery.event, facts)
+            if browser_events:
+                candidates.append((delivery, browser_events))
+        if not candidates:
             return
         # Once per key: a re-delivered ingest entry (crash before XACK, spool drained twice) is
-        # not shown twice.
-        first = await self.redis.set(f"{self.stream_prefix}:relayed:{event.key}", b"1", nx=True, ex=RELAYED_TTL_S)
-        if not first:
-            log.info("[%s %s] duplicate of %s skipped", stream, entry_id, event.key)
-            return
-        for browser_event in browser_events:
-            await self.publish(browser_event)
-        self.metrics.relay_latency.observe(max(0.0, time.time() - event.ts / 1000))
-        log.debug("[%s %s] relayed %s", stream, entry_id, [b.name for b in browser_events])
+        # not shown twice. SET NX in order, so a key repeated within the read also counts once.
+        pipe = self.redis.pipeline(transaction=False)
+        for delivery, _ in candidates:
+            pipe.set(f"{self.stream_prefix}:relayed:{delivery.event.key}", b"1", nx=True, ex=RELAYED_TTL_S)
+        firsts = await pipe.execute()
+        fresh: list[BrowserEvent] = []
+        now = time.time()
+        for (delivery, browser_events), first in zip(candidates, firsts, strict=True):
+            if not first:
+                log.info("[%s %s] duplicate of %s skipped", delivery.stream, delivery.entry_id, delivery.event.key)
+                continue
+            fresh.extend(browser_events)
+            self.metrics.relay_latency.observe(max(0.0, now - delivery.event.ts / 1000))
+        await self.publish_many(fresh)
 
     async def publish(self, browser_event: BrowserEvent) -> str:
         """Log the event in its account's resume log, then emit it to the account's room."""
+        (event_id,) = await self.publish_many([browser_event])
+        return event_id
+
+    async def publish_many(self, browser_events: Sequence[BrowserEvent]) -> list[str]:
+        """Append the events to their accounts' resume logs (one pipeline), then emit each, in
+        order, with its log id as `eventId`. The accounts' locks are held across both, so a socket
+        resuming meanwhile gets each event exactly once: replayed from the log or live."""
         assert self.redis is not None
-        account = browser_event.account
-        async with self._lock(account):
-            event_id = _entry_id(
-                await self.redis.xadd(
-                    self.log_key(account),
+        if not browser_events:
+            return []
+        # Stripes taken in index order: two batch publishers can never wait on each other in a
+        # cycle (resume holds one stripe at a time).
+        stripes = sorted({self._stripe(e.account) for e in browser_events})
+        async with contextlib.AsyncExitStack() as held:
+            for stripe in stripes:
+                await held.enter_async_context(self._locks[stripe])
+            pipe = self.redis.pipeline(transaction=False)
+            for browser_event in browser_events:
+                pipe.xadd(
+                    self.log_key(browser_event.account),
                     {b"n": browser_event.name.encode(), b"p": msgpack.packb(browser_event.payload)},
                     maxlen=self.resume_log_len,
                     approximate=True,
                 )
-            )
-            payload = {**browser_event.payload, "eventId": event_id}
-            await self.sio.emit(browser_event.name, payload, room=account_room(account))
-        self.metrics.events_relayed.labels(browser_event.name).inc()
-        return event_id
+            event_ids = [_entry_id(raw) for raw in await pipe.execute()]
+            for browser_event, event_id in zip(browser_events, event_ids, strict=True):
+                payload = {**browser_event.payload, "eventId": event_id}
+                await self.sio.emit(browser_event.name, payload, room=account_room(browser_event.account))
+        for browser_event in browser_events:
+            self.metrics.events_relayed.labels(browser_event.name).inc()
+        return event_ids
 
     # ------------------------------------------------------------------ client actions
 

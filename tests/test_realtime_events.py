@@ -258,6 +258,7 @@ async def test_unread_counts_follow_deliveries_and_reads(
     assert counted["unread"] == 1 and counted["account"] == account.email and counted["eventId"]
     assert await client.sio.call("mark_read", {"emailId": mail["id"]}, timeout=15) == {"ok": True}
     await client.wait_for("unread_count", lambda e: e["mailbox"] == "INBOX" and e["unread"] == 0)
+
     # A flag that is not \Seen moves no count: the star arrives, and no unread_count with it.
     def counts() -> int:
         return sum(1 for name, _e in client.events if name == "unread_count")
