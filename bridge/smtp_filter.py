@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 TEMPFAIL = "451 4.3.0 Temporary content filter failure, try again later"
 REINJECT_TIMEOUT_S = 60.0
 DONE_TIMEOUT_S = 0.2
+EHLO_NAME = "mail-bridge-filter"
 DONE_TTL_S = 7 * 86400  # longer than Postfix's maximal_queue_lifetime (5 days by default)
 
 
@@ -138,8 +139,14 @@ class FilterHandler:
         # RFC 5321 null reverse-path: aiosmtpd gives "" (or "<>"), aiosmtplib needs "<>" sent as such.
         sender = envelope.mail_from if envelope.mail_from not in (None, "", "<>") else "<>"
         mail_options = [o for o in envelope.mail_options if not o.upper().startswith("SIZE=")]
+        # An explicit EHLO name: aiosmtplib's default asks socket.getfqdn(), a blocking resolver
+        # call on the event loop for every mail.
         async with aiosmtplib.SMTP(
-            hostname=self.reinject_host, port=self.reinject_port, timeout=REINJECT_TIMEOUT_S, start_tls=False
+            hostname=self.reinject_host,
+            port=self.reinject_port,
+            timeout=REINJECT_TIMEOUT_S,
+            start_tls=False,
+            local_hostname=EHLO_NAME,
         ) as client:
             errors, _reply = await client.sendmail(
                 sender, envelope.rcpt_tos, content, mail_options=mail_options, rcpt_options=envelope.rcpt_options
@@ -206,7 +213,7 @@ class FilterServer:
     def _protocol(self) -> Any:
         return SMTP(
             self.handler,
-            hostname="mail-bridge-filter",
+            hostname=EHLO_NAME,
             data_size_limit=0,  # Postfix's message_size_limit already applies; refusing here would defer forever
             enable_SMTPUTF8=True,
             decode_data=False,

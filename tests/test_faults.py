@@ -133,9 +133,9 @@ def test_filter_killed_mid_batch_delivers_each_mail_once(
     sender = threading.Thread(target=send_smtp, args=(stack, messages))
     sender.start()
     time.sleep(0.15)  # some mails are through, others are in flight
-    stack_launcher.stop_service("bridge", signal.SIGKILL)
+    stack_launcher.stop_service("filter", signal.SIGKILL)
     sender.join(timeout=60)
-    stack_launcher.start_service("bridge")
+    stack_launcher.start_service("filter")
     subprocess.run(["postqueue", "-c", os.path.join(stack.state_dir, "postfix", "etc"), "-f"], check=False, timeout=30)
     expected = sorted(m["Message-ID"] for m in messages)
     delivered = wait_for_messages(stack, account.email, account.password, 30, timeout=90)

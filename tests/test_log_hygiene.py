@@ -50,6 +50,6 @@ async def test_logs_hold_no_secrets_or_bodies(
         "a token": token.split(".")[2],  # its signature
     }
     logs = {p.name: p.read_text(errors="replace") for p in Path(stack.log_dir).iterdir() if p.is_file()}
-    assert {"bridge.out", "dovecot.log", "postfix.log"} <= set(logs)
+    assert {"bridge.out", "filter.out", "dovecot.log", "postfix.log"} <= set(logs)
     leaks = [f"{what} in {name}" for name, text in logs.items() for what, value in forbidden.items() if value in text]
     assert leaks == []  # ...but never into a log

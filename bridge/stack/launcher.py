@@ -363,7 +363,7 @@ class Stack:
                 "BRIDGE_IMAP_PORT": str(ports["imap"]),
                 "BRIDGE_IMAP_MASTER_USER": MASTER_USER,
                 "BRIDGE_IMAP_MASTER_PASSWORD": stack_secrets.master_password,
-                "BRIDGE_FILTER_PORT": str(ports["filter"]),
+                "BRIDGE_FILTER_PORT": "0",  # the filter runs as its own process (below)
                 "BRIDGE_REINJECT_HOST": host,
                 "BRIDGE_REINJECT_PORT": str(ports["reinject"]),
                 "BRIDGE_SUBMISSION_HOST": host,
@@ -373,11 +373,19 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        # The content filter and the bridge are two processes, as in production: a mail's MIME
+        # scan and re-injection never share an event loop (or a core) with the relay.
+        content_filter = Service(
+            "filter",
+            [sys.executable, "-m", "bridge", "filter"],
+            [banner_probe(host, ports["filter"], b"220", goodbye=b"QUIT\r\n")],
+            env={**bridge_env, "BRIDGE_FILTER_PORT": str(ports["filter"])},
+            cwd=s.repo_dir,
+        )
         bridge = Service(
             "bridge",
             [sys.executable, "-m", "bridge", "serve"],
             [
-                banner_probe(host, ports["filter"], b"220", goodbye=b"QUIT\r\n"),
                 http_probe(f"http://{host}:{ports['http']}/health"),
                 login_probe(
                     f"http://{host}:{ports['http']}/api/v1/auth/login",
@@ -387,8 +395,9 @@ class Stack:
             env=bridge_env,
             cwd=s.repo_dir,
         )
+        self._spawn(content_filter)
         self._spawn(bridge)
-        self._wait_ready([bridge])
+        self._wait_ready([content_filter, bridge])
 
         postfix = Service(
             "postfix",
