@@ -21,7 +21,7 @@ from pymongo.errors import PyMongoError
 from bridge.errors import BridgeError
 from bridge.imap import FetchedHeaders, ImapGateway
 from bridge.mail_headers import decode_text
-from bridge.store import SEEN, Store
+from bridge.store import SEEN, Store, message_doc_id
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ class Backfill:
                 writes = []
                 for item in items:
                     doc = document(account, box.name, validity, item)
-                    key = {k: doc[k] for k in ("account", "mailbox", "uidvalidity", "uid")}
-                    writes.append(UpdateOne(key, {"$setOnInsert": doc}, upsert=True))
+                    doc_id = message_doc_id(account, box.name, validity, item.uid)
+                    writes.append(UpdateOne({"_id": doc_id}, {"$setOnInsert": doc}, upsert=True))
                 for start in range(0, len(writes), WRITE_BATCH):
                     await self.store.messages.bulk_write(writes[start : start + WRITE_BATCH], ordered=False)
                 count += len(writes)

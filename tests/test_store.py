@@ -1,0 +1,111 @@
+"""The metadata index on the stack's real store (FerretDB, or MongoDB when configured): events applied
+in reads, the filter's summary meeting its delivery in either order, flags, expunge, rename, counts."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from bridge.events import Attachment, Direction, FlagsSet, MailboxRename, MessageExpunge, MessageNew, MtaAccepted
+from bridge.stack.launcher import StackInfo
+from bridge.store import Store, message_doc_id
+
+
+@pytest.fixture
+async def store(stack: StackInfo) -> AsyncIterator[Store]:
+    store = Store(stack.mongodb_url, "mailbridge")
+    await store.open()
+    yield store
+    await store.close()
+
+
+def delivery(account: str, uid: int, message_id: str, *, mailbox: str = "INBOX") -> MessageNew:
+    return MessageNew(
+        key=f"dovecot:{account}:{mailbox}:{uid}",
+        ts=1_700_000_000_000,
+        account=account,
+        mailbox=mailbox,
+        uidvalidity=7,
+        uid=uid,
+        subject=f"message {uid}",
+        message_id=message_id,
+    )
+
+
+def summary(account: str, message_id: str) -> MtaAccepted:
+    return MtaAccepted(
+        key=f"postfix:{message_id}",
+        ts=1_700_000_000_000,
+        queue_id="ABC",
+        direction=Direction.INBOUND,
+        mail_from="carol@outside.test",
+        rcpt_to=(account,),
+        size=12345,
+        message_id=message_id,
+        attachments=(Attachment(filename="report.pdf", content_type="application/pdf", size=10000),),
+        category="promotions",
+    )
+
+
+async def doc(store: Store, account: str, uid: int, mailbox: str = "INBOX") -> dict[str, Any] | None:
+    found: dict[str, Any] | None = await store.messages.find_one({"_id": message_doc_id(account, mailbox, 7, uid)})
+    return found
+
+
+@pytest.mark.parametrize("order", ["summary first", "delivery first", "same read"])
+async def test_the_filter_summary_completes_its_delivery_in_any_order(store: Store, order: str) -> None:
+    account = f"{uuid.uuid4().hex[:8]}@example.test"
+    message_id = f"<{uuid.uuid4().hex}@outside.test>"
+    new, mta = delivery(account, 1, message_id), summary(account, message_id)
+    if order == "summary first":
+        await store.apply([mta])
+        assert await store.apply([new]) == [(account, "INBOX")]
+    elif order == "delivery first":
+        await store.apply([new])
+        assert (await doc(store, account, 1) or {})["hasAttachments"] is False  # not known yet
+        assert await store.apply([mta]) == []
+    else:
+        await store.apply([new, mta])
+    found = await doc(store, account, 1)
+    assert found is not None
+    assert (found["subject"], found["hasAttachments"], found["size"], found["category"]) == (
+        "message 1",
+        True,
+        12345,
+        "promotions",
+    )
+
+
+async def test_flags_expunge_and_counts(store: Store) -> None:
+    account = f"{uuid.uuid4().hex[:8]}@example.test"
+    news = [delivery(account, uid, f"<{uuid.uuid4().hex}@x>") for uid in (1, 2, 3)]
+    assert await store.apply(news) == [(account, "INBOX")]  # one recount for the read
+    assert await store.counts(account, "INBOX") == (3, 3)
+    seen = FlagsSet(key="f1", ts=0, account=account, mailbox="INBOX", uidvalidity=7, uid=2, flags=("\\Seen",))
+    star = FlagsSet(key="f2", ts=0, account=account, mailbox="INBOX", uidvalidity=7, uid=3, flags=("\\Flagged",))
+    assert await store.apply([seen, star]) == [(account, "INBOX")]  # the star moves no count
+    assert await store.counts(account, "INBOX") == (2, 3)
+    assert (await doc(store, account, 3) or {})["flags"] == ["\\Flagged"]
+    gone = MessageExpunge(key="x1", ts=0, account=account, mailbox="INBOX", uidvalidity=7, uid=1)
+    await store.apply([gone])
+    assert await doc(store, account, 1) is None
+    assert await store.counts(account, "INBOX") == (1, 2)
+    # Applying a read again (a retried read) changes nothing.
+    await store.apply([seen, star, gone])
+    assert await store.counts(account, "INBOX") == (1, 2)
+
+
+async def test_a_renamed_mailbox_keeps_its_messages(store: Store) -> None:
+    account = f"{uuid.uuid4().hex[:8]}@example.test"
+    await store.apply([delivery(account, uid, f"<{uuid.uuid4().hex}@x>", mailbox="Old") for uid in (1, 2)])
+    rename = MailboxRename(key="r1", ts=0, account=account, mailbox="New", old_mailbox="Old")
+    await store.apply([rename])
+    assert await store.counts(account, "Old") == (0, 0)
+    assert await store.counts(account, "New") == (2, 2)
+    moved = await doc(store, account, 2, "New")
+    assert moved is not None and moved["mailbox"] == "New" and moved["subject"] == "message 2"
+    await store.apply([rename])  # applied twice (a retried read): still two messages
+    assert await store.counts(account, "New") == (2, 2)
