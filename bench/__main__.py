@@ -1,12 +1,15 @@
 """`make bench`: the whole benchmark on the real stack, one run, written to docs/benchmarks.md.
 
 Stages (each bounded in count and time, loopback only):
-1. latency at 10, 50, 100, 200 mails/s with 100 and 1,000 sockets, IMAP IDLE watching the same mails;
+1. latency at 10, 50, 100, 200 mails/s with 100 and 1,000 sockets, IMAP IDLE watching the same mails,
+   with the cores each process group used per step and a py-spy profile of the bridge at 100/s x 1,000;
 2. cost of 10 / 100 / 1,000 watched users: IDLE's connections and Dovecot processes against ours;
 3. the highest sustained rate with nothing lost;
-4. the relay ceiling of one bridge process, and memory per socket at 1,000 and 10,000 sockets;
+4. the relay ceiling of the bridge (profiled too), and memory per socket at 1,000 and 10,000 sockets;
 5. the time to replay 1,000 missed events.
-`--quick` runs a small version of each (a smoke test of the benchmark itself).
+`--quick` runs a small version of each (a smoke test of the benchmark itself). `--stages` runs a
+subset (and then writes no report, it prints the results), `--rates` and `--sockets-per-user` set
+the latency stage's grid: `--stages latency --rates 100 --sockets-per-user 10` measures one step.
 """
 
 from __future__ import annotations
@@ -20,17 +23,23 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench import report
 from bench.capacity import sustained_rate
+from bench.cpu import BRIDGE, MACHINE, service_group
 from bench.idle_watch import idle_cost
 from bench.latency import latency_run
+from bench.profile import headline
 from bench.relay import relay_ceiling, resume_replay, socket_memory
 from bench.smtp_load import Plan, run_open_loop
-from bench.stack import REPO, STATE, BenchStack, running_stack
+from bench.stack import REPO, STATE, BenchStack, User, running_stack
+
+_N = TypeVar("_N", int, float)
 
 METHOD = """\
 - **Stack**: the same launcher as `make run` (Redis, FerretDB, Dovecot with our Lua hook, Postfix with
@@ -49,6 +58,18 @@ METHOD = """\
   mail. All wall-clock times on one machine.
 - **Relay ceiling**: flag-change events injected straight into the ingest stream (as the hook
   writes them), as fast as Redis takes them; counted at the sockets.
+- **CPU by process group** (`bench/cpu.py`): over each step's window (latency and sustained-rate
+  steps: from the first send to the last delivery seen; relay ceiling: its steady state), the CPU
+  time of every process, read from /proc at both ends and grouped by walking parent links up to the
+  launcher's services (`postfix`, `dovecot`, `redis`, `ferretdb`; every other service is the
+  `bridge`'s), this benchmark's own processes (`load`) and py-spy (`profiler`); a process that
+  exits inside the window is counted through its parent's reaped-children time. `machine` is all
+  CPUs busy (/proc/stat); `rest` is what no group accounts for (the kernel's loopback work,
+  anything else on the machine).
+- **Profiles** (`bench/profile.py`): py-spy 250 times a second on each bridge process, without
+  pausing it, over one latency step's window and the relay ceiling's. Idle (sleeping) threads are
+  not sampled, runnable ones are: the shares are of the time a thread was running Python or
+  waiting for a CPU to run it, shown beside the process's CPU over the same window.
 """
 
 
@@ -95,27 +116,89 @@ def imap_connections(port: int) -> int:
     return count
 
 
+STAGES = ("latency", "cost", "capacity", "relay", "resume")
+PROFILED_STEP = (100, 10)  # mails/s, sockets per user: the latency step profiled in the full run
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to run: the stages, and the latency stage's grid (rates empty: the default for the size)."""
+
+    quick: bool = False
+    stages: tuple[str, ...] = STAGES
+    rates: tuple[float, ...] = ()
+    sockets_per_user: tuple[int, ...] = (1, 10)
+
+    @property
+    def complete(self) -> bool:
+        """Every stage runs: only then is there a whole report to write."""
+        return set(self.stages) == set(STAGES)
+
+    @property
+    def latency_rates(self) -> tuple[float, ...]:
+        return self.rates or ((10, 50) if self.quick else (10, 50, 100, 200))
+
+    @property
+    def profiled(self) -> tuple[float, int]:
+        """The latency step whose bridge processes are profiled: 100 mails/s x 10 sockets per user
+        when it runs, else the highest rate at the most sockets per user (--quick: 50 x 10)."""
+        rates, per_user = self.latency_rates, self.sockets_per_user
+        if PROFILED_STEP[0] in rates and PROFILED_STEP[1] in per_user:
+            return PROFILED_STEP
+        return max(rates), max(per_user)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "quick": self.quick,
+            "stages": list(self.stages),
+            "rates": list(self.latency_rates),
+            "sockets_per_user": list(self.sockets_per_user),
+            "profiled_step": {"rate": self.profiled[0], "sockets_per_user": self.profiled[1]},
+        }
+
+
+# ============================================================================ what the numbers say
+
+
+def _cores(cpu: Mapping[str, float]) -> str:
+    return ", ".join(f"{name} {cores:.2f}" for name, cores in cpu.items()) or "not measured"
+
+
+def _load_text(cpu: Mapping[str, float], cpus: int) -> str:
+    machine = cpu.get(MACHINE)
+    saturated = machine is not None and machine >= 0.9 * cpus
+    return f"{_cores(cpu)} (of {cpus}{'; the machine was saturated' if saturated else ''})"
+
+
+def _bridge_processes(results: Mapping[str, Any]) -> str:
+    names = [name for name, group in results.get("services", {}).items() if group == BRIDGE]
+    return f"{len(names)} process{'es' if len(names) != 1 else ''} ({', '.join(names)})"
+
+
+def _profile_note(where: str, profile: Mapping[str, Any] | None) -> str:
+    if not profile:
+        return ""
+    return f" Where the bridge's samples went ({where}, section Profiles): {headline(profile)}."
+
+
 def shortfalls(results: dict[str, Any]) -> list[str]:
     """What this run's numbers say about each goal it misses: measured facts, and what is not yet known."""
     notes = []
     lat = results["latency"]
     relay = results["relay"]
-    cpu = relay.get("cpu_cores") or {}
-    cpu_text = ", ".join(f"{name} {cores:.2f}" for name, cores in cpu.items()) if isinstance(cpu, dict) else "?"
+    cpus = int(results["machine"]["cpus"] or 1)
+    profiled = next((r for r in lat if "profile" in r), None)
     behind = [r for r in lat if r["delivery_to_socket"]["p50"] > r["delivery_to_idle"]["p50"]]
     if behind:
         first = min(behind, key=lambda r: (r["rate"], r["sockets"]))
+        where = f"{profiled['rate']:.0f} mails/s, {profiled['sockets']} sockets" if profiled else ""
         notes.append(
             f"From {first['rate']:.0f} mails/s ({first['sockets']} sockets) our path falls behind *after* Dovecot's "
             f"delivery: Dovecot → socket p50 {first['delivery_to_socket']['p50']:.0f} ms against IDLE's "
-            f"{first['delivery_to_idle']['p50']:.0f} ms for the same mails, so events wait in Redis for the relay. "
-            f"During the relay-ceiling stage the cores used were: {cpu_text} (of {results['machine']['cpus']}). "
-            "The machine is saturated, and one bridge process runs the content filter (MIME scan of every "
-            "mail), the relay and the indexer (a store write per event on FerretDB, and a count query per new mail, "
-            "expunge or read) "
-            "in one event loop. Not yet profiled by function. Fixes to try, in order: coalesce unread_count "
-            "per mailbox (one count per burst instead of per event), run the content filter in its own "
-            "process, pipeline the relay's per-event Redis calls (SET NX, GET, XADD)."
+            f"{first['delivery_to_idle']['p50']:.0f} ms for the same mails, so events wait in Redis for the bridge. "
+            f"Cores used during that step, by process group: {_load_text(first.get('cpu_cores', {}), cpus)}; "
+            f"the bridge ran as {_bridge_processes(results)}."
+            + _profile_note(where, profiled.get("profile") if profiled else None)
         )
     queued = [r for r in lat if r["smtp_to_socket"]["p50"] - r["delivery_to_socket"]["p50"] > 100]
     if queued:
@@ -127,7 +210,8 @@ def shortfalls(results: dict[str, Any]) -> list[str]:
             "That is Postfix's queue and the content filter: the stack delivers to each recipient one mail at a "
             "time (`lmtp_destination_recipient_limit = 1`, chosen so Dovecot's Sieve `duplicate` check sees "
             f"every copy in order; see docs/events.md), so {worst['users']} recipients allow at most "
-            f"{worst['users']} deliveries at once, and the filter shares the bridge's saturated event loop."
+            f"{worst['users']} deliveries at once. Cores used during that step: "
+            f"{_load_text(worst.get('cpu_cores', {}), cpus)}."
         )
     capacity = results["capacity"]
     if capacity["best"] < 300:
@@ -135,7 +219,8 @@ def shortfalls(results: dict[str, Any]) -> list[str]:
         detail = (
             f"the first failing step, {failed['rate']} mails/s, lost nothing ({failed['delivered']} of "
             f"{failed['mails']} delivered, {failed['events_received']} events at sockets) but fell behind the "
-            f"schedule (p99 {failed['latency']['p99']:.0f} ms)"
+            f"schedule (p99 {failed['latency']['p99']:.0f} ms); cores used: "
+            f"{_load_text(failed.get('cpu_cores', {}), cpus)}"
             if failed
             else "no step failed"
         )
@@ -144,8 +229,8 @@ def shortfalls(results: dict[str, Any]) -> list[str]:
         notes.append(
             f"Relay ceiling: {relay['deliveries_per_s']:.0f} socket deliveries/s ({relay['events_per_s']:.0f} "
             f"events/s, fan-out {relay['fanout']}), with the injector throttled to keep the backlog bounded; "
-            f"cores used: {cpu_text}. FerretDB's share is the indexer's per-event writes and counts, on the same "
-            "2 cores as the bridge."
+            f"cores used: {_load_text(relay.get('cpu_cores', {}), cpus)}."
+            + _profile_note("relay-ceiling window", relay.get("profile"))
         )
     if results["resume"]["median_ms"] >= 250:
         notes.append(
@@ -155,31 +240,51 @@ def shortfalls(results: dict[str, Any]) -> list[str]:
     return notes
 
 
-async def run(stack: BenchStack, quick: bool) -> dict[str, Any]:
-    started = time.monotonic()
-    mail_users = stack.add_users(20 if quick else 100, "lat")
-    watched = stack.add_users(100 if quick else 1000, "watch")
-    results: dict[str, Any] = {"machine": machine(), "method": METHOD}
+# ============================================================================ stages
 
-    # Mailboxes that have had mail: a user's first delivery also creates the mailbox in Dovecot,
-    # a one-off cost that is not what these runs measure.
-    warm = Plan(rate=50, seconds=len(mail_users) / 50, recipients=[u.email for u in mail_users], tag="warm-up")
+
+def _brief(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A step's result without its profile (printed on a line of its own)."""
+    return {key: value for key, value in result.items() if key != "profile"}
+
+
+def _profile_dir(stack: BenchStack) -> Path:
+    return stack.state / "profiles"
+
+
+async def warm_up(stack: BenchStack, users: list[User]) -> None:
+    """Mailboxes that have had mail: a user's first delivery also creates the mailbox in Dovecot,
+    a one-off cost that is not what these runs measure."""
+    warm = Plan(rate=50, seconds=len(users) / 50, recipients=[u.email for u in users], tag="warm-up")
     await asyncio.to_thread(run_open_loop, stack.info.smtp["host"], stack.info.smtp["port"], warm)
     await asyncio.sleep(3)
 
-    rates = (10, 50) if quick else (10, 50, 100, 200)
+
+async def latency_stage(stack: BenchStack, users: list[User], options: Options) -> list[dict[str, Any]]:
     latency = []
-    for sockets_per_user in (1, 10):
-        for rate in rates:
-            seconds = 4 if quick else 10
-            tag = f"lat{rate}x{sockets_per_user}"
+    for sockets_per_user in options.sockets_per_user:
+        for rate in options.latency_rates:
+            tag = f"lat{rate:g}x{sockets_per_user}"
+            profiled = (rate, sockets_per_user) == options.profiled
             result = await latency_run(
-                stack, mail_users, rate=rate, seconds=seconds, sockets_per_user=sockets_per_user, tag=tag
+                stack,
+                users,
+                rate=rate,
+                seconds=4 if options.quick else 10,
+                sockets_per_user=sockets_per_user,
+                tag=tag,
+                profile_dir=_profile_dir(stack) if profiled else None,
             )
             latency.append(result.summary())
-            print(f"latency {rate}/s, {result.sockets} sockets: {latency[-1]}", flush=True)
-    results["latency"] = latency
+            print(f"latency {rate:g}/s, {result.sockets} sockets: {_brief(latency[-1])}", flush=True)
+            if "profile" in latency[-1]:
+                print(f"profile {tag}: {headline(latency[-1]['profile'])}", flush=True)
+    return latency
 
+
+async def cost_stage(stack: BenchStack, quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """IDLE's cost against ours for 10 / 100 / 1,000 watched users, and the bridge's memory per socket."""
+    watched = stack.add_users(100 if quick else 1000, "watch")
     counts = (10, 100) if quick else (10, 100, 1000)
     idle = await idle_cost(stack, watched, counts=counts)
     idle_rows = [
@@ -198,41 +303,115 @@ async def run(stack: BenchStack, quick: bool) -> dict[str, Any]:
         for n, c in sorted(idle.items())
     ]
     memory = await socket_memory(stack, counts=(*counts, *(() if quick else (10_000,))))
-    ours_connections = memory.get("imap_connections_while_connected", 0)
-    results["cost"] = {
+    cost = {
         "idle": idle_rows,
         "ours": [row for row in memory["rows"] if row["n"] in counts],
-        "ours_imap_connections": ours_connections,
+        "ours_imap_connections": memory.get("imap_connections_while_connected", 0),
     }
-    results["memory"] = memory
-    print(f"cost: {results['cost']}", flush=True)
+    print(f"cost: {cost}", flush=True)
+    return cost, memory
 
-    results["capacity"] = await sustained_rate(
-        stack,
-        mail_users,
-        rates=(100, 200) if quick else (100, 200, 300, 400, 500, 600, 800),
-        seconds=4 if quick else 10,
-    )
-    results["relay"] = await relay_ceiling(
-        stack, sockets=100 if quick else 1000, users=10 if quick else 100, seconds=3 if quick else 10
-    )
-    print(f"relay: {results['relay']}", flush=True)
-    results["resume"] = await resume_replay(stack, events=1000)
-    print(f"resume: {results['resume']}", flush=True)
-    results["shortfalls"] = shortfalls(results)
+
+async def run(stack: BenchStack, options: Options) -> dict[str, Any]:
+    started = time.monotonic()
+    quick, stages = options.quick, options.stages
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "method": METHOD,
+        "options": options.as_json(),
+        "services": {name: service_group(name) for name in stack.services()},
+    }
+    mail_users: list[User] = []
+    if "latency" in stages or "capacity" in stages:
+        mail_users = stack.add_users(20 if quick else 100, "lat")
+        await warm_up(stack, mail_users)
+    if "latency" in stages:
+        results["latency"] = await latency_stage(stack, mail_users, options)
+    if "cost" in stages:
+        results["cost"], results["memory"] = await cost_stage(stack, quick)
+    if "capacity" in stages:
+        results["capacity"] = await sustained_rate(
+            stack,
+            mail_users,
+            rates=(100, 200) if quick else (100, 200, 300, 400, 500, 600, 800),
+            seconds=4 if quick else 10,
+        )
+    if "relay" in stages:
+        results["relay"] = await relay_ceiling(
+            stack,
+            sockets=100 if quick else 1000,
+            users=10 if quick else 100,
+            seconds=3 if quick else 10,
+            profile_dir=_profile_dir(stack),
+        )
+        print(f"relay: {_brief(results['relay'])}", flush=True)
+        if "profile" in results["relay"]:
+            print(f"profile relay: {headline(results['relay']['profile'])}", flush=True)
+    if "resume" in stages:
+        results["resume"] = await resume_replay(stack, events=1000)
+        print(f"resume: {results['resume']}", flush=True)
+    if options.complete:
+        results["shortfalls"] = shortfalls(results)
     results["wall_s"] = time.monotonic() - started
     return results
 
 
-def main() -> int:
+def _stage_list(text: str) -> tuple[str, ...]:
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    unknown = sorted(names - set(STAGES))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown stage {', '.join(unknown) or '(none)'}; from {','.join(STAGES)}")
+    return tuple(name for name in STAGES if name in names)  # always in the usual order
+
+
+def _positive_list(kind: Callable[[str], _N]) -> Callable[[str], tuple[_N, ...]]:
+    def parse(text: str) -> tuple[_N, ...]:
+        try:
+            values = tuple(kind(part) for part in text.split(",") if part.strip())
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if not values or any(v <= 0 for v in values):
+            raise argparse.ArgumentTypeError(f"a comma-separated list of positive numbers, not {text!r}")
+        return values
+
+    return parse
+
+
+def parse_options(argv: list[str] | None = None) -> tuple[Options, argparse.Namespace]:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small version of every stage")
     parser.add_argument("--state", type=Path, default=STATE, help="the stack's state dir (default: %(default)s)")
     parser.add_argument("--no-report", action="store_true", help="print the results, do not write docs/")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--stages",
+        type=_stage_list,
+        default=STAGES,
+        help=f"comma-separated subset of {','.join(STAGES)} (default: all; a subset writes no report)",
+    )
+    parser.add_argument(
+        "--rates",
+        type=_positive_list(float),
+        default=(),
+        help="the latency stage's mails/s, comma-separated (default: 10,50,100,200; --quick: 10,50)",
+    )
+    parser.add_argument(
+        "--sockets-per-user",
+        type=_positive_list(int),
+        default=(1, 10),
+        help="the latency stage's sockets per user, comma-separated (default: 1,10)",
+    )
+    args = parser.parse_args(argv)
+    options = Options(quick=args.quick, stages=args.stages, rates=args.rates, sockets_per_user=args.sockets_per_user)
+    return options, args
+
+
+def main() -> int:
+    options, args = parse_options()
     with running_stack(args.state) as stack:
-        results = asyncio.run(run(stack, args.quick))
-    if args.no_report:
+        results = asyncio.run(run(stack, options))
+    if args.no_report or not options.complete:
+        if not args.no_report:
+            print(f"stages {','.join(options.stages)} only: docs/ left as it is", file=sys.stderr)
         print(json.dumps(results, indent=1, default=str))
         return 0
     path = report.write(results)

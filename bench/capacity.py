@@ -4,6 +4,7 @@ A rate passes when, for a fixed-length open-loop run: every mail is accepted by 
 is delivered by Dovecot (its MessageNew event is in the stream), every `new_email` reaches its
 socket, and the system keeps up: the last tenth of the run sees the same latency as the first (no
 queue growing behind the schedule), judged by p99 SMTP-start-to-socket under KEEP_UP_S.
+Each step also records the cores each group of the stack used over its send and drain.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from bench.latency import deliveries, percentiles
 from bench.smtp_load import Plan, run_open_loop
 from bench.socket_load import SocketFleet
 from bench.stack import BenchStack, User
+from bench.window import StepWindow
 
 KEEP_UP_S = 2.0
 DRAIN_TIMEOUT_S = 60.0
@@ -38,16 +40,17 @@ async def sustained_rate(
                 since_ms = int(time.time() * 1000) - 1000
                 plan = Plan(rate=rate, seconds=seconds, recipients=[u.email for u in users], tag=tag)
                 started = time.monotonic()
-                mails = await asyncio.to_thread(
-                    run_open_loop, stack.info.smtp["host"], stack.info.smtp["port"], plan, connections=connections
-                )
-                ok = [m for m in mails if not m.error]
-                wanted = base + len(ok)
+                async with StepWindow(stack, tag) as window:
+                    mails = await asyncio.to_thread(
+                        run_open_loop, stack.info.smtp["host"], stack.info.smtp["port"], plan, connections=connections
+                    )
+                    ok = [m for m in mails if not m.error]
+                    wanted = base + len(ok)
 
-                def caught_up(wanted: int = wanted) -> bool:
-                    return fleet.counts.get("new_email", 0) >= wanted
+                    def caught_up(wanted: int = wanted) -> bool:
+                        return fleet.counts.get("new_email", 0) >= wanted
 
-                drained = await fleet.wait_for(caught_up, DRAIN_TIMEOUT_S)
+                    drained = await fleet.wait_for(caught_up, DRAIN_TIMEOUT_S)
                 delivered = await deliveries(redis, since_ms, {m.message_id for m in ok})
                 by_subject = {m.subject: m for m in ok}
                 latencies = [t - by_subject[key].due for _n, key, t, _i in fleet.received if key in by_subject]
@@ -70,6 +73,7 @@ async def sustained_rate(
                         "latency": stats,
                         "wall_s": round(time.monotonic() - started, 1),
                         "passed": passed,
+                        **window.summary(),
                     }
                 )
                 print(f"sustained {rate}/s: {'pass' if passed else 'FAIL'} {steps[-1]}", flush=True)

@@ -39,6 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, TypedDict
 
+from bench.cpu import parse_stat, read_procs, stat_fields
 from bench.stack import BenchStack
 
 REIDLE_AFTER_S = 29 * 60  # RFC 2177: re-issue IDLE at least every 29 minutes
@@ -436,16 +437,6 @@ class DovecotSnapshot:
         return self.master_cpu_ticks + sum(p.cpu_ticks for p in self.children)
 
 
-def _stat_fields(pid: int | str) -> tuple[str, list[str]]:
-    """comm and the fields after it in /proc/PID/stat (field 4, ppid, is index 1)."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    return raw[raw.index("(") + 1 : raw.rindex(")")], raw[raw.rindex(")") + 2 :].split()
-
-
-def _cpu(fields: list[str]) -> int:
-    return sum(int(v) for v in fields[11:15])  # utime stime cutime cstime (stat fields 14-17)
-
-
 def _kib(path: Path, key: str) -> int:
     for line in path.read_text().splitlines():
         if line.startswith(key):
@@ -481,32 +472,28 @@ def dovecot_snapshot(
     master_pid: int, imap_port: int, comms: tuple[str, ...] = ("imap", "imap-login")
 ) -> DovecotSnapshot:
     """The master's children (RSS, PSS, CPU; sockets of `comms`), and the IMAP port's connections."""
-    _comm, master_fields = _stat_fields(master_pid)
+    master = parse_stat(master_pid, *stat_fields(master_pid))
     children: list[ProcInfo] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+    for stat in read_procs().values():
+        if stat.ppid != master_pid:
             continue
         try:
-            comm, fields = _stat_fields(entry)
-            if int(fields[1]) != master_pid:
-                continue
-            pid = int(entry)
             pss = 0
             with contextlib.suppress(OSError):
-                pss = _kib(Path(f"/proc/{pid}/smaps_rollup"), "Pss:")
+                pss = _kib(Path(f"/proc/{stat.pid}/smaps_rollup"), "Pss:")
             children.append(
                 ProcInfo(
-                    pid=pid,
-                    comm=comm,
-                    rss_bytes=_kib(Path(f"/proc/{pid}/status"), "VmRSS:"),
+                    pid=stat.pid,
+                    comm=stat.comm,
+                    rss_bytes=_kib(Path(f"/proc/{stat.pid}/status"), "VmRSS:"),
                     pss_bytes=pss,
-                    cpu_ticks=_cpu(fields),
-                    socket_inodes=socket_inodes(pid) if comm in comms else frozenset(),
+                    cpu_ticks=stat.ticks,
+                    socket_inodes=socket_inodes(stat.pid) if stat.comm in comms else frozenset(),
                 )
             )
         except (OSError, ValueError, IndexError):
             continue  # exited while we looked
-    return DovecotSnapshot(_cpu(master_fields), children, _established(imap_port))
+    return DovecotSnapshot(master.ticks, children, _established(imap_port))
 
 
 # ---------------------------------------------------------------------------- B: cost

@@ -4,6 +4,10 @@ For each mail we know: when it was due (the open-loop schedule; "SMTP send start
 delivered it (the `ts` of the hook's MessageNew event, read back from the ingest stream), when each
 of the recipient's sockets got `new_email`, and when the recipient's IDLE connection got the
 `* N EXISTS` that covers it. Clocks: one machine, wall time everywhere.
+
+Over the step's window (from the first mail's send to the last delivery seen, at the sockets and
+at IDLE) the cores each group of the stack used are measured, and, for a chosen step, each bridge
+process is profiled (bench/window.py).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -21,6 +26,7 @@ from bench.idle_watch import IdleFleet
 from bench.smtp_load import Plan, Sent, run_open_loop
 from bench.socket_load import SocketFleet
 from bench.stack import BenchStack, User
+from bench.window import StepWindow
 from bridge import codec
 from bridge.events import MessageNew
 
@@ -54,6 +60,7 @@ class LatencyRun:
     smtp_to_idle: list[float] = field(default_factory=list)
     delivery_to_idle: list[float] = field(default_factory=list)
     idle_missing: int = 0
+    window: dict[str, Any] = field(default_factory=dict)  # StepWindow.summary(): cores by group, profile
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -70,6 +77,7 @@ class LatencyRun:
             "delivery_to_socket": percentiles(self.delivery_to_socket),
             "smtp_to_idle": percentiles(self.smtp_to_idle),
             "delivery_to_idle": percentiles(self.delivery_to_idle),
+            **self.window,
         }
 
 
@@ -89,9 +97,17 @@ async def deliveries(redis: aioredis.Redis, since_ms: int, message_ids: set[str]
 
 
 async def latency_run(
-    stack: BenchStack, users: list[User], *, rate: float, seconds: float, sockets_per_user: int, tag: str
+    stack: BenchStack,
+    users: list[User],
+    *,
+    rate: float,
+    seconds: float,
+    sockets_per_user: int,
+    tag: str,
+    profile_dir: Path | None = None,
 ) -> LatencyRun:
-    """One open-loop run at `rate`, watched at once by sockets (ours) and one IDLE per mailbox (theirs)."""
+    """One open-loop run at `rate`, watched at once by sockets (ours) and one IDLE per mailbox (theirs);
+    with `profile_dir`, the bridge's processes are profiled over the step (raw files there)."""
     tokens = [stack.token(u.email) for u in users for _ in range(sockets_per_user)]
     owner = [u.email for u in users for _ in range(sockets_per_user)]
     redis = aioredis.Redis.from_url(stack.info.redis_url)
@@ -103,26 +119,17 @@ async def latency_run(
             since_ms = int(time.time() * 1000) - 1000
             initial = dict(idle.exists)  # each INBOX's count before this run's mails
             plan = Plan(rate=rate, seconds=seconds, recipients=[u.email for u in users], tag=tag)
-            mails = await asyncio.to_thread(run_open_loop, stack.info.smtp["host"], stack.info.smtp["port"], plan)
-            ok = [m for m in mails if not m.error]
-            expected = len(ok) * sockets_per_user
-            # The fleet is this run's own: every new_email it counts is one of these mails.
-            await fleet.wait_for(lambda: fleet.counts.get("new_email", 0) >= expected, 60)
-            # IDLE coalesces: mails delivered within Dovecot's notify delay share one EXISTS. Wait
-            # until each mailbox's count covers its mails (what is still missing then is reported).
-            wanted: dict[str, int] = defaultdict(int)
-            for mail in ok:
-                wanted[mail.recipient] += 1
-            deadline = time.monotonic() + 40
-            while time.monotonic() < deadline:
-                counts = idle.exists
-                if all(counts.get(email, 0) >= initial.get(email, 0) + n for email, n in wanted.items()):
-                    break
-                await asyncio.sleep(0.1)
+            async with StepWindow(stack, tag, profile_dir=profile_dir) as window:
+                mails = await asyncio.to_thread(run_open_loop, stack.info.smtp["host"], stack.info.smtp["port"], plan)
+                ok = [m for m in mails if not m.error]
+                # The fleet is this run's own: every new_email it counts is one of these mails.
+                expected = len(ok) * sockets_per_user
+                await fleet.wait_for(lambda: fleet.counts.get("new_email", 0) >= expected, 60)
+                await _idle_caught_up(idle, initial, ok)
             delivered = await deliveries(redis, since_ms, {m.message_id for m in ok})
     finally:
         await redis.aclose()
-    return _analyse(
+    run = _analyse(
         rate,
         sockets_per_user,
         users=users,
@@ -133,6 +140,22 @@ async def latency_run(
         initial=initial,
         owner=owner,
     )
+    run.window = window.summary()
+    return run
+
+
+async def _idle_caught_up(idle: IdleFleet, initial: dict[str, int], mails: list[Sent], timeout: float = 40) -> None:
+    """IDLE coalesces: mails delivered within Dovecot's notify delay share one EXISTS. Wait until
+    each mailbox's count covers its mails (what is still missing then is reported)."""
+    wanted: dict[str, int] = defaultdict(int)
+    for mail in mails:
+        wanted[mail.recipient] += 1
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counts = idle.exists
+        if all(counts.get(email, 0) >= initial.get(email, 0) + n for email, n in wanted.items()):
+            return
+        await asyncio.sleep(0.1)
 
 
 def _analyse(

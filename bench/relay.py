@@ -18,7 +18,8 @@ Kinds of injected event (`kind`):
   "subscribe"  mailbox.subscribe: the relay emits one `mailbox_updated`; the indexer writes nothing
                and emits nothing (the relay's cost alone).
 
-CPU is read from /proc/<pid>/stat (utime+stime), memory from /proc/<pid>/status (VmRSS).
+CPU is read from /proc (bench/cpu.py: per group of process trees, and the machine), memory from
+/proc/<pid>/status (VmRSS). The relay ceiling's window is also profiled with py-spy when asked.
 """
 
 from __future__ import annotations
@@ -31,21 +32,23 @@ import re
 import secrets
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgpack
 import redis.asyncio as aioredis
 
+from bench.cpu import CpuMeter, busy_cpu_seconds, cpu_seconds
 from bench.idle_watch import socket_inodes
 from bench.socket_load import SocketFleet, raise_fd_limit
 from bench.stack import BenchStack
+from bench.window import StepWindow
 from bridge import codec
 from bridge.events import ENTRY_FIELD, Event, FlagsSet, MailboxSubscribe, StreamNames
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STREAM_MAXLEN = 1_000_000  # as the hook trims (mail_bridge_stream_maxlen default)
 BATCH = 500
 SOCKETS_PER_USER = 10
@@ -53,22 +56,6 @@ KINDS = {"flags": "email_flags", "subscribe": "mailbox_updated"}
 
 
 # ============================================================================ /proc
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def busy_cpu_seconds() -> float:
-    """CPU time every process on the machine used (all cores, /proc/stat less idle and iowait):
-    the load the measured processes do not account for is contention from elsewhere."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return (sum(values[:8]) - idle) / CLOCK_TICKS
 
 
 def rss_bytes(pid: int) -> int:
@@ -106,37 +93,6 @@ def tcp_connections(pid: int, remote_port: int) -> int:
                 if cols[3] == "01" and int(cols[2].rsplit(":", 1)[1], 16) == remote_port and cols[9] in inodes:
                     count += 1
     return count
-
-
-class CpuMeter:
-    """CPU used by named processes between `start()` and `stop()`, as a fraction of one core;
-    "machine" is every process on the machine together (cores busy, out of os.cpu_count())."""
-
-    def __init__(self, pids: Mapping[str, Sequence[int]]) -> None:
-        self.pids = {name: list(p) for name, p in pids.items()}
-        self._t0 = 0.0
-        self._c0: dict[str, float] = {}
-        self.result: dict[str, float] = {}
-
-    def _read(self) -> dict[str, float]:
-        out: dict[str, float] = {"machine": busy_cpu_seconds()}
-        for name, pids in self.pids.items():
-            total = 0.0
-            for pid in pids:
-                with contextlib.suppress(OSError):
-                    total += cpu_seconds(pid)
-            out[name] = total
-        return out
-
-    def start(self) -> None:
-        self._t0 = time.monotonic()
-        self._c0 = self._read()
-
-    def stop(self) -> dict[str, float]:
-        wall = max(time.monotonic() - self._t0, 1e-9)
-        c1 = self._read()
-        self.result = {name: round((c1[name] - self._c0[name]) / wall, 3) for name in c1}
-        return self.result
 
 
 class RssSampler:
@@ -445,14 +401,6 @@ def _summary(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def _service_pids(stack: BenchStack, names: Sequence[str]) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for name in names:
-        with contextlib.suppress(KeyError, AssertionError, AttributeError, ValueError):
-            out[name] = [stack.pid(name)]
-    return out
-
-
 # ============================================================================ 1. relay ceiling
 
 
@@ -468,6 +416,7 @@ async def relay_ceiling(
     rate: float | None = None,
     max_backlog: int = 5_000,
     drain_timeout: float = 30.0,
+    profile_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Events/s the bridge relays to `sockets` sockets of `users` users (sockets split evenly),
     with events injected for `seconds` as fast as Redis takes them (or at `rate`/s).
@@ -475,7 +424,9 @@ async def relay_ceiling(
     Steady state is the window from `warmup` after the first injection to the end of injection,
     measured from the socket workers' one-second counts. The relay's and the indexer's lag are read
     at the end of injection; then up to `drain_timeout` seconds are given to drain, and what is left
-    is skipped (XGROUP SETID $) so the next measurement starts clean."""
+    is skipped (XGROUP SETID $) so the next measurement starts clean. The cores each group of the
+    stack used are measured over the steady-state window; with `profile_dir`, each bridge process
+    is profiled over it too (raw files there)."""
     names = names_of(stack)
     bridge = stack.pid("bridge")
     accounts = [u.email for u in stack.add_users(users, f"relay{secrets.token_hex(2)}-")]
@@ -500,15 +451,10 @@ async def relay_ceiling(
             async def relay_lag() -> int | None:
                 return (await group_state(redis, names.dovecot)).get(names.relay_group, {}).get("lag")
 
-            pids = {
-                **_service_pids(stack, ["bridge", "redis", "ferretdb"]),
-                "socket_workers": fleet.pids,
-                "injector": [os.getpid()],
-            }
             machine_before = await machine_load()
             redis0: Any = await redis.info("memory")
             keys0 = int(await redis.dbsize())
-            window_meter = CpuMeter(pids)
+            window_meter = StepWindow(stack, "relay", profile_dir=profile_dir)
             metrics0 = await scrape(http, stack.info.web_url)
             t_start = time.time()
             rss_before = rss_bytes(bridge)
@@ -516,7 +462,7 @@ async def relay_ceiling(
 
                 async def measure_window() -> None:
                     await asyncio.sleep(warmup)
-                    window_meter.start()
+                    await window_meter.start()
 
                 window_task = asyncio.create_task(measure_window())
                 stats = await inject_for(
@@ -524,7 +470,8 @@ async def relay_ceiling(
                 )
                 t_end = time.time()
                 await window_task
-                cpu = window_meter.stop()
+                await window_meter.stop()
+                cpu = window_meter.cpu_cores
                 metrics1 = await scrape(http, stack.info.web_url)
                 lag_end = await group_state(redis, names.dovecot)
                 # One more summary from every worker so the window's last second is counted.
@@ -582,7 +529,7 @@ async def relay_ceiling(
                 "browser_events_per_s": round(total / per_user, 1),
                 "bridge_emits_per_s": bridge_rates,
                 "relay_latency_mean_s": round(lat_s / lat_n, 4) if lat_n else None,
-                "cpu_cores": cpu,
+                **window_meter.summary(),
                 # Bridge CPU per relayed ingest event (all its fan-out and the indexer's share
                 # included): steadier than events/s when something else competes for the cores.
                 "bridge_cpu_ms_per_event": round(
@@ -680,7 +627,7 @@ async def socket_memory(
             await settle(bridge)
             run["rss_before_bytes"] = before = rss_bytes(bridge)
             cpu0 = cpu_seconds(bridge)
-            meter = CpuMeter({"bridge": [bridge]})
+            meter = CpuMeter(stack.cpu_roots())
             meter.start()
             started = time.monotonic()
             async with SocketFleet(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+
+from bench.cpu import GROUPS, MACHINE
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PLOTS = DOCS / "benchmarks"
@@ -121,6 +124,7 @@ def write(results: dict[str, Any]) -> Path:
     out += _capacity_section(results["capacity"])
     out += _relay_section(results["relay"], results["memory"])
     out += _resume_section(results["resume"])
+    out += _profiles_section(results)
     out += ["## How it is measured", "", results["method"], ""]
     path = DOCS / "benchmarks.md"
     path.write_text("\n".join(out))
@@ -217,7 +221,45 @@ def _latency_section(latency: list[dict[str, Any]]) -> list[str]:
             f"{cell('delivery_to_socket')} | {cell('smtp_to_idle')} | {cell('delivery_to_idle')} | "
             f"{_ratio(r['smtp_to_idle']['p50'], r['smtp_to_socket']['p50'])} | {lost} |"
         )
+    lines += [
+        "",
+        "Cores used during each step (from the first mail sent to the last delivery seen, at the sockets "
+        "and at IDLE), by process group; `rest` is the machine's busy CPUs no group accounts for.",
+        "",
+    ]
+    lines += _cpu_table(latency, ("mails/s", "sockets"), lambda r: (f"{r['rate']:.0f}", str(r["sockets"])))
     return [*lines, ""]
+
+
+def _cpu_groups(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The groups any row measured: the usual ones in their order, then any other."""
+    seen = {name for r in rows for name in r.get("cpu_cores", {})} - {MACHINE}
+    return [g for g in GROUPS if g in seen] + sorted(seen - set(GROUPS))
+
+
+def _cpu_cells(cpu: Mapping[str, float], groups: Sequence[str]) -> list[str]:
+    cells = [f"{cpu[g]:.2f}" if g in cpu else "-" for g in groups]
+    if MACHINE not in cpu:
+        return [*cells, "-", "-"]
+    rest = cpu[MACHINE] - sum(cpu.get(g, 0.0) for g in groups)
+    return [*cells, f"{rest:.2f}", f"{cpu[MACHINE]:.2f}"]
+
+
+def _cpu_table(
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str], key_cells: Callable[[Mapping[str, Any]], Sequence[str]]
+) -> list[str]:
+    """One row per step: its key cells, the window's length, then cores by group, rest and machine."""
+    measured = [r for r in rows if r.get("cpu_cores")]
+    if not measured:
+        return ["(CPU by process group not measured in this run)"]
+    groups = _cpu_groups(measured)
+    header = [*keys, "window s", *groups, "rest", MACHINE]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in measured:
+        window = f"{r['cpu_window_s']:.1f}" if "cpu_window_s" in r else "-"
+        cells = [*key_cells(r), window, *_cpu_cells(r["cpu_cores"], groups)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _cost_section(cost: dict[str, Any]) -> list[str]:
@@ -269,12 +311,16 @@ def _capacity_section(capacity: dict[str, Any]) -> list[str]:
             f"| {s['rate']} | {s['mails']} | {s['smtp_errors']} | {s['delivered']} | {s['events_received']} | "
             f"{_ms(s['latency']['p50'])} / {_ms(s['latency']['p99'])} | {'pass' if s['passed'] else 'fail'} |"
         )
+    lines += ["", "Cores used during each step (its send and drain), by process group:", ""]
+    lines += _cpu_table(capacity["steps"], ("mails/s",), lambda s: (str(s["rate"]),))
     return [*lines, ""]
 
 
 def _relay_section(relay: dict[str, Any], memory: dict[str, Any]) -> list[str]:
     lines = ["## 4. Relay ceiling of one bridge process, and memory per socket", ""]
     lines += [f"- {key}: {value}" for key, value in relay.items() if not isinstance(value, (list, dict))]
+    lines += ["", "Cores used in the steady-state window, by process group:", ""]
+    lines += _cpu_table([relay], ("sockets",), lambda r: (str(r["sockets"]),))
     lines += ["", "| sockets | bridge RSS | per socket | connect time |", "|---|---|---|---|"]
     for row in memory["rows"]:
         lines.append(
@@ -293,3 +339,73 @@ def _resume_section(resume: dict[str, Any]) -> list[str]:
         f"max {resume['max_ms']:.0f}; {len(resume.get('runs', []))} runs).",
         "",
     ]
+
+
+def _profiled(results: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(what was measured, profile) for every window that was profiled."""
+    found: list[tuple[str, Mapping[str, Any]]] = [
+        (f"latency step, {r['rate']:.0f} mails/s, {r['sockets']} sockets", r["profile"])
+        for r in results.get("latency", [])
+        if "profile" in r
+    ]
+    relay = results.get("relay", {})
+    if "profile" in relay:
+        found.append((f"relay ceiling, {relay['sockets']} sockets", relay["profile"]))
+    return found
+
+
+def _function_table(title: str, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [f"| {title} | file | share | samples |", "|---|---|---|---|"]
+    for row in rows:
+        name = str(row["function"]).replace("|", "\\|")
+        lines.append(f"| `{name}` | {row['file']} | {row['share']:.1%} | {row['samples']} |")
+    return lines
+
+
+def _repo_path(path: str) -> str:
+    """A path inside the repository relative to it (the state dir is not in docs/, nor in git)."""
+    try:
+        return str(Path(path).relative_to(DOCS.parent))
+    except ValueError:
+        return path
+
+
+def _profile_lines(where: str, service: str, result: Mapping[str, Any]) -> list[str]:
+    if "error" in result:
+        return [f"### {where}: {service}", "", f"Not profiled: {result['error']}", ""]
+    lines = [
+        f"### {where}: {service} (pid {result['pid']})",
+        "",
+        f"{result['samples']} samples in {result['seconds']:.1f} s: on average {result['busy']:.2f} threads not "
+        f"idle (running, or runnable and waiting for a CPU), against {result['cpu_cores']:.2f} cores of CPU used "
+        f"over the same window; raw stacks: `{_repo_path(result['raw'])}`.",
+        "",
+        "| leaf frame in | share | samples |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {a['area']} | {a['share']:.1%} | {a['samples']} |" for a in result["areas"]]
+    lines += ["", *_function_table("bridge function (inclusive)", result["bridge_inclusive"]), ""]
+    lines += [*_function_table("leaf function", result["leaves"]), ""]
+    return lines
+
+
+def _profiles_section(results: Mapping[str, Any]) -> list[str]:
+    profiled = _profiled(results)
+    if not profiled:
+        return []
+    lines = [
+        "## Profiles",
+        "",
+        "py-spy on each bridge process over a step's window (see How it is measured). Shares are of all "
+        "samples: by where the leaf (innermost) frame's code lives; the bridge's own functions counted "
+        "inclusively (a sample counts for every bridge function on its stack, the start-up chain that "
+        "leads to the event loop left out); the leaf functions overall. py-spy leaves idle threads out "
+        "but not runnable ones: when a process's threads are not idle for more of the window than it "
+        "has CPU, the difference is time spent waiting for a CPU (on a saturated machine, typically "
+        "right after a loopback socket write woke the reader), and it lands on the frames where it waited.",
+        "",
+    ]
+    for where, profile in profiled:
+        for service, result in profile.get("services", {}).items():
+            lines += _profile_lines(where, service, result)
+    return lines

@@ -1,6 +1,6 @@
 """The stack the benchmark runs on: the same launcher as `make run`, in its own state dir and ports.
 
-`BenchStack` starts Redis, the store, Dovecot, Postfix and one bridge process, creates benchmark
+`BenchStack` starts Redis, the store, Dovecot, Postfix and the bridge's process(es), creates benchmark
 users in batches, and mints tokens with the stack's own secret (so thousands of sockets need no
 thousands of logins). Limits meant for browsers (sockets per user, requests per second) are raised
 here: the benchmark measures the relay, not the rate limiter.
@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.cpu import BRIDGE, service_group, stack_roots
 from bridge.auth import TokenIssuer
 from bridge.settings import DEFAULT_PORTS, StackSettings
 from bridge.stack.launcher import Stack, StackInfo, free_ports
@@ -64,6 +65,21 @@ class BenchStack:
         process = self.launcher.service(service).process
         assert process is not None
         return process.pid
+
+    def services(self) -> dict[str, int]:
+        """{name: pid} of every service the launcher started that is still running, read at call
+        time (the set of services is the launcher's, not a list kept here)."""
+        return {
+            s.name: s.process.pid for s in self.launcher.services if s.process is not None and s.process.poll() is None
+        }
+
+    def bridge_services(self) -> dict[str, int]:
+        """The bridge's own processes: every service that is not Redis, the store, Dovecot or Postfix."""
+        return {name: pid for name, pid in self.services().items() if service_group(name) == BRIDGE}
+
+    def cpu_roots(self) -> dict[str, list[int]]:
+        """The CPU groups' root pids: each service's, and this process's as the load."""
+        return stack_roots(self.services(), [os.getpid()])
 
 
 @contextmanager
