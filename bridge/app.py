@@ -236,14 +236,17 @@ def create_app(settings: Settings) -> web.Application:
         realtime.bind(redis, app[keys.IMAP], app[keys.MAIL])
 
         async def index(deliveries: Sequence[Delivery]) -> None:
-            changed = await store.apply([d.event for d in deliveries])
-            # One recount per mailbox per read, however many of its messages the read touched.
-            counts: list[BrowserEvent] = []
-            for account, mailbox in changed:
-                unread, total = await store.counts(account, mailbox)
-                payload = {"account": account, "mailbox": mailbox, "unread": unread, "total": total}
-                counts.append(BrowserEvent("unread_count", account, payload))
-            await realtime.publish_many(counts)
+            # One unread_count per mailbox per read, however many of its messages the read touched.
+            await realtime.publish_many(
+                [
+                    BrowserEvent(
+                        "unread_count",
+                        c.account,
+                        {"account": c.account, "mailbox": c.mailbox, "unread": c.unread, "total": c.total},
+                    )
+                    for c in await store.apply([d.event for d in deliveries])
+                ]
+            )
 
         relay = Consumer(redis, streams.all(), settings.consumer_group, settings.consumer_name, realtime.relay)
         # The index has its own group: a slow or stopped store never delays what browsers see.

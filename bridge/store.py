@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pymongo import (
@@ -31,7 +32,7 @@ from pymongo import (
     UpdateMany,
     UpdateOne,
 )
-from pymongo.errors import PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from bridge.errors import Unavailable
 from bridge.events import (
@@ -50,10 +51,12 @@ log = logging.getLogger(__name__)
 SEEN = "\\Seen"
 MESSAGES = "messages"
 MTA = "mta_summaries"
+COUNTS = "mailbox_counts"
 # Version 2: message documents keyed by `message_doc_id`, summaries by Message-ID. An index of an
 # older format is dropped at start and rebuilt from IMAP by the backfill (bridge.backfill).
 INDEX_FORMAT = 2
 FACTS = ("hasAttachments", "size", "category")
+STATE = ("flags", "keywords", "seen")
 DEFAULT_FACTS: dict[str, Any] = {"hasAttachments": False, "size": 0, "category": "primary"}
 
 Write = UpdateOne | UpdateMany | DeleteOne | DeleteMany
@@ -62,6 +65,18 @@ Write = UpdateOne | UpdateMany | DeleteOne | DeleteMany
 def message_doc_id(account: str, mailbox: str, uidvalidity: int, uid: int) -> str:
     """A message document's `_id`: its key, as an unambiguous string (a JSON array)."""
     return json.dumps([account, mailbox, uidvalidity, uid], ensure_ascii=False, separators=(",", ":"))
+
+
+def counts_doc_id(account: str, mailbox: str) -> str:
+    return json.dumps([account, mailbox], ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxCounts:
+    account: str
+    mailbox: str
+    unread: int
+    total: int
 
 
 def _message_key(account: str, mailbox: str, uidvalidity: int, uid: int) -> dict[str, Any]:
@@ -120,45 +135,82 @@ class Store:
         except PyMongoError as exc:
             raise Unavailable(f"store did not answer: {exc}") from None
 
-    async def apply(self, events: Sequence[Event]) -> list[tuple[str, str]]:
-        """Bring the index up to date with one read of events, in order. Returns the (account,
-        mailbox) pairs whose counts may have changed (a message added or expunged, \\Seen set or
-        cleared), each once. Raises Unavailable when the store does not answer.
+    async def apply(self, events: Sequence[Event]) -> list[MailboxCounts]:
+        """Bring the index up to date with one read of events, in order. Returns the counts of every
+        mailbox a message was added to, expunged from or marked read or unread in, each once.
+        Raises Unavailable when the store does not answer.
 
         The filter's summary of a mail (attachments, size, category) and Dovecot's delivery of it
         come in either order, on two streams. Each side records itself on the summary document in
         one atomic update that returns the other side's record: a delivery learns the summary if it
         is there, a summary learns the deliveries already indexed and completes them.
+
+        Counts are kept per mailbox and moved by what each write did (a document inserted, deleted,
+        or its `seen` changed), not recounted: a count is a scan of the collection on FerretDB. A
+        replayed event changes no count, so applying a read twice is harmless.
         """
         try:
             facts, early = await self._meet_summaries(events)
-            writes: list[Write] = []
-            changed: dict[tuple[str, str], None] = {}
+            batch = _CountingBatch(self.messages)
             for index, event in enumerate(events):
                 if isinstance(event, MailboxRename):
-                    if writes:  # what came before the rename, first
-                        await self.messages.bulk_write(writes, ordered=True)
-                        writes = []
+                    await batch.flush()  # what came before the rename, first
                     await self._rename(event)
-                    continue
-                mailbox = _writes(event, facts.get(index), writes)
-                if mailbox is not None:
-                    changed[mailbox] = None
+                    batch.recount(event.account, event.old_mailbox)
+                    batch.recount(event.account, event.mailbox)
+                elif isinstance(event, MailboxDelete):
+                    batch.write(DeleteMany({"account": event.account, "mailbox": event.mailbox}))
+                    batch.recount(event.account, event.mailbox)
+                elif isinstance(event, MessageExpunge):
+                    await batch.expunge(event)
+                elif isinstance(event, FlagsSet | FlagsClear) and SEEN in event.flags:
+                    await batch.set_seen(event)
+                elif isinstance(event, MessageAdded):
+                    batch.add(event, facts.get(index))
+                elif isinstance(event, FlagsSet | FlagsClear):
+                    batch.write(_flag_update(event))
             # After every delivery of the read: a summary completes deliveries already written.
             for doc_id, summary in early:
-                writes.append(UpdateOne({"_id": doc_id}, {"$set": {k: summary[k] for k in FACTS}}))
-            if writes:
-                await self.messages.bulk_write(writes, ordered=True)
+                batch.write(UpdateOne({"_id": doc_id}, {"$set": {k: summary[k] for k in FACTS}}))
+            await batch.flush()
+            return [await self._move_counts(key, delta, key in batch.recounts) for key, delta in batch.deltas.items()]
         except PyMongoError as exc:
             raise Unavailable(f"store: {exc}") from None
-        return list(changed)
+
+    async def _move_counts(self, key: tuple[str, str], delta: list[int], recount: bool) -> MailboxCounts:
+        account, mailbox = key
+        if not recount:
+            found = await self.db[COUNTS].find_one_and_update(
+                {"_id": counts_doc_id(account, mailbox)},
+                {"$inc": {"unread": delta[0], "total": delta[1]}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if found is not None:
+                return MailboxCounts(account, mailbox, int(found["unread"]), int(found["total"]))
+        # First count of this mailbox (or after a rename): from the documents, which already hold
+        # this read's writes.
+        unread, total = await self.recount(account, mailbox)
+        return MailboxCounts(account, mailbox, unread, total)
+
+    async def recount(self, account: str, mailbox: str) -> tuple[int, int]:
+        """(unread, total) counted from the mailbox's documents, and kept as its counts."""
+        total = await self.messages.count_documents({"account": account, "mailbox": mailbox})
+        unread = await self.messages.count_documents({"account": account, "mailbox": mailbox, "seen": False})
+        await self.db[COUNTS].update_one(
+            {"_id": counts_doc_id(account, mailbox)},
+            {"$set": {"account": account, "mailbox": mailbox, "unread": unread, "total": total}},
+            upsert=True,
+        )
+        return unread, total
 
     async def _meet_summaries(
         self, events: Sequence[Event]
     ) -> tuple[dict[int, dict[str, Any]], list[tuple[str, dict[str, Any]]]]:
         """({event index: summary} for deliveries whose summary is known, [(message doc id,
         summary)] for deliveries indexed before their summary came)."""
-        lookups: list[tuple[int, Any]] = []
+        # In event order per Message-ID (a mail to two local users is two deliveries of one id);
+        # different ids at once.
+        by_message: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         for index, event in enumerate(events):
             if isinstance(event, MtaAccepted) and event.message_id:
                 update: dict[str, Any] = {"$set": _summary(event)}
@@ -167,14 +219,17 @@ class Store:
                 update = {"$addToSet": {"deliveries": doc_id}}
             else:
                 continue
-            found = self.mta.find_one_and_update(
-                {"_id": event.message_id}, update, upsert=True, return_document=ReturnDocument.AFTER
-            )
-            lookups.append((index, found))
+            by_message.setdefault(event.message_id, []).append((index, update))
+        found: dict[int, dict[str, Any] | None] = {}
+
+        async def meet(message_id: str, updates: list[tuple[int, dict[str, Any]]]) -> None:
+            for index, update in updates:
+                found[index] = await self._record_side(message_id, update)
+
+        await asyncio.gather(*(meet(mid, updates) for mid, updates in by_message.items()))
         facts: dict[int, dict[str, Any]] = {}
         early: list[tuple[str, dict[str, Any]]] = []
-        results = await asyncio.gather(*(found for _, found in lookups))
-        for (index, _), doc in zip(lookups, results, strict=True):
+        for index, doc in sorted(found.items()):
             if doc is None or "size" not in doc:
                 continue  # a delivery whose summary has not come (yet)
             if isinstance(events[index], MessageAdded):
@@ -198,17 +253,89 @@ class Store:
             await self.messages.bulk_write(moved, ordered=False)
         await self.messages.delete_many(old)
 
+    async def _record_side(self, message_id: str, update: dict[str, Any]) -> dict[str, Any] | None:
+        for attempt in (1, 2):
+            try:
+                doc: dict[str, Any] | None = await self.mta.find_one_and_update(
+                    {"_id": message_id}, update, upsert=True, return_document=ReturnDocument.AFTER
+                )
+                return doc
+            except DuplicateKeyError:
+                # Two first upserts of one id at once (two bridge nodes): the loser finds the
+                # winner's document on the second try. MongoDB retries this itself; FerretDB does not.
+                if attempt == 2:
+                    raise
+        return None
+
     async def index_message(self, event: MessageAdded) -> None:
         await self.apply([event])
 
     async def counts(self, account: str, mailbox: str) -> tuple[int, int]:
         """(unread, total) of one mailbox, from the index."""
         try:
-            total = await self.messages.count_documents({"account": account, "mailbox": mailbox})
-            unread = await self.messages.count_documents({"account": account, "mailbox": mailbox, "seen": False})
+            found = await self.db[COUNTS].find_one({"_id": counts_doc_id(account, mailbox)})
+            if found is not None:
+                return int(found["unread"]), int(found["total"])
+            return await self.recount(account, mailbox)
         except PyMongoError as exc:
             raise Unavailable(f"store: {exc}") from None
-        return unread, total
+
+
+class _CountingBatch:
+    """One read's writes to the messages collection, in order, and how each moved its mailbox's
+    counts. Inserts and plain updates go in ordered bulk writes; an expunge and a change of `seen`
+    need the document as it was, so they go one by one (after what came before them)."""
+
+    def __init__(self, messages: Any) -> None:
+        self.messages = messages
+        self.writes: list[Write] = []
+        self.added: dict[int, tuple[str, str, bool]] = {}  # write position -> (account, mailbox, seen)
+        self.deltas: dict[tuple[str, str], list[int]] = {}  # (account, mailbox) -> [unread, total]
+        self.recounts: set[tuple[str, str]] = set()
+
+    def _delta(self, account: str, mailbox: str) -> list[int]:
+        return self.deltas.setdefault((account, mailbox), [0, 0])
+
+    def write(self, op: Write) -> None:
+        self.writes.append(op)
+
+    def recount(self, account: str, mailbox: str) -> None:
+        self._delta(account, mailbox)
+        self.recounts.add((account, mailbox))
+
+    def add(self, event: MessageAdded, summary: dict[str, Any] | None) -> None:
+        self._delta(event.account, event.mailbox)
+        self.added[len(self.writes)] = (event.account, event.mailbox, SEEN in event.flags)
+        self.writes.append(_message_upsert(event, summary))
+
+    async def flush(self) -> None:
+        if not self.writes:
+            return
+        result = await self.messages.bulk_write(self.writes, ordered=True)
+        for position in result.upserted_ids:  # inserted, not updated: a new message
+            account, mailbox, seen = self.added[position]
+            delta = self._delta(account, mailbox)
+            delta[0] += 0 if seen else 1
+            delta[1] += 1
+        self.writes, self.added = [], {}
+
+    async def expunge(self, event: MessageExpunge) -> None:
+        await self.flush()
+        delta = self._delta(event.account, event.mailbox)
+        doc_id = message_doc_id(event.account, event.mailbox, event.uidvalidity, event.uid)
+        gone = await self.messages.find_one_and_delete({"_id": doc_id})  # no projection: FerretDB lacks it here
+        if gone is not None:
+            delta[0] -= 0 if gone.get("seen") else 1
+            delta[1] -= 1
+
+    async def set_seen(self, event: FlagsSet | FlagsClear) -> None:
+        await self.flush()
+        delta = self._delta(event.account, event.mailbox)
+        query, update = _flag_change(event)
+        before = await self.messages.find_one_and_update(query, update, return_document=ReturnDocument.BEFORE)
+        seen_now = isinstance(event, FlagsSet)
+        if before is not None and bool(before.get("seen")) != seen_now:
+            delta[0] += -1 if seen_now else 1
 
 
 def _summary(event: MtaAccepted) -> dict[str, Any]:
@@ -241,38 +368,37 @@ def _message_doc(event: MessageAdded) -> dict[str, Any]:
     }
 
 
-def _writes(event: Event, summary: dict[str, Any] | None, out: list[Write]) -> tuple[str, str] | None:
-    """Append the index writes one event needs to `out`; return its mailbox if counts may move."""
-    if isinstance(event, MessageAdded):
-        doc_id = message_doc_id(event.account, event.mailbox, event.uidvalidity, event.uid)
-        update: dict[str, Any] = {"$set": _message_doc(event)}
-        if summary is not None:
-            update["$set"].update({k: summary[k] for k in FACTS})
-        else:
-            # Not known yet: defaults for a new document, and what a summary wrote stays.
-            update["$setOnInsert"] = DEFAULT_FACTS
-        out.append(UpdateOne({"_id": doc_id}, update, upsert=True))
-        return event.account, event.mailbox
-    if isinstance(event, MessageExpunge):
-        out.append(DeleteOne({"_id": message_doc_id(event.account, event.mailbox, event.uidvalidity, event.uid)}))
-        return event.account, event.mailbox
-    if isinstance(event, FlagsSet | FlagsClear):
-        adding = isinstance(event, FlagsSet)
-        op = "$addToSet" if adding else "$pull"
-        change: dict[str, Any] = {}
-        if event.flags:
-            change["flags"] = {"$each": list(event.flags)} if adding else {"$in": list(event.flags)}
-        if event.keywords:
-            change["keywords"] = {"$each": list(event.keywords)} if adding else {"$in": list(event.keywords)}
-        flag_update: dict[str, Any] = {op: change}
-        if SEEN in event.flags:
-            flag_update["$set"] = {"seen": adding}
-        doc_id = message_doc_id(event.account, event.mailbox, event.uidvalidity, event.uid)
-        out.append(UpdateOne({"_id": doc_id}, flag_update))
-        # Only \\Seen moves a mailbox's counts; other flags and keywords leave unread and total
-        # as they were, so there is nothing to recount (and no count query per flag change).
-        return (event.account, event.mailbox) if SEEN in event.flags else None
-    if isinstance(event, MailboxDelete):
-        out.append(DeleteMany({"account": event.account, "mailbox": event.mailbox}))
-        return None
-    return None
+def _message_upsert(event: MessageAdded, summary: dict[str, Any] | None) -> UpdateOne:
+    doc = _message_doc(event)
+    # Flags as delivered only for a new document: on one already there (a replayed event, or the
+    # backfill came first) the flag events since then hold the truth, and the counts with them.
+    update: dict[str, Any] = {
+        "$set": {k: v for k, v in doc.items() if k not in STATE},
+        "$setOnInsert": {k: doc[k] for k in STATE},
+    }
+    if summary is not None:
+        update["$set"].update({k: summary[k] for k in FACTS})
+    else:
+        # Not known yet: defaults for a new document, and what a summary wrote stays.
+        update["$setOnInsert"].update(DEFAULT_FACTS)
+    doc_id = message_doc_id(event.account, event.mailbox, event.uidvalidity, event.uid)
+    return UpdateOne({"_id": doc_id}, update, upsert=True)
+
+
+def _flag_update(event: FlagsSet | FlagsClear) -> UpdateOne:
+    return UpdateOne(*_flag_change(event))
+
+
+def _flag_change(event: FlagsSet | FlagsClear) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(filter, update) of a flag change."""
+    adding = isinstance(event, FlagsSet)
+    op = "$addToSet" if adding else "$pull"
+    change: dict[str, Any] = {}
+    if event.flags:
+        change["flags"] = {"$each": list(event.flags)} if adding else {"$in": list(event.flags)}
+    if event.keywords:
+        change["keywords"] = {"$each": list(event.keywords)} if adding else {"$in": list(event.keywords)}
+    update: dict[str, Any] = {op: change}
+    if SEEN in event.flags:
+        update["$set"] = {"seen": adding}
+    return {"_id": message_doc_id(event.account, event.mailbox, event.uidvalidity, event.uid)}, update

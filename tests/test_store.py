@@ -9,9 +9,18 @@ from typing import Any
 
 import pytest
 
-from bridge.events import Attachment, Direction, FlagsSet, MailboxRename, MessageExpunge, MessageNew, MtaAccepted
+from bridge.events import (
+    Attachment,
+    Direction,
+    FlagsClear,
+    FlagsSet,
+    MailboxRename,
+    MessageExpunge,
+    MessageNew,
+    MtaAccepted,
+)
 from bridge.stack.launcher import StackInfo
-from bridge.store import Store, message_doc_id
+from bridge.store import MailboxCounts, Store, message_doc_id
 
 
 @pytest.fixture
@@ -62,7 +71,7 @@ async def test_the_filter_summary_completes_its_delivery_in_any_order(store: Sto
     new, mta = delivery(account, 1, message_id), summary(account, message_id)
     if order == "summary first":
         await store.apply([mta])
-        assert await store.apply([new]) == [(account, "INBOX")]
+        assert await store.apply([new]) == [MailboxCounts(account, "INBOX", 1, 1)]
     elif order == "delivery first":
         await store.apply([new])
         assert (await doc(store, account, 1) or {})["hasAttachments"] is False  # not known yet
@@ -82,20 +91,22 @@ async def test_the_filter_summary_completes_its_delivery_in_any_order(store: Sto
 async def test_flags_expunge_and_counts(store: Store) -> None:
     account = f"{uuid.uuid4().hex[:8]}@example.test"
     news = [delivery(account, uid, f"<{uuid.uuid4().hex}@x>") for uid in (1, 2, 3)]
-    assert await store.apply(news) == [(account, "INBOX")]  # one recount for the read
+    assert await store.apply(news) == [MailboxCounts(account, "INBOX", 3, 3)]  # one count for the read
     assert await store.counts(account, "INBOX") == (3, 3)
     seen = FlagsSet(key="f1", ts=0, account=account, mailbox="INBOX", uidvalidity=7, uid=2, flags=("\\Seen",))
     star = FlagsSet(key="f2", ts=0, account=account, mailbox="INBOX", uidvalidity=7, uid=3, flags=("\\Flagged",))
-    assert await store.apply([seen, star]) == [(account, "INBOX")]  # the star moves no count
+    assert await store.apply([seen, star]) == [MailboxCounts(account, "INBOX", 2, 3)]  # the star moves none
     assert await store.counts(account, "INBOX") == (2, 3)
+    assert await store.apply([star]) == []
     assert (await doc(store, account, 3) or {})["flags"] == ["\\Flagged"]
     gone = MessageExpunge(key="x1", ts=0, account=account, mailbox="INBOX", uidvalidity=7, uid=1)
-    await store.apply([gone])
+    assert await store.apply([gone]) == [MailboxCounts(account, "INBOX", 1, 2)]
     assert await doc(store, account, 1) is None
-    assert await store.counts(account, "INBOX") == (1, 2)
-    # Applying a read again (a retried read) changes nothing.
-    await store.apply([seen, star, gone])
-    assert await store.counts(account, "INBOX") == (1, 2)
+    # Applying reads again (a retried read) moves no count, and the kept counts match a recount.
+    assert await store.apply([*news, seen, star, gone]) == [MailboxCounts(account, "INBOX", 1, 2)]
+    assert await store.recount(account, "INBOX") == (1, 2)
+    unseen = FlagsClear(key="f3", ts=0, account=account, mailbox="INBOX", uidvalidity=7, uid=2, flags=("\\Seen",))
+    assert await store.apply([unseen, unseen]) == [MailboxCounts(account, "INBOX", 2, 2)]
 
 
 async def test_a_renamed_mailbox_keeps_its_messages(store: Store) -> None:
@@ -109,3 +120,15 @@ async def test_a_renamed_mailbox_keeps_its_messages(store: Store) -> None:
     assert moved is not None and moved["mailbox"] == "New" and moved["subject"] == "message 2"
     await store.apply([rename])  # applied twice (a retried read): still two messages
     assert await store.counts(account, "New") == (2, 2)
+
+
+async def test_one_mail_to_two_users_in_one_read(store: Store) -> None:
+    """Two deliveries of one Message-ID and its summary in the same read: each delivery is
+    completed, and the summary's record is written without a duplicate-key race."""
+    message_id = f"<{uuid.uuid4().hex}@outside.test>"
+    accounts = [f"{uuid.uuid4().hex[:8]}@example.test" for _ in range(2)]
+    mta = summary(accounts[0], message_id)
+    await store.apply([delivery(accounts[0], 1, message_id), delivery(accounts[1], 1, message_id), mta])
+    for account in accounts:
+        found = await doc(store, account, 1)
+        assert found is not None and found["hasAttachments"] is True, found
