@@ -64,7 +64,7 @@ class DrainStats:
 class SpoolDrainer:
     """Moves spooled events into their streams, oldest file first."""
 
-    def __init__(self, redis: aioredis.Redis, spool_dir: Path, maxlen: int, interval_s: float = 0.5) -> None:
+    def __init__(self, redis: aioredis.Redis, spool_dir: Path, maxlen: int, interval_s: float = 0.1) -> None:
         self.redis = redis
         self.spool_dir = spool_dir
         self.maxlen = maxlen

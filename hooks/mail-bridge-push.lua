@@ -5,7 +5,7 @@
 --   * Every mail-store event of a committed transaction becomes one msgpack event (docs/events.md),
 --     XADDed to the stream named by mail_bridge_stream, in transaction order, pipelined.
 --   * Never fails a delivery or an IMAP command: every step is protected, and the whole Redis
---     exchange is bounded by mail_bridge_timeout_msecs (default 100 ms) per transaction.
+--     exchange is bounded by mail_bridge_timeout_msecs (default 250 ms) per transaction.
 --   * Never loses an event: when Redis cannot take them, the transaction's events are written to a
 --     spool file (created as .tmp, renamed to .mp when complete) that the bridge drains in order.
 --     While a PENDING marker exists in the spool, new events go to the spool too, so order holds.
@@ -182,7 +182,7 @@ function dovecot_lua_notify_begin_txn(user)
       stream = setting(user, "stream", "mail:dovecot"),
       maxlen = setting(user, "stream_maxlen", "1000000"),
       spool = setting(user, "spool_dir", "/var/spool/mail-bridge"),
-      timeout = (tonumber(setting(user, "timeout_msecs", "100")) or 100) / 1000,
+      timeout = (tonumber(setting(user, "timeout_msecs", "250")) or 250) / 1000,
     },
   }
 end
