@@ -33,7 +33,9 @@ from typing import Any
 
 from bench.cpu import CpuMeter
 
-RATE_HZ = 250
+# Samples per second: py-spy's cost grows with it, and it shares the cores with what it measures
+# (about 0.25 of a core at 250 Hz on two processes); 50 Hz over a 10 s window still gives ~500.
+RATE_HZ = 50
 TOP = 15
 LIMIT_S = 900  # py-spy's own --duration: a bound in case a stop never comes
 START_TIMEOUT_S = 5.0

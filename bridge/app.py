@@ -31,6 +31,7 @@ from bridge.events import StreamNames
 from bridge.http_api import add_routes, add_web_client, cors_middleware, errors_middleware
 from bridge.http_mail import add_routes as add_mail_routes
 from bridge.imap import ImapGateway
+from bridge.index_cache import IndexCache
 from bridge.mail_service import MailService
 from bridge.metrics import Metrics
 from bridge.rate_limit import RateLimiter
@@ -210,7 +211,8 @@ def create_app(settings: Settings) -> web.Application:
         yield
 
     async def mail_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[keys.BACKFILL] = backfill = Backfill(app[keys.IMAP], app[keys.STORE])
+        app[keys.INDEX_CACHE] = index_cache = IndexCache(app[keys.REDIS], app[keys.STORE], settings.stream_prefix)
+        app[keys.BACKFILL] = backfill = Backfill(app[keys.IMAP], app[keys.STORE], index_cache)
         realtime.on_accounts = backfill.start_all
         app[keys.MAIL] = MailService(
             app[keys.IMAP],
@@ -232,8 +234,9 @@ def create_app(settings: Settings) -> web.Application:
 
     async def background_ctx(app: web.Application) -> AsyncIterator[None]:
         redis = app[keys.REDIS]
-        store = app[keys.STORE]
         realtime.bind(redis, app[keys.IMAP], app[keys.MAIL])
+
+        index_cache = app[keys.INDEX_CACHE]
 
         async def index(deliveries: Sequence[Delivery]) -> None:
             # One unread_count per mailbox per read, however many of its messages the read touched.
@@ -244,7 +247,7 @@ def create_app(settings: Settings) -> web.Application:
                         c.account,
                         {"account": c.account, "mailbox": c.mailbox, "unread": c.unread, "total": c.total},
                     )
-                    for c in await store.apply([d.event for d in deliveries])
+                    for c in await index_cache.apply([d.event for d in deliveries])
                 ]
             )
 

@@ -17,9 +17,11 @@ from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
 
 from bridge.errors import BridgeError
 from bridge.imap import FetchedHeaders, ImapGateway
+from bridge.index_cache import IndexCache
 from bridge.mail_headers import decode_text
 from bridge.store import SEEN, Store, message_doc_id
 
@@ -62,9 +64,10 @@ def document(account: str, mailbox: str, uidvalidity: int, item: FetchedHeaders)
 
 
 class Backfill:
-    def __init__(self, imap: ImapGateway, store: Store) -> None:
+    def __init__(self, imap: ImapGateway, store: Store, counts: IndexCache) -> None:
         self.imap = imap
         self.store = store
+        self.counts = counts  # counted again once a mailbox is filled in
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._done: set[str] = set()  # accounts known to be indexed: no store lookup per connection
         self._slots = asyncio.Semaphore(CONCURRENT_BACKFILLS)
@@ -109,12 +112,12 @@ class Backfill:
                     writes.append(UpdateOne({"_id": doc_id}, {"$setOnInsert": doc}, upsert=True))
                 for start in range(0, len(writes), WRITE_BATCH):
                     await self.store.messages.bulk_write(writes[start : start + WRITE_BATCH], ordered=False)
-                await self.store.recount(account, box.name)
+                await self.counts.recount(account, box.name)
                 count += len(writes)
             await self.store.db["accounts"].update_one(
                 {"account": account}, {"$set": {"indexed": True, "indexedAt": int(time.time())}}, upsert=True
             )
             self._done.add(account)
             log.info("[%s] backfilled %d message(s) in %.2f s", account, count, time.monotonic() - started)
-        except (BridgeError, PyMongoError) as exc:
+        except (BridgeError, PyMongoError, RedisError) as exc:
             log.warning("[%s] backfill postponed to the next login: %s", account, exc)

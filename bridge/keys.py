@@ -8,6 +8,7 @@ from aiohttp import web
 from bridge.auth import TokenIssuer
 from bridge.backfill import Backfill
 from bridge.imap import ImapGateway
+from bridge.index_cache import IndexCache
 from bridge.mail_service import MailService
 from bridge.metrics import Metrics
 from bridge.rate_limit import RateLimiter
@@ -27,3 +28,4 @@ MAIL = web.AppKey("mail", MailService)
 REQUEST_LIMIT = web.AppKey("request_limit", RateLimiter)
 METRICS = web.AppKey("metrics", Metrics)
 BACKFILL = web.AppKey("backfill", Backfill)
+INDEX_CACHE = web.AppKey("index_cache", IndexCache)

@@ -36,6 +36,7 @@ from bridge.auth import Identity
 from bridge.browser_events import BrowserEvent, EmailRef, email_id, parse_email_id
 from bridge.errors import Forbidden, InvalidInput, NotFound, RateLimited, Unavailable
 from bridge.imap import ImapGateway, MailboxInfo
+from bridge.index_cache import IndexCache
 from bridge.mail_headers import decode_text
 from bridge.message_parse import extract_part, parse_message
 from bridge.metrics import Metrics
@@ -158,6 +159,7 @@ class MailService:
         self.prefix = prefix
         self.send_limit = send_limit
         self.uploads = Uploads(redis, prefix)
+        self.counts = IndexCache(redis, store, prefix)
 
     # -- reads
 
@@ -165,7 +167,7 @@ class MailService:
         boxes: list[MailboxInfo] = await self.imap.list_mailboxes(account)
         out = []
         for box in boxes:
-            unread, total = await self.store.counts(account, box.name) if box.selectable else (0, 0)
+            unread, total = await self.counts.counts(account, box.name) if box.selectable else (0, 0)
             out.append(
                 {
                     "name": box.name,

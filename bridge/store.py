@@ -15,10 +15,9 @@ UIDVALIDITY, UID) cost a scan of the whole index per event. MongoDB serves both 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +31,7 @@ from pymongo import (
     UpdateMany,
     UpdateOne,
 )
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import PyMongoError
 
 from bridge.errors import Unavailable
 from bridge.events import (
@@ -43,15 +42,13 @@ from bridge.events import (
     MailboxRename,
     MessageAdded,
     MessageExpunge,
-    MtaAccepted,
 )
 
 log = logging.getLogger(__name__)
 
 SEEN = "\\Seen"
 MESSAGES = "messages"
-MTA = "mta_summaries"
-COUNTS = "mailbox_counts"
+OPERATION_TIMEOUT_MS = 10_000
 # Version 2: message documents keyed by `message_doc_id`, summaries by Message-ID. An index of an
 # older format is dropped at start and rebuilt from IMAP by the backfill (bridge.backfill).
 INDEX_FORMAT = 2
@@ -67,8 +64,10 @@ def message_doc_id(account: str, mailbox: str, uidvalidity: int, uid: int) -> st
     return json.dumps([account, mailbox, uidvalidity, uid], ensure_ascii=False, separators=(",", ":"))
 
 
-def counts_doc_id(account: str, mailbox: str) -> str:
-    return json.dumps([account, mailbox], ensure_ascii=False, separators=(",", ":"))
+@dataclass(frozen=True)
+class IndexChanges:
+    deltas: dict[tuple[str, str], list[int]]  # (account, mailbox) -> [unread, total] moved
+    recounts: set[tuple[str, str]]  # mailboxes to count again (renamed, deleted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +84,14 @@ def _message_key(account: str, mailbox: str, uidvalidity: int, uid: int) -> dict
 
 class Store:
     def __init__(self, url: str, database: str) -> None:
+        # Every operation is bounded (timeoutMS): a store that stops answering one request (seen
+        # with FerretDB under concurrent writes) must fail it, so the indexer retries, rather than
+        # hold the index still forever.
         self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            url, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000, tz_aware=True
+            url, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000, timeoutMS=OPERATION_TIMEOUT_MS, tz_aware=True
         )
         self.db = self.client[database]
         self.messages = self.db[MESSAGES]
-        self.mta = self.db[MTA]
         self.settings = self.db["settings"]
 
     async def open(self) -> None:
@@ -122,8 +123,9 @@ class Store:
             # The index is a cache of what Dovecot holds: rebuild it rather than rewrite it.
             log.warning("message index format %d is older than %d: rebuilding it from IMAP", version, INDEX_FORMAT)
             await self.messages.drop()
-            await self.mta.drop()
             await self.db["accounts"].delete_many({})
+        # Summaries and counts of format 1 were documents; they live in Redis now (bridge.index_cache).
+        await self.db["mta_summaries"].drop()
         await meta.update_one({"_id": "index-format"}, {"$set": {"version": INDEX_FORMAT}}, upsert=True)
 
     async def close(self) -> None:
@@ -135,22 +137,18 @@ class Store:
         except PyMongoError as exc:
             raise Unavailable(f"store did not answer: {exc}") from None
 
-    async def apply(self, events: Sequence[Event]) -> list[MailboxCounts]:
-        """Bring the index up to date with one read of events, in order. Returns the counts of every
-        mailbox a message was added to, expunged from or marked read or unread in, each once.
-        Raises Unavailable when the store does not answer.
-
-        The filter's summary of a mail (attachments, size, category) and Dovecot's delivery of it
-        come in either order, on two streams. Each side records itself on the summary document in
-        one atomic update that returns the other side's record: a delivery learns the summary if it
-        is there, a summary learns the deliveries already indexed and completes them.
-
-        Counts are kept per mailbox and moved by what each write did (a document inserted, deleted,
-        or its `seen` changed), not recounted: a count is a scan of the collection on FerretDB. A
-        replayed event changes no count, so applying a read twice is harmless.
-        """
+    async def apply(
+        self,
+        events: Sequence[Event],
+        facts: Mapping[int, dict[str, Any]],
+        early: Sequence[tuple[str, dict[str, Any]]],
+    ) -> IndexChanges:
+        """Bring the index up to date with one read of events, in order: `facts` are the filter's
+        summaries known for the read's deliveries (by event index), `early` the deliveries indexed
+        before their summary came (see bridge.index_cache). Returns how each mailbox's counts moved
+        (a message inserted or deleted, or its `seen` changed): a replayed event moves nothing, so
+        applying a read twice is harmless. Raises Unavailable when the store does not answer."""
         try:
-            facts, early = await self._meet_summaries(events)
             batch = _CountingBatch(self.messages)
             for index, event in enumerate(events):
                 if isinstance(event, MailboxRename):
@@ -173,70 +171,9 @@ class Store:
             for doc_id, summary in early:
                 batch.write(UpdateOne({"_id": doc_id}, {"$set": {k: summary[k] for k in FACTS}}))
             await batch.flush()
-            return [await self._move_counts(key, delta, key in batch.recounts) for key, delta in batch.deltas.items()]
         except PyMongoError as exc:
             raise Unavailable(f"store: {exc}") from None
-
-    async def _move_counts(self, key: tuple[str, str], delta: list[int], recount: bool) -> MailboxCounts:
-        account, mailbox = key
-        if not recount:
-            found = await self.db[COUNTS].find_one_and_update(
-                {"_id": counts_doc_id(account, mailbox)},
-                {"$inc": {"unread": delta[0], "total": delta[1]}},
-                return_document=ReturnDocument.AFTER,
-            )
-            if found is not None:
-                return MailboxCounts(account, mailbox, int(found["unread"]), int(found["total"]))
-        # First count of this mailbox (or after a rename): from the documents, which already hold
-        # this read's writes.
-        unread, total = await self.recount(account, mailbox)
-        return MailboxCounts(account, mailbox, unread, total)
-
-    async def recount(self, account: str, mailbox: str) -> tuple[int, int]:
-        """(unread, total) counted from the mailbox's documents, and kept as its counts."""
-        total = await self.messages.count_documents({"account": account, "mailbox": mailbox})
-        unread = await self.messages.count_documents({"account": account, "mailbox": mailbox, "seen": False})
-        await self.db[COUNTS].update_one(
-            {"_id": counts_doc_id(account, mailbox)},
-            {"$set": {"account": account, "mailbox": mailbox, "unread": unread, "total": total}},
-            upsert=True,
-        )
-        return unread, total
-
-    async def _meet_summaries(
-        self, events: Sequence[Event]
-    ) -> tuple[dict[int, dict[str, Any]], list[tuple[str, dict[str, Any]]]]:
-        """({event index: summary} for deliveries whose summary is known, [(message doc id,
-        summary)] for deliveries indexed before their summary came)."""
-        # In event order per Message-ID (a mail to two local users is two deliveries of one id);
-        # different ids at once.
-        by_message: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-        for index, event in enumerate(events):
-            if isinstance(event, MtaAccepted) and event.message_id:
-                update: dict[str, Any] = {"$set": _summary(event)}
-            elif isinstance(event, MessageAdded) and event.message_id:
-                doc_id = message_doc_id(event.account, event.mailbox, event.uidvalidity, event.uid)
-                update = {"$addToSet": {"deliveries": doc_id}}
-            else:
-                continue
-            by_message.setdefault(event.message_id, []).append((index, update))
-        found: dict[int, dict[str, Any] | None] = {}
-
-        async def meet(message_id: str, updates: list[tuple[int, dict[str, Any]]]) -> None:
-            for index, update in updates:
-                found[index] = await self._record_side(message_id, update)
-
-        await asyncio.gather(*(meet(mid, updates) for mid, updates in by_message.items()))
-        facts: dict[int, dict[str, Any]] = {}
-        early: list[tuple[str, dict[str, Any]]] = []
-        for index, doc in sorted(found.items()):
-            if doc is None or "size" not in doc:
-                continue  # a delivery whose summary has not come (yet)
-            if isinstance(events[index], MessageAdded):
-                facts[index] = doc
-            else:
-                early.extend((delivery, doc) for delivery in doc.get("deliveries", []))
-        return facts, early
+        return IndexChanges(batch.deltas, batch.recounts)
 
     async def _rename(self, event: MailboxRename) -> None:
         """Dovecot keeps UIDs and UIDVALIDITY across a rename (RFC 3501 6.3.5 allows either), but a
@@ -253,32 +190,18 @@ class Store:
             await self.messages.bulk_write(moved, ordered=False)
         await self.messages.delete_many(old)
 
-    async def _record_side(self, message_id: str, update: dict[str, Any]) -> dict[str, Any] | None:
-        for attempt in (1, 2):
-            try:
-                doc: dict[str, Any] | None = await self.mta.find_one_and_update(
-                    {"_id": message_id}, update, upsert=True, return_document=ReturnDocument.AFTER
-                )
-                return doc
-            except DuplicateKeyError:
-                # Two first upserts of one id at once (two bridge nodes): the loser finds the
-                # winner's document on the second try. MongoDB retries this itself; FerretDB does not.
-                if attempt == 2:
-                    raise
-        return None
-
     async def index_message(self, event: MessageAdded) -> None:
-        await self.apply([event])
+        await self.apply([event], {}, [])
 
     async def counts(self, account: str, mailbox: str) -> tuple[int, int]:
-        """(unread, total) of one mailbox, from the index."""
+        """(unread, total) of one mailbox, counted from its documents (a scan on FerretDB: the
+        kept counts are in bridge.index_cache)."""
         try:
-            found = await self.db[COUNTS].find_one({"_id": counts_doc_id(account, mailbox)})
-            if found is not None:
-                return int(found["unread"]), int(found["total"])
-            return await self.recount(account, mailbox)
+            total = await self.messages.count_documents({"account": account, "mailbox": mailbox})
+            unread = await self.messages.count_documents({"account": account, "mailbox": mailbox, "seen": False})
         except PyMongoError as exc:
             raise Unavailable(f"store: {exc}") from None
+        return unread, total
 
 
 class _CountingBatch:
@@ -336,18 +259,6 @@ class _CountingBatch:
         seen_now = isinstance(event, FlagsSet)
         if before is not None and bool(before.get("seen")) != seen_now:
             delta[0] += -1 if seen_now else 1
-
-
-def _summary(event: MtaAccepted) -> dict[str, Any]:
-    return {
-        "messageId": event.message_id,
-        "hasAttachments": bool(event.attachments),
-        "attachments": [
-            {"filename": a.filename, "contentType": a.content_type, "size": a.size} for a in event.attachments
-        ],
-        "size": event.size,
-        "category": event.category,
-    }
 
 
 def _message_doc(event: MessageAdded) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from bridge.events import (
     Attachment,
@@ -19,15 +20,32 @@ from bridge.events import (
     MessageNew,
     MtaAccepted,
 )
+from bridge.index_cache import IndexCache
 from bridge.stack.launcher import StackInfo
 from bridge.store import MailboxCounts, Store, message_doc_id
 
 
+class Index:
+    """The indexer as the bridge runs it: the store, and the index's state in Redis."""
+
+    def __init__(self, store: Index, cache: IndexCache) -> None:
+        self.store, self.cache, self.messages = store, cache, store.messages
+
+    async def apply(self, events: list[Any]) -> list[MailboxCounts]:
+        return await self.cache.apply(events)
+
+    async def counts(self, account: str, mailbox: str) -> tuple[int, int]:
+        return await self.cache.counts(account, mailbox)
+
+    async def recount(self, account: str, mailbox: str) -> tuple[int, int]:
+        return await self.store.counts(account, mailbox)
+
+
 @pytest.fixture
-async def store(stack: StackInfo) -> AsyncIterator[Store]:
+async def store(stack: StackInfo, redis_client: aioredis.Redis) -> AsyncIterator[Index]:
     store = Store(stack.mongodb_url, "mailbridge")
     await store.open()
-    yield store
+    yield Index(store, IndexCache(redis_client, store, "mail"))
     await store.close()
 
 
@@ -59,13 +77,13 @@ def summary(account: str, message_id: str) -> MtaAccepted:
     )
 
 
-async def doc(store: Store, account: str, uid: int, mailbox: str = "INBOX") -> dict[str, Any] | None:
+async def doc(store: Index, account: str, uid: int, mailbox: str = "INBOX") -> dict[str, Any] | None:
     found: dict[str, Any] | None = await store.messages.find_one({"_id": message_doc_id(account, mailbox, 7, uid)})
     return found
 
 
 @pytest.mark.parametrize("order", ["summary first", "delivery first", "same read"])
-async def test_the_filter_summary_completes_its_delivery_in_any_order(store: Store, order: str) -> None:
+async def test_the_filter_summary_completes_its_delivery_in_any_order(store: Index, order: str) -> None:
     account = f"{uuid.uuid4().hex[:8]}@example.test"
     message_id = f"<{uuid.uuid4().hex}@outside.test>"
     new, mta = delivery(account, 1, message_id), summary(account, message_id)
@@ -88,7 +106,7 @@ async def test_the_filter_summary_completes_its_delivery_in_any_order(store: Sto
     )
 
 
-async def test_flags_expunge_and_counts(store: Store) -> None:
+async def test_flags_expunge_and_counts(store: Index) -> None:
     account = f"{uuid.uuid4().hex[:8]}@example.test"
     news = [delivery(account, uid, f"<{uuid.uuid4().hex}@x>") for uid in (1, 2, 3)]
     assert await store.apply(news) == [MailboxCounts(account, "INBOX", 3, 3)]  # one count for the read
@@ -109,7 +127,7 @@ async def test_flags_expunge_and_counts(store: Store) -> None:
     assert await store.apply([unseen, unseen]) == [MailboxCounts(account, "INBOX", 2, 2)]
 
 
-async def test_a_renamed_mailbox_keeps_its_messages(store: Store) -> None:
+async def test_a_renamed_mailbox_keeps_its_messages(store: Index) -> None:
     account = f"{uuid.uuid4().hex[:8]}@example.test"
     await store.apply([delivery(account, uid, f"<{uuid.uuid4().hex}@x>", mailbox="Old") for uid in (1, 2)])
     rename = MailboxRename(key="r1", ts=0, account=account, mailbox="New", old_mailbox="Old")
@@ -122,7 +140,7 @@ async def test_a_renamed_mailbox_keeps_its_messages(store: Store) -> None:
     assert await store.counts(account, "New") == (2, 2)
 
 
-async def test_one_mail_to_two_users_in_one_read(store: Store) -> None:
+async def test_one_mail_to_two_users_in_one_read(store: Index) -> None:
     """Two deliveries of one Message-ID and its summary in the same read: each delivery is
     completed, and the summary's record is written without a duplicate-key race."""
     message_id = f"<{uuid.uuid4().hex}@outside.test>"
@@ -132,3 +150,13 @@ async def test_one_mail_to_two_users_in_one_read(store: Store) -> None:
     for account in accounts:
         found = await doc(store, account, 1)
         assert found is not None and found["hasAttachments"] is True, found
+
+
+async def test_counts_lost_from_redis_are_counted_again(store: Index, redis_client: aioredis.Redis) -> None:
+    account = f"{uuid.uuid4().hex[:8]}@example.test"
+    await store.apply([delivery(account, uid, f"<{uuid.uuid4().hex}@x>") for uid in (1, 2)])
+    await redis_client.delete(f"mail:index:unread:{account}", f"mail:index:total:{account}")
+    assert await store.counts(account, "INBOX") == (2, 2)  # from the store, then kept again
+    await redis_client.delete(f"mail:index:unread:{account}", f"mail:index:total:{account}")
+    seen = FlagsSet(key="s", ts=0, account=account, mailbox="INBOX", uidvalidity=7, uid=1, flags=("\\Seen",))
+    assert await store.apply([seen]) == [MailboxCounts(account, "INBOX", 1, 2)]
