@@ -259,7 +259,8 @@ class StackSettings:
             state_dir=Path(e.text("BRIDGE_STATE_DIR", str(_default_state_dir(repo)))).resolve(),
             host=e.text("BRIDGE_HOST", DEFAULT_HOST),
             ports=ports,
-            ferretdb_bin=Path(e.text("FERRETDB_BIN", str(cache / f"ferretdb-{version}"))),
+            # "-idindex": the build with scripts/install-ferretdb.sh's patch to the `_id` index.
+            ferretdb_bin=Path(e.text("FERRETDB_BIN", str(cache / f"ferretdb-{version}-idindex"))),
             external_mongodb_url=mongodb_url,
             base_env=source,
         )
