@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from bridge.events import Direction, MtaAccepted, StreamNames
 from bridge.mail_headers import parse_headers, summarize
 from bridge.mime_summary import summarize_mime
+from bridge.reinject_pool import ReinjectPool
 from bridge.streams import Publisher
 
 log = logging.getLogger(__name__)
@@ -115,8 +116,7 @@ class FilterHandler:
         self.publisher = publisher
         self.redis = redis
         self.streams = streams
-        self.reinject_host = reinject_host
-        self.reinject_port = reinject_port
+        self.pool = ReinjectPool(reinject_host, reinject_port, ehlo_name=EHLO_NAME, timeout_s=REINJECT_TIMEOUT_S)
 
     def _done_key(self, event: MtaAccepted) -> str:
         return f"{self.streams.prefix}:filter:done:{event.key}"
@@ -139,15 +139,9 @@ class FilterHandler:
         # RFC 5321 null reverse-path: aiosmtpd gives "" (or "<>"), aiosmtplib needs "<>" sent as such.
         sender = envelope.mail_from if envelope.mail_from not in (None, "", "<>") else "<>"
         mail_options = [o for o in envelope.mail_options if not o.upper().startswith("SIZE=")]
-        # An explicit EHLO name: aiosmtplib's default asks socket.getfqdn(), a blocking resolver
-        # call on the event loop for every mail.
-        async with aiosmtplib.SMTP(
-            hostname=self.reinject_host,
-            port=self.reinject_port,
-            timeout=REINJECT_TIMEOUT_S,
-            start_tls=False,
-            local_hostname=EHLO_NAME,
-        ) as client:
+        client = await self.pool.acquire()
+        clean = False
+        try:
             errors, _reply = await client.sendmail(
                 sender, envelope.rcpt_tos, content, mail_options=mail_options, rcpt_options=envelope.rcpt_options
             )
@@ -156,9 +150,12 @@ class FilterHandler:
                 raise aiosmtplib.SMTPRecipientsRefused(
                     [aiosmtplib.SMTPRecipientRefused(code, msg, rcpt) for rcpt, (code, msg) in errors.items()]
                 )
-            # Postfix owns the mail from its 250 on: record that now, before the QUIT round trip,
-            # so a crash from here on cannot lead to a second re-injection.
-            await self._remember(event)
+            clean = True
+        finally:
+            await self.pool.release(client, clean=clean)
+        # Postfix owns the mail from its 250 on: record that now, so a crash from here on cannot
+        # lead to a second re-injection.
+        await self._remember(event)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or envelope.content
@@ -229,3 +226,4 @@ class FilterServer:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        await self.handler.pool.close()
