@@ -97,6 +97,14 @@ class Store:
     async def open(self) -> None:
         try:
             await self._upgrade()
+            await self.settings.create_index([("account", ASCENDING)], unique=True)
+            info = await self.client.admin.command("buildInfo")
+            if "ferretdbVersion" in info:
+                # FerretDB v1.24's SQLite backend uses no index but `_id`'s for a query (its
+                # filters become json_each subqueries): the indexes below would only cost every
+                # write (settings are rare). Uniqueness of a message's key holds through its `_id`.
+                log.info("store is FerretDB %s: only _id indexes", info["ferretdbVersion"])
+                return
             await self.messages.create_index(
                 [("account", ASCENDING), ("mailbox", ASCENDING), ("uidvalidity", ASCENDING), ("uid", ASCENDING)],
                 unique=True,
@@ -108,7 +116,6 @@ class Store:
             await self.messages.create_index([("account", ASCENDING), ("mailbox", ASCENDING), ("seen", ASCENDING)])
             # Contacts: the account's newest mail across mailboxes, read until the scan's bound.
             await self.messages.create_index([("account", ASCENDING), ("date", DESCENDING), ("uid", DESCENDING)])
-            await self.settings.create_index([("account", ASCENDING)], unique=True)
         except PyMongoError as exc:
             # Start anyway: the index catches up once the store answers (health reports it).
             log.warning("store unavailable at start: %s", exc)
