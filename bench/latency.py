@@ -23,6 +23,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench.idle_watch import IdleFleet
+from bench.postfix_log import step_delays
 from bench.smtp_load import Plan, Sent, run_open_loop
 from bench.socket_load import SocketFleet
 from bench.stack import BenchStack, User
@@ -119,6 +120,7 @@ async def latency_run(
             since_ms = int(time.time() * 1000) - 1000
             initial = dict(idle.exists)  # each INBOX's count before this run's mails
             plan = Plan(rate=rate, seconds=seconds, recipients=[u.email for u in users], tag=tag)
+            step_start = time.time()
             async with StepWindow(stack, tag, profile_dir=profile_dir) as window:
                 mails = await asyncio.to_thread(run_open_loop, stack.info.smtp["host"], stack.info.smtp["port"], plan)
                 ok = [m for m in mails if not m.error]
@@ -126,6 +128,7 @@ async def latency_run(
                 expected = len(ok) * sockets_per_user
                 await fleet.wait_for(lambda: fleet.counts.get("new_email", 0) >= expected, 60)
                 await _idle_caught_up(idle, initial, ok)
+            step_end = time.time()
             delivered = await deliveries(redis, since_ms, {m.message_id for m in ok})
     finally:
         await redis.aclose()
@@ -140,7 +143,10 @@ async def latency_run(
         initial=initial,
         owner=owner,
     )
-    run.window = window.summary()
+    run.window = {
+        **window.summary(),
+        "postfix_delays": step_delays(stack.state / "log" / "postfix.log", step_start, step_end),
+    }
     return run
 
 

@@ -192,6 +192,8 @@ def _goals(results: dict[str, Any]) -> list[str]:
     if notes:
         lines += ["", "Where a goal is not met, what the profile says and what would fix it:", ""]
         lines += [f"- {note}" for note in notes]
+    if results.get("fixes"):
+        lines += ["", results["fixes"]]
     return [*lines, ""]
 
 
@@ -228,7 +230,36 @@ def _latency_section(latency: list[dict[str, Any]]) -> list[str]:
         "",
     ]
     lines += _cpu_table(latency, ("mails/s", "sockets"), lambda r: (f"{r['rate']:.0f}", str(r["sockets"])))
+    lines += _postfix_table(latency)
     return [*lines, ""]
+
+
+def _postfix_table(latency: list[dict[str, Any]]) -> list[str]:
+    """Postfix's own account of each step's deliveries (bench/postfix_log.py), seconds p50 / p95."""
+    rows = [r for r in latency if r.get("postfix_delays")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Inside Postfix, from its log's `delays=` (seconds, p50 / p95): *waiting* is time in the queue "
+        "manager for a delivery slot, *work* the delivery itself (to the content filter: its whole "
+        "transaction, re-injection included; to Dovecot: the LMTP delivery with our hook).",
+        "",
+        "| mails/s | sockets | to the filter: waiting | to the filter: work | to Dovecot: waiting | to Dovecot: work |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        d = r["postfix_delays"]
+
+        def cell(hop: str, part: str, d: dict[str, Any] = d) -> str:
+            h = d.get(hop)
+            return f"{h[part + '_p50']:.2f} / {h[part + '_p95']:.2f}" if h else "-"
+
+        lines.append(
+            f"| {r['rate']:.0f} | {r['sockets']} | {cell('filter', 'in_queue')} | {cell('filter', 'transfer')} | "
+            f"{cell('lmtp', 'in_queue')} | {cell('lmtp', 'transfer')} |"
+        )
+    return lines
 
 
 def _cpu_groups(rows: Sequence[Mapping[str, Any]]) -> list[str]:
