@@ -172,8 +172,14 @@ def _ranked(counts: Counter[tuple[str, str]], total: int, top: int) -> list[dict
 def _entry_depth(frames: Sequence[Frame]) -> int:
     """How many frames lead from the process's start to its event loop (`<module>`, `main`,
     `serve`, `asyncio.run`): they are on every sample of the loop's thread, so they are left out of
-    the inclusive ranking. 0 when the stack has no event-loop frame (another thread)."""
-    return next((i for i, frame in enumerate(frames) if area(frame.path) == EVENT_LOOP), 0)
+    the inclusive ranking. Under uvloop the loop itself is compiled code py-spy does not show, so
+    the chain ends after the last frame of the command-line module (`bridge/__main__.py`) instead.
+    0 when the stack has neither (another thread)."""
+    loop = next((i for i, frame in enumerate(frames) if area(frame.path) == EVENT_LOOP), None)
+    if loop is not None:
+        return loop
+    entry = [i for i, frame in enumerate(frames) if module_path(frame.path).endswith("__main__.py")]
+    return entry[-1] + 1 if entry else 0
 
 
 def summarise(stacks: Iterable[Stack], top: int = TOP) -> dict[str, Any]:

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 SEEN = "\\Seen"
 MESSAGES = "messages"
 OPERATION_TIMEOUT_MS = 10_000
+POOL_SIZE = 8
 # Version 2: message documents keyed by `message_doc_id`, summaries by Message-ID. An index of an
 # older format is dropped at start and rebuilt from IMAP by the backfill (bridge.backfill).
 INDEX_FORMAT = 2
@@ -84,11 +85,18 @@ def _message_key(account: str, mailbox: str, uidvalidity: int, uid: int) -> dict
 
 class Store:
     def __init__(self, url: str, database: str) -> None:
-        # Every operation is bounded (timeoutMS): a store that stops answering one request (seen
-        # with FerretDB under concurrent writes) must fail it, so the indexer retries, rather than
-        # hold the index still forever.
+        # Every operation is bounded (timeoutMS): a store that stops answering must fail a request,
+        # so the indexer retries, rather than hold the index still forever. And at most POOL_SIZE
+        # requests at once: FerretDB v1.24 (SQLite) deadlocks once about 100 updates run at once
+        # (each holds one of its 100 SQLite connections and waits for a second), which pymongo's
+        # default pool of 100 reached in a connect storm; SQLite has one writer anyway.
         self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            url, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000, timeoutMS=OPERATION_TIMEOUT_MS, tz_aware=True
+            url,
+            serverSelectionTimeoutMS=2000,
+            connectTimeoutMS=2000,
+            timeoutMS=OPERATION_TIMEOUT_MS,
+            maxPoolSize=POOL_SIZE,
+            tz_aware=True,
         )
         self.db = self.client[database]
         self.messages = self.db[MESSAGES]

@@ -343,3 +343,18 @@ async def test_profiler_records_a_python_process(tmp_path: Path) -> None:
     assert busy["cpu_cores"] > 0.1, busy
     assert busy["areas"][0]["area"] == "bridge"
     assert gone["error"].startswith("py-spy exited with 1: Error: "), gone
+
+
+def test_under_uvloop_the_start_up_chain_ends_at_the_command_line_module() -> None:
+    """uvloop's loop is compiled: py-spy shows the handlers right under the command's frames."""
+    chain = (
+        f"<module> ({REPO}/bridge/__main__.py:140);main ({REPO}/bridge/__main__.py:135);"
+        f"run_filter ({REPO}/bridge/__main__.py:80)"
+    )
+    text = (
+        f"{ROOT};{chain};FilterHandler.handle_DATA ({REPO}/bridge/smtp_filter.py:170);"
+        f"FilterHandler.reinject ({REPO}/bridge/smtp_filter.py:140) 7\n"
+        f"{ROOT};{chain};Handle._run ({STDLIB}/asyncio/events.py:80) 3\n"
+    )
+    inclusive = {f["function"]: f["samples"] for f in summarise(parse_collapsed(text))["bridge_inclusive"]}
+    assert inclusive == {"FilterHandler.handle_DATA": 7, "FilterHandler.reinject": 7}
