@@ -192,3 +192,26 @@ async def test_after_a_redis_restart_the_relay_carries_on(
         await client.close()
     # One warning per consumer per outage, not one per retry.
     assert log.read_text().count("paused, retrying") - before <= 2
+
+
+def test_a_reused_queue_id_is_not_taken_for_a_retry(
+    stack: StackInfo, stack_settings: StackSettings, account: Account
+) -> None:
+    """Postfix reuses a queue id once its file is gone: two different mails to one user under one id
+    are two mails, each re-injected and delivered (a retry re-sends the same content)."""
+    tag = uuid.uuid4().hex[:8]
+    received = (
+        f"Received: from client (localhost [127.0.0.1])\r\n\tby mail.example.test (Postfix) with ESMTP id R{tag}\r\n"
+    )
+    replies = []
+    with smtplib.SMTP(stack_settings.host, stack_settings.ports["filter"], timeout=30) as smtp:
+        smtp.ehlo()
+        for n in range(2):
+            body = f"{received}Message-ID: <{tag}.{n}@outside.test>\r\nSubject: reused {n}\r\n\r\nmail {n}\r\n"
+            smtp.mail("carol@outside.test")
+            smtp.rcpt(account.email)
+            replies.append(smtp.data(body.encode()))
+    assert [code for code, _ in replies] == [250, 250]
+    assert all(b"re-injected" in text for _, text in replies), replies
+    delivered = wait_for_messages(stack, account.email, account.password, 2, timeout=30)
+    assert sorted(delivered) == [f"<{tag}.0@outside.test>", f"<{tag}.1@outside.test>"]
