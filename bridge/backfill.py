@@ -67,7 +67,7 @@ class Backfill:
     def __init__(self, imap: ImapGateway, store: Store, counts: IndexCache) -> None:
         self.imap = imap
         self.store = store
-        self.counts = counts  # counted again once a mailbox is filled in
+        self.counts = counts  # a filled-in mailbox's kept counts are dropped, to be counted again
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._done: set[str] = set()  # accounts known to be indexed: no store lookup per connection
         self._slots = asyncio.Semaphore(CONCURRENT_BACKFILLS)
@@ -112,7 +112,7 @@ class Backfill:
                     writes.append(UpdateOne({"_id": doc_id}, {"$setOnInsert": doc}, upsert=True))
                 for start in range(0, len(writes), WRITE_BATCH):
                     await self.store.messages.bulk_write(writes[start : start + WRITE_BATCH], ordered=False)
-                await self.counts.recount(account, box.name)
+                await self.counts.forget(account, box.name)
                 count += len(writes)
             await self.store.db["accounts"].update_one(
                 {"account": account}, {"$set": {"indexed": True, "indexedAt": int(time.time())}}, upsert=True

@@ -13,7 +13,8 @@ come, leaves its document id on that list. Either the delivery sees the summary 
 the delivery. Entries expire after a day (the filter publishes before Postfix delivers).
 
 Counts: two hashes per account (`unread`, `total`, field = mailbox), moved by what each index write
-did. A mailbox without fields (new, or Redis lost them) is counted from the store once.
+did, written by the indexer alone. A mailbox without fields (new, filled in by the backfill, or Redis
+lost them) is counted from the store by the indexer the next time it touches it.
 """
 
 from __future__ import annotations
@@ -111,7 +112,9 @@ class IndexCache:
         return out
 
     async def recount(self, account: str, mailbox: str) -> tuple[int, int]:
-        """Count the mailbox in the store, and keep the result."""
+        """Count the mailbox in the store, and keep the result. Only the indexer calls this, between
+        its own increments: a count written by anyone else could land after an increment it does
+        not include, and stay wrong."""
         unread, total = await self.store.counts(account, mailbox)
         unread_key, total_key = self._counts_keys(account)
         pipe = self.redis.pipeline(transaction=True)
@@ -120,14 +123,25 @@ class IndexCache:
         await pipe.execute()
         return unread, total
 
+    async def forget(self, account: str, mailbox: str) -> None:
+        """Drop a mailbox's kept counts (the backfill filled it in): the indexer counts it again
+        the next time it touches it, and readers count from the store until then."""
+        unread_key, total_key = self._counts_keys(account)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(unread_key, mailbox)
+        pipe.hdel(total_key, mailbox)
+        await pipe.execute()
+
     async def counts(self, account: str, mailbox: str) -> tuple[int, int]:
+        """(unread, total): the kept counts, or, if there are none, counted from the store (not
+        kept: see `recount`)."""
         unread_key, total_key = self._counts_keys(account)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(unread_key, mailbox)
         pipe.hget(total_key, mailbox)
         unread, total = await pipe.execute()
         if unread is None or total is None:
-            return await self.recount(account, mailbox)
+            return await self.store.counts(account, mailbox)
         return int(unread), int(total)
 
 

@@ -156,7 +156,21 @@ async def test_counts_lost_from_redis_are_counted_again(store: Index, redis_clie
     account = f"{uuid.uuid4().hex[:8]}@example.test"
     await store.apply([delivery(account, uid, f"<{uuid.uuid4().hex}@x>") for uid in (1, 2)])
     await redis_client.delete(f"mail:index:unread:{account}", f"mail:index:total:{account}")
-    assert await store.counts(account, "INBOX") == (2, 2)  # from the store, then kept again
+    assert await store.counts(account, "INBOX") == (2, 2)  # from the store
     await redis_client.delete(f"mail:index:unread:{account}", f"mail:index:total:{account}")
     seen = FlagsSet(key="s", ts=0, account=account, mailbox="INBOX", uidvalidity=7, uid=1, flags=("\\Seen",))
     assert await store.apply([seen]) == [MailboxCounts(account, "INBOX", 1, 2)]
+
+
+async def test_a_backfilled_mailbox_is_counted_again_by_the_indexer(store: Index) -> None:
+    """The backfill writes documents beside the indexer; it drops the kept counts rather than
+    writing its own (which could land after an increment they do not include)."""
+    account = f"{uuid.uuid4().hex[:8]}@example.test"
+    assert await store.apply([delivery(account, 1, "<a@x>"), delivery(account, 2, "<b@x>")]) == [
+        MailboxCounts(account, "INBOX", 2, 2)
+    ]
+    backfilled = {"account": account, "mailbox": "INBOX", "uidvalidity": 7, "uid": 3, "seen": True}
+    await store.messages.insert_one({"_id": message_doc_id(account, "INBOX", 7, 3), **backfilled})
+    await store.cache.forget(account, "INBOX")
+    assert await store.counts(account, "INBOX") == (2, 3)  # from the store meanwhile
+    assert await store.apply([delivery(account, 4, "<c@x>")]) == [MailboxCounts(account, "INBOX", 3, 4)]
