@@ -25,6 +25,7 @@ from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
+from redis.exceptions import WatchError
 
 from bridge.events import Event, MessageAdded, MtaAccepted
 from bridge.store import FACTS, MailboxCounts, Store, message_doc_id
@@ -112,15 +113,23 @@ class IndexCache:
         return out
 
     async def recount(self, account: str, mailbox: str) -> tuple[int, int]:
-        """Count the mailbox in the store, and keep the result. Only the indexer calls this, between
-        its own increments: a count written by anyone else could land after an increment it does
-        not include, and stay wrong."""
-        unread, total = await self.store.counts(account, mailbox)
+        """Count the mailbox in the store, and keep the result unless the backfill dropped the
+        counts meanwhile (`forget`, after writing documents this count may not have seen): the
+        keys are WATCHed from before the count, and a change voids the write (the next touch
+        counts again). Only the indexer calls this, between its own increments."""
         unread_key, total_key = self._counts_keys(account)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(unread_key, mailbox, unread)
-        pipe.hset(total_key, mailbox, total)
-        await pipe.execute()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for _attempt in range(3):
+                await pipe.watch(unread_key, total_key)
+                unread, total = await self.store.counts(account, mailbox)
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.hset(unread_key, mailbox, unread)
+                pipe.hset(total_key, mailbox, total)
+                try:
+                    await pipe.execute()
+                    break
+                except WatchError:
+                    continue  # counted again, from after the change
         return unread, total
 
     async def forget(self, account: str, mailbox: str) -> None:

@@ -174,3 +174,38 @@ async def test_a_backfilled_mailbox_is_counted_again_by_the_indexer(store: Index
     await store.cache.forget(account, "INBOX")
     assert await store.counts(account, "INBOX") == (2, 3)  # from the store meanwhile
     assert await store.apply([delivery(account, 4, "<c@x>")]) == [MailboxCounts(account, "INBOX", 3, 4)]
+
+
+async def test_a_count_overtaken_by_the_backfill_is_not_kept(stack: StackInfo, redis_client: aioredis.Redis) -> None:
+    """The indexer counts a mailbox while the backfill writes a document and drops the counts: the
+    count, taken before that document, must not be kept (it would stay one short)."""
+
+    class Interleaved(Store):
+        """The real store; its first count lets the backfill run between the count and its write."""
+
+        backfill: Any = None
+
+        async def counts(self, account: str, mailbox: str) -> tuple[int, int]:
+            found = await super().counts(account, mailbox)
+            if self.backfill is not None:
+                backfill, self.backfill = self.backfill, None
+                await backfill()
+            return found
+
+    store = Interleaved(stack.mongodb_url, "mailbridge")
+    await store.open()
+    cache = IndexCache(redis_client, store, "mail")
+    account = f"{uuid.uuid4().hex[:8]}@example.test"
+
+    async def backfill() -> None:
+        doc = {"account": account, "mailbox": "INBOX", "uidvalidity": 7, "uid": 9, "seen": False}
+        await store.messages.insert_one({"_id": message_doc_id(account, "INBOX", 7, 9), **doc})
+        await cache.forget(account, "INBOX")
+
+    try:
+        store.backfill = backfill
+        await cache.apply([delivery(account, 1, "<first@x>")])  # first touch: counted
+        assert await cache.counts(account, "INBOX") == (2, 2)
+        assert await cache.apply([delivery(account, 2, "<second@x>")]) == [MailboxCounts(account, "INBOX", 3, 3)]
+    finally:
+        await store.close()
