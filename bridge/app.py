@@ -39,7 +39,7 @@ from bridge.realtime import Realtime
 from bridge.settings import Settings
 from bridge.smtp_filter import FilterHandler, FilterServer
 from bridge.spool import SpoolDrainer
-from bridge.store import Store
+from bridge.store import MailboxCounts, Store
 from bridge.streams import Consumer, Delivery, Publisher
 from bridge.submission import Submission
 
@@ -71,6 +71,11 @@ def _supervised(name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None
 
     task.add_done_callback(done)
     return task
+
+
+def unread_count_event(counts: MailboxCounts) -> BrowserEvent:
+    payload = {"account": counts.account, "mailbox": counts.mailbox, "unread": counts.unread, "total": counts.total}
+    return BrowserEvent("unread_count", counts.account, payload)
 
 
 def _own_keys(settings: Settings) -> tuple[str, str]:
@@ -212,7 +217,9 @@ def create_app(settings: Settings) -> web.Application:
 
     async def mail_ctx(app: web.Application) -> AsyncIterator[None]:
         app[keys.INDEX_CACHE] = index_cache = IndexCache(app[keys.REDIS], app[keys.STORE], settings.stream_prefix)
-        app[keys.BACKFILL] = backfill = Backfill(app[keys.IMAP], app[keys.STORE], index_cache)
+        app[keys.BACKFILL] = backfill = Backfill(
+            app[keys.IMAP], app[keys.STORE], index_cache, lambda c: realtime.publish(unread_count_event(c))
+        )
         realtime.on_accounts = backfill.start_all
         app[keys.MAIL] = MailService(
             app[keys.IMAP],
@@ -240,16 +247,8 @@ def create_app(settings: Settings) -> web.Application:
 
         async def index(deliveries: Sequence[Delivery]) -> None:
             # One unread_count per mailbox per read, however many of its messages the read touched.
-            await realtime.publish_many(
-                [
-                    BrowserEvent(
-                        "unread_count",
-                        c.account,
-                        {"account": c.account, "mailbox": c.mailbox, "unread": c.unread, "total": c.total},
-                    )
-                    for c in await index_cache.apply([d.event for d in deliveries])
-                ]
-            )
+            counts = await index_cache.apply([d.event for d in deliveries])
+            await realtime.publish_many([unread_count_event(c) for c in counts])
 
         relay = Consumer(redis, streams.all(), settings.consumer_group, settings.consumer_name, realtime.relay)
         # The index has its own group: a slow or stopped store never delays what browsers see.

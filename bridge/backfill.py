@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import parseaddr, parsedate_to_datetime
@@ -23,7 +24,7 @@ from bridge.errors import BridgeError
 from bridge.imap import FetchedHeaders, ImapGateway
 from bridge.index_cache import IndexCache
 from bridge.mail_headers import decode_text
-from bridge.store import SEEN, Store, message_doc_id
+from bridge.store import SEEN, MailboxCounts, Store, message_doc_id
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,19 @@ def document(account: str, mailbox: str, uidvalidity: int, item: FetchedHeaders)
 
 
 class Backfill:
-    def __init__(self, imap: ImapGateway, store: Store, counts: IndexCache) -> None:
+    def __init__(
+        self,
+        imap: ImapGateway,
+        store: Store,
+        counts: IndexCache,
+        publish_counts: Callable[[MailboxCounts], Awaitable[object]],
+    ) -> None:
         self.imap = imap
         self.store = store
-        self.counts = counts  # a filled-in mailbox's kept counts are dropped, to be counted again
+        self.counts = counts
+        # A filled-in mailbox is counted again and its counts pushed: what browsers were told
+        # before may not include what the backfill added.
+        self.publish_counts = publish_counts
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._done: set[str] = set()  # accounts known to be indexed: no store lookup per connection
         self._slots = asyncio.Semaphore(CONCURRENT_BACKFILLS)
@@ -112,7 +122,8 @@ class Backfill:
                     writes.append(UpdateOne({"_id": doc_id}, {"$setOnInsert": doc}, upsert=True))
                 for start in range(0, len(writes), WRITE_BATCH):
                     await self.store.messages.bulk_write(writes[start : start + WRITE_BATCH], ordered=False)
-                await self.counts.forget(account, box.name)
+                unread, total = await self.counts.recount(account, box.name)
+                await self.publish_counts(MailboxCounts(account, box.name, unread, total))
                 count += len(writes)
             await self.store.db["accounts"].update_one(
                 {"account": account}, {"$set": {"indexed": True, "indexedAt": int(time.time())}}, upsert=True

@@ -13,8 +13,8 @@ come, leaves its document id on that list. Either the delivery sees the summary 
 the delivery. Entries expire after a day (the filter publishes before Postfix delivers).
 
 Counts: two hashes per account (`unread`, `total`, field = mailbox), moved by what each index write
-did, written by the indexer alone. A mailbox without fields (new, filled in by the backfill, or Redis
-lost them) is counted from the store by the indexer the next time it touches it.
+did; a mailbox without fields (new, or Redis lost them) is counted from the store, as is one the
+backfill filled in. A count is kept only if no other writer moved the counts while it was taken.
 """
 
 from __future__ import annotations
@@ -113,10 +113,10 @@ class IndexCache:
         return out
 
     async def recount(self, account: str, mailbox: str) -> tuple[int, int]:
-        """Count the mailbox in the store, and keep the result unless the backfill dropped the
-        counts meanwhile (`forget`, after writing documents this count may not have seen): the
-        keys are WATCHed from before the count, and a change voids the write (the next touch
-        counts again). Only the indexer calls this, between its own increments."""
+        """Count the mailbox in the store, and keep the result. The indexer and the backfill both
+        write documents first and counts after, so a count is right unless another writer moved
+        the counts while it was taken: the keys are WATCHed from before the count, and a change
+        voids the write and counts again."""
         unread_key, total_key = self._counts_keys(account)
         async with self.redis.pipeline(transaction=True) as pipe:
             for _attempt in range(3):
@@ -132,18 +132,8 @@ class IndexCache:
                     continue  # counted again, from after the change
         return unread, total
 
-    async def forget(self, account: str, mailbox: str) -> None:
-        """Drop a mailbox's kept counts (the backfill filled it in): the indexer counts it again
-        the next time it touches it, and readers count from the store until then."""
-        unread_key, total_key = self._counts_keys(account)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hdel(unread_key, mailbox)
-        pipe.hdel(total_key, mailbox)
-        await pipe.execute()
-
     async def counts(self, account: str, mailbox: str) -> tuple[int, int]:
-        """(unread, total): the kept counts, or, if there are none, counted from the store (not
-        kept: see `recount`)."""
+        """(unread, total): the kept counts, or, if there are none, counted from the store."""
         unread_key, total_key = self._counts_keys(account)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(unread_key, mailbox)

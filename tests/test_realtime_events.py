@@ -103,6 +103,9 @@ async def test_a_socket_that_saw_no_event_still_resumes_from_where_it_joined(
     watcher = await client_for(stack, http, account)
     await deliver(stack, account.email, "while away 1")
     await watcher.wait_for("new_email", lambda e: e["subject"] == "while away 1")
+    # The index's unread_count comes after the relay's new_email (its own consumer group): let it
+    # land, so the log's newest entry below is the last one for a while.
+    await watcher.wait_for("unread_count", lambda e: e["mailbox"] == "INBOX" and e["total"] == 1)
     resumed = await client_for(stack, http, account, lastEventId={account.email: point["eventId"]})
     await resumed.wait_for("new_email", lambda e: e["subject"] == "while away 1")
     assert not [name for name, _e in resumed.events if name in ("resync", "resume_point")]

@@ -163,22 +163,20 @@ async def test_counts_lost_from_redis_are_counted_again(store: Index, redis_clie
 
 
 async def test_a_backfilled_mailbox_is_counted_again_by_the_indexer(store: Index) -> None:
-    """The backfill writes documents beside the indexer; it drops the kept counts rather than
-    writing its own (which could land after an increment they do not include)."""
+    """The backfill writes documents beside the indexer, then counts the mailbox again."""
     account = f"{uuid.uuid4().hex[:8]}@example.test"
     assert await store.apply([delivery(account, 1, "<a@x>"), delivery(account, 2, "<b@x>")]) == [
         MailboxCounts(account, "INBOX", 2, 2)
     ]
     backfilled = {"account": account, "mailbox": "INBOX", "uidvalidity": 7, "uid": 3, "seen": True}
     await store.messages.insert_one({"_id": message_doc_id(account, "INBOX", 7, 3), **backfilled})
-    await store.cache.forget(account, "INBOX")
-    assert await store.counts(account, "INBOX") == (2, 3)  # from the store meanwhile
+    assert await store.cache.recount(account, "INBOX") == (2, 3)  # the backfill counts again
     assert await store.apply([delivery(account, 4, "<c@x>")]) == [MailboxCounts(account, "INBOX", 3, 4)]
 
 
 async def test_a_count_overtaken_by_the_backfill_is_not_kept(stack: StackInfo, redis_client: aioredis.Redis) -> None:
-    """The indexer counts a mailbox while the backfill writes a document and drops the counts: the
-    count, taken before that document, must not be kept (it would stay one short)."""
+    """The indexer counts a mailbox while the backfill writes a document and counts again: the
+    indexer's count, taken before that document, must not be kept (it would stay one short)."""
 
     class Interleaved(Store):
         """The real store; its first count lets the backfill run between the count and its write."""
@@ -200,7 +198,7 @@ async def test_a_count_overtaken_by_the_backfill_is_not_kept(stack: StackInfo, r
     async def backfill() -> None:
         doc = {"account": account, "mailbox": "INBOX", "uidvalidity": 7, "uid": 9, "seen": False}
         await store.messages.insert_one({"_id": message_doc_id(account, "INBOX", 7, 9), **doc})
-        await cache.forget(account, "INBOX")
+        await cache.recount(account, "INBOX")
 
     try:
         store.backfill = backfill
