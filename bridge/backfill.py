@@ -122,8 +122,9 @@ class Backfill:
                     writes.append(UpdateOne({"_id": doc_id}, {"$setOnInsert": doc}, upsert=True))
                 for start in range(0, len(writes), WRITE_BATCH):
                     await self.store.messages.bulk_write(writes[start : start + WRITE_BATCH], ordered=False)
-                unread, total = await self.counts.recount(account, box.name)
-                await self.publish_counts(MailboxCounts(account, box.name, unread, total))
+                if writes:  # an empty mailbox adds nothing to count (and a count is a scan on FerretDB)
+                    unread, total = await self.counts.recount(account, box.name)
+                    await self.publish_counts(MailboxCounts(account, box.name, unread, total))
                 count += len(writes)
             await self.store.db["accounts"].update_one(
                 {"account": account}, {"$set": {"indexed": True, "indexedAt": int(time.time())}}, upsert=True

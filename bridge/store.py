@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 SEEN = "\\Seen"
 MESSAGES = "messages"
-OPERATION_TIMEOUT_MS = 10_000
+OPERATION_TIMEOUT_MS = 30_000
 POOL_SIZE = 8
 # Version 2: message documents keyed by `message_doc_id`, summaries by Message-ID. An index of an
 # older format is dropped at start and rebuilt from IMAP by the backfill (bridge.backfill).
@@ -86,7 +86,9 @@ def _message_key(account: str, mailbox: str, uidvalidity: int, uid: int) -> dict
 class Store:
     def __init__(self, url: str, database: str) -> None:
         # Every operation is bounded (timeoutMS): a store that stops answering must fail a request,
-        # so the indexer retries, rather than hold the index still forever. And at most POOL_SIZE
+        # so the indexer retries, rather than hold the index still forever. Generously: FerretDB
+        # v1.24 never releases the SQLite connection of a request its client gave up on, and after
+        # 100 of those it answers nothing at all. And at most POOL_SIZE
         # requests at once: FerretDB v1.24 (SQLite) deadlocks once about 100 updates run at once
         # (each holds one of its 100 SQLite connections and waits for a second), which pymongo's
         # default pool of 100 reached in a connect storm; SQLite has one writer anyway.
