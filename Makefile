@@ -19,7 +19,7 @@ test: setup test-debs
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
-# Benchmarks on the real stack (about 10 minutes); writes docs/benchmarks.md and its plots.
+# Benchmarks on the real stack (7 to 13 minutes here); writes docs/benchmarks.md and its plots.
 bench: setup $(VENV)/.bench-installed
 	$(VENV)/bin/mypy --strict bench
 	$(PY) -m bench

@@ -87,20 +87,25 @@ Fixed from earlier runs' profiles (each change measured with this benchmark's st
   fell behind from 100 mails/s (25,000 entries behind by the end of the 200 mails/s step); after, it
   keeps up at 100 mails/s.
 - **The relay made 3 sequential Redis round trips per event**: now one pipeline per step for a whole
-  read (up to 256 events). The relay ceiling went from 3,738 to about 17,000 socket deliveries/s.
+  read (up to 256 events). The relay ceiling went from 3,738 socket deliveries/s to between 11,500
+  and 17,600 in the runs since.
 - **The content filter shared the relay's event loop**: it is its own process now, on uvloop, with
   re-injection connections kept open. **Postfix passed it at most 10 mails at once**: at 100 mails/s
   mail waited 9 s for a slot; now 50.
 - **The Dovecot hook gave Redis 100 ms**: on the saturated machine deliveries hit it and spooled
   (and everyone spools while the spool drains); now 250 ms, and the spool drains every 0.1 s.
 
-Next, from this run's profiles: the relay's ceiling is python-socketio's per-socket fan-out (a task
-and a queue per socket per event; `engineio`/`asyncio` lead the relay profile), so one process tops out
-below 20,000 deliveries/s: several bridge processes behind one Redis (issue 8), or writing each encoded
-packet to the sockets directly. At 100 mails/s every service together needs about all of the 2 cores
-(the per-service table above): Postfix passes each mail through its queue twice (an after-queue filter,
-by design: it never loses or bounces mail), FerretDB costs about 3 ms of CPU per indexed mail, and the
-benchmark's own clients and the IDLE baseline run on the same cores.
+Next, from the profiles: (1) the spool. At 200 mails/s the filter and the bridge's spool drainer
+spend about a fifth of their samples on it: once one delivery's hook misses its 250 ms (a busy
+machine), every producer writes to the spool until it is drained (that keeps the stream in order),
+and events wait for the drainer, which is most of Dovecot → socket under load. Keep the hook's Redis
+connection open between transactions, and keep order per producer rather than globally. (2) The
+relay's ceiling is python-socketio's per-socket fan-out (a task and a queue per socket per event), so
+one process tops out below 20,000 deliveries/s: several bridge processes behind one Redis (issue 8),
+or writing each encoded packet to the sockets directly. (3) At 100 mails/s Postfix and Dovecot take
+about half a core each and the machine is saturated: Postfix passes each mail through its queue twice
+(an after-queue filter, by design: it never loses or bounces mail), and the benchmark's own clients
+and the IDLE baseline run on the same cores.
 """
 
 
