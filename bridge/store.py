@@ -207,9 +207,6 @@ class Store:
             await self.messages.bulk_write(moved, ordered=False)
         await self.messages.delete_many(old)
 
-    async def index_message(self, event: MessageAdded) -> None:
-        await self.apply([event], {}, [])
-
     async def counts(self, account: str, mailbox: str) -> tuple[int, int]:
         """(unread, total) of one mailbox, counted from its documents (a scan on FerretDB: the
         kept counts are in bridge.index_cache)."""
