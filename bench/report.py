@@ -35,6 +35,14 @@ def _goal(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
+def _save(fig: Any, name: str) -> str:
+    """Write a finished figure into the plots folder; its file name, for the report's link."""
+    fig.tight_layout()
+    fig.savefig(PLOTS / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
 def plot_latency(latency: list[dict[str, Any]]) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, sockets in zip(axes, sorted({r["sockets"] for r in latency}), strict=False):
@@ -55,11 +63,7 @@ def plot_latency(latency: list[dict[str, Any]]) -> str:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("latency (ms)")
     axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
-    fig.tight_layout()
-    path = PLOTS / "latency.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(fig, "latency.png")
 
 
 def plot_cost(cost: dict[str, Any]) -> str:
@@ -74,11 +78,7 @@ def plot_cost(cost: dict[str, Any]) -> str:
     ax.set_ylabel("memory held (MiB)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = PLOTS / "cost.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(fig, "cost.png")
 
 
 def plot_capacity(capacity: dict[str, Any]) -> str:
@@ -94,11 +94,7 @@ def plot_capacity(capacity: dict[str, Any]) -> str:
     ax.set_ylabel("SMTP → socket (ms)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = PLOTS / "capacity.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(fig, "capacity.png")
 
 
 def write(results: dict[str, Any]) -> Path:
