@@ -9,7 +9,7 @@ DEBS := dovecot-imapd dovecot-lmtpd dovecot-sieve postfix redis-server lua-socke
 TEST_DEBS := chromium fonts-noto-color-emoji
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench check lint typecheck setup debs test-debs venv ferretdb web screenshots clean
+.PHONY: run test reliability bench check lint typecheck setup debs test-debs venv ferretdb web screenshots clean
 
 run: setup
 	$(PY) -m bridge stack
@@ -18,6 +18,10 @@ test: setup test-debs
 	$(VENV)/bin/ruff check bridge tests hooks bench
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
+
+# The reliability and security suite at full load (its fast subset runs in `make test`); writes docs/reliability.md.
+reliability: setup test-debs
+	$(PY) -m pytest -q -m reliability --reliability-full --reliability-report docs/reliability.md
 
 # Benchmarks on the real stack (7 to 13 minutes here); writes docs/benchmarks.md and its plots.
 bench: setup $(VENV)/.bench-installed

@@ -25,6 +25,9 @@ from bridge.stack.launcher import Stack, StackInfo, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The reliability suite's table and its --reliability-* options (tests/reliability.py).
+pytest_plugins = ["tests.reliability"]
+
 
 def free_port() -> int:
     return free_ports(1)[0]
