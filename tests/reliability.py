@@ -44,6 +44,7 @@ class Scenario:
         self.notes.append(text)
 
 
+NONE = "\u2013"  # an en dash: this cell does not apply
 _SCENARIO = pytest.StashKey[Scenario]()
 _ROWS = pytest.StashKey[list[Scenario]]()
 _STARTED = pytest.StashKey[float]()
@@ -101,8 +102,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def _cell(*values: int | None) -> str:
     if all(v is None for v in values):
-        return "–"
-    return " / ".join("–" if v is None else f"{v:,}" for v in values)
+        return NONE
+    return " / ".join(NONE if v is None else f"{v:,}" for v in values)
 
 
 def _commit() -> str:
@@ -144,7 +145,7 @@ def render(rows: list[Scenario], *, full: bool, seconds: float, commit: str, whe
     for r in ordered:
         checked = r.checked + ("" if not r.notes else " " + " ".join(r.notes))
         lines.append(
-            f"| {r.number} | {r.name} | {r.load or '–'} | {checked or '–'} "
+            f"| {r.number} | {r.name} | {r.load or NONE} | {checked or NONE} "
             f"| {_cell(r.mails_sent, r.mails_delivered)} "
             f"| {_cell(r.events_expected, r.events_received, r.events_duplicated)} "
             f"| {_cell(r.cases)} | {r.result} ({r.seconds:.1f} s) |"
