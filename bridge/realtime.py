@@ -270,8 +270,15 @@ class Realtime:
             first = info.get("first-entry")
             oldest = _entry_id(first[0]) if first else _entry_id(info.get("last-generated-id", b"0-0"))
             if _older(since, oldest):
-                await self.sio.emit("resync", {"account": account, "reason": "gap older than the log"}, to=sid)
-                return 0
+                if int(info.get("entries-added", 0)) > int(info.get("length", 0)):
+                    await self.sio.emit("resync", {"account": account, "reason": "gap older than the log"}, to=sid)
+                    return 0
+                # Nothing was ever trimmed from this log, yet it starts after `since`: it is a new log
+                # (Redis restarted without persistence and lost the old one). Every event in it came
+                # after `since`, so replay it all; what the old log held past `since` may be gone, so
+                # the client is told to refresh as well.
+                log.warning("[sid %s] %s: resume log was reset; replaying all of it", sid, account)
+                await self.sio.emit("resync", {"account": account, "reason": "resume log was reset"}, to=sid)
         count = 0
         cursor = f"({since}"
         while True:

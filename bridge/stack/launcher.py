@@ -221,11 +221,11 @@ class Stack:
 
     # -- services
 
-    def _spawn(self, service: Service) -> None:
+    def _spawn(self, service: Service, extra_args: tuple[str, ...] = ()) -> None:
         out = open(self.logs / f"{service.name}.out", "ab")  # noqa: SIM115 - the child owns it
         try:
             service.process = subprocess.Popen(
-                service.argv,
+                [*service.argv, *extra_args],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -461,11 +461,12 @@ class Stack:
                 service.process.kill()
                 service.process.wait()
 
-    def start_service(self, name: str) -> None:
-        """Start a stopped service again with the same command and wait until it answers."""
+    def start_service(self, name: str, *extra_args: str) -> None:
+        """Start a stopped service again with the same command (plus `extra_args`, for this start
+        only) and wait until it answers."""
         service = self.service(name)
         assert service.process is not None and service.process.poll() is not None, f"{name} is running"
-        self._spawn(service)
+        self._spawn(service, extra_args)
         self._wait_ready([service])
 
     def dead(self) -> list[Service]:
