@@ -15,6 +15,7 @@ import jwt
 from bridge.errors import AuthError
 
 MAX_TOKEN_BYTES = 8192  # far above any token we issue; refuses giant tokens before parsing them
+MAX_ACCOUNTS = 100  # accounts one token may grant (a host website's token names each mailbox)
 LEEWAY_S = 30  # clock skew tolerated between the host website and the bridge
 
 
@@ -87,6 +88,10 @@ class TokenIssuer:
             for host in self.trusted:
                 if claimed == host.issuer:
                     key, algorithm, issuer, audience = host.public_key, host.algorithm, host.issuer, host.audience
+            if claimed != issuer:
+                # Neither ours nor a trusted host's: say so, rather than whatever the check of the
+                # bridge's own algorithm would report about a token that was never meant for it.
+                raise AuthError("invalid token: unknown issuer")
         try:
             claims = jwt.decode(
                 token,
@@ -107,4 +112,8 @@ class TokenIssuer:
             raise AuthError("invalid token: malformed claims")
         if not all(isinstance(a, str) and "@" in a for a in accounts):
             raise AuthError("invalid token: malformed accounts claim")
+        # Every route and socket acts on an account the token grants (the first by default): a
+        # token that grants none can do nothing, and is refused here rather than fail later.
+        if not 1 <= len(accounts) <= MAX_ACCOUNTS:
+            raise AuthError(f"invalid token: the accounts claim must grant 1 to {MAX_ACCOUNTS} accounts")
         return Identity(subject=subject, accounts=tuple(accounts), expires_at=int(claims["exp"]))

@@ -23,6 +23,10 @@ class TooLarge(InvalidInput):
     """A client sent more than the route takes (HTTP 413; elsewhere, like any InvalidInput)."""
 
 
+class UnsupportedMediaType(InvalidInput):
+    """A body in a format the route does not take, e.g. not JSON where JSON is expected (HTTP 415)."""
+
+
 class AuthError(BridgeError):
     """Credentials or a token were refused (HTTP 401, socket connection refused)."""
 
