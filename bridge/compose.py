@@ -21,7 +21,7 @@ from email.message import EmailMessage
 from email.utils import formataddr, formatdate, getaddresses, make_msgid
 from typing import Any
 
-from bridge.errors import InvalidInput
+from bridge.errors import InvalidInput, TooLarge
 
 MAX_RECIPIENTS = 100
 MAX_SUBJECT = 998  # RFC 5322 2.1.1 line limit
@@ -31,8 +31,11 @@ MAX_ATTACHMENTS = 20
 MAX_ATTACHMENT_BYTES = 25 << 20  # in total, decoded
 _ADDRESS = re.compile(r"^[^@\s<>()\[\]\\,;:\"]{1,64}@[A-Za-z0-9.-]{1,253}$")
 _MSG_ID = re.compile(r"^<[^<>\s]{1,990}>$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f/\\]")
+# Control characters, and the Unicode line breaks that str.splitlines() (and so the email package)
+# also breaks on: NEL, LINE SEPARATOR, PARAGRAPH SEPARATOR. A header value holding one made
+# EmailMessage raise ValueError, which reached the client as an internal error.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+_FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029/\\]")
 _CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
 # What secrets.token_urlsafe produces (bridge.uploads), with room to change its length.
 UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -69,12 +72,23 @@ def _text(data: dict[str, Any], key: str, limit: int, *, header: bool) -> str:
     return value
 
 
-def _addresses(data: dict[str, Any], key: str) -> list[tuple[str, str]]:
+def _too_many_recipients(count: int | str) -> InvalidInput:
+    return InvalidInput(
+        f"at most {MAX_RECIPIENTS} recipients per message (to, cc and bcc together), got {count}:"
+        " write to a mailing list, or send several messages"
+    )
+
+
+def _address_items(data: dict[str, Any], key: str) -> list[str]:
     raw = data.get(key) or []
     if isinstance(raw, str):
         raw = [raw]
     if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
         raise InvalidInput(f"{key} must be a list of addresses")
+    return raw
+
+
+def _addresses(raw: list[str], key: str) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for item in raw:
         if _CONTROL.search(item) or len(item) > 998:
@@ -133,12 +147,35 @@ def build(
     `uploads` holds the staged uploads the caller resolved (see `upload_ids`), by id."""
     if not isinstance(data, dict):
         raise InvalidInput("send takes an object {to, cc, bcc, subject, body, html, attachments, inReplyTo}")
-    to, cc, bcc = _addresses(data, "to"), _addresses(data, "cc"), _addresses(data, "bcc")
+    items = {key: _address_items(data, key) for key in ("to", "cc", "bcc")}
+    # Every item names at least one address: thousands of them are refused before any is parsed
+    # (a 40 MB body of addresses kept the event loop busy parsing for seconds).
+    listed = sum(len(v) for v in items.values())
+    if listed > MAX_RECIPIENTS:
+        raise _too_many_recipients(listed)
+    to, cc, bcc = (_addresses(items[key], key) for key in ("to", "cc", "bcc"))
     recipients = tuple(dict.fromkeys(address for _name, address in to + cc + bcc))
     if not recipients and not draft:
         raise InvalidInput("at least one recipient is required")
     if len(recipients) > MAX_RECIPIENTS:
-        raise InvalidInput(f"at most {MAX_RECIPIENTS} recipients")
+        raise _too_many_recipients(len(recipients))
+    try:
+        return _message(account, data, to, cc, recipients=recipients, uploads=uploads or {})
+    except ValueError as exc:
+        # The checks above should leave nothing the email package refuses; should one slip
+        # through, it is still the client's input, answered as such (not an internal error).
+        raise InvalidInput(f"the message cannot be built: {exc}") from None
+
+
+def _message(
+    account: str,
+    data: dict[str, Any],
+    to: list[tuple[str, str]],
+    cc: list[tuple[str, str]],
+    *,
+    recipients: tuple[str, ...],
+    uploads: Mapping[str, Attachment],
+) -> Outgoing:
     subject = _text(data, "subject", MAX_SUBJECT, header=True)
     body = _text(data, "body", MAX_BODY_BYTES, header=False)
     html = _text(data, "html", MAX_HTML_BYTES, header=False)
@@ -163,7 +200,7 @@ def build(
     message.set_content(body or "")
     if html:
         message.add_alternative(html, subtype="html")
-    _attach(message, data.get("attachments"), uploads or {})
+    _attach(message, data.get("attachments"), uploads)
     return Outgoing(message.as_bytes(), message_id, recipients, subject)
 
 
@@ -183,7 +220,7 @@ def _attach(message: EmailMessage, attachments: object, uploads: Mapping[str, At
         attachment = _staged(item, uploads) if "uploadId" in item else _inline(item)
         total += len(attachment.data)
         if total > MAX_ATTACHMENT_BYTES:
-            raise InvalidInput(f"attachments larger than {MAX_ATTACHMENT_BYTES} bytes")
+            raise TooLarge(f"attachments larger than {MAX_ATTACHMENT_BYTES} bytes")
         maintype, subtype = attachment.content_type.split("/", 1)
         message.add_attachment(attachment.data, maintype=maintype, subtype=subtype, filename=attachment.filename)
 
@@ -204,7 +241,7 @@ def _inline(item: dict[str, Any]) -> Attachment:
     if not isinstance(content, str):
         raise InvalidInput("attachment content must be base64 text")
     if len(content) > MAX_ATTACHMENT_BYTES * 4 // 3 + 4:
-        raise InvalidInput(f"attachments larger than {MAX_ATTACHMENT_BYTES} bytes")
+        raise TooLarge(f"attachments larger than {MAX_ATTACHMENT_BYTES} bytes")
     try:
         data = base64.b64decode(content, validate=True)
     except (binascii.Error, ValueError):

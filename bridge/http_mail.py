@@ -176,14 +176,14 @@ async def delete(request: web.Request) -> web.Response:
 async def send(request: web.Request) -> web.Response:
     identity = identity_of(request)
     body = await read_json(request, limit=MAX_SEND_BODY)
-    account = owned_account(identity, body.get("account") if isinstance(body.get("account"), str) else None)
+    account = owned_account(identity, body.get("account"))
     return web.json_response(await request.app[keys.MAIL].send(identity, account, body))
 
 
 async def draft(request: web.Request) -> web.Response:
     identity = identity_of(request)
     body = await read_json(request, limit=MAX_SEND_BODY)
-    account = owned_account(identity, body.get("account") if isinstance(body.get("account"), str) else None)
+    account = owned_account(identity, body.get("account"))
     return web.json_response(await request.app[keys.MAIL].save_draft(identity, account, body))
 
 

@@ -68,10 +68,13 @@ FILTERS: dict[str, dict[str, Any]] = {
 }
 
 
-def owned_account(identity: Identity, account: str | None) -> str:
+def owned_account(identity: Identity, account: object) -> str:
     """The account to act on: the one asked for if the token grants it, else the token's first."""
     if account is None or account == "":
         return identity.accounts[0]
+    if not isinstance(account, str):
+        # Not silently the first account: a client that names an account means that one.
+        raise InvalidInput("account must be an address")
     for granted in identity.accounts:
         if granted.lower() == account.lower():
             return granted
@@ -374,9 +377,15 @@ class MailService:
         draft_id = data.get("draftId") if isinstance(data, dict) else None
         # Checked before anything is sent: only a draft of this account may be removed afterwards.
         draft = draft_ref(identity, account, draft_id, "draftId") if draft_id is not None else None
-        if not self.send_limit.allow(account):
-            raise RateLimited("sending too fast", self.send_limit.retry_after(account))
         outgoing, upload_ids = await self._compose(account, data, draft=False)
+        # Counted once the message is one Postfix will be handed: a refused, malformed send costs
+        # the account nothing of its sending allowance.
+        if not self.send_limit.allow(account):
+            limit = self.send_limit
+            raise RateLimited(
+                f"sending too fast: at most {limit.rate * 60:g} messages a minute, {limit.burst} at once",
+                limit.retry_after(account),
+            )
         try:
             await self.submission.send(account, outgoing)
         except (InvalidInput, Unavailable):
