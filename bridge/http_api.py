@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from bridge import keys
 from bridge.errors import (
@@ -27,6 +28,7 @@ from bridge.errors import (
     RateLimited,
     TooLarge,
     Unavailable,
+    UnsupportedMediaType,
 )
 from bridge.imap import check_credentials_shape
 
@@ -38,6 +40,7 @@ HEALTH_TIMEOUT_S = 3.0
 # First match wins: a subclass comes before its base.
 _STATUS: list[tuple[type[BridgeError], int]] = [
     (TooLarge, 413),
+    (UnsupportedMediaType, 415),
     (InvalidInput, 400),
     (AuthError, 401),
     (Forbidden, 403),
@@ -45,6 +48,44 @@ _STATUS: list[tuple[type[BridgeError], int]] = [
     (RateLimited, 429),
     (Unavailable, 503),
 ]
+
+
+def _raised_by_client_input(exc: BaseException) -> bool:
+    """A request or packet the client got wrong, refused by aiohttp's HTTP parser or Engine.IO's
+    and Socket.IO's packet decoders (where the exception was raised), not a fault of the bridge."""
+    if isinstance(exc, HttpProcessingError):
+        return True
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    where = Path(tb.tb_frame.f_code.co_filename).parts
+    return "engineio" in where or "socketio" in where
+
+
+class ClientErrorLog(logging.Filter):
+    """One WARNING line, without traceback, for what a client sent wrong at the protocol level.
+
+    aiohttp logs a request it could not parse (a header over 8 kB, a request line too long) at
+    ERROR with a traceback whose message quotes the line's first bytes: the start of a bearer
+    token, or a query string. Engine.IO does the same for a malformed websocket frame. Both are the
+    client's doing, and anyone can send them as fast as they like, so the log keeps only who and
+    the kind of error, never the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and _raised_by_client_input(exc):
+            said = record.getMessage()
+            record.msg, record.args = "%s: malformed client input (%s)", (said, type(exc).__name__)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+CLIENT_ERROR_LOG = ClientErrorLog()
+# aiohttp's server, and the Engine.IO and Socket.IO servers that python-socketio runs on it.
+PROTOCOL_LOGGERS = ("aiohttp.server", "engineio.server", "socketio.server")
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -57,6 +98,12 @@ async def errors_middleware(
 ) -> web.StreamResponse:
     try:
         return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise  # a redirect or success is not an error
+        # aiohttp's own refusals (no such route, method not allowed, body over client_max_size)
+        # answer in JSON like every other error, not as a text/plain page.
+        return error_response(exc.status, exc.reason.lower())
     except BridgeError as exc:
         for cls, status in _STATUS:
             if isinstance(exc, cls):
@@ -68,12 +115,27 @@ async def errors_middleware(
         return error_response(500, "internal error")
 
 
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
+
+
 async def read_json(request: web.Request, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    # A body that says it is something else is refused, not parsed anyway: a cross-site form or a
+    # text/plain "simple request" never reaches a handler as JSON (no Content-Type is taken as JSON).
+    if request.headers.get("Content-Type") is not None and not _is_json(request.content_type):
+        raise UnsupportedMediaType(f"Content-Type must be application/json, not {request.content_type[:100]!r}")
     if request.content_length is not None and request.content_length > limit:
-        raise InvalidInput(f"body larger than {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise InvalidInput(f"body larger than {limit} bytes")
+        raise TooLarge(f"body larger than {limit} bytes")
+    # Read to the end, chunk by chunk: content.read(n) returns only what has arrived so far, so a
+    # body of more than one TCP read (a send with a 200 kB attachment) was cut short and refused
+    # as "not JSON". Stops as soon as the body is over the limit (a chunked body has no length).
+    raw = bytearray()
+    async for chunk in request.content.iter_any():
+        raw.extend(chunk)
+        if len(raw) > limit:
+            raise TooLarge(f"body larger than {limit} bytes")
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -205,6 +267,8 @@ def add_web_client(app: web.Application, web_dir: Path) -> None:
 
 
 def add_routes(app: web.Application) -> None:
+    for name in PROTOCOL_LOGGERS:
+        logging.getLogger(name).addFilter(CLIENT_ERROR_LOG)  # once: addFilter skips a filter it has
     app.router.add_post("/api/v1/auth/login", login)
     app.router.add_get("/health", health)
     app.router.add_get("/api/docs", api_docs)

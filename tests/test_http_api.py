@@ -36,13 +36,24 @@ async def test_unknown_user_is_401(http: aiohttp.ClientSession) -> None:
         (b'{"email": "a@example.test"}', "password must be"),
         (b'{"email": "a@example.test", "password": "x\\r\\nA1 LOGOUT"}', "forbidden characters"),
         (b'{"email": "a\\"@example.test", "password": "x"}', "email must be an address"),
-        (b'{"email": "' + b"a" * 70_000 + b'@example.test", "password": "x"}', "larger than"),
     ],
 )
 async def test_bad_login_input_is_400(http: aiohttp.ClientSession, body: bytes, message: str) -> None:
     async with http.post("/api/v1/auth/login", data=body, headers={"Content-Type": "application/json"}) as r:
         assert r.status == 400
         assert message in (await r.json())["error"]
+
+
+async def test_oversized_or_non_json_login_bodies_are_413_and_415(http: aiohttp.ClientSession) -> None:
+    big = b'{"email": "' + b"a" * 70_000 + b'@example.test", "password": "x"}'
+    async with http.post("/api/v1/auth/login", data=big, headers={"Content-Type": "application/json"}) as r:
+        assert r.status == 413
+        assert "larger than" in (await r.json())["error"]
+    form = b"email=a%40example.test&password=x"
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", "application/octet-stream"):
+        async with http.post("/api/v1/auth/login", data=form, headers={"Content-Type": content_type}) as r:
+            assert r.status == 415, content_type
+            assert "application/json" in (await r.json())["error"]
 
 
 async def test_health_reports_each_dependency(http: aiohttp.ClientSession) -> None:
