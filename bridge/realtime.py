@@ -34,6 +34,8 @@ from typing import Any
 import msgpack
 import redis.asyncio as aioredis
 import socketio
+from aiohttp import web
+from socketio import packet as sio_packet
 
 from bridge.auth import Identity, TokenIssuer
 from bridge.browser_events import BrowserEvent, MtaFacts, parse_email_id, to_browser
@@ -76,6 +78,44 @@ def _older(a: str, b: str) -> bool:
     return (a_ms, a_seq) < (b_ms, b_seq)
 
 
+# What a client may send: a connect, a disconnect, an event and an acknowledgement. Binary packets
+# are refused: the API is JSON, attachments travel base64-encoded or as staged uploads.
+_CLIENT_PACKETS = (sio_packet.CONNECT, sio_packet.DISCONNECT, sio_packet.EVENT, sio_packet.ACK)
+
+
+def packet_problem(data: object) -> str | None:
+    """What is wrong with a Socket.IO packet a client sent (None: nothing python-socketio would
+    choke on). Pure: decodes the packet the way the server will."""
+    if not isinstance(data, str):
+        return "binary packets are not supported"
+    try:
+        pkt = sio_packet.Packet(encoded_packet=data)
+    except (ValueError, TypeError, IndexError, KeyError, RecursionError) as exc:
+        return f"undecodable ({type(exc).__name__})"
+    if pkt.packet_type not in _CLIENT_PACKETS:
+        return f"packet type {pkt.packet_type} is not one a client sends"
+    if pkt.packet_type == sio_packet.EVENT and not (
+        isinstance(pkt.data, list) and pkt.data and isinstance(pkt.data[0], str)
+    ):
+        return "an event needs a name"
+    return None
+
+
+class _Server(socketio.AsyncServer):  # type: ignore[misc]  # python-socketio has no type hints
+    """python-socketio's server, closing the connection of a client that sends a malformed packet.
+
+    Left to python-socketio, such a packet raised inside its message handler: an ERROR traceback
+    in the log per packet (as many as a client cares to send) and the socket kept open."""
+
+    async def _handle_eio_message(self, eio_sid: str, data: object) -> None:
+        problem = packet_problem(data)
+        if problem is not None:
+            log.info("[eio %s] malformed Socket.IO packet (%s); closing the connection", eio_sid, problem)
+            await self.eio.disconnect(eio_sid)
+            return
+        await super()._handle_eio_message(eio_sid, data)
+
+
 class Realtime:
     def __init__(
         self,
@@ -91,7 +131,7 @@ class Realtime:
         self.stream_prefix = stream_prefix
         self.resume_log_len = resume_log_len
         self.max_sockets_per_user = max_sockets_per_user
-        self.sio = socketio.AsyncServer(
+        self.sio = _Server(
             async_mode="aiohttp",
             # None keeps python-socketio's same-origin check; a list allows exactly those origins.
             cors_allowed_origins=list(cors_origins) if cors_origins else None,
@@ -118,6 +158,7 @@ class Realtime:
         self._action("typing", self._typing)
         self._action("mark_read", self._mark_read)
         self._action("send_email", self._send_email)
+        self.sio.on("*", self._unknown_event)
 
     def bind(self, redis: aioredis.Redis, imap: ImapGateway, mail: MailService) -> None:
         self.redis = redis
@@ -142,7 +183,23 @@ class Realtime:
     def log_key(self, account: str) -> str:
         return f"{self.stream_prefix}:browser:{account.lower()}"
 
-    async def _connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
+    def _client_sent(self, sid: str, name: str) -> Ack | None:
+        """python-socketio hands a client's *event* named "connect" or "disconnect" to the same
+        handler as the connection itself. Sent by a connected socket, a "disconnect" event dropped
+        its expiry timer and its place in the per-user count while it stayed connected (outliving
+        its token, past the socket limit). Such an event gets an error ack and changes nothing."""
+        if not self.sio.manager.is_connected(sid, "/"):
+            return None  # the real thing: during a connect or a disconnect, the socket is neither
+        log.info("[sid %s] refused an event named %r (reserved)", sid, name)
+        return {"ok": False, "error": f"{name!r} is a reserved event name"}
+
+    async def _connect(self, sid: str, environ: Any = None, auth: object = None, *_extra: object) -> Ack | None:
+        refused = self._client_sent(sid, "connect")
+        if refused is not None or not isinstance(environ, dict):
+            return refused or {"ok": False, "error": "'connect' is a reserved event name"}
+        if not isinstance(environ.get("aiohttp.request"), web.BaseRequest):
+            # Only the server's own handshake carries the request object; JSON cannot forge one.
+            return {"ok": False, "error": "'connect' is a reserved event name"}
         token = auth.get("token") if isinstance(auth, dict) else None
         token = token or _bearer(environ)
         try:
@@ -172,9 +229,10 @@ class Realtime:
                     points[account] = await self._log_position(account)
                     await self.sio.enter_room(sid, account_room(account))
             self._spawn(self._send_resume_points(sid, points), f"points-{sid}")
-            return
+            return None
         # Replay after the CONNECT packet went out (the handler returns first), then join.
         self._spawn(self._resume(sid, identity, last_event_id), f"resume-{sid}")
+        return None
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -189,7 +247,10 @@ class Realtime:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _disconnect(self, sid: str, reason: object = None) -> None:
+    async def _disconnect(self, sid: str, reason: object = None, *_extra: object) -> Ack | None:
+        refused = self._client_sent(sid, "disconnect")
+        if refused is not None:
+            return refused
         timer = self._expiry.pop(sid, None)
         if timer is not None:
             timer.cancel()
@@ -201,6 +262,7 @@ class Realtime:
             if not sockets:
                 self._sockets_by_user.pop(subject, None)
         log.debug("[sid %s] disconnected (%s)", sid, reason)
+        return None
 
     async def identity(self, sid: str) -> Identity:
         session = await self.sio.get_session(sid)
@@ -389,12 +451,16 @@ class Realtime:
     # ------------------------------------------------------------------ client actions
 
     def _action(self, name: str, handler: Callable[[str, Identity, Any], Awaitable[Ack]]) -> None:
-        async def wrapped(sid: str, data: Any = None) -> Ack:
+        # *args: an event with two arguments or more raised TypeError before this code ran, and the
+        # client waited for an acknowledgement that never came.
+        async def wrapped(sid: str, *args: Any) -> Ack:
             try:
                 identity = await self.identity(sid)
                 if not self.action_limit.allow(sid):
                     raise RateLimited("too many requests", self.action_limit.retry_after(sid))
-                return await handler(sid, identity, data)
+                if len(args) > 1:
+                    raise InvalidInput(f"{name} takes one argument, got {len(args)}")
+                return await handler(sid, identity, args[0] if args else None)
             except RateLimited as exc:
                 return {"ok": False, "error": str(exc), "retryAfter": round(exc.retry_after_s, 2)}
             except BridgeError as exc:
@@ -405,6 +471,18 @@ class Realtime:
                 return {"ok": False, "error": "internal error"}
 
         self.sio.on(name, wrapped)
+
+    async def _unknown_event(self, event: str, sid: str, *_args: Any) -> Ack:
+        """Any event no handler takes: an error ack (python-socketio would leave the client waiting
+        for one), counted against the socket's action allowance like any other."""
+        if not self.action_limit.allow(sid):
+            return {
+                "ok": False,
+                "error": "too many requests",
+                "retryAfter": round(self.action_limit.retry_after(sid), 2),
+            }
+        log.info("[sid %s] unknown event %r", sid, event[:64])
+        return {"ok": False, "error": f"unknown event {event[:64]!r}"}
 
     @staticmethod
     def _owned(identity: Identity, account: str) -> str:
