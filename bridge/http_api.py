@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -138,11 +139,35 @@ async def read_json(request: web.Request, limit: int = MAX_JSON_BYTES) -> dict[s
             raise TooLarge(f"body larger than {limit} bytes")
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[..." nested too deep
         raise InvalidInput("body must be JSON") from None
     if not isinstance(data, dict):
         raise InvalidInput("body must be a JSON object")
+    # A "\udXXX" escape may leave half a surrogate pair in a string (valid JSON, RFC 8259 8.2, but
+    # no text): such a string cannot be encoded, and the store or IMAP raised on it (a 500).
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(data):
+        raise InvalidInput("body holds a string that is not valid Unicode (a lone surrogate)")
     return data
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(value: object) -> bool:
+    pending = [value]  # a stack, not recursion: the document may be as deep as the parser allowed
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def cors_middleware(allowed: tuple[str, ...]) -> Any:
