@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -39,7 +39,7 @@ from bridge.realtime import Realtime
 from bridge.settings import Settings
 from bridge.smtp_filter import FilterHandler, FilterServer
 from bridge.spool import SpoolDrainer
-from bridge.store import MailboxCounts, Store
+from bridge.store import MailboxCounts, Store, interactive_deadline
 from bridge.streams import Consumer, Delivery, Publisher
 from bridge.submission import Submission
 
@@ -140,9 +140,22 @@ def create_filter_app(settings: Settings) -> web.Application:
     return app
 
 
+@web.middleware
+async def store_deadline_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A REST request waits seconds, not the background bound, for a store that is down (then 503).
+    Not the Socket.IO endpoint: its request lasts as long as the socket."""
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    with interactive_deadline():
+        return await handler(request)
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[cors_middleware(settings.cors_origins), errors_middleware], client_max_size=48 << 20
+        middlewares=[cors_middleware(settings.cors_origins), errors_middleware, store_deadline_middleware],
+        client_max_size=48 << 20,
     )
     app[keys.METRICS] = metrics = Metrics()
     app[keys.REQUEST_LIMIT] = RateLimiter(settings.requests_per_second, settings.requests_per_second * 3)

@@ -8,6 +8,7 @@ live events never overwrites newer state with older.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -89,7 +90,9 @@ class Backfill:
     def start(self, account: str) -> None:
         if account in self._tasks or account in self._done:
             return
-        task = asyncio.create_task(self._run(account), name=f"backfill-{account}")
+        # A fresh context: started from a request, the task must not inherit that request's short
+        # store deadline (bridge.store.interactive_deadline); it is background work.
+        task = asyncio.create_task(self._run(account), name=f"backfill-{account}", context=contextvars.Context())
         self._tasks[account] = task
         task.add_done_callback(lambda _t: self._tasks.pop(account, None))
 

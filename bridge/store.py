@@ -15,12 +15,14 @@ UIDVALIDITY, UID) cost a scan of the whole index per event. MongoDB serves both 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pymongo
 from pymongo import (
     ASCENDING,
     DESCENDING,
@@ -49,6 +51,9 @@ log = logging.getLogger(__name__)
 SEEN = "\\Seen"
 MESSAGES = "messages"
 OPERATION_TIMEOUT_MS = 30_000
+# What a person waiting on a page gets instead: with the store down, pymongo would otherwise try to
+# reach it for the whole OPERATION_TIMEOUT_MS (timeoutMS overrides serverSelectionTimeoutMS).
+INTERACTIVE_TIMEOUT_S = 5.0
 POOL_SIZE = 8
 # Version 2: message documents keyed by `message_doc_id`, summaries by Message-ID. An index of an
 # older format is dropped at start and rebuilt from IMAP by the backfill (bridge.backfill).
@@ -58,6 +63,13 @@ STATE = ("flags", "keywords", "seen")
 DEFAULT_FACTS: dict[str, Any] = {"hasAttachments": False, "size": 0, "category": "primary"}
 
 Write = UpdateOne | UpdateMany | DeleteOne | DeleteMany
+
+
+def interactive_deadline() -> contextlib.AbstractContextManager[None]:
+    """Bound every store operation in this block (and the tasks it awaits) to INTERACTIVE_TIMEOUT_S:
+    an HTTP request answers 503 within seconds when the store is down, while background work
+    (the indexer, the backfill) keeps the long bound and retries."""
+    return pymongo.timeout(INTERACTIVE_TIMEOUT_S)
 
 
 def message_doc_id(account: str, mailbox: str, uidvalidity: int, uid: int) -> str:

@@ -106,6 +106,7 @@ class Browser:
     token: str
     last_event_id: str | None = None
     shown: list[str] = field(default_factory=list)  # new_email subjects, in arrival order
+    email_ids: dict[str, str] = field(default_factory=dict)  # subject -> the email's id
     event_ids: list[str] = field(default_factory=list)
     connects: int = 0
     resyncs: int = 0
@@ -139,6 +140,7 @@ class Browsers:
         async def any_event(name: str, payload: Any) -> None:
             if name == "new_email" and isinstance(payload, dict):
                 browser.shown.append(str(payload.get("subject")))
+                browser.email_ids[str(payload.get("subject"))] = str(payload.get("id"))
             if name == "resync":
                 browser.resyncs += 1
             if name == "resume_point" and isinstance(payload, dict):

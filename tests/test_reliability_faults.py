@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis
 
@@ -254,3 +255,117 @@ async def test_filter_killed_mid_batch(fault: Fault, scenario: Scenario) -> None
     await wait_delivered(stack, sent, browsers)
     outcome = await settle(stack, sent, browsers, scenario)
     assert_clean(outcome)
+
+
+# ---------------------------------------------------------------------------------------- 4. Dovecot, store
+
+
+async def api(http: aiohttp.ClientSession, method: str, path: str, token: str, **kwargs: Any) -> tuple[int, Any]:
+    """One REST call: (status, JSON body), with a ceiling so an outage shows as an answer, not a hang."""
+    started = time.monotonic()
+    async with http.request(
+        method, path, headers={"Authorization": f"Bearer {token}"}, timeout=aiohttp.ClientTimeout(total=20), **kwargs
+    ) as r:
+        body = await r.json(content_type=None)
+    assert time.monotonic() - started < 15, f"{path} took {time.monotonic() - started:.1f} s to answer"
+    return r.status, body
+
+
+async def listed(http: aiohttp.ClientSession, token: str, account: str) -> int:
+    status, body = await api(http, "GET", f"/api/v1/email/inbox?account={account}&limit=200", token)
+    return len(body["emails"]) if status == 200 else -1
+
+
+async def index_caught_up(http: aiohttp.ClientSession, fault: Fault, sent: list[SentMail]) -> dict[str, int]:
+    """Wait until the index (the store behind the inbox listing) lists every mail sent to each account."""
+    wanted = {b.account.email: sum(1 for m in sent if m.account == b.account.email) for b in fault.browsers.browsers}
+    deadline = time.monotonic() + 60
+    found: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        found = {b.account.email: await listed(http, b.token, b.account.email) for b in fault.browsers.browsers}
+        if found == wanted:
+            break
+        await asyncio.sleep(0.5)
+    assert found == wanted, f"the index lists {found}, the mailboxes hold {wanted}"
+    return found
+
+
+@pytest.mark.reliability(4, "Dovecot stopped and restarted")
+async def test_dovecot_restarted(fault: Fault, scenario: Scenario) -> None:
+    stack, browsers, seconds = fault.stack, fault.browsers, fault.seconds
+    fault.describe(scenario)
+    scenario.checked = (
+        "while Dovecot is down: Postfix defers delivery, reading a mail and logging in answer 503 with a clear"
+        " error, /health says which dependency is down; after: every mail delivered and shown once, the API"
+        " reads mail again and the index lists every mail."
+    )
+    first = browsers.browsers[0]
+    load = fault.load()
+    async with aiohttp.ClientSession(base_url=stack.web_url) as http:
+        try:
+            await asyncio.sleep(seconds)
+            await wait_until(lambda: bool(first.email_ids), 10, "a first mail on the first browser")
+            email_id = next(iter(first.email_ids.values()))
+            fault.launcher.stop_service("dovecot")
+            try:
+                status, body = await api(http, "GET", f"/api/v1/email/{email_id}", first.token)
+                assert (status, "IMAP" in body["error"]) == (503, True), body
+                async with http.post(
+                    "/api/v1/auth/login", json={"email": first.account.email, "password": first.account.password}
+                ) as r:
+                    assert r.status == 503, await r.text()
+                    assert "error" in await r.json()
+                async with http.get("/health") as r:
+                    health = await r.json()
+                    assert (r.status, health["checks"]["redis"], health["checks"]["imap"][:4]) == (503, "ok", "down")
+                await asyncio.sleep(seconds / 2)
+            finally:
+                fault.launcher.start_service("dovecot")
+            await asyncio.to_thread(postqueue_flush, stack)
+            await asyncio.sleep(seconds / 2)
+        finally:
+            sent = load.stop()
+        await asyncio.to_thread(postqueue_flush, stack)
+        await wait_delivered(stack, sent, browsers)
+        outcome = await settle(stack, sent, browsers, scenario)
+        assert_clean(outcome)
+        status, body = await api(http, "GET", f"/api/v1/email/{email_id}", first.token)
+        assert status == 200, body
+        await index_caught_up(http, fault, sent)
+
+
+@pytest.mark.reliability(4, "Store (FerretDB) stopped and restarted")
+async def test_store_restarted(fault: Fault, scenario: Scenario) -> None:
+    stack, browsers, seconds = fault.stack, fault.browsers, fault.seconds
+    if not any(s.name == "ferretdb" for s in fault.launcher.services):
+        pytest.skip("the store is an external MongoDB (MONGODB_URL): this stack cannot restart it")
+    fault.describe(scenario)
+    scenario.checked = (
+        "while the store is down: new mail still reaches browsers, the inbox listing answers 503 with a clear"
+        " error, /health names the store; after: the index catches up by itself and lists every mail."
+    )
+    first = browsers.browsers[0]
+    load = fault.load()
+    async with aiohttp.ClientSession(base_url=stack.web_url) as http:
+        try:
+            await asyncio.sleep(seconds)
+            fault.launcher.stop_service("ferretdb")
+            try:
+                shown_before = len(first.shown)
+                status, body = await api(http, "GET", f"/api/v1/email/inbox?account={first.account.email}", first.token)
+                assert (status, "store" in body["error"]) == (503, True), body
+                async with http.get("/health") as r:
+                    health = await r.json()
+                    assert (r.status, health["checks"]["redis"], health["checks"]["store"][:4]) == (503, "ok", "down")
+                await wait_until(lambda: len(first.shown) > shown_before, 10, "new mail shown while the store is down")
+                await asyncio.sleep(seconds / 2)
+            finally:
+                fault.launcher.start_service("ferretdb")
+            await asyncio.sleep(seconds / 2)
+        finally:
+            sent = load.stop()
+        await wait_delivered(stack, sent, browsers)
+        outcome = await settle(stack, sent, browsers, scenario)
+        assert_clean(outcome)
+        await index_caught_up(http, fault, sent)
+        await wait_until(lambda: pending_entries(fault.redis, "bridge-index") == 0, 30, "the indexer's pending entries")
