@@ -22,6 +22,11 @@ from bridge.events import Direction
 MAX_HEADER_BYTES = 256 << 10
 MAX_HEADER_LINES = 4000
 MAX_VALUE_CHARS = 2048
+# Authentication-Results headers kept, topmost first (RFC 8601 5: each MTA prepends its own, so the
+# top ones are from our side). The summary travels in one event that consumers refuse above 1 MiB
+# (codec.MAX_EVENT_BYTES), and 8-bit junk triples in size as U+FFFD: 120 headers of 2 KB junk made
+# a 740 KB event; real mail carries one to three.
+MAX_AUTH_RESULTS = 32
 
 # Postfix's own Received: line (first one = the smtpd or pickup that queued it), e.g.
 #   by mail.example.test (Postfix) with ESMTPSA id 4Xg2Lq0dZ7z9t; ...
@@ -149,6 +154,7 @@ def summarize(message: bytes | ParsedHeaders) -> HeaderSummary:
             date = int(parsedate_to_datetime(_raw(raw_date)).timestamp())
         except (ValueError, TypeError, IndexError, OverflowError):
             date = None
+    auth_results = headers.get_all("Authentication-Results") or []
     raw_from = _raw(headers.get("From"))
     name, address = parseaddr(raw_from)
     return HeaderSummary(
@@ -160,9 +166,9 @@ def summarize(message: bytes | ParsedHeaders) -> HeaderSummary:
         from_=(f"{decode_text(name)} <{address}>" if name else address or decode_text(raw_from))[:MAX_VALUE_CHARS],
         date=date,
         authentication_results=tuple(
-            " ".join(_raw(v).split())[:MAX_VALUE_CHARS] for v in headers.get_all("Authentication-Results") or []
+            " ".join(_raw(v).split())[:MAX_VALUE_CHARS] for v in auth_results[:MAX_AUTH_RESULTS]
         ),
-        truncated=parsed.truncated,
+        truncated=parsed.truncated or len(auth_results) > MAX_AUTH_RESULTS,
         fingerprint=parsed.fingerprint,
         category=categorize(address, headers.get("List-Unsubscribe") is not None, _raw(headers.get("Precedence"))),
     )
