@@ -62,6 +62,7 @@ _VERBATIM = email.policy.default.clone(refold_source="none", linesep="\r\n")
 _MSG_ID = re.compile(r"<[^<>\s]{1,998}>")
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f]+")
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
+_SURROGATES_AND_NUL = re.compile(r"[\ud800-\udfff\x00]")
 # RFC 6838 4.2 restricted-name characters: anything else is not a media type we pass on.
 _MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
 _PART_ID = re.compile(rf"[1-9][0-9]{{0,5}}(?:\.[1-9][0-9]{{0,5}}){{0,{MAX_DEPTH - 1}}}")
@@ -372,7 +373,9 @@ def _decode_text(part: Message, limit: int) -> str:
     except Exception:
         # Unknown or non-text codec (LookupError), or a codec that rejects "replace".
         text = data.decode("utf-8", "replace")
-    return _SURROGATES.sub("\ufffd", text[:limit])
+    # NUL is no text in any charset mail uses, and an HTML parser never passes one through (WHATWG
+    # HTML 13.2.5): shown as U+FFFD, so no consumer of the API's JSON meets a NUL (a C string).
+    return _SURROGATES_AND_NUL.sub("\ufffd", text[:limit])
 
 
 # --- headers --------------------------------------------------------------------------------------
