@@ -37,6 +37,7 @@ from bridge.metrics import Metrics
 from bridge.rate_limit import RateLimiter
 from bridge.realtime import Realtime
 from bridge.settings import Settings
+from bridge.slow_sockets import SlowSocketGuard
 from bridge.smtp_filter import FilterHandler, FilterServer
 from bridge.spool import SpoolDrainer
 from bridge.store import MailboxCounts, Store, interactive_deadline
@@ -191,6 +192,8 @@ def create_app(settings: Settings) -> web.Application:
         metrics=metrics,
     )
     app[keys.REALTIME] = realtime
+    guard = SlowSocketGuard(realtime.sio, settings.socket_max_queued, metrics)
+    app.middlewares.append(guard.track)
     realtime.sio.attach(app)
     add_routes(app)
     add_mail_routes(app)
@@ -271,6 +274,7 @@ def create_app(settings: Settings) -> web.Application:
             _supervised("relay", relay.run()),
             _supervised("indexer", indexer.run()),
             _supervised("spool-drain", drainer.run()),
+            _supervised("slow-sockets", guard.run()),
         ]
         yield
         await _cancel(tasks)

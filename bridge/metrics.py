@@ -28,4 +28,9 @@ class Metrics:
             ["stream", "group"],
             registry=self.registry,
         )
+        self.slow_sockets_dropped = Counter(
+            "mailbridge_slow_sockets_dropped_total",
+            "Sockets dropped for not reading their events (over BRIDGE_SOCKET_MAX_QUEUED packets waiting)",
+            registry=self.registry,
+        )
         self.sends = Counter("mailbridge_sends_total", "Mails submitted, by result", ["result"], registry=self.registry)

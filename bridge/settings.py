@@ -124,6 +124,8 @@ class Settings:
     stream_maxlen: int = 1_000_000
     resume_log_len: int = 10_000
     max_sockets_per_user: int = 20
+    # Packets one socket may have waiting before it is dropped as too slow (bridge.slow_sockets).
+    socket_max_queued: int = 1000
     consumer_group: str = "bridge"
     consumer_name: str = "bridge-1"
     log_level: str = "INFO"
@@ -170,6 +172,7 @@ class Settings:
             stream_maxlen=e.integer("BRIDGE_STREAM_MAXLEN", 1_000_000, low=1000),
             resume_log_len=e.integer("BRIDGE_RESUME_LOG_LEN", 10_000, low=100),
             max_sockets_per_user=e.integer("BRIDGE_MAX_SOCKETS_PER_USER", 20, low=1),
+            socket_max_queued=e.integer("BRIDGE_SOCKET_MAX_QUEUED", 1000, low=10),
             consumer_group=e.text("BRIDGE_CONSUMER_GROUP", "bridge"),
             consumer_name=e.text("BRIDGE_CONSUMER_NAME", "bridge-1"),
             log_level=e.text("BRIDGE_LOG_LEVEL", "INFO").upper(),
