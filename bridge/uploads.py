@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from bridge.compose import MAX_ATTACHMENT_BYTES, UPLOAD_ID, Attachment
-from bridge.errors import InvalidInput, RateLimited, TooLarge, Unavailable
+from bridge.errors import RateLimited, TooLarge, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,8 @@ class Uploads:
             total += len(attachment.data)
             if total > MAX_ATTACHMENT_BYTES:
                 # Each upload is within the limit, so this bounds what is held to twice the limit.
-                raise InvalidInput(f"attachments larger than {MAX_ATTACHMENT_BYTES} bytes")
+                # 413, as compose answers for the same total reached by inline attachments.
+                raise TooLarge(f"attachments larger than {MAX_ATTACHMENT_BYTES} bytes")
             found[upload_id] = attachment
         return found
 
