@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
+import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -41,7 +43,7 @@ from bridge.slow_sockets import SlowSocketGuard
 from bridge.smtp_filter import FilterHandler, FilterServer
 from bridge.spool import SpoolDrainer
 from bridge.store import MailboxCounts, Store, interactive_deadline
-from bridge.streams import Consumer, Delivery, Publisher
+from bridge.streams import Consumer, Delivery, Publisher, lost_key
 from bridge.submission import Submission
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,9 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     client = aioredis.Redis.from_pool(pool)
     app[keys.REDIS] = client
-    app[keys.PUBLISHER] = Publisher(client, settings.spool_dir, settings.stream_maxlen)
+    app[keys.PUBLISHER] = Publisher(
+        client, settings.spool_dir, settings.stream_maxlen, lost_key=lost_key(settings.stream_prefix)
+    )
     yield
     await client.aclose()
 
@@ -151,6 +155,35 @@ async def store_deadline_middleware(
         return await handler(request)
     with interactive_deadline():
         return await handler(request)
+
+
+DOVECOT_LOST = re.compile(rb"^dovecot_mail_bridge_events_lost_total\s+([0-9.eE+]+)", re.M)
+
+
+async def count_lost_events(app: web.Application, metrics: Metrics) -> None:
+    """Lost events for /metrics: the Python producers' Redis hash, plus the hook's count kept by
+    Dovecot's statistics (dovecot-conf/90-mail-bridge.conf), read from its OpenMetrics page."""
+    settings = app[keys.SETTINGS]
+    counts: dict[str, float] = {}
+    try:
+        raw: Any = await app[keys.REDIS].hgetall(lost_key(settings.stream_prefix))
+        counts = {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
+    except RedisError:
+        counts = dict(metrics.events_lost.by_stream)  # keep the last known values
+    if settings.dovecot_metrics_url:
+        stream = StreamNames(settings.stream_prefix).dovecot
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http,
+                http.get(settings.dovecot_metrics_url) as r,
+            ):
+                found = DOVECOT_LOST.search(await r.read()) if r.status == 200 else None
+            metrics.dovecot_metrics_up.set(1 if r.status == 200 else 0)
+            counts[stream] = counts.get(stream, 0.0) + (float(found.group(1)) if found else 0.0)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("Dovecot statistics at %s did not answer: %s", settings.dovecot_metrics_url, exc)
+            metrics.dovecot_metrics_up.set(0)
+    metrics.events_lost.by_stream = counts
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -210,6 +243,7 @@ def create_app(settings: Settings) -> web.Application:
                 name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
                 if name in groups and info.get("lag") is not None:
                     metrics.stream_lag.labels(stream, name).set(info["lag"])
+        await count_lost_events(app, metrics)
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app.router.add_get("/metrics", metrics_page)

@@ -6,7 +6,29 @@ not collide. Names follow Prometheus conventions: `mailbridge_` prefix, base uni
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class LostEvents(Collector):
+    """Events that neither Redis nor the spool took, by stream. Counted elsewhere (the producers'
+    Redis hash, Dovecot's statistics) and set here at each scrape, so a counter kept as values."""
+
+    def __init__(self) -> None:
+        self.by_stream: dict[str, float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "mailbridge_events_lost",
+            "Events neither published nor spooled (Redis down and the spool unwritable), by stream",
+            labels=["stream"],
+        )
+        for stream, value in sorted(self.by_stream.items()):
+            family.add_metric([stream], value)
+        yield family
 
 
 class Metrics:
@@ -31,6 +53,13 @@ class Metrics:
         self.slow_sockets_dropped = Counter(
             "mailbridge_slow_sockets_dropped_total",
             "Sockets dropped for not reading their events (over BRIDGE_SOCKET_MAX_QUEUED packets waiting)",
+            registry=self.registry,
+        )
+        self.events_lost = LostEvents()
+        self.registry.register(self.events_lost)
+        self.dovecot_metrics_up = Gauge(
+            "mailbridge_dovecot_metrics_up",
+            "1 when Dovecot's statistics (the hook's lost events) answered this scrape",
             registry=self.registry,
         )
         self.sends = Counter("mailbridge_sends_total", "Mails submitted, by result", ["result"], registry=self.registry)

@@ -32,6 +32,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "submission": 2587,
     "filter": 10025,
     "reinject": 10026,
+    "dovecot_metrics": 19900,
 }
 
 DEFAULT_REDIS_URL = f"redis://{DEFAULT_HOST}:{DEFAULT_PORTS['redis']}/0"
@@ -126,6 +127,8 @@ class Settings:
     max_sockets_per_user: int = 20
     # Packets one socket may have waiting before it is dropped as too slow (bridge.slow_sockets).
     socket_max_queued: int = 1000
+    # Dovecot's OpenMetrics page, where the hook's lost events are counted (dovecot-conf/90-*.conf).
+    dovecot_metrics_url: str | None = None
     consumer_group: str = "bridge"
     consumer_name: str = "bridge-1"
     log_level: str = "INFO"
@@ -173,6 +176,7 @@ class Settings:
             resume_log_len=e.integer("BRIDGE_RESUME_LOG_LEN", 10_000, low=100),
             max_sockets_per_user=e.integer("BRIDGE_MAX_SOCKETS_PER_USER", 20, low=1),
             socket_max_queued=e.integer("BRIDGE_SOCKET_MAX_QUEUED", 1000, low=10),
+            dovecot_metrics_url=e.optional("BRIDGE_DOVECOT_METRICS_URL"),
             consumer_group=e.text("BRIDGE_CONSUMER_GROUP", "bridge"),
             consumer_name=e.text("BRIDGE_CONSUMER_NAME", "bridge-1"),
             log_level=e.text("BRIDGE_LOG_LEVEL", "INFO").upper(),

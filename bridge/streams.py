@@ -1,7 +1,9 @@
 """Redis Streams edge: publishing events and consuming them through a consumer group.
 
 Publishing never blocks mail: `Publisher.publish` gives Redis a bounded time and otherwise writes
-the event to the spool (bridge.spool), from which the drainer publishes it later, in order.
+the event to the spool (bridge.spool), from which the drainer publishes it later, in order. An
+event neither could take is lost: logged as LOST at once, and counted in the `<prefix>:events:lost`
+hash (by stream) as soon as Redis answers again, for /metrics.
 
 Consuming is at-least-once (Redis Streams consumer groups): an entry is acknowledged only after the
 handler returned. Entries another consumer left pending for longer than `claim_idle_ms` are claimed
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +33,30 @@ log = logging.getLogger(__name__)
 PUBLISH_TIMEOUT_S = 0.5
 
 
+def lost_key(prefix: str) -> str:
+    """The hash counting, by stream, the events producers could neither publish nor spool."""
+    return f"{prefix}:events:lost"
+
+
 class Publisher:
-    def __init__(self, redis: aioredis.Redis, spool_dir: Path, maxlen: int) -> None:
+    def __init__(self, redis: aioredis.Redis, spool_dir: Path, maxlen: int, *, lost_key: str) -> None:
         self.redis = redis
         self.spool_dir = spool_dir
         self.maxlen = maxlen
+        self.lost_key = lost_key
+        self.unreported: Counter[str] = Counter()  # lost events, by stream, not yet counted in Redis
+
+    async def _report_lost(self) -> None:
+        counts = dict(self.unreported)
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, count in counts.items():
+            pipe.hincrby(self.lost_key, stream, count)
+        try:
+            await asyncio.wait_for(pipe.execute(), PUBLISH_TIMEOUT_S)
+        except (RedisError, OSError, TimeoutError):
+            return  # counted next time
+        self.unreported.subtract(counts)
+        self.unreported = +self.unreported
 
     async def publish(self, stream: str, event: Event) -> str | None:
         """XADD the event; on failure (or while older events wait in the spool) spool it instead.
@@ -47,12 +69,15 @@ class Publisher:
                     self.redis.xadd(stream, {ENTRY_FIELD: codec.encode(event)}, maxlen=self.maxlen, approximate=True),
                     PUBLISH_TIMEOUT_S,
                 )
+                if self.unreported:
+                    await self._report_lost()
                 return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
             except (RedisError, OSError, TimeoutError) as exc:
                 log.warning("[%s] redis unavailable (%s); spooling event", event.key, exc)
         try:
             write_spool(self.spool_dir, [spool_record(stream, event)])
         except OSError as exc:
+            self.unreported[stream] += 1
             log.error("[%s] LOST event %s: redis and spool both failed: %s", event.key, event.kind, exc)
             raise
         return None

@@ -30,6 +30,20 @@ local function log_warning(msg)
   if dovecot and dovecot.i_warning then pcall(dovecot.i_warning, "mail-bridge: " .. msg) end
 end
 
+-- Events that neither Redis nor the spool took are gone: say so loudly, and count them where no
+-- disk and no Redis is needed, in Dovecot's own statistics (Dovecot 2.3 "Statistics"): one
+-- `mail_bridge_events_lost` event per lost event, which the metric of the same name in
+-- dovecot-conf/90-mail-bridge.conf counts and Dovecot's OpenMetrics listener exports.
+local function lost(count, why)
+  log_error(string.format("LOST %d event(s): %s", count, why))
+  if not (dovecot and dovecot.event) then return end
+  pcall(function()
+    local ev = dovecot.event()
+    ev:set_name("mail_bridge_events_lost")
+    for _ = 1, count do ev:log_debug("mail-bridge: event lost") end
+  end)
+end
+
 -- ---------------------------------------------------------------- values
 
 -- Dovecot pushes numbers with lua_pushnumber: they arrive as floats (uid 6 is 6.0).
@@ -273,7 +287,7 @@ local function guard(name, fn, arg)
   return function(ctx, ev)
     local ok, err
     if arg == nil then ok, err = pcall(fn, ctx, ev) else ok, err = pcall(fn, ctx, arg, ev) end
-    if not ok then log_error(string.format("dropped a %s event: %s", name, tostring(err))) end
+    if not ok then lost(1, string.format("a %s event could not be read: %s", name, tostring(err))) end
   end
 end
 
@@ -388,7 +402,7 @@ local function spool(cfg, events, from)
   local name = string.format("%s/%016d-%08x", dir, now_us(), math.random(0, 0x7fffffff))
   local f, err = io.open(name .. ".tmp", "wb")
   if not f then
-    log_error(string.format("LOST %d event(s): cannot write spool %s: %s", #events - from + 1, dir, err))
+    lost(#events - from + 1, string.format("redis unavailable and cannot write spool %s: %s", dir, err))
     return false
   end
   local chunks = {}
@@ -399,13 +413,13 @@ local function spool(cfg, events, from)
   local closed, cerr = f:close()
   if not ok or not closed then
     os.remove(name .. ".tmp")
-    log_error(string.format("LOST %d event(s): spool write failed: %s", #events - from + 1,
-      tostring(werr or cerr)))
+    lost(#events - from + 1, "redis unavailable and spool write failed: " .. tostring(werr or cerr))
     return false
   end
   local renamed, rerr = os.rename(name .. ".tmp", name .. ".mp")
   if not renamed then
-    log_error("spool rename failed: " .. tostring(rerr))
+    os.remove(name .. ".tmp")
+    lost(#events - from + 1, "redis unavailable and spool rename failed: " .. tostring(rerr))
     return false
   end
   return true
@@ -439,5 +453,5 @@ end
 function dovecot_lua_notify_end_txn(ctx, success)
   if success == false then return end -- the transaction was rolled back: nothing happened
   local ok, err = pcall(deliver, ctx)
-  if not ok then log_error("hook failed: " .. tostring(err)) end
+  if not ok then lost(ctx.events and #ctx.events or 1, "hook failed: " .. tostring(err)) end
 end

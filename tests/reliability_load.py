@@ -53,7 +53,7 @@ class MailLoad:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"mail-load-{self.tag}", daemon=True)
 
-    def _message(self, n: int) -> tuple[EmailMessage, SentMail]:
+    def message(self, n: int) -> tuple[EmailMessage, SentMail]:
         account = self.accounts[n % len(self.accounts)].email
         subject = f"{self.tag} {n:05d}"
         m = EmailMessage()
@@ -69,7 +69,7 @@ class MailLoad:
         smtp: smtplib.SMTP | None = None
         next_at = time.monotonic()
         while not self._stop.is_set():
-            message, sent = self._message(n)
+            message, sent = self.message(n)
             try:
                 if smtp is None:
                     smtp = smtplib.SMTP(self.stack.smtp["host"], self.stack.smtp["port"], timeout=30)

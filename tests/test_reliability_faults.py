@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from bridge import codec
 from bridge.events import MessageNew
 from bridge.stack.launcher import Stack, StackInfo
 from tests.conftest import AccountPool
+from tests.mailtools import send_smtp
 from tests.reliability import Scenario
 from tests.reliability_load import Browsers, MailLoad, SentMail, assert_clean, settle, wait_delivered
 
@@ -369,3 +372,80 @@ async def test_store_restarted(fault: Fault, scenario: Scenario) -> None:
         assert_clean(outcome)
         await index_caught_up(http, fault, sent)
         await wait_until(lambda: pending_entries(fault.redis, "bridge-index") == 0, 30, "the indexer's pending entries")
+
+
+# ---------------------------------------------------------------------------------------- 6. spool
+
+
+LOST_LINE = re.compile(r'^mailbridge_events_lost_total\{stream="([^"]+)"\} ([0-9.e+]+)$', re.M)
+
+
+async def lost_counts(http: aiohttp.ClientSession) -> dict[str, float]:
+    async with http.get("/metrics") as r:
+        text = await r.text()
+    assert "mailbridge_dovecot_metrics_up 1.0" in text, "Dovecot's statistics did not answer"
+    return {stream: float(value) for stream, value in LOST_LINE.findall(text)}
+
+
+@pytest.mark.reliability(6, "Spool unwritable while Redis is down")
+async def test_unwritable_spool_delivers_mail_and_counts_lost_events(fault: Fault, scenario: Scenario) -> None:
+    stack, browsers = fault.stack, fault.browsers
+    count = 40 if fault.rate > 10 else 10
+    accounts = [b.account for b in browsers.browsers]
+    scenario.load = f"{count} mails to {len(accounts)} accounts with Redis stopped and the spool replaced by a file"
+    scenario.checked = (
+        "every mail delivered; each event neither Redis nor the spool could take is logged as LOST (the filter's"
+        " log, Dovecot's log) and counted in /metrics (mailbridge_events_lost_total, the hook's via Dovecot's"
+        " statistics); once both are back, events flow again."
+    )
+    spool = Path(stack.spool_dir)
+    saved = spool.with_name(spool.name + ".saved")
+    # Mailboxes exist first, so each mail below is exactly one event per producer.
+    warmup = MailLoad(stack, accounts, 20.0, tag="warm")
+    await asyncio.to_thread(send_smtp, stack, [warmup.message(n)[0] for n in range(len(accounts))])
+    await wait_until(lambda: all(b.shown for b in browsers.browsers), 30, "the first mail on every browser")
+    async with aiohttp.ClientSession(base_url=stack.web_url) as http:
+        before = await lost_counts(http)
+        filter_lost = log_count(stack, "LOST event", "filter.out")
+        dovecot_lost = log_count(stack, "mail-bridge: LOST 1 event(s)", "dovecot.log")
+        fault.launcher.stop_service("redis")
+        spool.rename(saved)
+        spool.write_text("not a directory: the spool is unwritable\n")
+        broken = MailLoad(stack, accounts, 20.0, tag=f"lost-{uuid.uuid4().hex[:4]}")
+        lost_mail = [broken.message(n) for n in range(count)]
+        try:
+            await asyncio.to_thread(send_smtp, stack, [m for m, _ in lost_mail])
+            await wait_delivered(stack, [s for _, s in lost_mail], browsers)
+            # The filter publishes once Postfix took the mail back, so its verdict can trail delivery.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and log_count(stack, "LOST event", "filter.out") - filter_lost < count:
+                await asyncio.sleep(0.2)
+        finally:
+            spool.unlink()
+            saved.rename(spool)
+            fault.launcher.start_service("redis")
+        logged_filter = log_count(stack, "LOST event", "filter.out") - filter_lost
+        logged_dovecot = log_count(stack, "mail-bridge: LOST 1 event(s)", "dovecot.log") - dovecot_lost
+        # Mail flows with its events again; the filter's first publish also reports what it lost.
+        after_mail = MailLoad(stack, accounts, 20.0, tag=f"back-{uuid.uuid4().hex[:4]}")
+        recovered = [after_mail.message(n) for n in range(len(accounts))]
+        await asyncio.to_thread(send_smtp, stack, [m for m, _ in recovered])
+        sent = [s for _, s in lost_mail] + [s for _, s in recovered]
+        lost_ids = {s.message_id for _, s in lost_mail}
+        outcome = await settle(stack, sent, browsers, scenario, excused=lambda m: m.message_id in lost_ids)
+        deadline = time.monotonic() + 10
+        counted: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            after = await lost_counts(http)
+            counted = {s: after.get(s, 0.0) - before.get(s, 0.0) for s in ("mail:postfix", "mail:dovecot")}
+            if counted == {"mail:postfix": count, "mail:dovecot": count}:
+                break
+            await asyncio.sleep(0.5)
+    scenario.note(
+        f"By design {2 * count} events were lost (Redis down and no spool): logged {logged_filter} (filter) and"
+        f" {logged_dovecot} (Dovecot) times, counted {counted.get('mail:postfix', 0):g} and"
+        f" {counted.get('mail:dovecot', 0):g} in /metrics."
+    )
+    assert_clean(outcome)  # every mail delivered; the events after recovery all shown
+    assert (logged_filter, logged_dovecot) == (count, count)
+    assert counted == {"mail:postfix": count, "mail:dovecot": count}

@@ -370,6 +370,7 @@ class Stack:
                 "BRIDGE_SUBMISSION_PORT": str(ports["submission"]),
                 "BRIDGE_JWT_SECRET": stack_secrets.jwt_secret,
                 "BRIDGE_SPOOL_DIR": str(self.state / "spool"),
+                "BRIDGE_DOVECOT_METRICS_URL": f"http://{host}:{ports['dovecot_metrics']}/metrics",
                 "PYTHONUNBUFFERED": "1",
             }
         )

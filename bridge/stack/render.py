@@ -96,6 +96,7 @@ def render_all(settings: StackSettings, stack_secrets: StackSecrets, mail_uid: i
         "MAIL_GID": str(mail_gid),
         "IMAP_PORT": str(ports["imap"]),
         "LMTP_PORT": str(ports["lmtp"]),
+        "DOVECOT_METRICS_PORT": str(ports["dovecot_metrics"]),
         "SMTP_PORT": str(ports["smtp"]),
         "SUBMISSION_PORT": str(ports["submission"]),
         "FILTER_HOST": settings.host,
