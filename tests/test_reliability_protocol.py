@@ -264,7 +264,7 @@ RAW_FRAMES: dict[str, list[str | bytes]] = {
 
 @pytest.mark.reliability(11, "Protocol: malformed Engine.IO/Socket.IO frames")
 async def test_malformed_frames_on_a_raw_websocket(
-    stack: StackInfo, http: aiohttp.ClientSession, account: Account, scenario: Scenario
+    stack: StackInfo, http: aiohttp.ClientSession, account: Account, scenario: Scenario, reliability_full: bool
 ) -> None:
     log = BridgeLog(stack)
     token = await login(http, account)
@@ -278,7 +278,7 @@ async def test_malformed_frames_on_a_raw_websocket(
             else:
                 await raw.ws.send_str(frame)
         # Either the connection is dropped, or the frame was ignored and the socket still works.
-        if await raw.dropped(timeout=1.0):
+        if await raw.dropped(timeout=1.0 if reliability_full else 0.4):
             outcomes[name] = "dropped"
             ok = True
         else:
