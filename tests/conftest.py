@@ -115,6 +115,7 @@ class AccountPool:
         self.launcher = launcher
         self.batch = batch
         self.free: list[Account] = []
+        self.created: list[Account] = []  # every account of the session (the log hygiene test checks their passwords)
 
     def take(self) -> Account:
         if not self.free:
@@ -122,6 +123,7 @@ class AccountPool:
                 Account(f"t{uuid.uuid4().hex[:12]}@example.test", secrets.token_urlsafe(12)) for _ in range(self.batch)
             ]
             self.launcher.add_users({a.email: a.password for a in fresh})
+            self.created.extend(fresh)
             self.free = fresh
         return self.free.pop()
 

@@ -62,8 +62,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "reliability(number, name): a scenario of the reliability suite")
+    config.addinivalue_line("markers", "last: run after every other test (it checks what they all left behind)")
     config.stash[_ROWS] = []
     config.stash[_STARTED] = time.monotonic()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)  # stable: order kept otherwise
 
 
 @pytest.fixture(scope="session")
