@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from email.errors import HeaderParseError
+from email.errors import MessageError
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesHeaderParser
@@ -119,7 +119,9 @@ def decode_text(raw: str | None) -> str:
     raw = raw[: MAX_VALUE_CHARS * 4]
     try:
         text = str(make_header(decode_header(raw)))
-    except (ValueError, LookupError, UnicodeError, AssertionError, HeaderParseError):
+    # MessageError: HeaderParseError, and CharsetError for an 8-bit charset name in an encoded
+    # word (RFC 2047 2: a charset is an ASCII token; "=?\xff?Q?x?=" raised it through make_header).
+    except (ValueError, LookupError, UnicodeError, AssertionError, MessageError):
         text = raw
     text = " ".join(text.split())
     return text.encode("utf-8", "replace").decode("utf-8")[:MAX_VALUE_CHARS]
