@@ -203,7 +203,7 @@ async def test_giant_packets_and_floods_leave_other_users_served(
             ack = await bystander.sio.call("join_email", {"address": other_account.email}, timeout=ANSWER_CEILING_S)
             assert isinstance(ack, dict) and ack.get("ok") is True, ack
             other_ack_s.append(time.monotonic() - started)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.15)  # within its own action allowance (10 a second)
 
     subject = f"during the flood {time.time()}"
     sent_at = time.monotonic()
