@@ -417,9 +417,11 @@ async def test_unwritable_spool_delivers_mail_and_counts_lost_events(fault: Faul
             await asyncio.to_thread(send_smtp, stack, [m for m, _ in lost_mail])
             await wait_delivered(stack, [s for _, s in lost_mail], browsers)
             # The filter publishes once Postfix took the mail back, so its verdict can trail delivery.
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and log_count(stack, "LOST event", "filter.out") - filter_lost < count:
-                await asyncio.sleep(0.2)
+            await wait_until(
+                lambda: log_count(stack, "LOST event", "filter.out") - filter_lost >= count,
+                10,
+                "the filter's LOST lines",
+            )
         finally:
             spool.unlink()
             saved.rename(spool)
