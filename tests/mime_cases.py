@@ -661,6 +661,15 @@ def _parts(count: int, header: bytes) -> bytes:
 _EMOJI_NAME = "".join(f"%{b:02X}" for b in ("\U0001f600" * 255).encode()).encode()
 
 
+def received_headers(count: int) -> bytes:
+    """A mail that already went through `count` hops (RFC 5321 6.3: Postfix refuses one with
+    hopcount_limit, 50, Received lines as a loop)."""
+    hops = b"".join(
+        b"Received: from hop%d.outside.test by x; Sun, 1 Jan 2026 00:00:00 +0000\r\n" % i for i in range(count)
+    )
+    return hops + b"Subject: hops\r\n\r\nbody\r\n"
+
+
 def malformed_corpus() -> dict[str, bytes]:
     """Hand-written malformed mail, one case per family, each a complete message."""
     mp = b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
@@ -762,6 +771,9 @@ def malformed_corpus() -> dict[str, bytes]:
             b"Authentication-Results: " + b"\xff" * 2000 + b"\r\n" for _ in range(120)
         )
         + b"\r\nbody\r\n",
+        # Under Postfix's hopcount_limit (50 Received lines) even with the two Received lines Postfix
+        # adds on the way through the filter.
+        "received-headers-47": received_headers(47),
         "no-headers": b"\r\nonly a body\r\n",
         "headers-no-body": b"Subject: no body, no blank line",
         "missing-everything": b"x",

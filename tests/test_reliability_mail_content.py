@@ -37,6 +37,7 @@ from tests.mime_cases import (
     hostile_message,
     html_parts,
     malformed_corpus,
+    received_headers,
 )
 from tests.reliability import Scenario
 from tests.socket_client import RecordingClient
@@ -133,7 +134,10 @@ def _send_all(stack: StackInfo, recipient: str, mails: list[tuple[str, bytes]]) 
             try:
                 smtp.sendmail(f"{name}@outside.test", [recipient], raw)
             except smtplib.SMTPResponseException as exc:
-                refused.append(f"{name}: {exc.smtp_code}")
+                reply = (
+                    exc.smtp_error.decode("ascii", "replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
+                )
+                refused.append(f"{name}: {exc.smtp_code} {reply}")
                 smtp.rset()
             else:
                 accepted.append(name)
@@ -204,8 +208,10 @@ async def test_malformed_mail_is_delivered_with_one_event(
     finally:
         await client.close()
 
-    assert not refused, refused
-    assert len(delivered) == len(accepted) == len(mails), (len(delivered), len(accepted))
+    # Postfix's own loop protection (RFC 5321 6.3) refuses a mail with 50 Received lines at SMTP
+    # time: the sender is told at once, nothing is lost. Any other refusal fails here.
+    assert all("too many hops" in r for r in refused), refused
+    assert len(delivered) == len(accepted), (len(delivered), len(accepted))
     assert scenario.events_received == len(accepted) and scenario.events_duplicated == 0, (
         scenario.events_received,
         scenario.events_duplicated,
@@ -215,12 +221,37 @@ async def test_malformed_mail_is_delivered_with_one_event(
     token = await login(http, account)
     served = 0
     for event in events:
-        async with http.get(f"/api/v1/email/{event['id']}", headers={"Authorization": f"Bearer {token}"}) as r:
-            assert r.status == 200, (r.status, await r.text())
-            _check_served(await r.json())
-            served += 1
+        for _attempt in range(30):
+            async with http.get(f"/api/v1/email/{event['id']}", headers={"Authorization": f"Bearer {token}"}) as r:
+                if r.status == 429:  # the API's rate limit: wait as it says, then ask again
+                    await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+                    continue
+                assert r.status == 200, (r.status, await r.text())
+                _check_served(await r.json())
+                served += 1
+                break
     assert served == len(accepted)
     scenario.cases = len(mails)
+
+
+@pytest.mark.e2e
+@pytest.mark.xfail(
+    strict=True,
+    reason="Known bug: a mail with 48 Received lines passes Postfix's front door (49 of 50 hops) but the"
+    " re-injection adds the 50th, its cleanup refuses it, the filter answers 451 and Postfix defers it for"
+    " days (neither delivered nor bounced). Needs a re-injection cleanup with one more hop allowed.",
+)
+async def test_mail_just_under_the_hop_limit_is_delivered_or_refused(stack: StackInfo, account: Account) -> None:
+    """A mail is delivered, or refused at SMTP time: never accepted and then stuck in the queue."""
+    accepted, refused = await asyncio.to_thread(
+        _send_all, stack, account.email, [("received-headers-48", received_headers(48))]
+    )
+    if refused:
+        return
+    assert accepted
+    # Delivery takes a second or two; a mail deferred by the filter waits 30 s or more for a retry.
+    delivered = await asyncio.to_thread(wait_for_messages, stack, account.email, account.password, 1, 8)
+    assert len(delivered) == 1
 
 
 # --- 3. the XSS corpus ------------------------------------------------------------------------------
