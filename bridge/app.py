@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
 import aiohttp
@@ -42,7 +42,7 @@ from bridge.settings import Settings
 from bridge.slow_sockets import SlowSocketGuard
 from bridge.smtp_filter import FilterHandler, FilterServer
 from bridge.spool import SpoolDrainer
-from bridge.store import MailboxCounts, Store, interactive_deadline
+from bridge.store import MailboxCounts, Store
 from bridge.streams import Consumer, Delivery, Publisher, lost_key
 from bridge.submission import Submission
 
@@ -145,18 +145,6 @@ def create_filter_app(settings: Settings) -> web.Application:
     return app
 
 
-@web.middleware
-async def store_deadline_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """A REST request waits seconds, not the background bound, for a store that is down (then 503).
-    Not the Socket.IO endpoint: its request lasts as long as the socket."""
-    if not request.path.startswith("/api/"):
-        return await handler(request)
-    with interactive_deadline():
-        return await handler(request)
-
-
 DOVECOT_LOST = re.compile(rb"^dovecot_mail_bridge_events_lost_total\s+([0-9.eE+]+)", re.M)
 
 
@@ -188,7 +176,7 @@ async def count_lost_events(app: web.Application, metrics: Metrics) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[cors_middleware(settings.cors_origins), errors_middleware, store_deadline_middleware],
+        middlewares=[cors_middleware(settings.cors_origins), errors_middleware],
         client_max_size=48 << 20,
     )
     app[keys.METRICS] = metrics = Metrics()
@@ -309,6 +297,7 @@ def create_app(settings: Settings) -> web.Application:
             _supervised("indexer", indexer.run()),
             _supervised("spool-drain", drainer.run()),
             _supervised("slow-sockets", guard.run()),
+            _supervised("fanout", realtime.run_fanout()),
         ]
         yield
         await _cancel(tasks)

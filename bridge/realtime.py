@@ -4,15 +4,18 @@ Connecting: a socket must present a valid JWT (`auth.token`, or an `Authorizatio
 or it is refused; it joins the rooms of exactly the accounts its token grants. Origins are checked
 against the configured allow-list during the handshake.
 
-Relay and resume: every browser event is first appended to its account's resume log (a capped
-Redis stream, `<prefix>:browser:<account>`), whose entry id becomes the event's `eventId`, then
-emitted to the account's room. A socket that connects with `auth.lastEventId` is replayed every
-logged event after that id, in order, before it joins the room; appending+emitting and
-replaying+joining take the same per-account lock, so nothing is missed or sent twice across the
-seam. If the log no longer reaches back to that id, the socket gets `resync` instead. A socket
-that connects without a `lastEventId` for an account gets `resume_point` (the log's newest id, or
-"0-0"), taken under the same lock as its join, so it can resume even if no event reached it before
-it dropped.
+Relay and resume, across any number of bridge nodes: a browser event is appended, by one script
+(atomic in Redis), to the fan-out stream every node reads (`<prefix>:browser-fanout`) and, with the
+same id, to its account's resume log (a capped stream, `<prefix>:browser:<account>`); that id is the
+event's `eventId`. Each node reads the fan-out in order and emits each event to the account's room
+of its own sockets, so every socket gets it once, whichever node published it. A socket that
+connects with `auth.lastEventId` is replayed the logged events after that id up to the node's
+fan-out position, then joins the room; the reader takes the same per-account lock to emit, so
+everything past that position reaches it live and nothing is missed or sent twice across the seam.
+If the log no longer reaches back to that id, the socket gets `resync` instead. A socket that
+connects without a `lastEventId` for an account gets `resume_point` (the newest id it will not get
+live, or "0-0"), taken under the same lock as its join, so it can resume even if no event reached it
+before it dropped.
 Ingest events are relayed once per key: a stream entry delivered twice is emitted once.
 
 Client actions answer through the Socket.IO acknowledgement: `{"ok": true, ...}` or
@@ -22,7 +25,6 @@ Client actions answer through the Socket.IO acknowledgement: `{"ok": true, ...}`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import re
@@ -35,6 +37,8 @@ import msgpack
 import redis.asyncio as aioredis
 import socketio
 from aiohttp import web
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
 from socketio import packet as sio_packet
 
 from bridge.auth import Identity, TokenIssuer
@@ -50,6 +54,30 @@ from bridge.streams import Delivery
 log = logging.getLogger(__name__)
 
 LOCK_STRIPES = 256
+FANOUT_MAXLEN = 200_000  # entries: what a node may fall behind by, at most, before it misses events
+FANOUT_BATCH = 500
+
+# KEYS: the fan-out stream, then one resume log per event. ARGV: the fan-out's and the logs' MAXLEN,
+# then five per event: account, name, payload, a sid to skip ("" for none), "1" to log it ("0" for
+# an ephemeral event such as user_typing). Returns the events' ids. A log entry takes its fan-out
+# entry's id, so both streams order events alike; a log whose last id is not older (one written
+# before this scheme, or a clock step) gets a fresh id rather than failing the whole batch.
+_PUBLISH_SCRIPT = """
+local ids = {}
+for i = 2, #KEYS do
+  local at = 3 + (i - 2) * 5
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+    'a', ARGV[at], 'n', ARGV[at + 1], 'p', ARGV[at + 2], 's', ARGV[at + 3], 'l', ARGV[at + 4])
+  if ARGV[at + 4] == '1' then
+    local logged = redis.pcall('XADD', KEYS[i], 'MAXLEN', '~', ARGV[2], id, 'n', ARGV[at + 1], 'p', ARGV[at + 2])
+    if type(logged) == 'table' and logged.err then
+      redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[2], '*', 'n', ARGV[at + 1], 'p', ARGV[at + 2])
+    end
+  end
+  ids[#ids + 1] = id
+end
+return ids
+"""
 RELAYED_TTL_S = 86400
 _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
@@ -148,6 +176,10 @@ class Realtime:
         self._sockets_by_user: dict[str, set[str]] = {}
         self._user_of: dict[str, str] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
+        # The id of the last fan-out entry this node emitted (set once the reader started).
+        self.position = "0-0"
+        self._reading = asyncio.Event()
+        self._publish_script: AsyncScript | None = None
         # Called with the accounts of every new connection (the app starts their backfill).
         self.on_accounts: Callable[[tuple[str, ...]], None] = lambda _accounts: None
         self.typing_limit = RateLimiter(2.0, 5)
@@ -162,6 +194,7 @@ class Realtime:
 
     def bind(self, redis: aioredis.Redis, imap: ImapGateway, mail: MailService) -> None:
         self.redis = redis
+        self._publish_script = redis.register_script(_PUBLISH_SCRIPT)
         self.imap = imap
         self.mail = mail
 
@@ -182,6 +215,10 @@ class Realtime:
 
     def log_key(self, account: str) -> str:
         return f"{self.stream_prefix}:browser:{account.lower()}"
+
+    @property
+    def fanout_key(self) -> str:
+        return f"{self.stream_prefix}:browser-fanout"
 
     def _client_sent(self, sid: str, name: str) -> Ack | None:
         """python-socketio hands a client's *event* named "connect" or "disconnect" to the same
@@ -274,10 +311,12 @@ class Realtime:
     # ------------------------------------------------------------------ resume
 
     async def _log_position(self, account: str) -> str:
-        """The id of the newest event in the account's log ("0-0" if it has none yet). Called under
-        the account's lock, with the join: every later event reaches the socket live."""
+        """The id of the newest event in the account's log that this node has emitted ("0-0" if
+        none). Called under the account's lock, with the join: every later event reaches the socket
+        live."""
         assert self.redis is not None
-        newest: Any = await self.redis.xrevrange(self.log_key(account), count=1)
+        await self._reading.wait()
+        newest: Any = await self.redis.xrevrange(self.log_key(account), max=self.position, count=1)
         return _entry_id(newest[0][0]) if newest else "0-0"
 
     async def _send_resume_points(self, sid: str, points: dict[str, str]) -> None:
@@ -310,7 +349,11 @@ class Realtime:
                 await self.sio.enter_room(sid, account_room(account))
 
     async def _replay(self, sid: str, account: str, since: object) -> int:
+        """Emit to `sid` the account's logged events after `since`, up to this node's fan-out
+        position (the reader emits the later ones to the room). Called under the account's lock."""
         assert self.redis is not None
+        await self._reading.wait()
+        upto = self.position
         key = self.log_key(account)
         if not isinstance(since, str) or not _EVENT_ID.match(since):
             await self.sio.emit("resync", {"account": account, "reason": "unknown lastEventId"}, to=sid)
@@ -344,7 +387,7 @@ class Realtime:
         count = 0
         cursor = f"({since}"
         while True:
-            entries: Any = await self.redis.xrange(key, min=cursor, count=500)
+            entries: Any = await self.redis.xrange(key, min=cursor, max=upto, count=500)
             if not entries:
                 return count
             for entry_id, fields in entries:
@@ -420,33 +463,63 @@ class Realtime:
         return event_id
 
     async def publish_many(self, browser_events: Sequence[BrowserEvent]) -> list[str]:
-        """Append the events to their accounts' resume logs (one pipeline), then emit each, in
-        order, with its log id as `eventId`. The accounts' locks are held across both, so a socket
-        resuming meanwhile gets each event exactly once: replayed from the log or live."""
-        assert self.redis is not None
+        """Log the events in their accounts' resume logs and append them to the fan-out (one script,
+        one round trip); every node's reader then emits each, in order, with its id as `eventId`."""
         if not browser_events:
             return []
-        # Stripes taken in index order: two batch publishers can never wait on each other in a
-        # cycle (resume holds one stripe at a time).
-        stripes = sorted({self._stripe(e.account) for e in browser_events})
-        async with contextlib.AsyncExitStack() as held:
-            for stripe in stripes:
-                await held.enter_async_context(self._locks[stripe])
-            pipe = self.redis.pipeline(transaction=False)
-            for browser_event in browser_events:
-                pipe.xadd(
-                    self.log_key(browser_event.account),
-                    {b"n": browser_event.name.encode(), b"p": msgpack.packb(browser_event.payload)},
-                    maxlen=self.resume_log_len,
-                    approximate=True,
-                )
-            event_ids = [_entry_id(raw) for raw in await pipe.execute()]
-            for browser_event, event_id in zip(browser_events, event_ids, strict=True):
-                payload = {**browser_event.payload, "eventId": event_id}
-                await self.sio.emit(browser_event.name, payload, room=account_room(browser_event.account))
+        event_ids = await self._fan_out([(e.account, e.name, e.payload, "", True) for e in browser_events])
         for browser_event in browser_events:
             self.metrics.events_relayed.labels(browser_event.name).inc()
         return event_ids
+
+    async def _fan_out(self, events: Sequence[tuple[str, str, dict[str, Any], str, bool]]) -> list[str]:
+        assert self.redis is not None
+        keys = [self.fanout_key] + [self.log_key(account) for account, *_ in events]
+        args: list[str | bytes | int] = [FANOUT_MAXLEN, self.resume_log_len]
+        for account, name, payload, skip, logged in events:
+            args += [account, name, msgpack.packb(payload), skip, "1" if logged else "0"]
+        assert self._publish_script is not None
+        ids: Any = await self._publish_script(keys=keys, args=args)
+        return [_entry_id(raw) for raw in ids]
+
+    async def run_fanout(self) -> None:
+        """Emit every fan-out entry, in order, to this node's sockets in the account's room."""
+        assert self.redis is not None
+        failing = False
+        while True:
+            try:
+                if not self._reading.is_set():
+                    newest: Any = await self.redis.xrevrange(self.fanout_key, count=1)
+                    self.position = _entry_id(newest[0][0]) if newest else "0-0"
+                    self._reading.set()
+                response: Any = await self.redis.xread({self.fanout_key: self.position}, count=FANOUT_BATCH, block=1000)
+                if failing:
+                    log.info("fan-out reader recovered at %s", self.position)
+                    failing = False
+                for _stream, entries in response or []:
+                    for entry_id, fields in entries:
+                        await self._emit_entry(_entry_id(entry_id), fields)
+            except (RedisError, OSError) as exc:
+                if not failing:
+                    log.warning("fan-out reader paused, retrying: %s", exc)
+                failing = True
+                await asyncio.sleep(0.5)
+
+    async def _emit_entry(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        account = fields[b"a"].decode()
+        name = fields[b"n"].decode()
+        try:
+            payload = msgpack.unpackb(fields[b"p"], raw=False)
+        except (ValueError, msgpack.UnpackException):
+            log.error("[fan-out %s] undecodable entry skipped", entry_id)
+            self.position = entry_id
+            return
+        skip = fields.get(b"s", b"").decode() or None
+        async with self._lock(account):
+            if fields.get(b"l") == b"1":
+                payload["eventId"] = entry_id
+            await self.sio.emit(name, payload, room=account_room(account), skip_sid=skip)
+            self.position = entry_id
 
     # ------------------------------------------------------------------ client actions
 
@@ -509,13 +582,10 @@ class Realtime:
         account = self._owned(identity, ref.account)
         if not self.typing_limit.allow(sid):
             raise RateLimited("typing too fast", self.typing_limit.retry_after(sid))
-        # Only the sessions that can see this email: the account's room, not this socket itself.
-        await self.sio.emit(
-            "user_typing",
-            {"user": identity.subject, "emailId": data["emailId"], "typing": bool(data.get("typing", True))},
-            room=account_room(account),
-            skip_sid=sid,
-        )
+        # Only the sessions that can see this email: the account's room on every node, not this
+        # socket itself. Ephemeral: through the fan-out, not into the resume log.
+        payload = {"user": identity.subject, "emailId": data["emailId"], "typing": bool(data.get("typing", True))}
+        await self._fan_out([(account, "user_typing", payload, sid, False)])
         return {"ok": True}
 
     async def _mark_read(self, sid: str, identity: Identity, data: Any) -> Ack:

@@ -15,14 +15,12 @@ UIDVALIDITY, UID) cost a scan of the whole index per event. MongoDB serves both 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import pymongo
 from pymongo import (
     ASCENDING,
     DESCENDING,
@@ -51,9 +49,6 @@ log = logging.getLogger(__name__)
 SEEN = "\\Seen"
 MESSAGES = "messages"
 OPERATION_TIMEOUT_MS = 30_000
-# What a person waiting on a page gets instead: with the store down, pymongo would otherwise try to
-# reach it for the whole OPERATION_TIMEOUT_MS (timeoutMS overrides serverSelectionTimeoutMS).
-INTERACTIVE_TIMEOUT_S = 5.0
 POOL_SIZE = 8
 # Version 2: message documents keyed by `message_doc_id`, summaries by Message-ID. An index of an
 # older format is dropped at start and rebuilt from IMAP by the backfill (bridge.backfill).
@@ -63,13 +58,6 @@ STATE = ("flags", "keywords", "seen")
 DEFAULT_FACTS: dict[str, Any] = {"hasAttachments": False, "size": 0, "category": "primary"}
 
 Write = UpdateOne | UpdateMany | DeleteOne | DeleteMany
-
-
-def interactive_deadline() -> contextlib.AbstractContextManager[None]:
-    """Bound every store operation in this block (and the tasks it awaits) to INTERACTIVE_TIMEOUT_S:
-    an HTTP request answers 503 within seconds when the store is down, while background work
-    (the indexer, the backfill) keeps the long bound and retries."""
-    return pymongo.timeout(INTERACTIVE_TIMEOUT_S)
 
 
 def message_doc_id(account: str, mailbox: str, uidvalidity: int, uid: int) -> str:
@@ -97,10 +85,12 @@ def _message_key(account: str, mailbox: str, uidvalidity: int, uid: int) -> dict
 
 class Store:
     def __init__(self, url: str, database: str) -> None:
-        # Every operation is bounded (timeoutMS): a store that stops answering must fail a request,
-        # so the indexer retries, rather than hold the index still forever. Generously: FerretDB
-        # v1.24 never releases the SQLite connection of a request its client gave up on, and after
-        # 100 of those it answers nothing at all. And at most POOL_SIZE
+        # Every operation is bounded (socketTimeoutMS, waitQueueTimeoutMS): a store that stops
+        # answering must fail a request, so the indexer retries, rather than hold the index still
+        # forever. Generously: FerretDB v1.24 never releases the SQLite connection of a request its
+        # client gave up on, and after 100 of those it answers nothing at all. Not timeoutMS: it
+        # would also stretch server selection to the whole bound, so a request made while the store
+        # is down would wait 30 s for its 503 instead of serverSelectionTimeoutMS. And at most POOL_SIZE
         # requests at once: FerretDB v1.24 (SQLite) deadlocks once about 100 updates run at once
         # (each holds one of its 100 SQLite connections and waits for a second), which pymongo's
         # default pool of 100 reached in a connect storm; SQLite has one writer anyway.
@@ -108,7 +98,8 @@ class Store:
             url,
             serverSelectionTimeoutMS=2000,
             connectTimeoutMS=2000,
-            timeoutMS=OPERATION_TIMEOUT_MS,
+            socketTimeoutMS=OPERATION_TIMEOUT_MS,
+            waitQueueTimeoutMS=OPERATION_TIMEOUT_MS,
             maxPoolSize=POOL_SIZE,
             tz_aware=True,
         )
