@@ -8,7 +8,6 @@ live events never overwrites newer state with older.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -90,9 +89,7 @@ class Backfill:
     def start(self, account: str) -> None:
         if account in self._tasks or account in self._done:
             return
-        # A fresh context: started from a request, the task must not inherit that request's short
-        # store deadline (bridge.store.interactive_deadline); it is background work.
-        task = asyncio.create_task(self._run(account), name=f"backfill-{account}", context=contextvars.Context())
+        task = asyncio.create_task(self._run(account), name=f"backfill-{account}")
         self._tasks[account] = task
         task.add_done_callback(lambda _t: self._tasks.pop(account, None))
 
@@ -118,6 +115,8 @@ class Backfill:
                 if not box.selectable:
                     continue
                 validity, items = await self.imap.headers_of_all(account, box.name)
+                if items:
+                    await self.counts.begin_writes({(account, box.name)})
                 writes = []
                 for item in items:
                     doc = document(account, box.name, validity, item)
@@ -126,7 +125,7 @@ class Backfill:
                 for start in range(0, len(writes), WRITE_BATCH):
                     await self.store.messages.bulk_write(writes[start : start + WRITE_BATCH], ordered=False)
                 if writes:  # an empty mailbox adds nothing to count (and a count is a scan on FerretDB)
-                    unread, total = await self.counts.recount(account, box.name)
+                    unread, total = await self.counts.end_backfill(account, box.name)
                     await self.publish_counts(MailboxCounts(account, box.name, unread, total))
                 count += len(writes)
             await self.store.db["accounts"].update_one(

@@ -14,7 +14,12 @@ the delivery. Entries expire after a day (the filter publishes before Postfix de
 
 Counts: two hashes per account (`unread`, `total`, field = mailbox), moved by what each index write
 did; a mailbox without fields (new, or Redis lost them) is counted from the store, as is one the
-backfill filled in. A count is kept only if no other writer moved the counts while it was taken.
+backfill filled in or a rename or delete touched. Several writers (the indexers of several bridge
+nodes, the backfill) write documents first and move counts after, so a count taken in between would
+include a document whose delta is still to come and be counted twice. Each writer therefore marks
+the mailbox in a third hash (`writing`) before its documents and clears the mark in the same script
+that moves the counts; a count is kept only if no mark is up and nothing moved while it was taken
+(WATCH). Otherwise the fields stay absent, and the last writer to finish counts.
 """
 
 from __future__ import annotations
@@ -27,10 +32,39 @@ import msgpack
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
-from bridge.events import Event, MessageAdded, MtaAccepted
+from bridge.events import Event, MailboxEvent, MailboxRename, MessageAdded, MtaAccepted
 from bridge.store import FACTS, MailboxCounts, Store, message_doc_id
 
 TTL_S = 86400
+# A writer that died between its documents and its counts leaves its mark up this long at most
+# (counts are then taken from the store on every read of that mailbox until it expires).
+WRITING_TTL_S = 300
+
+# KEYS: per mailbox its account's unread, total and writing hashes. ARGV: per mailbox the mailbox,
+# the unread and total deltas, "1" if this writer marked it, "1" if it must be counted afresh.
+# Returns per mailbox {known, unread, total}: known 0 means "count it".
+_MOVE_COUNTS = """
+local out = {}
+for i = 1, #KEYS / 3 do
+  local unread, total, writing = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local at = 5 * i - 4
+  local mailbox = ARGV[at]
+  if ARGV[at + 3] == '1' and redis.call('HINCRBY', writing, mailbox, -1) <= 0 then
+    redis.call('HDEL', writing, mailbox)
+  end
+  if ARGV[at + 4] == '1' then
+    redis.call('HDEL', unread, mailbox)
+    redis.call('HDEL', total, mailbox)
+    out[i] = {0, 0, 0}
+  elseif redis.call('HEXISTS', total, mailbox) == 1 then
+    local u = redis.call('HINCRBY', unread, mailbox, ARGV[at + 1])
+    out[i] = {1, u, redis.call('HINCRBY', total, mailbox, ARGV[at + 2])}
+  else
+    out[i] = {0, 0, 0}
+  end
+end
+return out
+"""
 
 
 def summary_facts(event: MtaAccepted) -> dict[str, Any]:
@@ -42,13 +76,34 @@ class IndexCache:
         self.redis = redis
         self.store = store
         self.prefix = prefix
+        self._move_counts = redis.register_script(_MOVE_COUNTS)
 
     async def apply(self, events: Sequence[Event]) -> list[MailboxCounts]:
         """Index one read of events: summaries met here, documents written in the store, counts
         moved here. Returns the counts of each mailbox the read changed."""
+        touched: set[tuple[str, str]] = set()
+        for event in events:
+            if isinstance(event, MailboxEvent):
+                touched.add((event.account, event.mailbox))
+                if isinstance(event, MailboxRename):
+                    touched.add((event.account, event.old_mailbox))
+        await self.begin_writes(touched)
         facts, early = await self.meet(events)
         changes = await self.store.apply(events, facts, early)
-        return await self.move_counts(changes.deltas, changes.recounts)
+        return await self.move_counts(changes.deltas, changes.recounts, touched)
+
+    def _writing_key(self, account: str) -> str:
+        return f"{self.prefix}:index:writing:{account}"
+
+    async def begin_writes(self, mailboxes: set[tuple[str, str]]) -> None:
+        """Mark these mailboxes as having documents written whose counts are still to move."""
+        if not mailboxes:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for account, mailbox in mailboxes:
+            pipe.hincrby(self._writing_key(account), mailbox, 1)
+            pipe.expire(self._writing_key(account), WRITING_TTL_S)
+        await pipe.execute()
 
     def _key(self, kind: str, message_id: str) -> str:
         digest = hashlib.sha256(message_id.encode("utf-8", "surrogateescape")).hexdigest()[:32]
@@ -92,36 +147,54 @@ class IndexCache:
         return f"{self.prefix}:index:unread:{account}", f"{self.prefix}:index:total:{account}"
 
     async def move_counts(
-        self, deltas: Mapping[tuple[str, str], Sequence[int]], recount: set[tuple[str, str]]
+        self,
+        deltas: Mapping[tuple[str, str], Sequence[int]],
+        recount: set[tuple[str, str]],
+        marked: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
     ) -> list[MailboxCounts]:
-        """Apply the read's count changes; the counts of each mailbox touched, in order."""
-        if not deltas:
+        """Apply the read's count changes and clear its marks, in one script; the counts of each
+        mailbox with a change, in order (counted from the store where none are kept)."""
+        mailboxes = list(deltas) + sorted((marked | recount) - set(deltas))
+        if not mailboxes:
             return []
-        pipe = self.redis.pipeline(transaction=True)
-        for account, mailbox in deltas:
+        keys: list[str] = []
+        args: list[str | int] = []
+        for account, mailbox in mailboxes:
             unread_key, total_key = self._counts_keys(account)
-            pipe.hexists(total_key, mailbox)
-            pipe.hincrby(unread_key, mailbox, deltas[(account, mailbox)][0])
-            pipe.hincrby(total_key, mailbox, deltas[(account, mailbox)][1])
-        replies = await pipe.execute()
+            keys += [unread_key, total_key, self._writing_key(account)]
+            du, dt = deltas.get((account, mailbox), (0, 0))
+            args += [mailbox, du, dt, int((account, mailbox) in marked), int((account, mailbox) in recount)]
+        replies: Any = await self._move_counts(keys=keys, args=args)
         out = []
-        for n, (account, mailbox) in enumerate(deltas):
-            known, unread, total = replies[3 * n : 3 * n + 3]
-            if not known or (account, mailbox) in recount:
-                unread, total = await self.recount(account, mailbox)
+        for (account, mailbox), (known, kept_unread, kept_total) in zip(mailboxes, replies, strict=True):
+            if (account, mailbox) not in deltas:
+                continue
+            unread, total = (kept_unread, kept_total) if known else await self.recount(account, mailbox)
             out.append(MailboxCounts(account, mailbox, int(unread), int(total)))
         return out
 
+    async def end_backfill(self, account: str, mailbox: str) -> tuple[int, int]:
+        """After the backfill wrote a mailbox's documents: clear its mark, drop the kept counts
+        (they did not see those documents) and count afresh."""
+        await self.move_counts({}, {(account, mailbox)}, {(account, mailbox)})
+        return await self.recount(account, mailbox)
+
     async def recount(self, account: str, mailbox: str) -> tuple[int, int]:
-        """Count the mailbox in the store, and keep the result. The indexer and the backfill both
-        write documents first and counts after, so a count is right unless another writer moved
-        the counts while it was taken: the keys are WATCHed from before the count, and a change
-        voids the write and counts again."""
+        """Count the mailbox in the store, and keep the result if it is sure to be right: no
+        writer is between its documents and its counts (no mark), and none moved the counts or
+        raised a mark while it was taken (WATCH). Otherwise the count is returned, not kept: the
+        writer still at work counts again when it is done."""
         unread_key, total_key = self._counts_keys(account)
+        writing_key = self._writing_key(account)
+        unread, total = 0, 0
         async with self.redis.pipeline(transaction=True) as pipe:
             for _attempt in range(3):
-                await pipe.watch(unread_key, total_key)
+                await pipe.watch(unread_key, total_key, writing_key)
+                busy = await pipe.hget(writing_key, mailbox)
                 unread, total = await self.store.counts(account, mailbox)
+                if busy is not None and int(busy) > 0:
+                    await pipe.reset()  # type: ignore[no-untyped-call]
+                    break
                 pipe.multi()  # type: ignore[no-untyped-call]
                 pipe.hset(unread_key, mailbox, unread)
                 pipe.hset(total_key, mailbox, total)

@@ -1,0 +1,228 @@
+"""Three bridge processes serving the same users behind a TCP round-robin, as a load balancer would.
+
+Two more `mail-bridge serve` processes join the session's bridge, each with its own HTTP port and
+consumer name and the same Redis, store and Dovecot. Browsers connect through a round-robin TCP
+proxy, so the sockets of one account land on different nodes. Every mail must reach every socket
+exactly once, whichever node relayed it; a socket that reconnects through the proxy (to another
+node) with its lastEventId must get what it missed exactly once; the ingest is shared by the
+consumer groups; the unread counts the three indexers keep stay right.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis
+
+from bridge.stack.launcher import Stack, StackInfo
+from tests.conftest import Account, AccountPool, free_port, login
+from tests.mailtools import send_smtp
+from tests.raw_socket import RawSocket
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+NODES = 3
+
+
+class RoundRobin:
+    """A TCP proxy handing each new connection to the next backend in turn."""
+
+    def __init__(self, backends: list[int]) -> None:
+        self.backends = itertools.cycle(backends)
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            backend_r, backend_w = await asyncio.open_connection("127.0.0.1", next(self.backends))
+        except OSError:
+            client_w.close()
+            return
+        for source, sink in ((client_r, backend_w), (backend_r, client_w)):
+            task = asyncio.create_task(self._pipe(source, sink))
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    @staticmethod
+    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        sink.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self._pipes):
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+
+@dataclass
+class Cluster:
+    ports: list[int]  # each node's HTTP port; the first is the session's bridge
+    proxy: RoundRobin
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy.port}"
+
+
+def _wait_healthy(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    import urllib.request  # noqa: PLC0415
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"bridge node on :{port} exited: {log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            if r.status == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"bridge node on :{port} not healthy in 60 s")
+
+
+@pytest.fixture(scope="module")
+def extra_nodes(stack: StackInfo, stack_launcher: Stack) -> Iterator[list[int]]:
+    """Two more bridge processes beside the session's own: same settings, their own port and name."""
+    base = stack_launcher.service("bridge")
+    assert base.env is not None
+    processes: list[subprocess.Popen[bytes]] = []
+    ports: list[int] = []
+    try:
+        for n in range(2, NODES + 1):
+            port = free_port()
+            log = Path(stack.log_dir) / f"bridge-{n}.out"
+            env = {**base.env, "BRIDGE_HTTP_PORT": str(port), "BRIDGE_CONSUMER_NAME": f"bridge-{n}"}
+            with open(log, "ab") as out:
+                process = subprocess.Popen(
+                    base.argv, env=env, cwd=base.cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+                )
+            processes.append(process)
+            _wait_healthy(port, process, log)
+            ports.append(port)
+        yield ports
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+async def cluster(stack: StackInfo, extra_nodes: list[int]) -> AsyncIterator[Cluster]:
+    first = int(stack.web_url.rsplit(":", 1)[1])
+    proxy = RoundRobin([first, *extra_nodes])
+    await proxy.start()
+    yield Cluster([first, *extra_nodes], proxy)
+    await proxy.close()
+
+
+def mail(account: Account, subject: str) -> EmailMessage:
+    m = EmailMessage()
+    m["From"] = "cluster@outside.test"
+    m["To"] = account.email
+    m["Subject"] = subject
+    m.set_content("to whichever node")
+    return m
+
+
+async def shown_everywhere(sockets: list[RawSocket], subjects: dict[str, list[str]], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(all(s.subjects[x] for x in subjects[s.account]) for s in sockets):
+            return
+        await asyncio.sleep(0.1)
+
+
+async def test_three_nodes_deliver_once_per_socket_and_resume_across_nodes(
+    cluster: Cluster, stack: StackInfo, account_pool: AccountPool
+) -> None:
+    accounts = [account_pool.take() for _ in range(3)]
+    tag = uuid.uuid4().hex[:6]
+    subjects: dict[str, list[str]] = {a.email: [] for a in accounts}
+
+    def round_of_mail(name: str) -> list[EmailMessage]:
+        batch = []
+        for a in accounts:
+            for n in range(3):
+                subjects[a.email].append(f"{tag} {name} {n} {a.email}")
+                batch.append(mail(a, f"{tag} {name} {n} {a.email}"))
+        return batch
+
+    async with aiohttp.ClientSession() as http:
+        # Logins through the proxy too: any node issues tokens every node accepts.
+        tokens = {}
+        for a in accounts:
+            async with aiohttp.ClientSession(base_url=cluster.url) as via_proxy:
+                tokens[a.email] = await login(via_proxy, a)
+        # Three sockets per account, connected one after another: round-robin puts them on three nodes.
+        sockets = [RawSocket(a.email, tokens[a.email]) for a in accounts for _ in range(NODES)]
+        try:
+            for s in sockets:
+                await s.connect(http, cluster.url)
+            await asyncio.to_thread(send_smtp, stack, round_of_mail("first"))
+            await shown_everywhere(sockets, subjects)
+            # One socket per account drops; mail arrives; it comes back through the proxy, which
+            # hands the new connection to the next node in turn, with its lastEventId.
+            away = sockets[::NODES]
+            for s in away:
+                await s.close()
+            await asyncio.to_thread(send_smtp, stack, round_of_mail("while away"))
+            await shown_everywhere([s for s in sockets if s not in away], subjects)
+            for s in away:
+                await s.connect(http, cluster.url)
+            await asyncio.to_thread(send_smtp, stack, round_of_mail("after"))
+            await shown_everywhere(sockets, subjects)
+            await asyncio.sleep(1.0)  # room for a duplicate from another node
+        finally:
+            await asyncio.gather(*(s.close() for s in sockets))
+    missing = {(s.account, x) for s in sockets for x in subjects[s.account] if not s.subjects[x]}
+    doubled = {(s.account, x) for s in sockets for x in subjects[s.account] if s.subjects[x] > 1}
+    assert (sorted(missing), sorted(doubled)) == ([], [])
+    assert sum(s.resyncs for s in sockets) == 0
+
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        consumers = {c["name"].decode() for c in client.xinfo_consumers("mail:dovecot", "bridge")}
+    finally:
+        client.close()
+    assert {f"bridge-{n}" for n in range(1, NODES + 1)} <= consumers  # the ingest is shared
+
+    # The three indexers share the index group too: each account's unread count, whichever node
+    # answers, is the nine mails it was sent (none was read).
+    async with aiohttp.ClientSession() as http:
+        deadline = time.monotonic() + 30
+        counts: dict[tuple[int, str], int] = {}
+        while time.monotonic() < deadline:
+            counts = {}
+            for port, a in itertools.product(cluster.ports, accounts):
+                headers = {"Authorization": f"Bearer {tokens[a.email]}"}
+                async with http.get(f"http://127.0.0.1:{port}/api/v1/mailboxes", headers=headers) as r:
+                    boxes = (await r.json())["mailboxes"]
+                counts[(port, a.email)] = next(b["unread"] for b in boxes if b["name"] == "INBOX")
+            if set(counts.values()) == {9}:
+                break
+            await asyncio.sleep(0.5)
+    assert set(counts.values()) == {9}, counts
