@@ -51,6 +51,11 @@ def recipients_hash(rcpt_tos: list[str]) -> str:
     return hashlib.sha256("\0".join(sorted(rcpt_tos)).encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
+# The header block is searched for a forged stamp within this many bytes (Postfix's default
+# header_size_limit is 100 KiB; the parser's own bound is 256 KiB).
+MAX_STAMP_SCAN = 256 << 10
+
+
 def envelope_only_event(envelope: Envelope, content: bytes) -> MtaAccepted:
     """What can be said of a mail whose headers defeated the parser: the envelope."""
     digest = hashlib.sha256(content[:65536]).hexdigest()[:32]
@@ -96,16 +101,40 @@ def build_event(envelope: Envelope, content: bytes) -> MtaAccepted:
     )
 
 
-def stamped(content: bytes, event: MtaAccepted | None) -> bytes:
-    """The message with X-Mail-Bridge-Id prepended (the one copy the filter makes).
+STAMP_HEADER = b"x-mail-bridge-id"
+
+
+def _without_stamps(content: bytes) -> bytes:
+    """The message without any X-Mail-Bridge-Id header of its own (a sender's forgery, or a copy
+    that passed another mail-bridge): only the filter's stamp may name a mail to the dedupe script.
+    Header fields end at the first empty line (RFC 5322 2.1); a field continues on lines that start
+    with white space (2.2.3)."""
+    lines = content.splitlines(keepends=True)
+    kept: list[bytes] = []
+    dropping = False
+    for index, line in enumerate(lines):
+        if line in (b"\r\n", b"\n"):
+            return b"".join(kept) + b"".join(lines[index:])
+        if dropping and line[:1] in (b" ", b"\t"):
+            continue
+        dropping = line[: len(STAMP_HEADER) + 1].lower() == STAMP_HEADER + b":"
+        if not dropping:
+            kept.append(line)
+    return b"".join(kept)
+
+
+def stamped(content: bytes, key: str) -> bytes:
+    """The message with X-Mail-Bridge-Id: <key> prepended, any other copy of that header removed.
 
     Dovecot's dedupe Sieve script (dovecot-conf/92-mail-bridge-dedupe.conf) discards a second
-    delivery of the same id: what Postfix re-sends after a lost reply is delivered once.
+    delivery of the same id: what Postfix re-sends after a lost reply is delivered once. Every mail
+    is stamped (a mail whose headers defeated the parser with its envelope's key), so a header a
+    sender wrote can never be the one the script reads and have another mail discarded.
     """
-    if event is None or not event.queue_id:
-        return content
+    if STAMP_HEADER in content[:MAX_STAMP_SCAN].lower():
+        content = _without_stamps(content)
     newline = b"\r\n" if b"\r\n" in content[:1000] else b"\n"
-    return b"X-Mail-Bridge-Id: " + event.key.encode("ascii", "replace") + newline + content
+    return b"X-Mail-Bridge-Id: " + key.encode("ascii", "replace") + newline + content
 
 
 class FilterHandler:
@@ -183,7 +212,8 @@ class FilterHandler:
             log.info("[%s] already re-injected before a lost reply; acknowledging the retry", tag)
         else:
             try:
-                await self.reinject(envelope, stamped(content, event), event)
+                key = event.key if event is not None else envelope_only_event(envelope, content).key
+                await self.reinject(envelope, stamped(content, key), event)
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 log.warning("[%s] re-injection failed, deferring: %s", tag, exc)
                 return TEMPFAIL
