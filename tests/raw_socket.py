@@ -35,6 +35,7 @@ class RawSocket:
     last_event_id: str | None = None
     subjects: Counter[str] = field(default_factory=Counter)  # new_email subjects seen
     names: Counter[str] = field(default_factory=Counter)  # every event name seen
+    mailbox_actions: Counter[str] = field(default_factory=Counter)  # mailbox_updated, by action
     resyncs: int = 0
     ws: aiohttp.ClientWebSocketResponse | None = None
     reader: asyncio.Task[None] | None = None
@@ -83,6 +84,8 @@ class RawSocket:
                 self.subjects[str(payload.get("subject"))] += 1
             if name == "resync":
                 self.resyncs += 1
+            if name == "mailbox_updated":
+                self.mailbox_actions[str(payload.get("action"))] += 1
             if isinstance(payload.get("eventId"), str):
                 self.last_event_id = payload["eventId"]
         self.changed.set()

@@ -40,6 +40,9 @@ def _imap_state(stack: StackInfo, account: Account) -> dict[str, list[tuple[str,
             for item in data:
                 if isinstance(item, tuple):
                     flags = item[0].decode().split("FLAGS (", 1)[1].split(")", 1)[0]
+                    # \Recent is session state (RFC 3501; gone in RFC 9051): whichever session
+                    # selects the mailbox first, B's or the bridge's, takes it. Not a change to B's mail.
+                    flags = " ".join(f for f in flags.split() if f != "\\Recent")
                     subject = item[1].decode().split(":", 1)[1].strip()
                     items.append((subject, flags))
             found[name] = sorted(items)
@@ -49,7 +52,8 @@ def _imap_state(stack: StackInfo, account: Account) -> dict[str, list[tuple[str,
 async def _indexed(http: aiohttp.ClientSession, token: str, count: int) -> list[dict[str, Any]]:
     for _ in range(200):
         answer = await request(http, "GET", "/api/v1/email/inbox", headers={"Authorization": f"Bearer {token}"})
-        emails: list[dict[str, Any]] = answer.body["emails"] if isinstance(answer.body, dict) else []
+        assert isinstance(answer.body, dict) and "emails" in answer.body, (answer.status, answer.body)
+        emails: list[dict[str, Any]] = answer.body["emails"]
         if len(emails) >= count:
             return emails
         await asyncio.sleep(0.1)
