@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEBS := dovecot-imapd dovecot-lmtpd dovecot-sieve postfix redis-server lua-socket
-# The browser the web client's tests drive (headless), and a font for the emoji it shows.
-TEST_DEBS := chromium fonts-noto-color-emoji
+# The browser the web client's tests drive (headless), a font for the emoji it shows, and systemd-analyze
+# (from systemd; nothing is started) that checks the shipped units.
+TEST_DEBS := chromium fonts-noto-color-emoji systemd
 STAMP := $(VENV)/.installed
 
 .PHONY: run test reliability bench check lint typecheck setup debs test-debs venv ferretdb web screenshots clean

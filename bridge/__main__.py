@@ -1,6 +1,6 @@
 """Command line: `mail-bridge serve` (the bridge: HTTP, Socket.IO, relay, index, and the content
-filter unless BRIDGE_FILTER_PORT=0), `mail-bridge filter` (the content filter alone) and
-`mail-bridge stack` (the local stack).
+filter unless BRIDGE_FILTER_PORT=0), `mail-bridge filter` (the content filter alone),
+`mail-bridge stack` (the local stack) and `mail-bridge install` (into an existing mail server).
 
 Failures print one line naming what failed and where its log is, and exit non-zero.
 """
@@ -14,7 +14,9 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from bridge.errors import BridgeError, ConfigError
 from bridge.settings import Settings, StackSettings
@@ -124,14 +126,72 @@ def stack() -> int:
         launcher.stop()
 
 
+def _install_parser(sub: Any) -> None:
+    from bridge.install import Options  # noqa: PLC0415
+
+    d = Options()
+    p = sub.add_parser(
+        "install",
+        help="add the hooks and snippets to an existing Dovecot and Postfix (shows a diff, asks first)",
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="report what is missing or different; exit 1 if any")
+    mode.add_argument("--uninstall", action="store_true", help="put back everything the install changed")
+    p.add_argument("--yes", action="store_true", help="apply without asking")
+    for name, default in (
+        ("dovecot-dir", d.dovecot_dir),
+        ("postfix-dir", d.postfix_dir),
+        ("hook-dir", d.hook_dir),
+        ("spool-dir", d.spool_dir),
+        ("env-file", d.env_file),
+        ("state-file", d.state_file),
+    ):
+        p.add_argument(f"--{name}", type=Path, default=default, help=f"default {default}")
+    p.add_argument("--mail-user", default=d.mail_user, help=f"Dovecot's mail user (mail_uid), default {d.mail_user}")
+    p.add_argument("--redis-host", default=d.redis_host)
+    p.add_argument("--redis-port", type=int, default=d.redis_port)
+    p.add_argument("--filter-port", type=int, default=d.filter_port)
+    p.add_argument("--reinject-port", type=int, default=d.reinject_port)
+
+
+def install(args: argparse.Namespace) -> int:
+    from bridge.install import Options, check, install, uninstall  # noqa: PLC0415
+
+    options = Options(
+        dovecot_dir=args.dovecot_dir,
+        postfix_dir=args.postfix_dir,
+        hook_dir=args.hook_dir,
+        spool_dir=args.spool_dir,
+        env_file=args.env_file,
+        state_file=args.state_file,
+        mail_user=args.mail_user,
+        redis_host=args.redis_host,
+        redis_port=args.redis_port,
+        filter_port=args.filter_port,
+        reinject_port=args.reinject_port,
+    )
+    try:
+        if args.check:
+            return check(options, out=sys.stdout)
+        if args.uninstall:
+            return uninstall(options, out=sys.stdout)
+        return install(options, assume_yes=args.yes, out=sys.stdout, answer=sys.stdin)
+    except BridgeError as exc:
+        print(f"mail-bridge install: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mail-bridge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run one bridge process (settings from the environment)")
     sub.add_parser("filter", help="run the Postfix content filter alone (settings from the environment)")
     sub.add_parser("stack", help="run the whole local stack in the foreground until Ctrl-C")
+    _install_parser(sub)
     args = parser.parse_args(argv)
     try:
+        if args.command == "install":
+            return install(args)
         commands = {"serve": serve, "filter": run_filter, "stack": stack}
         return commands[args.command]()
     except ConfigError as exc:

@@ -1,0 +1,146 @@
+"""`mail-bridge install` against scratch copies of Debian's stock /etc/dovecot and /etc/postfix.
+
+Debian's postfix package leaves /etc/postfix without a main.cf until it is configured; a configured
+system has the one its postinst writes from /usr/share/postfix/main.cf.debian, so the copy gets that.
+The round trip: a declined install writes nothing; install (shown as a diff, validated by doveconf
+and postfix check); --check finds every item; a second install has nothing to change; uninstall puts
+both config dirs back byte for byte; --check then lists what is missing.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge.stack.render import MASTER_USER
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _same_tree(a: Path, b: Path) -> list[str]:
+    """Paths that differ between two trees (missing on one side, or other content)."""
+    compared = filecmp.dircmp(a, b)
+    found = [str(a / n) for n in compared.left_only + compared.right_only + compared.diff_files + compared.funny_files]
+    for sub in compared.common_dirs:
+        found += _same_tree(a / sub, b / sub)
+    return found
+
+
+@pytest.fixture
+def stock(tmp_path: Path) -> Path:
+    shutil.copytree("/etc/dovecot", tmp_path / "dovecot", symlinks=True)
+    shutil.copytree("/etc/postfix", tmp_path / "postfix", symlinks=True)
+    if not (tmp_path / "postfix" / "main.cf").exists():
+        shutil.copy("/usr/share/postfix/main.cf.debian", tmp_path / "postfix" / "main.cf")
+    shutil.copytree(tmp_path / "dovecot", tmp_path / "stock-dovecot", symlinks=True)
+    shutil.copytree(tmp_path / "postfix", tmp_path / "stock-postfix", symlinks=True)
+    return tmp_path
+
+
+def run(root: Path, *extra: str, answer: str = "") -> subprocess.CompletedProcess[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "bridge",
+        "install",
+        f"--dovecot-dir={root / 'dovecot'}",
+        f"--postfix-dir={root / 'postfix'}",
+        f"--hook-dir={root / 'lib'}",
+        f"--spool-dir={root / 'spool'}",
+        f"--env-file={root / 'etc' / 'mail-bridge.env'}",
+        f"--state-file={root / 'state' / 'install.json'}",
+        "--mail-user=mail",
+        *extra,
+    ]
+    return subprocess.run(args, input=answer, capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
+
+
+def postconf(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ["postconf", "-c", str(root / "postfix"), *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_install_check_and_uninstall_round_trip_on_stock_debian_configs(stock: Path) -> None:
+    declined = run(stock, answer="n\n")
+    assert declined.returncode == 1 and "Nothing was changed" in declined.stdout
+    assert "+content_filter = mail-bridge:[127.0.0.1]:10025" in declined.stdout  # the diff was shown
+    assert _same_tree(stock / "postfix", stock / "stock-postfix") == []
+    assert _same_tree(stock / "dovecot", stock / "stock-dovecot") == []
+
+    installed = run(stock, answer="y\n")
+    assert installed.returncode == 0, installed.stderr
+    assert "(holds secrets: not shown)" in installed.stdout
+    assert "BRIDGE_JWT_SECRET=" not in installed.stdout and "BRIDGE_IMAP_MASTER_PASSWORD=" not in installed.stdout
+
+    config = subprocess.run(
+        ["doveconf", "-c", str(stock / "dovecot" / "dovecot.conf"), "-n"], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"push_notification_driver = lua:file={stock / 'lib' / 'mail-bridge-push.lua'}" in config
+    assert f"mail_bridge_spool_dir = {stock / 'spool'}" in config
+    assert postconf(stock, "-h", "content_filter") == "mail-bridge:[127.0.0.1]:10025"
+    assert "hopcount_limit=51" in postconf(stock, "-M", "mail-bridge-cleanup/unix")
+    assert (stock / "lib" / "mail-bridge-push.lua").read_text() == (REPO / "hooks" / "mail-bridge-push.lua").read_text()
+    env = (stock / "etc" / "mail-bridge.env").read_text()
+    assert (
+        f"BRIDGE_IMAP_MASTER_USER={MASTER_USER}" in env
+        and (stock / "etc" / "mail-bridge.env").stat().st_mode & 0o077 == 0
+    )
+    assert (stock / "spool").stat().st_mode & 0o777 == 0o770
+
+    checked = run(stock, "--check")
+    assert (checked.returncode, checked.stdout.strip().splitlines()[-1]) == (
+        0,
+        "mail-bridge is installed: every item in place.",
+    )
+    again = run(stock, "--yes")
+    assert (again.returncode, again.stdout.strip()) == (0, "mail-bridge is already installed: nothing to change.")
+
+    removed = run(stock, "--uninstall")
+    assert removed.returncode == 0, removed.stderr
+    assert _same_tree(stock / "postfix", stock / "stock-postfix") == []
+    assert _same_tree(stock / "dovecot", stock / "stock-dovecot") == []
+    assert not (stock / "lib").exists() and not (stock / "etc").exists() and not (stock / "spool").exists()
+
+    missing = run(stock, "--check")
+    assert missing.returncode == 1
+    assert (
+        "main.cf: content_filter is None" in missing.stdout
+        and "master.cf: mail-bridge/unix is missing" in missing.stdout
+    )
+
+
+def test_an_install_that_does_not_validate_writes_nothing(stock: Path) -> None:
+    """A broken Dovecot config (here, before we touch it) fails the scratch validation: no change."""
+    conf = stock / "dovecot" / "conf.d" / "10-mail.conf"
+    conf.write_text(conf.read_text() + "\nno_such_setting_anywhere = 1\n")
+    before = conf.read_text()
+    failed = run(stock, "--yes")
+    assert failed.returncode == 1 and "doveconf" in failed.stderr
+    assert conf.read_text() == before
+    assert _same_tree(stock / "postfix", stock / "stock-postfix") == []
+    assert not (stock / "dovecot" / "conf.d" / "90-mail-bridge.conf").exists()
+
+
+def test_systemd_units_are_valid(tmp_path: Path) -> None:
+    """systemd-analyze verify on the shipped units, with their ExecStart pointed at this checkout."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.fail("systemd-analyze is needed to check the units (Debian: systemd)")
+    units = []
+    for unit in sorted((REPO / "deploy" / "systemd").glob("*.service")):
+        text = unit.read_text().replace(
+            "/opt/mail-bridge/venv/bin/mail-bridge", str(Path(sys.executable).parent / "mail-bridge")
+        )
+        (tmp_path / unit.name).write_text(text)
+        units.append(str(tmp_path / unit.name))
+    assert len(units) == 2
+    verified = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *units], capture_output=True, text=True, check=False
+    )
+    problems = [line for line in verified.stderr.splitlines() if "mail-bridge" in line]
+    assert (verified.returncode, problems) == (0, []), verified.stderr
