@@ -103,6 +103,17 @@ def wait_for_messages(stack: StackInfo, email: str, password: str, count: int, t
     return ids
 
 
+def short_mail(
+    to: str, subject: str, body: str = "a short test mail", sender: str = "tests@outside.test"
+) -> EmailMessage:
+    m = EmailMessage()
+    m["From"] = sender
+    m["To"] = to
+    m["Subject"] = subject
+    m.set_content(body)
+    return m
+
+
 def send_smtp(stack: StackInfo, messages: list[EmailMessage]) -> None:
     with smtplib.SMTP(stack.smtp["host"], stack.smtp["port"], timeout=30) as smtp:
         for message in messages:

@@ -26,8 +26,8 @@ import pytest
 import redis
 
 from bridge.stack.launcher import Stack, StackInfo
-from tests.conftest import Account, AccountPool, free_port, login
-from tests.mailtools import send_smtp
+from tests.conftest import AccountPool, free_port, login
+from tests.mailtools import send_smtp, short_mail
 from tests.raw_socket import RawSocket
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -139,15 +139,6 @@ async def cluster(stack: StackInfo, extra_nodes: list[int]) -> AsyncIterator[Clu
     await proxy.close()
 
 
-def mail(account: Account, subject: str) -> EmailMessage:
-    m = EmailMessage()
-    m["From"] = "cluster@outside.test"
-    m["To"] = account.email
-    m["Subject"] = subject
-    m.set_content("to whichever node")
-    return m
-
-
 async def shown_everywhere(sockets: list[RawSocket], subjects: dict[str, list[str]], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -168,7 +159,7 @@ async def test_three_nodes_deliver_once_per_socket_and_resume_across_nodes(
         for a in accounts:
             for n in range(3):
                 subjects[a.email].append(f"{tag} {name} {n} {a.email}")
-                batch.append(mail(a, f"{tag} {name} {n} {a.email}"))
+                batch.append(short_mail(a.email, f"{tag} {name} {n} {a.email}"))
         return batch
 
     async with aiohttp.ClientSession() as http:

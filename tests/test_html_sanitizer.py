@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from html.parser import HTMLParser
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +17,7 @@ from bridge.html_sanitizer import (
     SanitizedHtml,
     sanitize_html,
 )
+from tests.mime_cases import html_elements
 
 # Each entry is hostile. Where text survives it is escaped, but the entries are written so that no
 # hostile word survives even as text, which lets the test below check plain substrings.
@@ -190,27 +190,6 @@ FORBIDDEN = (
 )
 
 
-class _Tree(HTMLParser):
-    """Collects the tags and attributes of the output as a browser tokenises them."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.elements: list[tuple[str, list[tuple[str, str | None]]]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.elements.append((tag, attrs))
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.elements.append((tag, attrs))
-
-
-def _elements(html: str) -> list[tuple[str, list[tuple[str, str | None]]]]:
-    tree = _Tree()
-    tree.feed(html)
-    tree.close()
-    return tree.elements
-
-
 def test_corpus_is_large_enough() -> None:
     assert len(XSS_CORPUS) >= 40
 
@@ -226,7 +205,7 @@ def test_hostile_input_loses_every_vector(hostile: str) -> None:
 @pytest.mark.parametrize("hostile", XSS_CORPUS)
 def test_output_holds_only_allowlisted_markup(hostile: str) -> None:
     out = sanitize_html(hostile, allow_remote_images=True).html
-    for tag, attrs in _elements(out):
+    for tag, attrs in html_elements(out):
         assert tag in ALLOWED_TAGS, (tag, out)
         allowed = ALLOWED_ATTRIBUTES["*"] | ALLOWED_ATTRIBUTES.get(tag, frozenset())
         if tag == "a":
@@ -312,7 +291,7 @@ _FRAGMENTS = [
 def test_generated_markup_is_reduced_to_the_allowlist(html: str) -> None:
     out = sanitize_html(html, allow_remote_images=True).html
     assert "<script" not in out.lower()
-    for tag, attrs in _elements(out):
+    for tag, attrs in html_elements(out):
         assert tag in ALLOWED_TAGS, (tag, out)
         allowed = ALLOWED_ATTRIBUTES["*"] | ALLOWED_ATTRIBUTES.get(tag, frozenset()) | {"target", "rel"}
         for name, value in attrs:
@@ -408,7 +387,7 @@ def test_remote_images_are_blocked_and_counted() -> None:
     assert "tracker.example" not in out.html
     assert "cdn.example" not in out.html
     # Each element stays, only src goes (ammonia may reorder the remaining attributes).
-    assert [(tag, dict(attrs)) for tag, attrs in _elements(out.html)] == [
+    assert [(tag, dict(attrs)) for tag, attrs in html_elements(out.html)] == [
         ("img", {"alt": "pixel", "width": "1", "height": "1"}),
         ("img", {}),
         ("img", {}),

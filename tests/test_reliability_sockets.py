@@ -14,29 +14,19 @@ import re
 import socket
 import time
 import uuid
-from email.message import EmailMessage
 
 import aiohttp
 import pytest
 
 from bridge.stack.launcher import StackInfo
 from tests.conftest import Account, AccountPool, login
-from tests.mailtools import send_smtp, wait_for_messages
+from tests.mailtools import send_smtp, short_mail, wait_for_messages
 from tests.raw_socket import RawSocket
 from tests.reliability import Scenario
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 SOCKETS_PER_ACCOUNT = 10
-
-
-def mail(account: Account, subject: str) -> EmailMessage:
-    m = EmailMessage()
-    m["From"] = "storm@outside.test"
-    m["To"] = account.email
-    m["Subject"] = subject
-    m.set_content("one of a few")
-    return m
 
 
 async def wait_all(sockets: list[RawSocket], subjects: dict[str, list[str]], timeout: float) -> None:
@@ -86,7 +76,7 @@ async def test_reconnect_storm(
             await asyncio.gather(*(s.connect(http, stack.web_url) for s in sockets))
 
             async def round_of_mail(name: str) -> None:
-                batch = [mail(a, f"{tag} {name} {a.email}") for a in accounts]
+                batch = [short_mail(a.email, f"{tag} {name} {a.email}") for a in accounts]
                 for a in accounts:
                     subjects[a.email].append(f"{tag} {name} {a.email}")
                 await asyncio.to_thread(send_smtp, stack, batch)

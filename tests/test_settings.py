@@ -59,3 +59,22 @@ def test_asymmetric_own_tokens_need_key_files(tmp_path: Path) -> None:
     assert Settings.from_env(env).jwt_algorithm == "ES256"
     with pytest.raises(ConfigError, match="BRIDGE_JWT_ALGORITHM must be one of"):
         Settings.from_env({**GOOD, "BRIDGE_JWT_ALGORITHM": "none"})
+
+
+@pytest.mark.parametrize(
+    ("name", "url"),
+    [
+        ("MONGODB_URL", "mongodb://db1:27017,db2:27017,db3:27017/?replicaSet=rs0"),
+        ("MONGODB_URL", "mongodb+srv://cluster0.example.org/?retryWrites=true"),
+        ("REDIS_URL", "rediss://redis.example.org:6380/0"),
+        ("REDIS_URL", "unix:///run/redis/redis.sock?db=0"),
+    ],
+)
+def test_production_urls_are_accepted(name: str, url: str) -> None:
+    s = Settings.from_env({**GOOD, name: url})
+    assert (s.mongodb_url if name == "MONGODB_URL" else s.redis_url) == url
+
+
+def test_each_node_names_its_consumer() -> None:
+    s = Settings.from_env({**GOOD, "BRIDGE_CONSUMER_NAME": "bridge-2", "BRIDGE_SOCKET_MAX_QUEUED": "500"})
+    assert (s.consumer_name, s.socket_max_queued) == ("bridge-2", 500)
