@@ -54,7 +54,9 @@ from bridge.streams import Delivery
 log = logging.getLogger(__name__)
 
 LOCK_STRIPES = 256
-FANOUT_MAXLEN = 200_000  # entries: what a node may fall behind by, at most, before it misses events
+# Entries kept in the fan-out: how far a node may fall behind before it misses events (minutes of
+# mail at hundreds of events a second), at a few hundred bytes each.
+FANOUT_MAXLEN = 50_000
 FANOUT_BATCH = 500
 
 # KEYS: the fan-out stream, then one resume log per event. ARGV: the fan-out's and the logs' MAXLEN,
