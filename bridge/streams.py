@@ -47,16 +47,16 @@ class Publisher:
         self.unreported: Counter[str] = Counter()  # lost events, by stream, not yet counted in Redis
 
     async def _report_lost(self) -> None:
-        counts = dict(self.unreported)
+        # Taken out before the await: concurrent publishes (one per mail in the filter) must not
+        # report the same losses twice.
+        counts, self.unreported = self.unreported, Counter()
         pipe = self.redis.pipeline(transaction=False)
         for stream, count in counts.items():
             pipe.hincrby(self.lost_key, stream, count)
         try:
             await asyncio.wait_for(pipe.execute(), PUBLISH_TIMEOUT_S)
         except (RedisError, OSError, TimeoutError):
-            return  # counted next time
-        self.unreported.subtract(counts)
-        self.unreported = +self.unreported
+            self.unreported.update(counts)  # counted next time (the event itself is published)
 
     async def publish(self, stream: str, event: Event) -> str | None:
         """XADD the event; on failure (or while older events wait in the spool) spool it instead.
