@@ -18,11 +18,11 @@ run: setup
 test: setup test-debs
 	$(VENV)/bin/ruff check bridge tests hooks bench
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests
 
 # The reliability and security suite at full load (its fast subset runs in `make test`); writes docs/reliability.md.
 reliability: setup test-debs
-	$(PY) -m pytest -q -m reliability --reliability-full --reliability-report docs/reliability.md
+	$(PY) -m pytest -q -m reliability --reliability-full --reliability-report docs/reliability.md tests
 
 # Benchmarks on the real stack (7 to 13 minutes here); writes docs/benchmarks.md and its plots.
 bench: setup $(VENV)/.bench-installed
