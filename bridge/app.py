@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -38,7 +39,7 @@ from bridge.mail_service import MailService
 from bridge.metrics import Metrics
 from bridge.rate_limit import RateLimiter
 from bridge.realtime import Realtime
-from bridge.settings import Settings
+from bridge.settings import SENTINEL_SCHEME, Settings, parse_sentinel_url
 from bridge.slow_sockets import SlowSocketGuard
 from bridge.smtp_filter import FilterHandler, FilterServer
 from bridge.spool import SpoolDrainer
@@ -91,29 +92,43 @@ def _own_keys(settings: Settings) -> tuple[str, str]:
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    # A socket timeout above the consumers' XREADGROUP block time: a Redis that stops answering
-    # (paused, partitioned) raises instead of hanging a consumer forever. After a Redis restart
-    # every pooled connection is dead: retry on a fresh one rather than fail the first command.
-    # A blocking pool: past REDIS_POOL_SIZE connections a command waits for a free one instead
-    # of raising MaxConnectionsError (a connect storm of 1,000 sockets hit redis-py's default
-    # non-blocking limit of 100, and each refused CONNECT left a browser hanging for 30 s).
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=REDIS_POOL_SIZE,
-        timeout=5,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        health_check_interval=10,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 2),
-        retry_on_error=[RedisConnectionError],
-    )
-    client = aioredis.Redis.from_pool(pool)
+    client = redis_client(settings.redis_url)
     app[keys.REDIS] = client
     app[keys.PUBLISHER] = Publisher(
         client, settings.spool_dir, settings.stream_maxlen, lost_key=lost_key(settings.stream_prefix)
     )
     yield
     await client.aclose()
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    """A client for REDIS_URL: one Redis (redis://, rediss://, unix://), or the master that Redis
+    Sentinel names (redis+sentinel://), found again after a failover."""
+    # A socket timeout above the consumers' XREADGROUP block time: a Redis that stops answering
+    # (paused, partitioned) raises instead of hanging a consumer forever. After a Redis restart
+    # every pooled connection is dead: retry on a fresh one rather than fail the first command.
+    # A blocking pool: past REDIS_POOL_SIZE connections a command waits for a free one instead
+    # of raising MaxConnectionsError (a connect storm of 1,000 sockets hit redis-py's default
+    # non-blocking limit of 100, and each refused CONNECT left a browser hanging for 30 s).
+    common: dict[str, Any] = {
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+        "health_check_interval": 10,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.02), 2),
+        "retry_on_error": [RedisConnectionError],
+    }
+    if url.startswith(SENTINEL_SCHEME + "://"):
+        target = parse_sentinel_url(url)
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.sentinels), sentinel_kwargs={"socket_timeout": 2, "socket_connect_timeout": 2}
+        )
+        # redis-py's Sentinel pool does not block when full: a larger ceiling than the plain pool's.
+        master: aioredis.Redis = sentinel.master_for(
+            target.service, db=target.db, password=target.password, max_connections=4 * REDIS_POOL_SIZE, **common
+        )
+        return master
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=REDIS_POOL_SIZE, timeout=5, **common)
+    return aioredis.Redis.from_pool(pool)
 
 
 async def filter_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from bridge.auth import HOST_ALGORITHMS, SHARED_SECRET_ALGORITHMS
 from bridge.errors import ConfigError
@@ -78,6 +78,52 @@ def _optional_path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
+@dataclass(frozen=True, slots=True)
+class SentinelTarget:
+    """Where Redis Sentinel is asked for the current master (redis-py's asyncio Sentinel)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int
+    password: str | None
+
+
+SENTINEL_SCHEME = "redis+sentinel"
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """`redis+sentinel://[:password@]host[:port][,host[:port]...]/service[/db]` (port 26379 by
+    default): the sentinels to ask, the monitored master's name and the database."""
+    prefix = SENTINEL_SCHEME + "://"
+    if not url.startswith(prefix):
+        raise ConfigError(f"REDIS_URL: a Sentinel URL starts with {prefix}")
+    rest = url[len(prefix) :]
+    hosts_part, _, path = rest.partition("/")
+    password = None
+    if "@" in hosts_part:
+        auth, _, hosts_part = hosts_part.rpartition("@")
+        password = unquote(auth.partition(":")[2] or auth) or None
+    sentinels = []
+    for item in hosts_part.split(","):
+        host, _, port = item.strip().rpartition(":") if ":" in item else (item.strip(), "", "26379")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"REDIS_URL: bad sentinel address {item!r} (host:port)")
+        sentinels.append((host, int(port)))
+    service, _, db = path.partition("/")
+    if not service:
+        raise ConfigError("REDIS_URL: a Sentinel URL names the master after the hosts: .../<service>[/<db>]")
+    if db and not db.isdigit():
+        raise ConfigError(f"REDIS_URL: the database must be a number, got {db!r}")
+    return SentinelTarget(tuple(sentinels), service, int(db or 0), password)
+
+
+def _check_redis_url(url: str) -> str:
+    if url.startswith(SENTINEL_SCHEME + "://"):
+        parse_sentinel_url(url)
+        return url
+    return _check_url("REDIS_URL", url, ("redis", "rediss", "unix"))
+
+
 def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> str:
     parts = urlsplit(url)
     if parts.scheme not in schemes or not (parts.hostname or parts.path):
@@ -139,7 +185,7 @@ class Settings:
         settings = cls(
             host=e.text("BRIDGE_HOST", DEFAULT_HOST),
             http_port=e.port("BRIDGE_HTTP_PORT", DEFAULT_PORTS["http"]),
-            redis_url=_check_url("REDIS_URL", e.text("REDIS_URL", DEFAULT_REDIS_URL), ("redis", "rediss", "unix")),
+            redis_url=_check_redis_url(e.text("REDIS_URL", DEFAULT_REDIS_URL)),
             mongodb_url=_check_url(
                 "MONGODB_URL", e.text("MONGODB_URL", DEFAULT_MONGODB_URL), ("mongodb", "mongodb+srv")
             ),
