@@ -303,7 +303,11 @@ def create_app(settings: Settings) -> web.Application:
             counts = await index_cache.apply([d.event for d in deliveries])
             await realtime.publish_many([unread_count_event(c) for c in counts])
 
-        relay = Consumer(redis, streams.all(), settings.consumer_group, settings.consumer_name, realtime.relay)
+        # The filter's stream first: a read holding a mail's summary and its delivery must store
+        # the summary before the delivery is relayed (the filter publishes before re-injecting).
+        relay = Consumer(
+            redis, (streams.postfix, streams.dovecot), settings.consumer_group, settings.consumer_name, realtime.relay
+        )
         # The index has its own group: a slow or stopped store never delays what browsers see.
         indexer = Consumer(redis, streams.all(), f"{settings.consumer_group}-index", settings.consumer_name, index)
         drainer = SpoolDrainer(redis, settings.spool_dir, settings.stream_maxlen)

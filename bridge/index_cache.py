@@ -24,13 +24,14 @@ that moves the counts; a count is kept only if no mark is up and nothing moved w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
 from bridge.events import Event, MailboxEvent, MailboxRename, MessageAdded, MtaAccepted
 from bridge.store import FACTS, MailboxCounts, Store, message_doc_id
@@ -88,8 +89,16 @@ class IndexCache:
                 if isinstance(event, MailboxRename):
                     touched.add((event.account, event.old_mailbox))
         await self.begin_writes(touched)
-        facts, early = await self.meet(events)
-        changes = await self.store.apply(events, facts, early)
+        try:
+            facts, early = await self.meet(events)
+            changes = await self.store.apply(events, facts, early)
+        except Exception:
+            # The store may hold part of this read's writes, which the retry will not see as new:
+            # the kept counts of these mailboxes can no longer be moved by deltas. Forget them
+            # (counted afresh from the store next time) and clear the marks.
+            with contextlib.suppress(RedisError, OSError):
+                await self.move_counts({}, touched, touched)
+            raise
         return await self.move_counts(changes.deltas, changes.recounts, touched)
 
     def _writing_key(self, account: str) -> str:

@@ -3,8 +3,9 @@
 Postfix hands every accepted mail to this aiosmtpd server; we re-inject it unchanged into the
 re-injection smtpd (aiosmtplib, same event loop) and answer 250 only once Postfix took it back.
 Any failure answers 451 4.3.0, so Postfix keeps the mail queued and retries: a mail is never lost
-or bounced because of the bridge. Only after re-injection is the `mta.accepted` event published,
-and publication never holds the mail (Redis down: the event goes to the spool).
+or bounced because of the bridge. The `mta.accepted` event is published just before the
+re-injection (so it is in its stream before Dovecot can deliver the copy), once per attempt with
+the same key, and publication never holds the mail (Redis down: the event goes to the spool).
 Postfix re-sends a message whose 250 it never saw (FILTER_README: expect duplicates). Two layers
 keep that from delivering it twice: a re-injected (queue id, recipients) pair is remembered in
 Redis as soon as Postfix took it back, and a retry of it is answered 250 without re-injection;
@@ -205,10 +206,16 @@ class FilterHandler:
                 log.exception("[peer %s] no event for this mail", session.peer)
                 event = None
         tag = event.queue_id if event is not None and event.queue_id else f"peer {session.peer}"
+        if event is not None:
+            # Published before the re-injection: once Postfix has the copy back it may deliver it
+            # (LMTP, then Dovecot's hook) before a publish made after, and the relay would show the
+            # new mail without this summary (seen under load). Postfix already holds the mail (an
+            # after-queue filter), and a retry after a failed re-injection publishes the same key.
+            # An OSError here is logged as LOST by the publisher; the mail itself is delivered.
+            with contextlib.suppress(OSError):
+                await self.publisher.publish(self.streams.postfix, event)
         already = await self._already_reinjected(event)
         if already:
-            # The process that re-injected it may have died before publishing: publish again
-            # (same key), then acknowledge the retry.
             log.info("[%s] already re-injected before a lost reply; acknowledging the retry", tag)
         else:
             try:
@@ -217,10 +224,6 @@ class FilterHandler:
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 log.warning("[%s] re-injection failed, deferring: %s", tag, exc)
                 return TEMPFAIL
-        if event is not None:
-            # An OSError here is logged as LOST by the publisher; the mail itself is delivered.
-            with contextlib.suppress(OSError):
-                await self.publisher.publish(self.streams.postfix, event)
         if already:
             return "250 2.0.0 Ok: already filtered"
         log.info("[%s] filtered %d bytes for %d recipient(s)", tag, len(content), len(envelope.rcpt_tos))

@@ -193,6 +193,10 @@ class Store:
             await batch.flush()
         except PyMongoError as exc:
             raise Unavailable(f"store: {exc}") from None
+        except KeyError as exc:
+            # FerretDB v1.24 sometimes answers a bulk write without `nModified`, and pymongo's
+            # merging of the replies raises: the write may be partly applied, so it is retried.
+            raise Unavailable(f"store: incomplete reply to a bulk write (no {exc})") from None
         return IndexChanges(batch.deltas, batch.recounts)
 
     async def _rename(self, event: MailboxRename) -> None:
