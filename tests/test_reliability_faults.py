@@ -30,7 +30,7 @@ from bridge.stack.launcher import Stack, StackInfo
 from tests.conftest import AccountPool
 from tests.mailtools import send_smtp
 from tests.reliability import Scenario
-from tests.reliability_load import Browsers, MailLoad, SentMail, assert_clean, settle, wait_delivered
+from tests.reliability_load import Browsers, MailLoad, Outcome, SentMail, assert_clean, settle, wait_delivered
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -50,6 +50,16 @@ class Fault:
 
     def load(self, rate: float | None = None) -> MailLoad:
         return MailLoad(self.stack, [b.account for b in self.browsers.browsers], rate or self.rate).start()
+
+    async def deliver_all(self, sent: list[SentMail], scenario: Scenario, *, flush: bool = False) -> Outcome:
+        """Every mail in its mailbox (after asking Postfix to retry what it deferred, if `flush`),
+        then on its browser: zero lost, doubled, missing or shown twice."""
+        if flush:
+            await asyncio.to_thread(postqueue_flush, self.stack)
+        await wait_delivered(self.stack, sent, self.browsers)
+        outcome = await settle(self.stack, sent, self.browsers, scenario)
+        assert_clean(outcome)
+        return outcome
 
     def describe(self, scenario: Scenario, extra: str = "", rate: float | None = None) -> None:
         scenario.load = (
@@ -209,7 +219,7 @@ async def test_redis_killed_with_aof(fault: Fault, scenario: Scenario) -> None:
 
 @pytest.mark.reliability(2, "Bridge killed (SIGKILL) mid-stream and restarted")
 async def test_bridge_killed_mid_stream(fault: Fault, scenario: Scenario) -> None:
-    stack, browsers, seconds = fault.stack, fault.browsers, fault.seconds
+    browsers, seconds = fault.browsers, fault.seconds
     fault.describe(scenario)
     scenario.checked = (
         "every browser is dropped, reconnects and resumes by lastEventId: every mail shown exactly once;"
@@ -225,9 +235,7 @@ async def test_bridge_killed_mid_stream(fault: Fault, scenario: Scenario) -> Non
         await asyncio.sleep(seconds / 2)
     finally:
         sent = load.stop()
-    await wait_delivered(stack, sent, browsers)
-    outcome = await settle(stack, sent, browsers, scenario)
-    assert_clean(outcome)
+    await fault.deliver_all(sent, scenario)
     assert all(b.connects >= 2 for b in browsers.browsers)  # each was dropped and came back
     assert sum(b.resyncs for b in browsers.browsers) == 0
     await wait_until(lambda: pending_entries(fault.redis, "bridge") == 0, 30, "no entry left pending")
@@ -238,7 +246,7 @@ async def test_bridge_killed_mid_stream(fault: Fault, scenario: Scenario) -> Non
 
 @pytest.mark.reliability(3, "Content filter killed (SIGKILL) mid-batch and restarted")
 async def test_filter_killed_mid_batch(fault: Fault, scenario: Scenario) -> None:
-    stack, browsers, seconds = fault.stack, fault.browsers, fault.seconds
+    stack, seconds = fault.stack, fault.seconds
     fault.describe(scenario, rate=fault.rate * 2)
     scenario.checked = (
         "Postfix defers what the dead filter held and retries it: every mail delivered exactly once (the"
@@ -254,10 +262,7 @@ async def test_filter_killed_mid_batch(fault: Fault, scenario: Scenario) -> None
         await asyncio.sleep(seconds / 2)
     finally:
         sent = load.stop()
-    await asyncio.to_thread(postqueue_flush, stack)
-    await wait_delivered(stack, sent, browsers)
-    outcome = await settle(stack, sent, browsers, scenario)
-    assert_clean(outcome)
+    await fault.deliver_all(sent, scenario, flush=True)
 
 
 # ---------------------------------------------------------------------------------------- 4. Dovecot, store
@@ -328,10 +333,7 @@ async def test_dovecot_restarted(fault: Fault, scenario: Scenario) -> None:
             await asyncio.sleep(seconds / 2)
         finally:
             sent = load.stop()
-        await asyncio.to_thread(postqueue_flush, stack)
-        await wait_delivered(stack, sent, browsers)
-        outcome = await settle(stack, sent, browsers, scenario)
-        assert_clean(outcome)
+        await fault.deliver_all(sent, scenario, flush=True)
         status, body = await api(http, "GET", f"/api/v1/email/{email_id}", first.token)
         assert status == 200, body
         await index_caught_up(http, fault, sent)
@@ -375,9 +377,7 @@ async def test_store_restarted(fault: Fault, scenario: Scenario) -> None:
             await asyncio.sleep(seconds / 2)
         finally:
             sent = load.stop()
-        await wait_delivered(stack, sent, browsers)
-        outcome = await settle(stack, sent, browsers, scenario)
-        assert_clean(outcome)
+        await fault.deliver_all(sent, scenario)
         await index_caught_up(http, fault, sent)
         await wait_until(lambda: pending_entries(fault.redis, "bridge-index") == 0, 30, "the indexer's pending entries")
 
