@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import msgpack
@@ -159,7 +160,7 @@ class IndexCache:
         self,
         deltas: Mapping[tuple[str, str], Sequence[int]],
         recount: set[tuple[str, str]],
-        marked: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
+        marked: AbstractSet[tuple[str, str]] = frozenset(),
     ) -> list[MailboxCounts]:
         """Apply the read's count changes and clear its marks, in one script; the counts of each
         mailbox with a change, in order (counted from the store where none are kept)."""

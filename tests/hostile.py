@@ -22,8 +22,8 @@ import aiohttp
 import socketio
 
 from bridge.stack.launcher import StackInfo
+from tests.raw_socket import ws_url
 
-ENGINE_PATH = "/socket.io/?EIO=4&transport=websocket"
 # Generous ceilings: a refusal that takes longer than this is a hang, not a slow machine.
 ANSWER_CEILING_S = 10.0
 
@@ -153,7 +153,7 @@ async def socket_refusal(url: str, auth: object, headers: dict[str, str] | None 
 
 
 def socket_url(stack: StackInfo) -> str:
-    return stack.web_url.replace("http://", "ws://", 1) + ENGINE_PATH
+    return ws_url(stack.web_url)
 
 
 class RawSocket:

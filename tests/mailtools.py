@@ -7,6 +7,7 @@ import smtplib
 import time
 from email import message_from_bytes
 from email.message import EmailMessage
+from email.policy import default
 
 import redis
 
@@ -79,17 +80,31 @@ def sample_message(
     return m
 
 
-def imap_message_ids(stack: StackInfo, email: str, password: str, mailbox: str = "INBOX") -> list[str]:
-    """The Message-ID of every message in the mailbox, in UID order."""
+def _fetch_all(stack: StackInfo, email: str, password: str, mailbox: str, item: str) -> list[bytes]:
+    """`item` of every message in the mailbox, in UID order (read-only: flags untouched)."""
     with imaplib.IMAP4(stack.imap["host"], stack.imap["port"], timeout=10) as imap:
         imap.login(email, password)
         status, data = imap.select(mailbox, readonly=True)
         if status != "OK" or data[0] == b"0":
             return []  # no such mailbox yet, or empty
-        _status, data = imap.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
-        return [
-            str(message_from_bytes(item[1]).get("Message-ID", "")).strip() for item in data if isinstance(item, tuple)
-        ]
+        _status, data = imap.uid("FETCH", "1:*", f"({item})")
+        return [entry[1] for entry in data if isinstance(entry, tuple)]
+
+
+def imap_messages(stack: StackInfo, email: str, password: str, mailbox: str = "INBOX") -> list[EmailMessage]:
+    """Every message in the mailbox, whole."""
+    out: list[EmailMessage] = []
+    for raw in _fetch_all(stack, email, password, mailbox, "BODY.PEEK[]"):
+        parsed = message_from_bytes(raw, policy=default)
+        assert isinstance(parsed, EmailMessage)
+        out.append(parsed)
+    return out
+
+
+def imap_message_ids(stack: StackInfo, email: str, password: str, mailbox: str = "INBOX") -> list[str]:
+    """The Message-ID of every message in the mailbox, in UID order."""
+    headers = _fetch_all(stack, email, password, mailbox, "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]")
+    return [str(message_from_bytes(raw).get("Message-ID", "")).strip() for raw in headers]
 
 
 def wait_for_messages(stack: StackInfo, email: str, password: str, count: int, timeout: float = 60.0) -> list[str]:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import imaplib
 import uuid
 from collections.abc import AsyncIterator
-from email import message_from_bytes
 from email.message import EmailMessage
-from email.policy import default
 from typing import Any
 
 import aiohttp
@@ -21,7 +18,7 @@ from bridge.errors import RateLimited
 from bridge.stack.launcher import StackInfo
 from bridge.uploads import Uploads
 from tests.conftest import Account
-from tests.mailtools import wait_for_messages
+from tests.mailtools import imap_messages, wait_for_messages
 from tests.socket_client import RecordingClient
 from tests.test_http_mail import authed, get_json
 
@@ -46,19 +43,7 @@ async def upload(
 
 
 def received(stack: StackInfo, account: Account, mailbox: str = "INBOX") -> list[EmailMessage]:
-    with imaplib.IMAP4(stack.imap["host"], stack.imap["port"], timeout=10) as imap:
-        imap.login(account.email, account.password)
-        status, data = imap.select(mailbox, readonly=True)
-        if status != "OK" or data[0] == b"0":
-            return []
-        _status, data = imap.uid("FETCH", "1:*", "(BODY.PEEK[])")
-        out: list[EmailMessage] = []
-        for item in data:
-            if isinstance(item, tuple):
-                parsed = message_from_bytes(item[1], policy=default)
-                assert isinstance(parsed, EmailMessage)
-                out.append(parsed)
-        return out
+    return imap_messages(stack, account.email, account.password, mailbox)
 
 
 def attachments_of(message: EmailMessage) -> list[tuple[str | None, str, bytes]]:

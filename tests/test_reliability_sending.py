@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import imaplib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from email import message_from_bytes
-from email.message import Message
-from email.policy import default
+from email.message import EmailMessage
 
 import aiohttp
 import pytest
@@ -20,6 +17,7 @@ import pytest
 from bridge.stack.launcher import Stack, StackInfo
 from tests.conftest import Account, AccountPool, login
 from tests.hostile import ANSWER_CEILING_S, BridgeLog, Cases, call, clear_error, refused_ack, request
+from tests.mailtools import imap_messages
 from tests.reliability import Scenario
 from tests.socket_client import RecordingClient
 
@@ -28,17 +26,11 @@ pytestmark = pytest.mark.e2e
 SEPARATORS = {"CRLF": "\r\n", "LF": "\n", "CR": "\r", "NEL": "\x85", "LINE SEPARATOR": "\u2028", "NUL": "\x00"}
 
 
-def _messages(stack: StackInfo, account: Account, mailbox: str = "INBOX") -> list[Message]:
-    with imaplib.IMAP4(stack.imap["host"], stack.imap["port"], timeout=10) as imap:
-        imap.login(account.email, account.password)
-        status, data = imap.select(mailbox, readonly=True)
-        if status != "OK" or data[0] == b"0":
-            return []
-        _status, data = imap.uid("FETCH", "1:*", "(BODY.PEEK[])")
-        return [message_from_bytes(item[1], policy=default) for item in data if isinstance(item, tuple)]
+def _messages(stack: StackInfo, account: Account, mailbox: str = "INBOX") -> list[EmailMessage]:
+    return imap_messages(stack, account.email, account.password, mailbox)
 
 
-async def _wait_for_count(stack: StackInfo, account: Account, count: int, timeout: float = 60) -> list[Message]:
+async def _wait_for_count(stack: StackInfo, account: Account, count: int, timeout: float = 60) -> list[EmailMessage]:
     deadline = time.monotonic() + timeout
     found = await asyncio.to_thread(_messages, stack, account)
     while len(found) < count and time.monotonic() < deadline:
