@@ -13,20 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
-from pathlib import Path
 
 import aiohttp
 import pytest
 import redis
 
 from bridge.stack.launcher import Stack, StackInfo
-from tests.conftest import AccountPool, free_port, login
+from tests.conftest import AccountPool, login
 from tests.mailtools import send_smtp, short_mail
 from tests.raw_socket import RawSocket
 
@@ -85,49 +83,16 @@ class Cluster:
         return f"http://127.0.0.1:{self.proxy.port}"
 
 
-def _wait_healthy(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    import urllib.request  # noqa: PLC0415
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"bridge node on :{port} exited: {log.read_text()[-2000:]}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-            if r.status == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"bridge node on :{port} not healthy in 60 s")
-
-
 @pytest.fixture(scope="module")
 def extra_nodes(stack: StackInfo, stack_launcher: Stack) -> Iterator[list[int]]:
     """Two more bridge processes beside the session's own: same settings, their own port and name."""
-    base = stack_launcher.service("bridge")
-    assert base.env is not None
-    processes: list[subprocess.Popen[bytes]] = []
-    ports: list[int] = []
+    names = [f"bridge-{n}" for n in range(2, NODES + 1)]
     try:
-        for n in range(2, NODES + 1):
-            port = free_port()
-            log = Path(stack.log_dir) / f"bridge-{n}.out"
-            env = {**base.env, "BRIDGE_HTTP_PORT": str(port), "BRIDGE_CONSUMER_NAME": f"bridge-{n}"}
-            with open(log, "ab") as out:
-                process = subprocess.Popen(
-                    base.argv, env=env, cwd=base.cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-                )
-            processes.append(process)
-            _wait_healthy(port, process, log)
-            ports.append(port)
-        yield ports
+        yield [int(stack_launcher.add_bridge_node(n).rsplit(":", 1)[1]) for n in range(2, NODES + 1)]
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        for name in names:
+            with contextlib.suppress(KeyError):
+                stack_launcher.remove_service(name)
 
 
 @pytest.fixture

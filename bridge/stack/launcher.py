@@ -470,6 +470,33 @@ class Stack:
         self._spawn(service, extra_args)
         self._wait_ready([service])
 
+    def add_bridge_node(self, number: int) -> str:
+        """Start one more `mail-bridge serve` beside the stack's own, as a second machine would run
+        it: the same settings, its own HTTP port and consumer name (`bridge-<number>`). Returns its
+        URL once it answers. It stops with the stack, or earlier through `remove_service`."""
+        base = self.service("bridge")
+        assert base.env is not None
+        name = f"bridge-{number}"
+        if any(s.name == name for s in self.services):
+            raise StackError(f"{name} is already running")
+        port = free_ports(1)[0]
+        host = base.env["BRIDGE_HOST"]
+        node = Service(
+            name,
+            base.argv,
+            [http_probe(f"http://{host}:{port}/health")],
+            env={**base.env, "BRIDGE_HTTP_PORT": str(port), "BRIDGE_CONSUMER_NAME": name},
+            cwd=base.cwd,
+        )
+        self._spawn(node)
+        self._wait_ready([node])
+        return f"http://{host}:{port}"
+
+    def remove_service(self, name: str) -> None:
+        """Stop a service and forget it (a node added by `add_bridge_node`)."""
+        self.stop_service(name)
+        self.services.remove(self.service(name))
+
     def dead(self) -> list[Service]:
         return [s for s in self.services if s.process is not None and s.process.poll() is not None]
 
