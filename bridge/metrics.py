@@ -55,6 +55,11 @@ class Metrics:
             "Sockets dropped for not reading their events (over BRIDGE_SOCKET_MAX_QUEUED packets waiting)",
             registry=self.registry,
         )
+        self.fanout_gaps = Counter(
+            "mailbridge_fanout_gaps_total",
+            "Times this node fell behind the fan-out stream's length and replayed from the resume logs",
+            registry=self.registry,
+        )
         self.events_lost = LostEvents()
         self.registry.register(self.events_lost)
         self.dovecot_metrics_up = Gauge(

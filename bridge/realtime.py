@@ -12,7 +12,9 @@ of its own sockets, so every socket gets it once, whichever node published it. A
 connects with `auth.lastEventId` is replayed the logged events after that id up to the node's
 fan-out position, then joins the room; the reader takes the same per-account lock to emit, so
 everything past that position reaches it live and nothing is missed or sent twice across the seam.
-If the log no longer reaches back to that id, the socket gets `resync` instead. A socket that
+If the log no longer reaches back to that id, the socket gets `resync` instead. A node that falls
+further behind than the fan-out keeps (FANOUT_MAXLEN entries) sees a number skipped in the entries'
+sequence and replays the missed range from the resume logs of its accounts before going on. A socket that
 connects without a `lastEventId` for an account gets `resume_point` (the newest id it will not get
 live, or "0-0"), taken under the same lock as its join, so it can resume even if no event reached it
 before it dropped.
@@ -64,12 +66,17 @@ FANOUT_BATCH = 500
 # an ephemeral event such as user_typing). Returns the events' ids. A log entry takes its fan-out
 # entry's id, so both streams order events alike; a log whose last id is not older (one written
 # before this scheme, or a clock step) gets a fresh id rather than failing the whole batch.
+# KEYS: the fan-out stream, its sequence counter, then one resume log per event. Each fan-out entry
+# carries the next number of the counter ('q'): a reader that finds a number skipped knows the
+# stream was trimmed past entries it had not read (it fell more than FANOUT_MAXLEN behind).
 _PUBLISH_SCRIPT = """
 local ids = {}
-for i = 2, #KEYS do
-  local at = 3 + (i - 2) * 5
+local seq = redis.call('INCRBY', KEYS[2], #KEYS - 2) - (#KEYS - 2)
+for i = 3, #KEYS do
+  local at = 3 + (i - 3) * 5
+  seq = seq + 1
   local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-    'a', ARGV[at], 'n', ARGV[at + 1], 'p', ARGV[at + 2], 's', ARGV[at + 3], 'l', ARGV[at + 4])
+    'a', ARGV[at], 'n', ARGV[at + 1], 'p', ARGV[at + 2], 's', ARGV[at + 3], 'l', ARGV[at + 4], 'q', seq)
   if ARGV[at + 4] == '1' then
     local logged = redis.pcall('XADD', KEYS[i], 'MAXLEN', '~', ARGV[2], id, 'n', ARGV[at + 1], 'p', ARGV[at + 2])
     if type(logged) == 'table' and logged.err then
@@ -180,6 +187,7 @@ class Realtime:
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         # The id of the last fan-out entry this node emitted (set once the reader started).
         self.position = "0-0"
+        self._sequence: int | None = None  # the 'q' of that entry, when it had one
         self._reading = asyncio.Event()
         self._publish_script: AsyncScript | None = None
         # Called with the accounts of every new connection (the app starts their backfill).
@@ -340,7 +348,7 @@ class Realtime:
                         fresh[account] = await self._log_position(account)
                         replayed = 0
                     else:
-                        replayed = await self._replay(sid, account, since)
+                        replayed = await self._replay(sid, account, since, self.position)
                     await self.sio.enter_room(sid, account_room(account))
                 log.info("[sid %s] resumed %s: %d event(s) replayed", sid, account, replayed)
             await self._send_resume_points(sid, fresh)
@@ -350,15 +358,38 @@ class Realtime:
             for account in identity.accounts:
                 await self.sio.enter_room(sid, account_room(account))
 
-    async def _replay(self, sid: str, account: str, since: object) -> int:
-        """Emit to `sid` the account's logged events after `since`, up to this node's fan-out
+    async def _recover_gap(self, after: str, before: str, missed: int) -> None:
+        """The fan-out was trimmed past `missed` entries between `after` (the last one this node
+        emitted) and `before` (the next it can read): this node fell that far behind. The logged
+        ones are still in the accounts' resume logs, under the same ids: replay that range to the
+        room of every account that has sockets here, in order, before the reader goes on. Only
+        unlogged events (typing) are lost, and a log itself trimmed past `after` gets `resync`."""
+        self.metrics.fanout_gaps.inc()
+        log.warning(
+            "[fan-out %s] this node fell behind the stream's length: %d entries after %s trimmed unread;"
+            " replaying its accounts' resume logs",
+            before,
+            missed,
+            after,
+        )
+        prefix = account_room("")
+        rooms = [r for r in self.sio.manager.rooms.get("/", {}) if isinstance(r, str) and r.startswith(prefix)]
+        replayed = 0
+        for room in rooms:
+            account = room[len(prefix) :]
+            async with self._lock(account):
+                replayed += await self._replay(room, account, after, f"({before}")
+        log.warning("[fan-out %s] %d event(s) replayed to %d account room(s)", before, replayed, len(rooms))
+
+    async def _replay(self, to: str, account: str, since: object, upto: str) -> int:
+        """Emit to `to` (a socket or a room) the account's logged events after `since`, up to
+        `upto` (an id, or "(id" to stop before it): for a resuming socket, this node's fan-out
         position (the reader emits the later ones to the room). Called under the account's lock."""
         assert self.redis is not None
         await self._reading.wait()
-        upto = self.position
         key = self.log_key(account)
         if not isinstance(since, str) or not _EVENT_ID.match(since):
-            await self.sio.emit("resync", {"account": account, "reason": "unknown lastEventId"}, to=sid)
+            await self.sio.emit("resync", {"account": account, "reason": "unknown lastEventId"}, to=to)
             return 0
         info: Any = {}
         try:
@@ -371,21 +402,21 @@ class Realtime:
             # From the log's very beginning: a gap only if entries were trimmed (Redis >= 7.0 counts
             # every entry ever added; XINFO STREAM).
             if int(info.get("entries-added", 0)) > int(info.get("length", 0)):
-                await self.sio.emit("resync", {"account": account, "reason": "gap older than the log"}, to=sid)
+                await self.sio.emit("resync", {"account": account, "reason": "gap older than the log"}, to=to)
                 return 0
         elif info:
             first = info.get("first-entry")
             oldest = _entry_id(first[0]) if first else _entry_id(info.get("last-generated-id", b"0-0"))
             if _older(since, oldest):
                 if int(info.get("entries-added", 0)) > int(info.get("length", 0)):
-                    await self.sio.emit("resync", {"account": account, "reason": "gap older than the log"}, to=sid)
+                    await self.sio.emit("resync", {"account": account, "reason": "gap older than the log"}, to=to)
                     return 0
                 # Nothing was ever trimmed from this log, yet it starts after `since`: it is a new log
                 # (Redis restarted without persistence and lost the old one). Every event in it came
                 # after `since`, so replay it all; what the old log held past `since` may be gone, so
                 # the client is told to refresh as well.
-                log.warning("[sid %s] %s: resume log was reset; replaying all of it", sid, account)
-                await self.sio.emit("resync", {"account": account, "reason": "resume log was reset"}, to=sid)
+                log.warning("[%s] %s: resume log was reset; replaying all of it", to, account)
+                await self.sio.emit("resync", {"account": account, "reason": "resume log was reset"}, to=to)
         count = 0
         cursor = f"({since}"
         while True:
@@ -395,7 +426,7 @@ class Realtime:
             for entry_id, fields in entries:
                 payload = msgpack.unpackb(fields[b"p"], raw=False)
                 payload["eventId"] = _entry_id(entry_id)
-                await self.sio.emit(fields[b"n"].decode(), payload, to=sid)
+                await self.sio.emit(fields[b"n"].decode(), payload, to=to)
                 count += 1
             cursor = f"({_entry_id(entries[-1][0])}"
 
@@ -476,7 +507,7 @@ class Realtime:
 
     async def _fan_out(self, events: Sequence[tuple[str, str, dict[str, Any], str, bool]]) -> list[str]:
         assert self.redis is not None
-        keys = [self.fanout_key] + [self.log_key(account) for account, *_ in events]
+        keys = [self.fanout_key, self.fanout_key + ":seq"] + [self.log_key(account) for account, *_ in events]
         args: list[str | bytes | int] = [FANOUT_MAXLEN, self.resume_log_len]
         for account, name, payload, skip, logged in events:
             args += [account, name, msgpack.packb(payload), skip, "1" if logged else "0"]
@@ -508,6 +539,12 @@ class Realtime:
                 await asyncio.sleep(0.5)
 
     async def _emit_entry(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        sequence = int(fields[b"q"]) if fields.get(b"q", b"").isdigit() else None
+        if sequence is not None and self._sequence is not None and sequence > self._sequence + 1:
+            await self._recover_gap(self.position, entry_id, sequence - self._sequence - 1)
+        # A number at or below the last one: the counter started again (Redis restarted without
+        # persistence); the resume logs went with it, and resuming sockets are told (`_replay`).
+        self._sequence = sequence
         account = fields[b"a"].decode()
         name = fields[b"n"].decode()
         try:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,10 +24,11 @@ from email.message import EmailMessage
 import aiohttp
 import pytest
 import redis
+import redis.asyncio
 
 from bridge.stack.launcher import Stack, StackInfo
 from tests.conftest import AccountPool, login
-from tests.mailtools import send_smtp, short_mail
+from tests.mailtools import lmtp_deliver, send_smtp, short_mail
 from tests.raw_socket import RawSocket
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -182,3 +185,83 @@ async def test_three_nodes_deliver_once_per_socket_and_resume_across_nodes(
                 break
             await asyncio.sleep(0.5)
     assert set(counts.values()) == {9}, counts
+
+
+async def _quiet(sockets: list[RawSocket], seconds: float = 2.0, timeout: float = 30.0) -> None:
+    """Until no socket has seen a new event for `seconds`."""
+    deadline = time.monotonic() + timeout
+    seen, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now_seen = sum(sum(s.names.values()) for s in sockets)
+        if now_seen != seen:
+            seen, since = now_seen, time.monotonic()
+        elif time.monotonic() - since >= seconds:
+            return
+        await asyncio.sleep(0.1)
+
+
+async def test_a_node_left_behind_by_the_fan_out_replays_from_the_resume_logs(
+    cluster: Cluster, stack: StackInfo, stack_launcher: Stack, account_pool: AccountPool
+) -> None:
+    """A node stalls (SIGSTOP, as a long pause would) while the fan-out stream moves on past what it
+    had read: the stream keeps FANOUT_MAXLEN entries, here trimmed to nothing to stand for a stall
+    that long. When it runs again, its sockets get every mail exactly once, from the resume logs."""
+    accounts = [account_pool.take() for _ in range(2)]
+    tag = uuid.uuid4().hex[:6]
+    subjects: dict[str, list[str]] = {a.email: [] for a in accounts}
+    stalled = stack_launcher.service(f"bridge-{NODES}").process
+    assert stalled is not None
+
+    def deliver(name: str) -> None:
+        for a in accounts:
+            for n in range(3):
+                subject = f"{tag} {name} {n} {a.email}"
+                subjects[a.email].append(subject)
+                lmtp_deliver(stack, a.email, short_mail(a.email, subject))
+
+    client = redis.asyncio.Redis.from_url(stack.redis_url)
+    async with aiohttp.ClientSession() as http:
+        tokens = {}
+        for a in accounts:
+            async with aiohttp.ClientSession(base_url=cluster.url) as via_proxy:
+                tokens[a.email] = await login(via_proxy, a)
+        # One socket per account on each node, straight to the node.
+        by_node = {port: [RawSocket(a.email, tokens[a.email]) for a in accounts] for port in cluster.ports}
+        sockets = [s for group in by_node.values() for s in group]
+        running = [s for port in cluster.ports[:-1] for s in by_node[port]]
+        try:
+            for port, group in by_node.items():
+                for s in group:
+                    await s.connect(http, f"http://127.0.0.1:{port}")
+            await asyncio.to_thread(deliver, "before")
+            await shown_everywhere(sockets, subjects)
+            gaps_before = await _gaps(http, cluster.ports[-1])
+            os.kill(stalled.pid, signal.SIGSTOP)
+            try:
+                await asyncio.to_thread(deliver, "while stalled")
+                # The running nodes have emitted all they could (what the stalled node's consumers
+                # took before it stopped waits for it); then the stream is trimmed past it all.
+                await _quiet(running)
+                trimmed = await client.xtrim("mail:browser-fanout", maxlen=0, approximate=False)
+                assert trimmed > 0
+            finally:
+                os.kill(stalled.pid, signal.SIGCONT)
+            await asyncio.to_thread(deliver, "after")
+            await shown_everywhere(sockets, subjects)
+            await asyncio.sleep(1.0)  # room for a duplicate
+            gaps_after = await _gaps(http, cluster.ports[-1])
+        finally:
+            await asyncio.gather(*(s.close() for s in sockets))
+            await client.aclose()
+    missing = {(s.account, x) for s in sockets for x in subjects[s.account] if not s.subjects[x]}
+    doubled = {(s.account, x) for s in sockets for x in subjects[s.account] if s.subjects[x] > 1}
+    assert (sorted(missing), sorted(doubled)) == ([], [])
+    assert sum(s.resyncs for s in sockets) == 0
+    assert gaps_after == gaps_before + 1  # the stalled node saw the gap, once, and recovered from it
+
+
+async def _gaps(http: aiohttp.ClientSession, port: int) -> float:
+    """The node's mailbridge_fanout_gaps_total."""
+    async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+        text = await r.text()
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("mailbridge_fanout_gaps_total")))
