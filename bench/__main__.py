@@ -6,7 +6,8 @@ Stages (each bounded in count and time, loopback only):
 2. cost of 10 / 100 / 1,000 watched users: IDLE's connections and Dovecot processes against ours;
 3. the highest sustained rate with nothing lost;
 4. the relay ceiling of the bridge (profiled too), and memory per socket at 1,000 and 10,000 sockets;
-5. the time to replay 1,000 missed events.
+5. the same relay ceiling with one, two and three bridge processes sharing the sockets;
+6. the time to replay 1,000 missed events.
 `--quick` runs a small version of each (a smoke test of the benchmark itself). `--stages` runs a
 subset (and then writes no report, it prints the results), `--rates` and `--sockets-per-user` set
 the latency stage's grid: `--stages latency --rates 100 --sockets-per-user 10` measures one step.
@@ -152,7 +153,8 @@ def imap_connections(port: int) -> int:
     return count
 
 
-STAGES = ("latency", "cost", "capacity", "relay", "resume")
+STAGES = ("latency", "cost", "capacity", "relay", "scale", "resume")
+NODE_COUNTS = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -354,6 +356,27 @@ async def cost_stage(stack: BenchStack, quick: bool) -> tuple[dict[str, Any], di
     return cost, memory
 
 
+async def scale_stage(stack: BenchStack, quick: bool) -> list[dict[str, Any]]:
+    """The relay ceiling again with 1, 2 and 3 bridge processes (unprofiled, same load for each):
+    the sockets are spread over the nodes, every event crosses the fan-out stream to each."""
+    rows = []
+    try:
+        for count in NODE_COUNTS:
+            nodes = stack.scale_to(count)
+            row = await relay_ceiling(
+                stack,
+                sockets=100 if quick else 1000,
+                users=10 if quick else 100,
+                seconds=3 if quick else 10,
+                nodes=nodes,
+            )
+            rows.append(row)
+            print(f"scale {count}: {_brief(row)}", flush=True)
+    finally:
+        stack.scale_to(1)
+    return rows
+
+
 async def run(stack: BenchStack, options: Options) -> dict[str, Any]:
     started = time.monotonic()
     quick, stages = options.quick, options.stages
@@ -390,6 +413,8 @@ async def run(stack: BenchStack, options: Options) -> dict[str, Any]:
         print(f"relay: {_brief(results['relay'])}", flush=True)
         if "profile" in results["relay"]:
             print(f"profile relay: {headline(results['relay']['profile'])}", flush=True)
+    if "scale" in stages:
+        results["scale"] = await scale_stage(stack, quick)
     if "resume" in stages:
         results["resume"] = await resume_replay(stack, events=1000)
         print(f"resume: {results['resume']}", flush=True)

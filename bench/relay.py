@@ -44,7 +44,7 @@ import redis.asyncio as aioredis
 from bench.cpu import CpuMeter, busy_cpu_seconds, cpu_seconds
 from bench.idle_watch import socket_inodes
 from bench.socket_load import SocketFleet, raise_fd_limit
-from bench.stack import BenchStack
+from bench.stack import BenchStack, Node
 from bench.window import StepWindow
 from bridge import codec
 from bridge.events import ENTRY_FIELD, Event, FlagsSet, MailboxSubscribe, StreamNames
@@ -156,30 +156,44 @@ async def idle_cpu(pid: int, seconds: float = 3.0) -> float:
     return round((cpu_seconds(pid) - c0) / seconds, 3)
 
 
+async def settle_all(pids: Sequence[int], **kwargs: Any) -> float:
+    """`settle` for several processes at once; the longest wait."""
+    waits = await asyncio.gather(*(settle(pid, **kwargs) for pid in pids))
+    return max(waits, default=0.0)
+
+
 async def warm_accounts(
-    stack: BenchStack, accounts: Sequence[str], *, wave: int = 100, processes: int = 2
+    stack: BenchStack,
+    accounts: Sequence[str],
+    *,
+    wave: int = 100,
+    processes: int = 2,
+    nodes: Sequence[Node] | None = None,
 ) -> dict[str, Any]:
-    """Connect one socket per account, `wave` accounts at a time, and wait each wave out: an
-    account's first connection starts its backfill (IMAP and the store), which is not what a
-    socket costs. Waves, because a thousand backfills at once time out against Dovecot and are
-    postponed to the next connection (that is, into the measurement)."""
-    bridge = stack.pid("bridge")
+    """Connect one socket per account to each node, `wave` accounts at a time, and wait each wave
+    out: an account's first connection starts its backfill (IMAP and the store), which is not what
+    a socket costs (and a node's first sight of an account costs it one store lookup). Waves,
+    because a thousand backfills at once time out against Dovecot and are postponed to the next
+    connection (that is, into the measurement)."""
+    nodes = list(nodes or stack.nodes()[:1])
     imap_port = int(stack.info.imap["port"])
-    cpu0, started = cpu_seconds(bridge), time.monotonic()
+    cpu0, started = sum(cpu_seconds(n.pid) for n in nodes), time.monotonic()
     for lo in range(0, len(accounts), wave):
         tokens = [stack.token(a) for a in accounts[lo : lo + wave]]
-        async with SocketFleet(stack.info.web_url, tokens, processes=processes, mode="count"):
-            deadline = time.monotonic() + 60
-            # Backfill is over when the bridge holds no IMAP connection and is idle again.
-            while time.monotonic() < deadline:
-                await settle(bridge, below=0.05, timeout=max(0.0, deadline - time.monotonic()))
-                if tcp_connections(bridge, imap_port) == 0:
-                    break
+        for node in nodes:
+            async with SocketFleet(node.url, tokens, processes=processes, mode="count"):
+                deadline = time.monotonic() + 60
+                # Backfill is over when the node holds no IMAP connection and is idle again.
+                while time.monotonic() < deadline:
+                    await settle(node.pid, below=0.05, timeout=max(0.0, deadline - time.monotonic()))
+                    if tcp_connections(node.pid, imap_port) == 0:
+                        break
     return {
         "accounts": len(accounts),
         "wave": wave,
+        "nodes": len(nodes),
         "seconds": round(time.monotonic() - started, 2),
-        "bridge_cpu_s": round(cpu_seconds(bridge) - cpu0, 2),
+        "bridge_cpu_s": round(sum(cpu_seconds(n.pid) for n in nodes) - cpu0, 2),
     }
 
 
@@ -251,16 +265,19 @@ async def skip_backlog(redis: aioredis.Redis, stream: str, groups: Sequence[str]
 _METRIC = re.compile(r"^(mailbridge_[a-z_]+)(?:\{([^}]*)\})? ([0-9.e+-]+|NaN)$")
 
 
-async def scrape(http: aiohttp.ClientSession, web_url: str) -> dict[str, float]:
-    """The bridge's /metrics as {"name{labels}": value}."""
-    async with http.get(web_url + "/metrics") as response:
-        text = await response.text()
+async def scrape(http: aiohttp.ClientSession, *web_urls: str) -> dict[str, float]:
+    """The bridge's /metrics as {"name{labels}": value}; with several nodes, their sums (the
+    counters are what is read here)."""
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        match = _METRIC.match(line)
-        if match:
-            name, labels, value = match.groups()
-            out[f"{name}{{{labels}}}" if labels else name] = float(value)
+    for web_url in web_urls:
+        async with http.get(web_url + "/metrics") as response:
+            text = await response.text()
+        for line in text.splitlines():
+            match = _METRIC.match(line)
+            if match:
+                name, labels, value = match.groups()
+                key = f"{name}{{{labels}}}" if labels else name
+                out[key] = out.get(key, 0.0) + float(value)
     return out
 
 
@@ -417,9 +434,14 @@ async def relay_ceiling(
     max_backlog: int = 5_000,
     drain_timeout: float = 30.0,
     profile_dir: Path | None = None,
+    nodes: Sequence[Node] | None = None,
 ) -> dict[str, Any]:
     """Events/s the bridge relays to `sockets` sockets of `users` users (sockets split evenly),
     with events injected for `seconds` as fast as Redis takes them (or at `rate`/s).
+
+    With several `nodes` (default: the stack's own bridge alone), socket i connects to node
+    i mod n, so each user's sockets are spread over the nodes as a round-robin balancer would;
+    every event then crosses the fan-out stream to every node, and each emits to its own sockets.
 
     Steady state is the window from `warmup` after the first injection to the end of injection,
     measured from the socket workers' one-second counts. The relay's and the indexer's lag are read
@@ -428,7 +450,9 @@ async def relay_ceiling(
     stack used are measured over the steady-state window; with `profile_dir`, each bridge process
     is profiled over it too (raw files there)."""
     names = names_of(stack)
-    bridge = stack.pid("bridge")
+    nodes = list(nodes or stack.nodes()[:1])
+    urls = [n.url for n in nodes]
+    bridge = nodes[0].pid
     accounts = [u.email for u in stack.add_users(users, f"relay{secrets.token_hex(2)}-")]
     per_user = max(1, sockets // users)
     tokens = [t for email in accounts for t in [stack.token(email)] * per_user][:sockets]
@@ -438,24 +462,35 @@ async def relay_ceiling(
     http = aiohttp.ClientSession()
     try:
         # The accounts' first connections (backfill: IMAP and the store) before anything is timed.
-        warmed = await warm_accounts(stack, accounts, processes=processes)
+        warmed = await warm_accounts(stack, accounts, processes=processes, nodes=nodes)
         fleet_started = time.monotonic()
         async with SocketFleet(
-            stack.info.web_url, tokens, processes=processes, mode="count", connect_concurrency=connect_concurrency
+            urls, tokens, processes=processes, mode="count", connect_concurrency=connect_concurrency
         ) as fleet:
             connect_wall_s = time.monotonic() - fleet_started
-            settled_s = await settle(bridge, below=0.05, timeout=60, plateau=True)
+            settled_s = await settle_all([n.pid for n in nodes], below=0.05, timeout=60, plateau=True)
             injector = Injector(redis, names.dovecot, kind)
             injector.check(accounts[0])
 
             async def relay_lag() -> int | None:
                 return (await group_state(redis, names.dovecot)).get(names.relay_group, {}).get("lag")
 
+            injected0 = injector.injected
+
+            async def backlog() -> int | None:
+                # The relay's lag, or, when the nodes fall behind it, the events injected that the
+                # sockets have not had yet (waiting in the fan-out stream or in socket buffers;
+                # the workers report counts once a second, so this reads up to a second high).
+                lag = await relay_lag()
+                shown = fleet.counts.get(relay_event, 0) / per_user
+                undelivered = int(injector.injected - injected0 - shown)
+                return max(lag or 0, undelivered) if lag is not None else undelivered
+
             machine_before = await machine_load()
             redis0: Any = await redis.info("memory")
             keys0 = int(await redis.dbsize())
             window_meter = StepWindow(stack, "relay", profile_dir=profile_dir)
-            metrics0 = await scrape(http, stack.info.web_url)
+            metrics0 = await scrape(http, *urls)
             t_start = time.time()
             rss_before = rss_bytes(bridge)
             with RssSampler(bridge) as rss:
@@ -466,13 +501,13 @@ async def relay_ceiling(
 
                 window_task = asyncio.create_task(measure_window())
                 stats = await inject_for(
-                    injector, accounts, seconds, rate=rate, backlog=relay_lag, max_backlog=max_backlog
+                    injector, accounts, seconds, rate=rate, backlog=backlog, max_backlog=max_backlog
                 )
                 t_end = time.time()
                 await window_task
                 await window_meter.stop()
                 cpu = window_meter.cpu_cores
-                metrics1 = await scrape(http, stack.info.web_url)
+                metrics1 = await scrape(http, *urls)
                 lag_end = await group_state(redis, names.dovecot)
                 # One more summary from every worker so the window's last second is counted.
                 await asyncio.sleep(1.2)
@@ -481,7 +516,7 @@ async def relay_ceiling(
                 )
             redis1: Any = await redis.info("memory")
             keys1 = int(await redis.dbsize())
-            relayed_total = int(_relayed(await scrape(http, stack.info.web_url)).get(relay_event, 0.0))
+            relayed_total = int(_relayed(await scrape(http, *urls)).get(relay_event, 0.0))
             relayed_total -= int(_relayed(metrics0).get(relay_event, 0.0))
             skipped = await skip_backlog(redis, names.dovecot, [names.relay_group, names.index_group])
             window = (t_start + warmup, t_end)
@@ -512,6 +547,7 @@ async def relay_ceiling(
                 "warmup_s": warmup,
                 "window_s": round(window_s, 2),
                 "processes": fleet.processes,
+                "nodes": len(nodes),
                 "connect_s": round(fleet.connect_s, 3),
                 "connect_wall_s": round(connect_wall_s, 3),
                 "connect_retried": fleet.retried,
@@ -539,7 +575,9 @@ async def relay_ceiling(
                 else None,
                 "machine_cores_busy_before": machine_before,
                 "machine_cores": os.cpu_count(),
+                # The first node's (the stack's own bridge); the others' at the end.
                 "bridge_rss_bytes": {"before": rss_before, "peak": rss.peak, "after": rss_bytes(bridge)},
+                "nodes_rss_bytes": {n.name: rss_bytes(n.pid) for n in nodes},
                 # Redis grows by the ingest entries, the resume-log entries and one dedupe key per
                 # event (`<prefix>:relayed:<key>`, kept 24 h).
                 "redis": {

@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-from bench.cpu import GROUPS, MACHINE
+from bench.cpu import BRIDGE, GROUPS, MACHINE
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PLOTS = DOCS / "benchmarks"
@@ -119,6 +119,7 @@ def write(results: dict[str, Any]) -> Path:
     out += _cost_section(results["cost"])
     out += _capacity_section(results["capacity"])
     out += _relay_section(results["relay"], results["memory"])
+    out += _scale_section(results["scale"], int(m["cpus"] or 1))
     out += _resume_section(results["resume"])
     out += _profiles_section(results)
     out += ["## How it is measured", "", results["method"], ""]
@@ -357,9 +358,39 @@ def _relay_section(relay: dict[str, Any], memory: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _scale_section(rows: Sequence[Mapping[str, Any]], cpus: int) -> list[str]:
+    one = rows[0]["deliveries_per_s"] or 1.0
+    lines = [
+        "## 5. Relay across several bridge processes",
+        "",
+        f"The relay ceiling of section 4 (same sockets, users and kind of event, unprofiled) with the "
+        f"sockets spread over 1 to {len(rows)} `mail-bridge serve` processes, socket i on node i mod n, as a "
+        "round-robin balancer places them: one user's sockets sit on different nodes, so every event crosses "
+        "the fan-out stream to each node and each emits to its own sockets. Every process shares the same "
+        f"{cpus} cores with Redis, the store and the load, so the growth here is bounded by the machine, not "
+        "by the design; the bridge's cores and its CPU per event show where the time goes.",
+        "",
+        "| nodes | socket deliveries/s | events/s | vs 1 node | bridge cores | machine cores | bridge CPU ms/event "
+        "| kept up |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cpu = r.get("cpu_cores", {})
+        per_event = r.get("bridge_cpu_ms_per_event")
+        lines.append(
+            f"| {r['nodes']} | {r['deliveries_per_s']:.0f} | {r['events_per_s']:.0f} | "
+            f"{r['deliveries_per_s'] / one:.2f}x | {cpu.get(BRIDGE, float('nan')):.2f} | "
+            f"{cpu.get(MACHINE, float('nan')):.2f} of {cpus} | "
+            f"{'-' if per_event is None else f'{per_event:.2f}'} | {'yes' if r['kept_up'] else 'no'} |"
+        )
+    lines += ["", "Cores used in each steady-state window, by process group:", ""]
+    lines += _cpu_table(rows, ("nodes",), lambda r: (str(r["nodes"]),))
+    return [*lines, ""]
+
+
 def _resume_section(resume: dict[str, Any]) -> list[str]:
     return [
-        "## 5. Resume: replaying missed events on reconnect",
+        "## 6. Resume: replaying missed events on reconnect",
         "",
         f"{resume['events']} events missed while disconnected, replayed on reconnect with `lastEventId`: "
         f"connect to last event median **{resume['median_ms']:.0f} ms** (min {resume['min_ms']:.0f}, "

@@ -13,8 +13,13 @@ two protocols itself, over aiohttp websockets only (no long-polling):
 
 Worker (`python -m bench.socket_load`): reads one JSON line on stdin
 
-    {"url", "tokens": [...], "last_event_ids": [...] | null, "record": ["new_email", ...],
-     "mode": "events" | "count", "connect_concurrency": 200, "compress": false}
+    {"urls": [...], "first": 0, "tokens": [...], "last_event_ids": [...] | null,
+     "record": ["new_email", ...], "mode": "events" | "count", "connect_concurrency": 200,
+     "compress": false}
+
+Socket i of the fleet (i = `first` + its place in `tokens`) connects to urls[i % len(urls)]: with
+several bridge nodes, one user's consecutive sockets land on different nodes, as a round-robin load
+balancer would place them.
 
 connects every socket (bounded concurrency, a refused or failed connect retried with backoff), then
 prints JSON lines on stdout:
@@ -102,8 +107,9 @@ def event_key(name: str, payload: object) -> str:
 
 @dataclass
 class WorkerConfig:
-    url: str
+    urls: list[str]
     tokens: list[str]
+    first: int = 0
     last_event_ids: list[Any] | None = None
     record: frozenset[str] = frozenset({"new_email"})
     mode: Mode = "events"
@@ -120,9 +126,13 @@ class WorkerConfig:
         ids = data.get("last_event_ids")
         if ids is not None and len(ids) != len(tokens):
             raise ValueError("last_event_ids must have one entry per token")
+        urls = [str(u) for u in data["urls"]]
+        if not urls:
+            raise ValueError("urls must name at least one bridge")
         return cls(
-            url=str(data["url"]),
+            urls=urls,
             tokens=tokens,
+            first=int(data.get("first", 0)),
             last_event_ids=ids,
             record=frozenset(str(r) for r in data.get("record", ["new_email"])),
             mode=mode,
@@ -163,7 +173,7 @@ class Worker:
     async def _handshake(self, session: aiohttp.ClientSession, index: int) -> aiohttp.ClientWebSocketResponse:
         config = self.config
         ws = await session.ws_connect(
-            socket_url(config.url),
+            socket_url(config.urls[(config.first + index) % len(config.urls)]),
             autoping=True,
             heartbeat=None,
             compress=15 if config.compress else 0,
@@ -354,7 +364,8 @@ class _Proc:
 
 
 class SocketFleet:
-    """`len(tokens)` sockets spread over `processes` worker processes.
+    """`len(tokens)` sockets spread over `processes` worker processes, and over the bridge nodes at
+    `url` (one URL, or a list: socket i goes to the (i mod n)-th).
 
     `received` holds (name, key, wall time, global socket index) for each recorded event (mode
     "events"); `counts` the events received per name, all sockets together (updated on every event
@@ -363,7 +374,7 @@ class SocketFleet:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         tokens: Sequence[str],
         *,
         processes: int = 2,
@@ -379,7 +390,7 @@ class SocketFleet:
             raise ValueError("a fleet needs at least one token")
         if last_event_ids is not None and len(last_event_ids) != len(tokens):
             raise ValueError("last_event_ids must have one entry per token")
-        self.url = url
+        self.urls = [url] if isinstance(url, str) else list(url)
         self.tokens = list(tokens)
         self.processes = max(1, min(processes, len(self.tokens)))
         self.record = tuple(record)
@@ -492,7 +503,8 @@ class SocketFleet:
             self._tasks.append(asyncio.create_task(self._read_stdout(proc)))
             self._tasks.append(asyncio.create_task(self._read_stderr(proc)))
             config = {
-                "url": self.url,
+                "urls": self.urls,
+                "first": lo,
                 "tokens": self.tokens[lo:hi],
                 "last_event_ids": self.last_event_ids[lo:hi] if self.last_event_ids is not None else None,
                 "record": list(self.record),

@@ -40,6 +40,15 @@ class User:
     password: str
 
 
+@dataclass(frozen=True)
+class Node:
+    """One `mail-bridge serve` process: the stack's own ("bridge") or one added ("bridge-<n>")."""
+
+    name: str
+    url: str
+    pid: int
+
+
 class BenchStack:
     def __init__(self, launcher: Stack, info: StackInfo, state: Path) -> None:
         self.launcher = launcher
@@ -76,6 +85,26 @@ class BenchStack:
     def bridge_services(self) -> dict[str, int]:
         """The bridge's own processes: every service that is not Redis, the store, Dovecot or Postfix."""
         return {name: pid for name, pid in self.services().items() if service_group(name) == BRIDGE}
+
+    def nodes(self) -> list[Node]:
+        """The running bridge nodes, the stack's own first."""
+        out = []
+        for s in self.launcher.services:
+            is_node = s.name == "bridge" or s.name.startswith("bridge-")
+            if is_node and s.process is not None and s.process.poll() is None and s.env is not None:
+                url = f"http://{s.env['BRIDGE_HOST']}:{s.env['BRIDGE_HTTP_PORT']}"
+                out.append(Node(s.name, url, s.process.pid))
+        return out
+
+    def scale_to(self, count: int) -> list[Node]:
+        """Exactly `count` bridge nodes (adding `bridge-2`, `bridge-3`, ... or stopping the last added)."""
+        nodes = self.nodes()
+        while len(nodes) > max(1, count):
+            self.launcher.remove_service(nodes.pop().name)
+        while len(nodes) < count:
+            self.launcher.add_bridge_node(len(nodes) + 1)
+            nodes = self.nodes()
+        return nodes
 
     def cpu_roots(self) -> dict[str, list[int]]:
         """The CPU groups' root pids: each service's, and this process's as the load."""
