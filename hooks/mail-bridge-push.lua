@@ -9,8 +9,13 @@
 --   * Never loses an event: when Redis cannot take them, the transaction's events are written to a
 --     spool file (created as .tmp, renamed to .mp when complete) that the bridge drains in order.
 --     While a PENDING marker exists in the spool, new events go to the spool too, so order holds.
+--   * With Redis Sentinel (mail_bridge_redis_sentinels), publishes to the master the sentinels name,
+--     remembered for the life of the process and asked again when a publish fails (a failover),
+--     within the same time bound; while no master is known, events are spooled as above.
 -- Settings (plugin { } block): mail_bridge_redis_host, mail_bridge_redis_port,
--- mail_bridge_redis_password, mail_bridge_redis_db, mail_bridge_stream, mail_bridge_stream_maxlen,
+-- mail_bridge_redis_password, mail_bridge_redis_db, mail_bridge_redis_sentinels (host:port list,
+-- space or comma separated; replaces host and port), mail_bridge_redis_master (the sentinels'
+-- service name), mail_bridge_redis_sentinel_password, mail_bridge_stream, mail_bridge_stream_maxlen,
 -- mail_bridge_spool_dir, mail_bridge_timeout_msecs.
 -- Dovecot push_notification events: RFC 5423 names; Lua API: Dovecot 2.3 admin manual, "Lua".
 -- This runs inside the lmtp/imap process as the mail user, so it only needs lua-socket.
@@ -197,6 +202,9 @@ function dovecot_lua_notify_begin_txn(user)
       maxlen = setting(user, "stream_maxlen", "1000000"),
       spool = setting(user, "spool_dir", "/var/spool/mail-bridge"),
       timeout = (tonumber(setting(user, "timeout_msecs", "250")) or 250) / 1000,
+      sentinels = setting(user, "redis_sentinels", nil),
+      master = setting(user, "redis_master", "mymaster"),
+      sentinel_password = setting(user, "redis_sentinel_password", nil),
     },
   }
 end
@@ -350,10 +358,8 @@ local function read_reply(sock)
   return true
 end
 
--- Sends every payload; returns how many were confirmed in order (all or fewer) and an error.
-local function publish(cfg, payloads)
-  if not has_socket then return 0, "lua-socket is not installed" end
-  local deadline = socket.gettime() + cfg.timeout
+-- A connected socket whose every later call is bounded by `deadline`; `remaining` re-arms it.
+local function connect(host, port, deadline)
   local sock = socket.tcp()
   local function remaining()
     local r = deadline - socket.gettime()
@@ -361,9 +367,18 @@ local function publish(cfg, payloads)
     sock:settimeout(r)
     return r
   end
-  remaining()
-  local ok, err = sock:connect(cfg.host, cfg.port)
-  if not ok then sock:close(); return 0, "connect: " .. tostring(err) end
+  if not remaining() then sock:close(); return nil, "timeout" end
+  local ok, err = sock:connect(host, port)
+  if not ok then sock:close(); return nil, "connect: " .. tostring(err) end
+  return sock, remaining
+end
+
+-- Sends every payload to host:port; returns how many were confirmed in order (all or fewer) and an
+-- error.
+local function publish_to(cfg, host, port, payloads, deadline)
+  local sock, remaining = connect(host, port, deadline)
+  if not sock then return 0, remaining end
+  local ok, err
   local commands, expected = {}, 0
   if cfg.password then
     commands[#commands + 1] = resp({ "AUTH", cfg.password })
@@ -391,6 +406,105 @@ local function publish(cfg, payloads)
   sock:close()
   if confirmed == #payloads then return confirmed, nil end
   return confirmed, err or "short reply"
+end
+
+-- ---------------------------------------------------------------- Redis Sentinel
+
+-- The master each sentinel set named last, per process: one lmtp or imap process serves many
+-- transactions, and asking on each would double the round trips.
+local masters = {}
+
+-- One RESP reply that is an array of bulk strings (or null), as SENTINEL GET-MASTER-ADDR-BY-NAME
+-- answers; returns the strings, or nil and why.
+local function read_strings(sock)
+  local line, err = sock:receive("*l")
+  if not line then return nil, err end
+  if line:sub(1, 1) == "-" then return nil, line:sub(2) end
+  local n = line:sub(1, 1) == "*" and tonumber(line:sub(2)) or nil
+  if not n then return nil, "unexpected reply " .. line:sub(1, 20) end
+  if n < 0 then return nil, "no such master" end
+  local out = {}
+  for i = 1, n do
+    local head, herr = sock:receive("*l")
+    if not head then return nil, herr end
+    local size = head:sub(1, 1) == "$" and tonumber(head:sub(2)) or nil
+    if not size or size < 0 then return nil, "unexpected reply " .. head:sub(1, 20) end
+    local body, berr = sock:receive(size + 2)
+    if not body then return nil, berr end
+    out[i] = body:sub(1, size)
+  end
+  return out
+end
+
+-- Asks each sentinel in turn for the master's address (Redis Sentinel documentation, "Sentinel
+-- clients implementation"); returns {host, port} or nil and the last error.
+local function ask_sentinels(cfg, deadline)
+  local err = "no sentinel in mail_bridge_redis_sentinels"
+  for entry in cfg.sentinels:gmatch("[^%s,]+") do
+    local host, port = entry:match("^%[?([^%]]+)%]?:(%d+)$")
+    host, port = host or entry, tonumber(port) or 26379
+    local sock, remaining = connect(host, port, deadline)
+    if not sock then
+      err = string.format("sentinel %s: %s", entry, tostring(remaining))
+    else
+      local commands = {}
+      if cfg.sentinel_password then commands[#commands + 1] = resp({ "AUTH", cfg.sentinel_password }) end
+      commands[#commands + 1] = resp({ "SENTINEL", "get-master-addr-by-name", cfg.master })
+      local answer, aerr
+      if sock:send(table.concat(commands)) then
+        if cfg.sentinel_password then
+          local good, autherr = read_reply(sock)
+          if not good then aerr = "AUTH: " .. tostring(autherr) end
+        end
+        if not aerr and remaining() then answer, aerr = read_strings(sock) end
+      end
+      sock:close()
+      if answer and answer[1] and tonumber(answer[2]) then
+        return { host = answer[1], port = tonumber(answer[2]) }
+      end
+      err = string.format("sentinel %s: %s", entry, tostring(aerr or "timeout"))
+    end
+  end
+  return nil, err
+end
+
+-- Sends every payload to Redis (through the sentinels' master when configured); returns how many
+-- were confirmed in order, an error, and the address tried last.
+local function publish(cfg, payloads)
+  if not has_socket then return 0, "lua-socket is not installed", "-" end
+  local deadline = socket.gettime() + cfg.timeout
+  if not cfg.sentinels then
+    local confirmed, err = publish_to(cfg, cfg.host, cfg.port, payloads, deadline)
+    return confirmed, err, cfg.host .. ":" .. cfg.port
+  end
+  local key = cfg.sentinels .. "\0" .. cfg.master
+  local known = masters[key]
+  local master, err = known, nil
+  if not master then
+    master, err = ask_sentinels(cfg, deadline)
+    if not master then return 0, err, "sentinels " .. cfg.sentinels end
+    masters[key] = master
+  end
+  local confirmed
+  confirmed, err = publish_to(cfg, master.host, master.port, payloads, deadline)
+  if confirmed < #payloads and known then
+    -- A refused connection or a READONLY reply is what a failover looks like from here: the
+    -- remembered master may have moved. Ask again, and send the rest to the new one.
+    masters[key] = nil
+    local moved = ask_sentinels(cfg, deadline)
+    if moved then
+      masters[key] = moved
+      if moved.host ~= master.host or moved.port ~= master.port then
+        master = moved
+        local rest = {}
+        for i = confirmed + 1, #payloads do rest[#rest + 1] = payloads[i] end
+        local more
+        more, err = publish_to(cfg, master.host, master.port, rest, deadline)
+        confirmed = confirmed + more
+      end
+    end
+  end
+  return confirmed, err, master.host .. ":" .. master.port
 end
 
 -- ---------------------------------------------------------------- spool
@@ -442,10 +556,9 @@ local function deliver(ctx)
   end
   local payloads = {}
   for i, e in ipairs(events) do payloads[i] = msgpack(e) end
-  local confirmed, err = publish(cfg, payloads)
+  local confirmed, err, where = publish(cfg, payloads)
   if confirmed < #events then
-    log_warning(string.format("redis %s:%s: %s; spooling %d event(s)", cfg.host, cfg.port, tostring(err),
-      #events - confirmed))
+    log_warning(string.format("redis %s: %s; spooling %d event(s)", where, tostring(err), #events - confirmed))
     spool(cfg, events, confirmed + 1)
   end
 end

@@ -23,7 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -429,8 +429,9 @@ class Stack:
         log.info("stack ready in %.2f s", time.monotonic() - started)
         return self.info
 
-    def add_users(self, accounts: dict[str, str]) -> None:
-        """Add mail accounts to the running stack.
+    def add_users(self, accounts: dict[str, str], userdb_fields: Mapping[str, str] = {}) -> None:
+        """Add mail accounts to the running stack (with `userdb_fields`: per-user settings, such as
+        the hook's plugin settings).
 
         Dovecot's passwd-file driver re-reads a changed file at most once per second (it skips the
         check when it already looked during the current second), so this returns only once the
@@ -439,7 +440,9 @@ class Stack:
         mail = pwd.getpwnam("mail")
         with open(self.state / "dovecot" / "users", "a") as users:
             for email, password in accounts.items():
-                users.write(user_line(self.state, email, password, mail.pw_uid, mail.pw_gid))
+                users.write(
+                    user_line(self.state, email, password, mail.pw_uid, mail.pw_gid, userdb_fields=userdb_fields)
+                )
         written = int(time.time())
         while int(time.time()) <= written:
             time.sleep(0.05)

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +106,9 @@ def render_all(settings: StackSettings, stack_secrets: StackSecrets, mail_uid: i
         "REINJECT_PORT": str(ports["reinject"]),
         "REDIS_HOST": settings.host,
         "REDIS_PORT": str(ports["redis"]),
+        "SENTINEL": "#",  # one Redis, no Sentinel: the lines stay commented out
+        "REDIS_SENTINELS": "127.0.0.1:26379",
+        "REDIS_MASTER": "mymaster",
         "STREAM": "mail:dovecot",
         "SPOOL": str(state / "spool"),
         "HOOK": str(state / "dovecot" / "mail-bridge-push.lua"),
@@ -155,9 +159,15 @@ def create_home(state: Path, email: str, mail_uid: int, mail_gid: int) -> None:
         os.chown(path, mail_uid, mail_gid)
 
 
-def user_line(state: Path, email: str, password: str, mail_uid: int, mail_gid: int) -> str:
+def user_line(
+    state: Path, email: str, password: str, mail_uid: int, mail_gid: int, *, userdb_fields: Mapping[str, str] = {}
+) -> str:
+    """One passwd-file line. `userdb_fields` are the user's own settings (Dovecot 2.3 passwd-file
+    "extra fields", `userdb_<name>=<value>`): a plugin setting given there overrides the plugin block
+    for that user."""
     create_home(state, email, mail_uid, mail_gid)
-    return f"{email}:{ssha256(password)}:{mail_uid}:{mail_gid}::{user_home(state, email)}::\n"
+    extra = " ".join(f"userdb_{name}={value}" for name, value in userdb_fields.items())
+    return f"{email}:{ssha256(password)}:{mail_uid}:{mail_gid}::{user_home(state, email)}::{extra}\n"
 
 
 def world_traversable(path: Path) -> bool:
