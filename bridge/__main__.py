@@ -150,13 +150,27 @@ def _install_parser(sub: Any) -> None:
     p.add_argument("--mail-user", default=d.mail_user, help=f"Dovecot's mail user (mail_uid), default {d.mail_user}")
     p.add_argument("--redis-host", default=d.redis_host)
     p.add_argument("--redis-port", type=int, default=d.redis_port)
+    p.add_argument(
+        "--redis-sentinels",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="publish through Redis Sentinel (then --redis-host/--redis-port are unused)",
+    )
+    p.add_argument("--redis-master", default=d.redis_master, help="the sentinels' name for the master")
     p.add_argument("--filter-port", type=int, default=d.filter_port)
     p.add_argument("--reinject-port", type=int, default=d.reinject_port)
 
 
 def install(args: argparse.Namespace) -> int:
     from bridge.install import Options, check, install, uninstall  # noqa: PLC0415
+    from bridge.settings import parse_sentinel_url  # noqa: PLC0415
 
+    sentinels: tuple[tuple[str, int], ...] = ()
+    try:
+        if args.redis_sentinels:
+            sentinels = parse_sentinel_url(f"redis+sentinel://{args.redis_sentinels}/{args.redis_master}").sentinels
+    except BridgeError as exc:
+        print(f"mail-bridge install: --redis-sentinels/--redis-master: {exc}", file=sys.stderr)
+        return 2
     options = Options(
         dovecot_dir=args.dovecot_dir,
         postfix_dir=args.postfix_dir,
@@ -167,6 +181,8 @@ def install(args: argparse.Namespace) -> int:
         mail_user=args.mail_user,
         redis_host=args.redis_host,
         redis_port=args.redis_port,
+        redis_sentinels=sentinels,
+        redis_master=args.redis_master,
         filter_port=args.filter_port,
         reinject_port=args.reinject_port,
     )

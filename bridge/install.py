@@ -51,6 +51,9 @@ class Options:
     mail_user: str = "vmail"
     redis_host: str = "127.0.0.1"
     redis_port: int = 6379
+    # With Redis Sentinel: the sentinels and the master's name (then redis_host/port are unused).
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_master: str = "mymaster"
     stream: str = "mail:dovecot"
     filter_host: str = "127.0.0.1"
     filter_port: int = 10025
@@ -74,6 +77,9 @@ def _values(o: Options) -> dict[str, str]:
         "HOOK": str(o.hook_dir / "mail-bridge-push.lua"),
         "REDIS_HOST": o.redis_host,
         "REDIS_PORT": str(o.redis_port),
+        "SENTINEL": "" if o.redis_sentinels else "#",
+        "REDIS_SENTINELS": " ".join(f"{host}:{port}" for host, port in o.redis_sentinels) or "127.0.0.1:26379",
+        "REDIS_MASTER": o.redis_master,
         "STREAM": o.stream,
         "SPOOL": str(o.spool_dir),
         "MASTER_USERS": str(o.dovecot_dir / "mail-bridge-master-users"),
@@ -83,6 +89,14 @@ def _values(o: Options) -> dict[str, str]:
         "REINJECT_HOST": o.reinject_host,
         "REINJECT_PORT": str(o.reinject_port),
     }
+
+
+def redis_url(o: Options) -> str:
+    """The bridge's REDIS_URL for what the hook is told (README, Configuration)."""
+    if o.redis_sentinels:
+        hosts = ",".join(f"{host}:{port}" for host, port in o.redis_sentinels)
+        return f"redis+sentinel://{hosts}/{o.redis_master}/0"
+    return f"redis://{o.redis_host}:{o.redis_port}/0"
 
 
 def parse_main_snippet(text: str) -> dict[str, str]:
@@ -129,7 +143,7 @@ def make_plan(o: Options, master_password: str) -> Plan:
     env = "\n".join(
         [
             "# mail-bridge settings (README, Configuration), written by `mail-bridge install`.",
-            f"REDIS_URL=redis://{o.redis_host}:{o.redis_port}/0",
+            f"REDIS_URL={redis_url(o)}",
             f"BRIDGE_IMAP_MASTER_USER={MASTER_USER}",
             f"BRIDGE_IMAP_MASTER_PASSWORD={master_password}",
             f"BRIDGE_JWT_SECRET={secrets.token_urlsafe(48)}",

@@ -127,6 +127,24 @@ def test_an_install_that_does_not_validate_writes_nothing(stock: Path) -> None:
     assert not (stock / "dovecot" / "conf.d" / "90-mail-bridge.conf").exists()
 
 
+def test_an_install_through_redis_sentinel_tells_the_hook_and_the_bridge(stock: Path) -> None:
+    installed = run(stock, "--yes", "--redis-sentinels=10.0.0.5:26379,10.0.0.6:26380", "--redis-master=mail")
+    assert installed.returncode == 0, installed.stderr
+    config = subprocess.run(
+        ["doveconf", "-c", str(stock / "dovecot" / "dovecot.conf"), "-n"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "mail_bridge_redis_sentinels = 10.0.0.5:26379 10.0.0.6:26380" in config
+    assert "mail_bridge_redis_master = mail" in config
+    env = (stock / "etc" / "mail-bridge.env").read_text()
+    assert "REDIS_URL=redis+sentinel://10.0.0.5:26379,10.0.0.6:26380/mail/0" in env
+
+
+def test_bad_sentinel_addresses_are_refused_before_anything_is_written(stock: Path) -> None:
+    refused = run(stock, "--yes", "--redis-sentinels=10.0.0.5:port")
+    assert refused.returncode == 2 and "bad sentinel address '10.0.0.5:port'" in refused.stderr
+    assert _same_tree(stock / "dovecot", stock / "stock-dovecot") == []
+
+
 def test_systemd_units_are_valid(tmp_path: Path) -> None:
     """systemd-analyze verify on the shipped units, with their ExecStart pointed at this checkout."""
     if shutil.which("systemd-analyze") is None:
