@@ -14,12 +14,13 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Coroutine, Sequence
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
@@ -39,7 +40,7 @@ from bridge.mail_service import MailService
 from bridge.metrics import Metrics
 from bridge.rate_limit import RateLimiter
 from bridge.realtime import Realtime
-from bridge.settings import SENTINEL_SCHEME, Settings, parse_sentinel_url
+from bridge.settings import CLUSTER_SCHEME, SENTINEL_SCHEME, Settings, parse_cluster_url, parse_sentinel_url
 from bridge.slow_sockets import SlowSocketGuard
 from bridge.smtp_filter import FilterHandler, FilterServer
 from bridge.spool import SpoolDrainer
@@ -102,8 +103,9 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def redis_client(url: str) -> aioredis.Redis:
-    """A client for REDIS_URL: one Redis (redis://, rediss://, unix://), or the master that Redis
-    Sentinel names (redis+sentinel://), found again after a failover."""
+    """A client for REDIS_URL: one Redis (redis://, rediss://, unix://), the master that Redis
+    Sentinel names (redis+sentinel://), found again after a failover, or a Redis Cluster
+    (redis+cluster://), whose MOVED and failovers redis-py follows."""
     # A socket timeout above the consumers' XREADGROUP block time: a Redis that stops answering
     # (paused, partitioned) raises instead of hanging a consumer forever. After a Redis restart
     # every pooled connection is dead: retry on a fresh one rather than fail the first command.
@@ -127,6 +129,18 @@ def redis_client(url: str) -> aioredis.Redis:
             target.service, db=target.db, password=target.password, max_connections=4 * REDIS_POOL_SIZE, **common
         )
         return master
+    if url.startswith(CLUSTER_SCHEME + "://"):
+        cluster = parse_cluster_url(url)
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in cluster.nodes],
+            password=cluster.password,
+            max_connections=4 * REDIS_POOL_SIZE,  # per node; the cluster pool does not block when full
+            **common,
+        )
+        # RedisCluster serves the same commands with the same replies for keys of one slot, which is
+        # all the bridge uses (Settings.validate makes every key share the prefix's hash tag); it is
+        # not a subclass of Redis, hence the cast.
+        return cast(aioredis.Redis, client)
     pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=REDIS_POOL_SIZE, timeout=5, **common)
     return aioredis.Redis.from_pool(pool)
 

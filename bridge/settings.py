@@ -117,9 +117,52 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     return SentinelTarget(tuple(sentinels), service, int(db or 0), password)
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterTarget:
+    """Where a Redis Cluster is first reached (redis-py's asyncio RedisCluster finds the rest)."""
+
+    nodes: tuple[tuple[str, int], ...]
+    password: str | None
+
+
+CLUSTER_SCHEME = "redis+cluster"
+
+
+def parse_cluster_url(url: str) -> ClusterTarget:
+    """`redis+cluster://[:password@]host:port[,host:port...][/]`: some of the cluster's nodes."""
+    prefix = CLUSTER_SCHEME + "://"
+    if not url.startswith(prefix):
+        raise ConfigError(f"REDIS_URL: a Redis Cluster URL starts with {prefix}")
+    hosts_part, _, path = url[len(prefix) :].partition("/")
+    if path.strip("/") not in ("", "0"):
+        raise ConfigError(f"REDIS_URL: Redis Cluster has database 0 only, got /{path}")
+    password = None
+    if "@" in hosts_part:
+        auth, _, hosts_part = hosts_part.rpartition("@")
+        password = unquote(auth.partition(":")[2] or auth) or None
+    nodes = []
+    for item in hosts_part.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"REDIS_URL: bad cluster node address {item!r} (host:port)")
+        nodes.append((host, int(port)))
+    return ClusterTarget(tuple(nodes), password)
+
+
+def hash_tag(key: str) -> str:
+    """The part of a key Redis Cluster hashes (Redis Cluster specification, "Hash tags"): what is
+    between the first `{` and the first `}` after it, when not empty; "" when there is none."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    return key[start + 1 : end] if end > start + 1 else ""
+
+
 def _check_redis_url(url: str) -> str:
     if url.startswith(SENTINEL_SCHEME + "://"):
         parse_sentinel_url(url)
+        return url
+    if url.startswith(CLUSTER_SCHEME + "://"):
+        parse_cluster_url(url)
         return url
     return _check_url("REDIS_URL", url, ("redis", "rediss", "unix"))
 
@@ -248,6 +291,13 @@ class Settings:
             raise ConfigError(
                 "BRIDGE_IMAP_MASTER_USER and BRIDGE_IMAP_MASTER_PASSWORD must be set "
                 "(a Dovecot master user: dovecot-conf/91-mail-bridge-master.conf)"
+            )
+        if self.redis_url.startswith(CLUSTER_SCHEME + "://") and not hash_tag(self.stream_prefix):
+            # One script appends an event to the fan-out stream and to its account's resume log,
+            # and one read takes both ingest streams: on a cluster their keys must share a slot.
+            raise ConfigError(
+                "BRIDGE_STREAM_PREFIX must be a hash tag on Redis Cluster (such as {mail}), so every key"
+                f" of the bridge is in one slot; got {self.stream_prefix!r}"
             )
         if self.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"BRIDGE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {self.log_level}")

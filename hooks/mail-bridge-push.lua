@@ -9,6 +9,8 @@
 --   * Never loses an event: when Redis cannot take them, the transaction's events are written to a
 --     spool file (created as .tmp, renamed to .mp when complete) that the bridge drains in order.
 --     While a PENDING marker exists in the spool, new events go to the spool too, so order holds.
+--   * On Redis Cluster, follows a MOVED reply to the node that holds the stream's slot (and
+--     remembers it); the stream name must carry the bridge's hash tag ({mail}:dovecot).
 --   * With Redis Sentinel (mail_bridge_redis_sentinels), publishes to the master the sentinels name,
 --     remembered for the life of the process and asked again when a publish fails (a failover),
 --     within the same time bound; while no master is known, events are spooled as above.
@@ -408,6 +410,32 @@ local function publish_to(cfg, host, port, payloads, deadline)
   return confirmed, err or "short reply"
 end
 
+-- ---------------------------------------------------------------- Redis Cluster
+
+-- The node that took this stream last, per process and configured address: on Redis Cluster the
+-- configured node may not hold the stream's slot, and says so with "MOVED <slot> <host>:<port>"
+-- (Redis Cluster specification, "Redirection and resharding").
+local redirects = {}
+
+local function publish_direct(cfg, payloads, deadline)
+  local key = cfg.host .. ":" .. cfg.port .. "\0" .. cfg.stream
+  local target = redirects[key] or { host = cfg.host, port = cfg.port }
+  local confirmed, err = publish_to(cfg, target.host, target.port, payloads, deadline)
+  local host, port = tostring(err or ""):match("^MOVED %d+ ([^%s]*):(%d+)$")
+  if confirmed < #payloads and port then
+    target = { host = (host ~= "" and host ~= "?") and host or cfg.host, port = tonumber(port) }
+    redirects[key] = target
+    local rest = {}
+    for i = confirmed + 1, #payloads do rest[#rest + 1] = payloads[i] end
+    local more
+    more, err = publish_to(cfg, target.host, target.port, rest, deadline)
+    confirmed = confirmed + more
+  elseif confirmed < #payloads then
+    redirects[key] = nil -- start again from the configured node: the slot may have moved back
+  end
+  return confirmed, err, target.host .. ":" .. target.port
+end
+
 -- ---------------------------------------------------------------- Redis Sentinel
 
 -- The master each sentinel set named last, per process: one lmtp or imap process serves many
@@ -473,10 +501,7 @@ end
 local function publish(cfg, payloads)
   if not has_socket then return 0, "lua-socket is not installed", "-" end
   local deadline = socket.gettime() + cfg.timeout
-  if not cfg.sentinels then
-    local confirmed, err = publish_to(cfg, cfg.host, cfg.port, payloads, deadline)
-    return confirmed, err, cfg.host .. ":" .. cfg.port
-  end
+  if not cfg.sentinels then return publish_direct(cfg, payloads, deadline) end
   local key = cfg.sentinels .. "\0" .. cfg.master
   local known = masters[key]
   local master, err = known, nil

@@ -130,22 +130,31 @@ def resp(*args: bytes) -> bytes:
 def publish(host: str, port: int, stream: str, payload: bytes, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     try:
-        with socket.create_connection((host, port), timeout=timeout_s) as sock:
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
-            sock.sendall(resp(b"XADD", stream.encode(), b"MAXLEN", b"~", b"1000000", b"*", b"e", payload))
-            reply = b""
-            while True:
+        for _attempt in range(2):
+            with socket.create_connection((host, port), timeout=max(0.001, deadline - time.monotonic())) as sock:
                 sock.settimeout(max(0.001, deadline - time.monotonic()))
-                chunk = sock.recv(256)
-                if not chunk:
-                    return False
-                reply += chunk
-                if reply.startswith(b"$") and reply.count(b"\r\n") >= 2:
-                    return True  # the new entry's id
-                if not reply.startswith(b"$") and b"\r\n" in reply:
-                    return False  # an error reply
-    except OSError:
+                sock.sendall(resp(b"XADD", stream.encode(), b"MAXLEN", b"~", b"1000000", b"*", b"e", payload))
+                reply = b""
+                while True:
+                    sock.settimeout(max(0.001, deadline - time.monotonic()))
+                    chunk = sock.recv(256)
+                    if not chunk:
+                        return False
+                    reply += chunk
+                    if reply.startswith(b"$") and reply.count(b"\r\n") >= 2:
+                        return True  # the new entry's id
+                    if not reply.startswith(b"$") and b"\r\n" in reply:
+                        break  # an error reply
+            # Redis Cluster: the stream's slot is on another node, "-MOVED <slot> <host>:<port>"
+            # (Redis Cluster specification, "Redirection and resharding"): try there, once.
+            words = reply.split(b"\r\n", 1)[0].split()
+            if len(words) != 3 or words[0] != b"-MOVED":
+                return False
+            moved_host, _, moved_port = words[2].decode().rpartition(":")
+            host, port = (moved_host if moved_host not in ("", "?") else host), int(moved_port)
+    except (OSError, ValueError):
         return False
+    return False
 
 
 def spool(spool_dir: str, stream: str, event: dict[str, object]) -> None:

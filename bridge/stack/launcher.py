@@ -473,10 +473,10 @@ class Stack:
         self._spawn(service, extra_args)
         self._wait_ready([service])
 
-    def add_bridge_node(self, number: int) -> str:
+    def add_bridge_node(self, number: int, env: Mapping[str, str] = {}) -> str:
         """Start one more `mail-bridge serve` beside the stack's own, as a second machine would run
-        it: the same settings, its own HTTP port and consumer name (`bridge-<number>`). Returns its
-        URL once it answers. It stops with the stack, or earlier through `remove_service`."""
+        it: the same settings (but `env`), its own HTTP port and consumer name (`bridge-<number>`).
+        Returns its URL once it answers. It stops with the stack, or earlier through `remove_service`."""
         base = self.service("bridge")
         assert base.env is not None
         name = f"bridge-{number}"
@@ -488,7 +488,7 @@ class Stack:
             name,
             base.argv,
             [http_probe(f"http://{host}:{port}/health")],
-            env={**base.env, "BRIDGE_HTTP_PORT": str(port), "BRIDGE_CONSUMER_NAME": name},
+            env={**base.env, "BRIDGE_HTTP_PORT": str(port), "BRIDGE_CONSUMER_NAME": name, **env},
             cwd=base.cwd,
         )
         self._spawn(node)
