@@ -156,20 +156,30 @@ def _install_parser(sub: Any) -> None:
         help="publish through Redis Sentinel (then --redis-host/--redis-port are unused)",
     )
     p.add_argument("--redis-master", default=d.redis_master, help="the sentinels' name for the master")
+    p.add_argument(
+        "--redis-cluster",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="publish to Redis Cluster (keys prefixed {mail}; then --redis-host/--redis-port are unused)",
+    )
     p.add_argument("--filter-port", type=int, default=d.filter_port)
     p.add_argument("--reinject-port", type=int, default=d.reinject_port)
 
 
 def install(args: argparse.Namespace) -> int:
     from bridge.install import Options, check, install, uninstall  # noqa: PLC0415
-    from bridge.settings import parse_sentinel_url  # noqa: PLC0415
+    from bridge.settings import parse_cluster_url, parse_sentinel_url  # noqa: PLC0415
 
     sentinels: tuple[tuple[str, int], ...] = ()
+    cluster: tuple[tuple[str, int], ...] = ()
     try:
+        if args.redis_sentinels and args.redis_cluster:
+            raise ConfigError("Redis Sentinel or Redis Cluster, not both")
         if args.redis_sentinels:
             sentinels = parse_sentinel_url(f"redis+sentinel://{args.redis_sentinels}/{args.redis_master}").sentinels
+        if args.redis_cluster:
+            cluster = parse_cluster_url(f"redis+cluster://{args.redis_cluster}").nodes
     except BridgeError as exc:
-        print(f"mail-bridge install: --redis-sentinels/--redis-master: {exc}", file=sys.stderr)
+        print(f"mail-bridge install: --redis-sentinels/--redis-cluster: {exc}", file=sys.stderr)
         return 2
     options = Options(
         dovecot_dir=args.dovecot_dir,
@@ -183,6 +193,7 @@ def install(args: argparse.Namespace) -> int:
         redis_port=args.redis_port,
         redis_sentinels=sentinels,
         redis_master=args.redis_master,
+        redis_cluster=cluster,
         filter_port=args.filter_port,
         reinject_port=args.reinject_port,
     )

@@ -54,7 +54,8 @@ class Options:
     # With Redis Sentinel: the sentinels and the master's name (then redis_host/port are unused).
     redis_sentinels: tuple[tuple[str, int], ...] = ()
     redis_master: str = "mymaster"
-    stream: str = "mail:dovecot"
+    # On Redis Cluster: some of its nodes (the hook is told the first; it follows MOVED from there).
+    redis_cluster: tuple[tuple[str, int], ...] = ()
     filter_host: str = "127.0.0.1"
     filter_port: int = 10025
     reinject_host: str = "127.0.0.1"
@@ -73,14 +74,15 @@ class Plan:
 
 
 def _values(o: Options) -> dict[str, str]:
+    host, port = o.redis_cluster[0] if o.redis_cluster else (o.redis_host, o.redis_port)
     return {
         "HOOK": str(o.hook_dir / "mail-bridge-push.lua"),
-        "REDIS_HOST": o.redis_host,
-        "REDIS_PORT": str(o.redis_port),
+        "REDIS_HOST": host,
+        "REDIS_PORT": str(port),
         "SENTINEL": "" if o.redis_sentinels else "#",
         "REDIS_SENTINELS": " ".join(f"{host}:{port}" for host, port in o.redis_sentinels) or "127.0.0.1:26379",
         "REDIS_MASTER": o.redis_master,
-        "STREAM": o.stream,
+        "STREAM": f"{stream_prefix(o)}:dovecot",
         "SPOOL": str(o.spool_dir),
         "MASTER_USERS": str(o.dovecot_dir / "mail-bridge-master-users"),
         "SIEVE_DIR": str(o.hook_dir),
@@ -91,8 +93,15 @@ def _values(o: Options) -> dict[str, str]:
     }
 
 
+def stream_prefix(o: Options) -> str:
+    """On Redis Cluster every key of the bridge shares one hash tag (bridge.settings)."""
+    return "{mail}" if o.redis_cluster else "mail"
+
+
 def redis_url(o: Options) -> str:
     """The bridge's REDIS_URL for what the hook is told (README, Configuration)."""
+    if o.redis_cluster:
+        return "redis+cluster://" + ",".join(f"{host}:{port}" for host, port in o.redis_cluster)
     if o.redis_sentinels:
         hosts = ",".join(f"{host}:{port}" for host, port in o.redis_sentinels)
         return f"redis+sentinel://{hosts}/{o.redis_master}/0"
@@ -144,6 +153,7 @@ def make_plan(o: Options, master_password: str) -> Plan:
         [
             "# mail-bridge settings (README, Configuration), written by `mail-bridge install`.",
             f"REDIS_URL={redis_url(o)}",
+            f"BRIDGE_STREAM_PREFIX={stream_prefix(o)}",
             f"BRIDGE_IMAP_MASTER_USER={MASTER_USER}",
             f"BRIDGE_IMAP_MASTER_PASSWORD={master_password}",
             f"BRIDGE_JWT_SECRET={secrets.token_urlsafe(48)}",

@@ -139,6 +139,20 @@ def test_an_install_through_redis_sentinel_tells_the_hook_and_the_bridge(stock: 
     assert "REDIS_URL=redis+sentinel://10.0.0.5:26379,10.0.0.6:26380/mail/0" in env
 
 
+def test_an_install_on_redis_cluster_hash_tags_the_stream_for_the_hook_and_the_bridge(stock: Path) -> None:
+    installed = run(stock, "--yes", "--redis-cluster=10.0.0.7:7000,10.0.0.8:7000")
+    assert installed.returncode == 0, installed.stderr
+    config = subprocess.run(
+        ["doveconf", "-c", str(stock / "dovecot" / "dovecot.conf"), "-n"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "mail_bridge_redis_host = 10.0.0.7" in config and "mail_bridge_redis_port = 7000" in config
+    assert "mail_bridge_stream = {mail}:dovecot" in config
+    env = (stock / "etc" / "mail-bridge.env").read_text()
+    assert "REDIS_URL=redis+cluster://10.0.0.7:7000,10.0.0.8:7000" in env and "BRIDGE_STREAM_PREFIX={mail}" in env
+    both = run(stock, "--check", "--redis-cluster=10.0.0.7:7000", "--redis-sentinels=10.0.0.5:26379")
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
 def test_bad_sentinel_addresses_are_refused_before_anything_is_written(stock: Path) -> None:
     refused = run(stock, "--yes", "--redis-sentinels=10.0.0.5:port")
     assert refused.returncode == 2 and "bad sentinel address '10.0.0.5:port'" in refused.stderr
