@@ -91,30 +91,38 @@ class SentinelTarget:
 SENTINEL_SCHEME = "redis+sentinel"
 
 
+def _hosts(part: str, what: str, default_port: int | None = None) -> tuple[tuple[tuple[str, int], ...], str | None]:
+    """`[:password@]host:port[,host:port...]` of a Sentinel or Cluster URL: the addresses, and the
+    password if any. Without `default_port`, every address needs its port."""
+    password = None
+    if "@" in part:
+        auth, _, part = part.rpartition("@")
+        password = unquote(auth.partition(":")[2] or auth) or None
+    found = []
+    for item in part.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if ":" not in item and default_port is not None:
+            host, port = item.strip(), str(default_port)
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"REDIS_URL: bad {what} {item!r} (host:port)")
+        found.append((host, int(port)))
+    return tuple(found), password
+
+
 def parse_sentinel_url(url: str) -> SentinelTarget:
     """`redis+sentinel://[:password@]host[:port][,host[:port]...]/service[/db]` (port 26379 by
     default): the sentinels to ask, the monitored master's name and the database."""
     prefix = SENTINEL_SCHEME + "://"
     if not url.startswith(prefix):
         raise ConfigError(f"REDIS_URL: a Sentinel URL starts with {prefix}")
-    rest = url[len(prefix) :]
-    hosts_part, _, path = rest.partition("/")
-    password = None
-    if "@" in hosts_part:
-        auth, _, hosts_part = hosts_part.rpartition("@")
-        password = unquote(auth.partition(":")[2] or auth) or None
-    sentinels = []
-    for item in hosts_part.split(","):
-        host, _, port = item.strip().rpartition(":") if ":" in item else (item.strip(), "", "26379")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"REDIS_URL: bad sentinel address {item!r} (host:port)")
-        sentinels.append((host, int(port)))
+    hosts_part, _, path = url[len(prefix) :].partition("/")
+    sentinels, password = _hosts(hosts_part, "sentinel address", default_port=26379)
     service, _, db = path.partition("/")
     if not service:
         raise ConfigError("REDIS_URL: a Sentinel URL names the master after the hosts: .../<service>[/<db>]")
     if db and not db.isdigit():
         raise ConfigError(f"REDIS_URL: the database must be a number, got {db!r}")
-    return SentinelTarget(tuple(sentinels), service, int(db or 0), password)
+    return SentinelTarget(sentinels, service, int(db or 0), password)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,17 +144,8 @@ def parse_cluster_url(url: str) -> ClusterTarget:
     hosts_part, _, path = url[len(prefix) :].partition("/")
     if path.strip("/") not in ("", "0"):
         raise ConfigError(f"REDIS_URL: Redis Cluster has database 0 only, got /{path}")
-    password = None
-    if "@" in hosts_part:
-        auth, _, hosts_part = hosts_part.rpartition("@")
-        password = unquote(auth.partition(":")[2] or auth) or None
-    nodes = []
-    for item in hosts_part.split(","):
-        host, _, port = item.strip().rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"REDIS_URL: bad cluster node address {item!r} (host:port)")
-        nodes.append((host, int(port)))
-    return ClusterTarget(tuple(nodes), password)
+    nodes, password = _hosts(hosts_part, "cluster node address")
+    return ClusterTarget(nodes, password)
 
 
 def hash_tag(key: str) -> str:
