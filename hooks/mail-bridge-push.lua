@@ -410,6 +410,13 @@ local function publish_to(cfg, host, port, payloads, deadline)
   return confirmed, err or "short reply"
 end
 
+-- The payloads after the first `n` (those a node confirmed before it failed).
+local function after(payloads, n)
+  local rest = {}
+  for i = n + 1, #payloads do rest[#rest + 1] = payloads[i] end
+  return rest
+end
+
 -- ---------------------------------------------------------------- Redis Cluster
 
 -- The node that took this stream last, per process and configured address: on Redis Cluster the
@@ -425,10 +432,8 @@ local function publish_direct(cfg, payloads, deadline)
   if confirmed < #payloads and port then
     target = { host = (host ~= "" and host ~= "?") and host or cfg.host, port = tonumber(port) }
     redirects[key] = target
-    local rest = {}
-    for i = confirmed + 1, #payloads do rest[#rest + 1] = payloads[i] end
     local more
-    more, err = publish_to(cfg, target.host, target.port, rest, deadline)
+    more, err = publish_to(cfg, target.host, target.port, after(payloads, confirmed), deadline)
     confirmed = confirmed + more
   elseif confirmed < #payloads then
     redirects[key] = nil -- start again from the configured node: the slot may have moved back
@@ -521,10 +526,8 @@ local function publish(cfg, payloads)
       masters[key] = moved
       if moved.host ~= master.host or moved.port ~= master.port then
         master = moved
-        local rest = {}
-        for i = confirmed + 1, #payloads do rest[#rest + 1] = payloads[i] end
         local more
-        more, err = publish_to(cfg, master.host, master.port, rest, deadline)
+        more, err = publish_to(cfg, master.host, master.port, after(payloads, confirmed), deadline)
         confirmed = confirmed + more
       end
     end
