@@ -8,12 +8,14 @@ the stream keeps their order; the drainer removes the marker once the spool is e
 
 The drainer XADDs each file's events (validated by the codec) and deletes the file only after Redis
 confirmed every entry: a crash between the two re-sends the file, and the events' keys let consumers
-drop the duplicates. Undecodable records are moved to `bad/`, never silently dropped.
+drop the duplicates. Undecodable records are moved to `bad/`, never silently dropped. Several bridge
+processes on one host share the spool: one drains at a time (an flock on `.drain.lock`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import secrets
@@ -32,6 +34,7 @@ from bridge.events import ENTRY_FIELD, Event
 log = logging.getLogger(__name__)
 
 PENDING = "PENDING"
+DRAIN_LOCK = ".drain.lock"  # flock(2) of the bridge process draining now (never a .mp name)
 MAX_SPOOL_FILE_BYTES = 64 << 20
 
 
@@ -98,7 +101,20 @@ class SpoolDrainer:
         return good, bad
 
     async def drain_once(self) -> int:
-        """Drain everything present now; returns the number of events published."""
+        """Drain everything present now; returns the number of events published (0 when another
+        bridge process on this host is draining the same spool: one at a time, or both would
+        publish the same file)."""
+        lock = os.open(self.spool_dir / DRAIN_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0
+            return await self._drain_all()
+        finally:
+            os.close(lock)  # releases the lock
+
+    async def _drain_all(self) -> int:
         published = 0
         marker = self.spool_dir / PENDING
         while True:
