@@ -378,13 +378,16 @@ class Realtime:
         for room in rooms:
             account = room[len(prefix) :]
             async with self._lock(account):
-                replayed += await self._replay(room, account, after, f"({before}")
+                replayed += await self._replay(room, account, after, f"({before}", new_log_is_reset=False)
         log.warning("[fan-out %s] %d event(s) replayed to %d account room(s)", before, replayed, len(rooms))
 
-    async def _replay(self, to: str, account: str, since: object, upto: str) -> int:
+    async def _replay(self, to: str, account: str, since: object, upto: str, *, new_log_is_reset: bool = True) -> int:
         """Emit to `to` (a socket or a room) the account's logged events after `since`, up to
         `upto` (an id, or "(id" to stop before it): for a resuming socket, this node's fan-out
-        position (the reader emits the later ones to the room). Called under the account's lock."""
+        position (the reader emits the later ones to the room). Called under the account's lock.
+        A log that starts after `since` with nothing trimmed is, for a client's `since`, one that
+        Redis lost and began again (`resync` is sent too); after a fan-out gap (the sequence went
+        on, so Redis kept its data) it is an account's first events."""
         assert self.redis is not None
         await self._reading.wait()
         key = self.log_key(account)
@@ -415,8 +418,9 @@ class Realtime:
                 # (Redis restarted without persistence and lost the old one). Every event in it came
                 # after `since`, so replay it all; what the old log held past `since` may be gone, so
                 # the client is told to refresh as well.
-                log.warning("[%s] %s: resume log was reset; replaying all of it", to, account)
-                await self.sio.emit("resync", {"account": account, "reason": "resume log was reset"}, to=to)
+                if new_log_is_reset:
+                    log.warning("[%s] %s: resume log was reset; replaying all of it", to, account)
+                    await self.sio.emit("resync", {"account": account, "reason": "resume log was reset"}, to=to)
         count = 0
         cursor = f"({since}"
         while True:
