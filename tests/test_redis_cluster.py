@@ -152,6 +152,7 @@ def test_a_bridge_without_a_hash_tag_prefix_is_refused_on_a_cluster(stack: Stack
     assert "BRIDGE_STREAM_PREFIX must be a hash tag on Redis Cluster" in result.stderr + result.stdout
 
 
+@pytest.mark.e2e
 async def test_a_bridge_node_and_the_hook_run_on_a_redis_cluster(
     stack: StackInfo, stack_launcher: Stack, cluster: Cluster
 ) -> None:

@@ -175,6 +175,7 @@ def failover_set(tmp_path: Path) -> Iterator[FailoverSet]:
                 process.wait()
 
 
+@pytest.mark.e2e
 def test_the_hook_follows_a_sentinel_failover_and_its_spool_drains_into_the_new_master(
     stack: StackInfo, stack_launcher: Stack, failover_set: FailoverSet
 ) -> None:
