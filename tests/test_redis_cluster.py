@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from tests.conftest import Account, free_port, login
 from tests.mailtools import lmtp_deliver, short_mail
 from tests.raw_socket import RawSocket
 from tests.test_sieve_notifier import run as run_notifier
+from tests.waiting import until, wait_until
 
 PREFIX = "{mail}"
 
@@ -77,18 +78,6 @@ class Cluster:
         raise AssertionError(f"no node holds slot {slot}")
 
 
-def _until(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except redis.RedisError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout:.0f} s: {what}")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("redis-cluster")
@@ -109,7 +98,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 )
             )  # fmt: skip
         for port in ports:
-            _until(f"redis on {port}", lambda port=port: bool(redis.Redis(port=port, socket_timeout=1).ping()))
+            until(f"redis on {port}", lambda port=port: bool(redis.Redis(port=port, socket_timeout=1).ping()))
         subprocess.run(
             ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-yes"],
             check=True,
@@ -117,7 +106,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             timeout=60,
         )
         for port in ports:
-            _until(
+            until(
                 f"cluster state ok on {port}",
                 lambda port=port: (
                     redis.Redis(port=port, socket_timeout=1).cluster("INFO")["cluster_state"] == "ok"  # type: ignore[no-untyped-call]
@@ -186,7 +175,7 @@ async def test_a_bridge_node_and_the_hook_run_on_a_redis_cluster(
             await socket.connect(http, url)
             try:
                 await asyncio.to_thread(lmtp_deliver, stack, account.email, short_mail(account.email, f"{tag} one"))
-                await _wait(lambda: socket.subjects[f"{tag} one"] == 1, "the first mail at the socket")
+                await wait_until(lambda: socket.subjects[f"{tag} one"] == 1, 30, "the first mail at the socket")
 
                 def mark_read() -> None:
                     imap = imaplib.IMAP4(stack.imap["host"], stack.imap["port"], timeout=10)
@@ -198,14 +187,14 @@ async def test_a_bridge_node_and_the_hook_run_on_a_redis_cluster(
                         imap.logout()
 
                 await asyncio.to_thread(mark_read)
-                await _wait(lambda: socket.names["email_flags"] >= 1, "the flag change at the socket")
+                await wait_until(lambda: socket.names["email_flags"] >= 1, 30, "the flag change at the socket")
                 await socket.close()
 
                 # Away: a mail arrives; back with its lastEventId, it is replayed from the resume log.
                 await asyncio.to_thread(lmtp_deliver, stack, account.email, short_mail(account.email, f"{tag} two"))
                 await asyncio.sleep(0.5)
                 await socket.connect(http, url)
-                await _wait(lambda: socket.subjects[f"{tag} two"] == 1, "the missed mail replayed")
+                await wait_until(lambda: socket.subjects[f"{tag} two"] == 1, 30, "the missed mail replayed")
 
                 # The index, on the cluster's counts: two mails, one read.
                 headers = {"Authorization": f"Bearer {token}"}
@@ -232,14 +221,6 @@ async def test_a_bridge_node_and_the_hook_run_on_a_redis_cluster(
         stack_launcher.remove_service("bridge-9")
         for spool in spools.values():
             shutil.rmtree(spool, ignore_errors=True)
-
-
-async def _wait(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 def test_the_sieve_notifier_follows_moved_to_the_node_of_its_stream(cluster: Cluster, tmp_path: Path) -> None:

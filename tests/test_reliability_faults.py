@@ -31,6 +31,7 @@ from tests.conftest import AccountPool
 from tests.mailtools import send_smtp
 from tests.reliability import Scenario
 from tests.reliability_load import Browsers, MailLoad, Outcome, SentMail, assert_clean, settle, wait_delivered
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -104,14 +105,6 @@ def published_message_ids(client: redis.Redis, accounts: set[str]) -> set[str]:
         if isinstance(event, MessageNew) and event.account in accounts and event.message_id:
             found.add(event.message_id)
     return found
-
-
-async def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def pending_entries(client: redis.Redis, group: str) -> int:

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from bridge.spool import DRAIN_LOCK, SpoolDrainer
 from bridge.stack.launcher import Stack, StackInfo
 from tests.conftest import free_port
 from tests.mailtools import lmtp_deliver, short_mail
+from tests.waiting import until
 
 
 def test_sentinel_urls_are_parsed() -> None:
@@ -129,16 +130,6 @@ def _redis_server(tmp: Path, port: int, *args: str) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def _until(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(redis.RedisError):
-            if check():
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout:.0f} s: {what}")
-
-
 @pytest.fixture
 def failover_set(tmp_path: Path) -> Iterator[FailoverSet]:
     master, replica, sentinel = free_port(), free_port(), free_port()
@@ -159,10 +150,10 @@ def failover_set(tmp_path: Path) -> Iterator[FailoverSet]:
     found = FailoverSet(master, replica, sentinel, processes)
     try:
         with redis.Redis(port=replica, socket_timeout=1) as client:
-            _until("the replica in sync", lambda: client.info("replication").get("master_link_status") == "up")
+            until("the replica in sync", lambda: client.info("replication").get("master_link_status") == "up")
         with redis.Redis(port=sentinel, socket_timeout=1) as client:
             # The sentinel learns of replicas from the master's INFO, every 10 s at first.
-            _until("the sentinel knowing the replica", lambda: bool(client.sentinel_slaves(MASTER)))
+            until("the sentinel knowing the replica", lambda: bool(client.sentinel_slaves(MASTER)))
         yield found
     finally:
         for process in processes.values():
@@ -224,7 +215,7 @@ def test_the_hook_follows_a_sentinel_failover_and_its_spool_drains_into_the_new_
         imap.select("INBOX")
         imap.store("1", "+FLAGS", "($First)")
         assert seen(failover_set.master) == ["new one", "set $First"]
-        _until("the replica in step", lambda: seen(failover_set.replica) == ["new one", "set $First"])
+        until("the replica in step", lambda: seen(failover_set.replica) == ["new one", "set $First"])
 
         failover_set.processes[failover_set.master].kill()
         failover_set.processes[failover_set.master].wait()
@@ -232,7 +223,7 @@ def test_the_hook_follows_a_sentinel_failover_and_its_spool_drains_into_the_new_
         assert failover_set.named_master() == failover_set.master
         assert [p.suffix for p in spool.iterdir() if p.suffix == ".mp"] == [".mp"]
 
-        _until("the failover", lambda: failover_set.named_master() == failover_set.replica)
+        until("the failover", lambda: failover_set.named_master() == failover_set.replica)
         assert asyncio.run(drain()) == 1
         # The IMAP process still remembers the old master: refused, it asks the sentinel again.
         imap.store("1", "+FLAGS", "($Third)")
