@@ -82,4 +82,5 @@ ferretdb:
 	@if [ -z "$$MONGODB_URL" ]; then bash scripts/install-ferretdb.sh; fi
 
 clean:
+	if [ -L var ]; then rm -rf "$$(readlink var)"; fi
 	rm -rf var web/dist

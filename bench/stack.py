@@ -20,11 +20,11 @@ from pathlib import Path
 
 from bench.cpu import BRIDGE, service_group, stack_roots
 from bridge.auth import TokenIssuer
-from bridge.settings import DEFAULT_PORTS, StackSettings
+from bridge.settings import DEFAULT_PORTS, StackSettings, default_state_dir
 from bridge.stack.launcher import Stack, StackInfo, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
-STATE = REPO / "var" / "bench-stack"
+STATE = default_state_dir(REPO) / "bench-stack"
 
 BENCH_ENV = {
     "BRIDGE_MAX_SOCKETS_PER_USER": "100000",

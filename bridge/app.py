@@ -121,7 +121,7 @@ def redis_client(url: str) -> aioredis.Redis:
     }
     if url.startswith(SENTINEL_SCHEME + "://"):
         target = parse_sentinel_url(url)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis-py 8.2
             list(target.sentinels), sentinel_kwargs={"socket_timeout": 2, "socket_connect_timeout": 2}
         )
         # redis-py's Sentinel pool does not block when full: a larger ceiling than the plain pool's.

@@ -317,13 +317,20 @@ class Settings:
         return f"http://{self.host}:{self.http_port}"
 
 
-def _default_state_dir(repo: Path) -> Path:
-    """`var/` in the checkout, unless Dovecot's mail user could not reach it there (a checkout
-    under a private home directory): then a directory of its own under /var/tmp."""
+def default_state_dir(repo: Path) -> Path:
+    """Where a checkout's local stacks keep their state: `var/` in the checkout, unless Dovecot's mail
+    user could not reach it there (a clone under root's 0700 home, or in a `mktemp -d` directory):
+    then a directory of the checkout's own under /var/tmp (named by a hash of its path, so two clones
+    never share one). The launcher then makes `var` in the checkout a link to it."""
     for part in [repo, *repo.parents]:
         if part.exists() and not part.stat().st_mode & 0o001:
             return Path("/var/tmp") / ("mail-bridge-" + hashlib.sha1(str(repo).encode()).hexdigest()[:10])
     return repo / "var"
+
+
+def suite_state_dir(repo: Path) -> Path:
+    """The test suite's stack: beside `make run`'s state, in the same reachable place."""
+    return default_state_dir(repo) / "test-stack"
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,7 +365,7 @@ class StackSettings:
             _check_url("MONGODB_URL", mongodb_url, ("mongodb", "mongodb+srv"))
         return cls(
             repo_dir=repo,
-            state_dir=Path(e.text("BRIDGE_STATE_DIR", str(_default_state_dir(repo)))).resolve(),
+            state_dir=Path(e.text("BRIDGE_STATE_DIR", str(default_state_dir(repo)))).resolve(),
             host=e.text("BRIDGE_HOST", DEFAULT_HOST),
             ports=ports,
             # "-idindex": the build with scripts/install-ferretdb.sh's patch to the `_id` index.

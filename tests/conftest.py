@@ -1,7 +1,9 @@
 """Session fixtures: the real stack, started once through the same launcher as `make run`.
 
-Ports are picked free at start and the state lives in var/test-stack, so the tests can run beside
-a `make run` stack. Each test gets its own fresh mail account, so no test sees another's events.
+Ports are picked free at start and the state lives in `test-stack` beside `make run`'s state (in the
+checkout's var/, or under /var/tmp when the mail user cannot reach the checkout), so the tests can run
+beside a `make run` stack. The session says where in one line, and removes it when every test passed.
+Each test gets its own fresh mail account, so no test sees another's events.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 import redis.asyncio as aioredis
 from playwright.async_api import Browser
 
-from bridge.settings import DEFAULT_PORTS, StackSettings
+from bridge.settings import DEFAULT_PORTS, StackSettings, suite_state_dir
 from bridge.stack.launcher import Stack, StackInfo, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,15 +61,18 @@ def _host_keys() -> tuple[str, str]:
 
 
 # Two test runs at once (two people, or a person and a helper) each need their own state dir.
-TEST_STATE = Path(os.environ.get("MAIL_BRIDGE_TEST_STATE", REPO / "var" / "test-stack"))
+TEST_STATE = Path(os.environ.get("MAIL_BRIDGE_TEST_STATE") or suite_state_dir(REPO))
 HOST_KEY_DIR = TEST_STATE
 
 
 @pytest.fixture(scope="session")
-def stack_settings() -> StackSettings:
+def stack_settings(pytestconfig: pytest.Config) -> StackSettings:
     state = TEST_STATE
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"test stack state (logs, configs, mail): {state}")
     # Files, not module globals: the tests import this module a second time under another name.
     private, public = _host_keys()
     (state / "host-website.pem").write_text(public)
@@ -81,13 +86,27 @@ def stack_settings() -> StackSettings:
 
 
 @pytest.fixture(scope="session")
-def stack_launcher(stack_settings: StackSettings) -> Iterator[Stack]:
+def stack_launcher(stack_settings: StackSettings, request: pytest.FixtureRequest) -> Iterator[Stack]:
     launcher = Stack(stack_settings)
     try:
         launcher.start()
         yield launcher
     finally:
         launcher.stop()
+        # A failed run keeps its logs for whoever reads the failure; a clean one leaves nothing behind.
+        if request.session.testsfailed == 0 and "MAIL_BRIDGE_TEST_STATE" not in os.environ:
+            remove_suite_state(stack_settings.state_dir)
+
+
+def remove_suite_state(state: Path) -> None:
+    """Remove the suite's state; under /var/tmp also the checkout's directory there once it is empty
+    (`make run` keeps its own state in it) and the `var` link that pointed to it."""
+    shutil.rmtree(state, ignore_errors=True)
+    root, link = state.parent, REPO / "var"
+    if root != link and not any(root.iterdir()):
+        root.rmdir()
+        if link.is_symlink() and not link.exists():
+            link.unlink()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,9 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import ConfigError
-from bridge.settings import Settings, StackSettings
+from bridge.settings import Settings, StackSettings, default_state_dir, suite_state_dir
+from bridge.stack.launcher import link_checkout_var
+from bridge.stack.render import world_traversable
 
 GOOD = {
     "BRIDGE_JWT_SECRET": "x" * 40,
@@ -47,6 +49,63 @@ def test_stack_state_dir_override(tmp_path: Path) -> None:
     s = StackSettings.from_env({"BRIDGE_STATE_DIR": str(tmp_path / "st")}, repo_dir=tmp_path)
     assert s.state_dir == (tmp_path / "st").resolve()
     assert s.external_mongodb_url is None
+
+
+@pytest.fixture
+def private_clone(tmp_path: Path) -> Path:
+    """A checkout as root clones it into its 0700 home, or into `mktemp -d`."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    home.chmod(0o700)
+    clone = home / "mail-bridge"
+    clone.mkdir()
+    return clone
+
+
+def test_state_of_a_private_checkout_moves_where_the_mail_user_reaches(private_clone: Path) -> None:
+    run_state = default_state_dir(private_clone)
+    assert run_state.parent == Path("/var/tmp") and run_state.name.startswith("mail-bridge-")
+    assert world_traversable(run_state.parent)
+    # Each clone its own directory, the same one every time.
+    other = private_clone.parent / "other-clone"
+    assert default_state_dir(other) != run_state
+    assert default_state_dir(private_clone) == run_state
+    assert StackSettings.from_env({}, repo_dir=private_clone).state_dir == run_state
+    # The test suite's stack sits beside make run's, in the same reachable place.
+    assert suite_state_dir(private_clone) == run_state / "test-stack"
+
+
+def test_state_of_a_reachable_checkout_stays_in_its_var(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    reachable = Path("/var/tmp") / f"mail-bridge-test-{tmp_path.name}"
+    reachable.mkdir(mode=0o755)
+    try:
+        assert default_state_dir(reachable) == reachable / "var"
+        assert suite_state_dir(reachable) == reachable / "var" / "test-stack"
+        assert StackSettings.from_env({}, repo_dir=reachable).state_dir == reachable / "var"
+    finally:
+        reachable.rmdir()
+
+
+def test_a_private_checkout_links_its_var_to_the_state(private_clone: Path) -> None:
+    root = default_state_dir(private_clone)
+    try:
+        link_checkout_var(private_clone, suite_state_dir(private_clone))
+        assert (private_clone / "var").is_symlink()
+        assert (private_clone / "var").resolve() == root
+        link_checkout_var(private_clone, root)  # a second stack: the link stays as it is
+        assert (private_clone / "var").resolve() == root
+    finally:
+        (private_clone / "var").unlink(missing_ok=True)
+        root.rmdir()
+
+
+def test_a_var_the_user_made_is_left_alone(private_clone: Path) -> None:
+    (private_clone / "var").mkdir()
+    state = Path("/var/tmp") / "elsewhere-not-the-default"
+    link_checkout_var(private_clone, state)
+    assert not (private_clone / "var").is_symlink()
+    assert not default_state_dir(private_clone).exists()
 
 
 def test_asymmetric_own_tokens_need_key_files(tmp_path: Path) -> None:

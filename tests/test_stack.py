@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.settings import StackSettings
+from bridge.settings import StackSettings, suite_state_dir
 from bridge.stack.launcher import Stack, StackError, StackInfo
+from bridge.stack.render import world_traversable
 from tests.conftest import REPO, free_ports, stack_ports_env
 
 pytestmark = pytest.mark.e2e
@@ -37,6 +38,15 @@ def test_stack_json_describes_a_running_stack(stack: StackInfo) -> None:
     assert banner(stack.smtp["host"], stack.smtp["port"]).startswith(b"220")
     assert banner(stack.submission["host"], stack.submission["port"]).startswith(b"220")
     assert banner(stack.imap["host"], stack.imap["port"]).startswith(b"* OK")
+
+
+def test_the_suite_stack_lives_where_the_mail_user_reaches(stack: StackInfo) -> None:
+    state = Path(stack.state_dir)
+    if "MAIL_BRIDGE_TEST_STATE" not in os.environ:
+        assert state == suite_state_dir(REPO)
+    assert world_traversable(state)
+    # `var` in the checkout is that place, or links to it.
+    assert (REPO / "var").resolve() == state.parent.resolve()
 
 
 def _settings_with(base: StackSettings, tmp_path: Path, **ports: int) -> StackSettings:
@@ -82,8 +92,8 @@ def test_run_command_stops_everything_it_started(
     stack_settings: StackSettings, tmp_path: Path, interrupt_after_s: float | None
 ) -> None:
     """`mail-bridge stack` interrupted mid-start, or after it is up, leaves no process behind."""
-    # Under var/: Dovecot's mail user must be able to reach the state directory (pytest's tmp is private).
-    state = REPO / "var" / f"test-run-{uuid.uuid4().hex[:8]}"
+    # Beside the suite's stack: Dovecot's mail user must be able to reach it (pytest's tmp is private).
+    state = stack_settings.state_dir.parent / f"test-run-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "BRIDGE_STATE_DIR": str(state)}
     env.update(stack_ports_env())
     proc = subprocess.Popen(

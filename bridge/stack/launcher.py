@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.errors import BridgeError
-from bridge.settings import StackSettings
+from bridge.settings import StackSettings, default_state_dir
 from bridge.stack.render import MASTER_USER, load_secrets, render_all, user_line, world_traversable
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,18 @@ class StackInfo:
         return dict(self.__dict__)
 
 
+def link_checkout_var(repo: Path, state: Path) -> None:
+    """A checkout the mail user cannot reach keeps its state under /var/tmp (`default_state_dir`);
+    `var` in the checkout then links there, so `var/stack.json` and `var/log/` are where the README
+    says. A `var` the user made themselves is left alone."""
+    root, link = default_state_dir(repo), repo / "var"
+    if root == link or not (state == root or root in state.parents):
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    if not link.exists() and not link.is_symlink():
+        link.symlink_to(root, target_is_directory=True)
+
+
 class Stack:
     def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
@@ -197,6 +209,7 @@ class Stack:
             )
 
     def _prepare(self) -> tuple[int, int]:
+        link_checkout_var(self.settings.repo_dir, self.state)
         mail = pwd.getpwnam("mail")
         postfix = pwd.getpwnam("postfix")
         for sub in (
