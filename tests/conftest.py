@@ -71,8 +71,12 @@ def stack_settings(pytestconfig: pytest.Config) -> StackSettings:
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
     reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"test stack state (logs, configs, mail): {state}")
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():  # a fixture's output is captured otherwise
+            if reporter._tw.width_of_current_line:  # after a file's dots: a line of its own
+                reporter.write("\n")
+            reporter.write_line(f"test stack state (logs, configs, mail): {state}")
     # Files, not module globals: the tests import this module a second time under another name.
     private, public = _host_keys()
     (state / "host-website.pem").write_text(public)

@@ -1,7 +1,7 @@
 """The web client's main screens: accessibility (axe-core, WCAG 2 A/AA), a phone-sized screen, screenshots.
 
 Screenshots go to $MAIL_BRIDGE_SCREENSHOTS (`make screenshots` points it at docs/screenshots/), else
-var/screenshots.
+the suite's state directory, removed after a clean run.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from playwright.async_api import Browser, Page, expect
 
 from bridge.stack.launcher import StackInfo
 from tests.browser import PHONE, signed_in, wait_live
-from tests.conftest import Account
+from tests.conftest import TEST_STATE, Account
 from tests.mailtools import send_smtp
 from tests.test_e2e_mail import message
 
@@ -25,7 +25,8 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
 AXE = ROOT / "web" / "node_modules" / "axe-core" / "axe.min.js"
-SHOTS = Path(os.environ.get("MAIL_BRIDGE_SCREENSHOTS", ROOT / "var" / "screenshots"))
+# Beside the suite's stack state (removed after a clean run) unless `make screenshots` asks for them.
+SHOTS = Path(os.environ.get("MAIL_BRIDGE_SCREENSHOTS") or TEST_STATE / "screenshots")
 
 
 async def violations(page: Page) -> list[dict[str, Any]]:
