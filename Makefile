@@ -10,7 +10,7 @@ DEBS := dovecot-imapd dovecot-lmtpd dovecot-sieve postfix redis-server lua-socke
 TEST_DEBS := chromium fonts-noto-color-emoji systemd
 STAMP := $(VENV)/.installed
 
-.PHONY: run test reliability bench check lint typecheck setup debs test-debs venv ferretdb web screenshots clean
+.PHONY: run test reliability bench check lint typecheck setup debs test-debs venv ferretdb web dist screenshots clean
 
 run: setup
 	$(PY) -m bridge stack
@@ -73,6 +73,12 @@ web/node_modules/.package-lock.json: web/package-lock.json
 web/dist/index.html: web/node_modules/.package-lock.json web/index.html web/vite.config.js $(wildcard web/src/*) $(wildcard web/public/*)
 	cd web && npm run build
 
+# The wheel, in dist/: the package with the hooks, the Dovecot and Postfix snippets, the systemd units and
+# the built web client inside it (setup.py copies them; bridge/resources.py finds them once installed).
+dist: venv web
+	rm -rf dist
+	$(PY) -m pip wheel --no-deps -w dist .
+
 # The README's screenshots: the web client on the stack, captured by its accessibility test.
 screenshots: setup test-debs
 	MAIL_BRIDGE_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_web_a11y.py -k main_screens
@@ -83,4 +89,4 @@ ferretdb:
 
 clean:
 	if [ -L var ]; then rm -rf "$$(readlink var)"; fi
-	rm -rf var web/dist
+	rm -rf var web/dist dist build

@@ -32,6 +32,7 @@ from bridge.errors import (
     UnsupportedMediaType,
 )
 from bridge.imap import check_credentials_shape
+from bridge.resources import shipped
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
-OPENAPI = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
+OPENAPI = shipped("docs/openapi.json")
 
 
 async def api_docs(request: web.Request) -> web.Response:

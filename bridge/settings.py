@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from bridge.auth import HOST_ALGORITHMS, SHARED_SECRET_ALGORITHMS
 from bridge.errors import ConfigError
+from bridge.resources import web_client_dir
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -208,7 +209,8 @@ class Settings:
     host_jwt_key_file: Path | None = None
     cors_origins: tuple[str, ...] = ()
     spool_dir: Path = Path("var/spool")
-    web_dir: Path = Path("web/dist")
+    # The built web client: inside the installed package, or the checkout's web/dist (bridge.resources).
+    web_dir: Path = field(default_factory=web_client_dir)
     stream_prefix: str = "mail"
     stream_maxlen: int = 1_000_000
     resume_log_len: int = 10_000
@@ -258,7 +260,7 @@ class Settings:
             else None,
             cors_origins=e.items("BRIDGE_CORS_ORIGINS"),
             spool_dir=Path(e.text("BRIDGE_SPOOL_DIR", "var/spool")),
-            web_dir=Path(e.text("BRIDGE_WEB_DIR", "web/dist")),
+            web_dir=Path(e.text("BRIDGE_WEB_DIR", str(web_client_dir()))),
             stream_prefix=e.text("BRIDGE_STREAM_PREFIX", "mail"),
             stream_maxlen=e.integer("BRIDGE_STREAM_MAXLEN", 1_000_000, low=1000),
             resume_log_len=e.integer("BRIDGE_RESUME_LOG_LEN", 10_000, low=100),
