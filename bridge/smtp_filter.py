@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 import time
 from typing import Any
 
@@ -124,6 +125,25 @@ def _without_stamps(content: bytes) -> bytes:
     return b"".join(kept)
 
 
+_RECEIVED = re.compile(rb"^Received:.*?(?=^\S|\Z)", re.IGNORECASE | re.MULTILINE | re.DOTALL)
+# With the folding line break before it (Postfix writes the comment on a line of its own): taking
+# the comment alone would leave an empty line, the end of the header section (RFC 5322 2.1).
+_SASL_COMMENT = re.compile(rb"(?:\r?\n)?[ \t]*\(Authenticated sender:[^)]*\)")
+
+
+def without_sasl_login(content: bytes) -> bytes:
+    """The message with Postfix's `(Authenticated sender: <login>)` taken out of its topmost
+    Received: field. Postfix writes it there (smtpd_sasl_authenticated_header, postconf(5)) so this
+    filter can tell whose outbound mail it is; it must not travel on and show every recipient the
+    sender's login. Only the topmost field (the smtpd that queued the mail) is Postfix's own."""
+    head, blank, body = content.partition(b"\r\n\r\n" if b"\r\n\r\n" in content[:MAX_STAMP_SCAN] else b"\n\n")
+    received = _RECEIVED.search(head)
+    if received is None or b"(Authenticated sender:" not in received.group(0):
+        return content
+    field = _SASL_COMMENT.sub(b"", received.group(0), count=1)
+    return head[: received.start()] + field + head[received.end() :] + blank + body
+
+
 def stamped(content: bytes, key: str) -> bytes:
     """The message with X-Mail-Bridge-Id: <key> prepended, any other copy of that header removed.
 
@@ -220,7 +240,7 @@ class FilterHandler:
         else:
             try:
                 key = event.key if event is not None else envelope_only_event(envelope, content).key
-                await self.reinject(envelope, stamped(content, key), event)
+                await self.reinject(envelope, stamped(without_sasl_login(content), key), event)
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 log.warning("[%s] re-injection failed, deferring: %s", tag, exc)
                 return TEMPFAIL

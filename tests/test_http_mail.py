@@ -18,7 +18,7 @@ import pytest
 from bridge.browser_events import EmailRef, email_id
 from bridge.stack.launcher import StackInfo
 from tests.conftest import Account, host_token, login
-from tests.mailtools import send_smtp, wait_for_messages
+from tests.mailtools import imap_messages, send_smtp, wait_for_messages
 from tests.socket_client import RecordingClient
 from tests.test_e2e_mail import message
 
@@ -163,6 +163,11 @@ async def test_send_delivers_saves_to_sent_and_tells_the_sender(
     ]
     await sender.wait_for("email_sent", lambda e: e["messageId"] == sent["messageId"])
     await sender.close()
+    # The filter read the sender's login from Postfix's Received: field, and took it out of the copy
+    # that travels on: recipients do not learn it.
+    (delivered,) = await asyncio.to_thread(imap_messages, stack, other_account.email, other_account.password)
+    received = " ".join(str(value) for value in delivered.get_all("Received") or [])
+    assert "ESMTPA" in received and "Authenticated sender" not in received
 
     def sent_folder() -> int:
         with imaplib.IMAP4(stack.imap["host"], stack.imap["port"]) as imap:

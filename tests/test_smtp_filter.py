@@ -8,7 +8,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from bridge.smtp_filter import stamped
+from bridge.mail_headers import summarize
+from bridge.smtp_filter import stamped, without_sasl_login
 from bridge.stack.launcher import StackInfo
 from tests.conftest import Account
 from tests.mailtools import send_smtp, wait_for_messages
@@ -36,6 +37,46 @@ def test_a_forged_stamp_is_removed_and_ours_is_the_only_one(forged: bytes) -> No
 def test_a_mail_without_a_stamp_only_gains_ours() -> None:
     mail = b"Subject: plain\n\nbody\n"
     assert stamped(mail, KEY) == b"X-Mail-Bridge-Id: " + KEY.encode() + b"\n" + mail
+
+
+SUBMITTED = (
+    b"Received: from [127.0.0.1] (localhost [127.0.0.1])\r\n"
+    b"\t(Authenticated sender: alice@example.test)\r\n"
+    b"\tby mail.example.test (Postfix) with ESMTPA id 4Xg2Lq0dZ7z9t\r\n"
+    b"\tfor <bob@example.test>; Fri,  4 Dec 2026 05:00:00 +0000 (UTC)\r\n"
+    b"Received: from elsewhere (Authenticated sender: someone-else)\r\n"
+    b"Subject: hi\r\n"
+    b"\r\n"
+    b"(Authenticated sender: in the body)\r\n"
+)
+
+
+def test_the_sasl_login_is_read_then_taken_out_of_postfixs_received_field() -> None:
+    assert summarize(SUBMITTED).sasl_user == "alice@example.test"
+    out = without_sasl_login(SUBMITTED)
+    assert b"alice@example.test)" not in out
+    head, _, body = out.partition(b"\r\n\r\n")
+    # The field stays whole (no empty line cut into the header section), the rest untouched.
+    assert head.splitlines()[:4] == [
+        b"Received: from [127.0.0.1] (localhost [127.0.0.1])",
+        b"\tby mail.example.test (Postfix) with ESMTPA id 4Xg2Lq0dZ7z9t",
+        b"\tfor <bob@example.test>; Fri,  4 Dec 2026 05:00:00 +0000 (UTC)",
+        b"Received: from elsewhere (Authenticated sender: someone-else)",
+    ]
+    assert body == b"(Authenticated sender: in the body)\r\n"
+    assert summarize(out).queue_id == "4Xg2Lq0dZ7z9t"
+
+
+@pytest.mark.parametrize(
+    "mail",
+    [
+        b"Received: from x by mail.example.test (Postfix) with ESMTP id 4Xg2\nSubject: a\n\nbody\n",
+        b"Subject: no received at all\n\n(Authenticated sender: x)\n",
+        b"",
+    ],
+)
+def test_mail_without_a_login_passes_unchanged(mail: bytes) -> None:
+    assert without_sasl_login(mail) == mail
 
 
 def test_headers_only_mail_is_stamped() -> None:
