@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -133,76 +134,111 @@ def _install_parser(sub: Any) -> None:
     p = sub.add_parser(
         "install",
         help="add the hooks and snippets to an existing Dovecot and Postfix (shows a diff, asks first)",
+        description="Add mail-bridge to this mail server: reads Dovecot's and Postfix's effective configuration,"
+        " shows every change as a diff with the reasons, asks, writes, and reloads both. Options are remembered"
+        " in the state file: --check, --uninstall and a re-run use them without repeating them.",
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="report what is missing or different; exit 1 if any")
     mode.add_argument("--uninstall", action="store_true", help="put back everything the install changed")
-    p.add_argument("--yes", action="store_true", help="apply without asking")
-    for name, default in (
-        ("dovecot-dir", d.dovecot_dir),
-        ("postfix-dir", d.postfix_dir),
-        ("hook-dir", d.hook_dir),
-        ("spool-dir", d.spool_dir),
-        ("env-file", d.env_file),
-        ("state-file", d.state_file),
-    ):
-        p.add_argument(f"--{name}", type=Path, default=default, help=f"default {default}")
-    p.add_argument("--mail-user", default=d.mail_user, help=f"Dovecot's mail user (mail_uid), default {d.mail_user}")
-    p.add_argument("--redis-host", default=d.redis_host)
-    p.add_argument("--redis-port", type=int, default=d.redis_port)
+    p.add_argument("--yes", action="store_true", help="apply without asking (the diff is still shown)")
+    p.add_argument(
+        "--no-reload", action="store_true", help="do not run `doveadm reload` and `postfix reload` afterwards"
+    )
+    # Every other flag defaults to None: "what the last install used, else the built-in default".
+    paths = (
+        ("dovecot-dir", d.dovecot_dir, "Dovecot's configuration directory"),
+        ("postfix-dir", d.postfix_dir, "Postfix's configuration directory"),
+        ("hook-dir", d.hook_dir, "where the Lua hook and the Sieve script go"),
+        ("spool-dir", d.spool_dir, "where the hook keeps events while Redis is unreachable (owned by the mail user)"),
+        ("env-file", d.env_file, "the bridge's settings, written mode 0600 (holds secrets)"),
+        ("state-file", d.state_file, "what the install changed and the options it used"),
+    )
+    for name, default, text in paths:
+        p.add_argument(f"--{name}", type=Path, default=None, help=f"{text} (default {default})")
+    p.add_argument(
+        "--mail-user", default=None, help="Dovecot's mail user (default: its mail_uid setting, else vmail)"
+    )
+    p.add_argument("--redis-host", default=None, help=f"Redis for the hook and the bridge (default {d.redis_host})")
+    p.add_argument("--redis-port", type=int, default=None, help=f"(default {d.redis_port})")
     p.add_argument(
         "--redis-sentinels",
         metavar="HOST:PORT[,HOST:PORT...]",
-        help="publish through Redis Sentinel (then --redis-host/--redis-port are unused)",
+        help="publish through Redis Sentinel (then --redis-host/--redis-port are unused); addresses, not names",
     )
-    p.add_argument("--redis-master", default=d.redis_master, help="the sentinels' name for the master")
+    p.add_argument(
+        "--redis-master", default=None, help=f"the sentinels' name for the master (default {d.redis_master})"
+    )
     p.add_argument(
         "--redis-cluster",
         metavar="HOST:PORT[,HOST:PORT...]",
         help="publish to Redis Cluster (keys prefixed {mail}; then --redis-host/--redis-port are unused)",
     )
-    p.add_argument("--filter-port", type=int, default=d.filter_port)
-    p.add_argument("--reinject-port", type=int, default=d.reinject_port)
+    p.add_argument(
+        "--filter-port",
+        type=int,
+        default=None,
+        help="where the content filter listens (default 10025, or the next port no master.cf service holds)",
+    )
+    p.add_argument(
+        "--reinject-port",
+        type=int,
+        default=None,
+        help="the re-injection smtpd's port (default: the filter's + 1, or the next free one)",
+    )
+    p.add_argument(
+        "--chain-content-filter",
+        action="store_true",
+        default=None,
+        help="keep an existing content_filter (e.g. amavis): mail passes ours first, then yours as before",
+    )
+    p.add_argument(
+        "--http-port", type=int, default=None, help=f"the bridge's HTTP port, behind your proxy (default {d.http_port})"
+    )
+    p.add_argument("--imap-port", type=int, default=None, help="Dovecot's IMAP port for the bridge (default: found)")
+    p.add_argument(
+        "--submission-port", type=int, default=None, help="Postfix's submission port for sending (default: found)"
+    )
+    p.add_argument(
+        "--mongodb-url",
+        default=None,
+        help=f"the store (a MongoDB replica set, or the embedded FerretDB; default {d.mongodb_url})",
+    )
 
 
 def install(args: argparse.Namespace) -> int:
-    from bridge.install import Options, check, install, uninstall  # noqa: PLC0415
+    from bridge.install import Options, check, install, load_remembered, uninstall  # noqa: PLC0415
     from bridge.settings import parse_cluster_url, parse_sentinel_url  # noqa: PLC0415
 
-    sentinels: tuple[tuple[str, int], ...] = ()
-    cluster: tuple[tuple[str, int], ...] = ()
+    given: dict[str, Any] = {
+        name: getattr(args, name)
+        for name in (
+            "dovecot_dir", "postfix_dir", "hook_dir", "spool_dir", "env_file", "mail_user", "redis_host",
+            "redis_port", "redis_master", "filter_port", "reinject_port", "chain_content_filter", "http_port",
+            "imap_port", "submission_port", "mongodb_url",
+        )
+    }  # fmt: skip
     try:
         if args.redis_sentinels and args.redis_cluster:
             raise ConfigError("Redis Sentinel or Redis Cluster, not both")
         if args.redis_sentinels:
-            sentinels = parse_sentinel_url(f"redis+sentinel://{args.redis_sentinels}/{args.redis_master}").sentinels
+            master = args.redis_master or Options().redis_master
+            url = f"redis+sentinel://{args.redis_sentinels}/{master}"
+            given["redis_sentinels"] = parse_sentinel_url(url).sentinels
         if args.redis_cluster:
-            cluster = parse_cluster_url(f"redis+cluster://{args.redis_cluster}").nodes
+            given["redis_cluster"] = parse_cluster_url(f"redis+cluster://{args.redis_cluster}").nodes
     except BridgeError as exc:
         print(f"mail-bridge install: --redis-sentinels/--redis-cluster: {exc}", file=sys.stderr)
         return 2
-    options = Options(
-        dovecot_dir=args.dovecot_dir,
-        postfix_dir=args.postfix_dir,
-        hook_dir=args.hook_dir,
-        spool_dir=args.spool_dir,
-        env_file=args.env_file,
-        state_file=args.state_file,
-        mail_user=args.mail_user,
-        redis_host=args.redis_host,
-        redis_port=args.redis_port,
-        redis_sentinels=sentinels,
-        redis_master=args.redis_master,
-        redis_cluster=cluster,
-        filter_port=args.filter_port,
-        reinject_port=args.reinject_port,
-    )
+    state_file = args.state_file or Options().state_file
     try:
+        options = Options.from_layers(load_remembered(state_file), given)
+        options = replace(options, state_file=state_file)
         if args.check:
             return check(options, out=sys.stdout)
         if args.uninstall:
-            return uninstall(options, out=sys.stdout)
-        return install(options, assume_yes=args.yes, out=sys.stdout, answer=sys.stdin)
+            return uninstall(options, reload=not args.no_reload, out=sys.stdout)
+        return install(options, assume_yes=args.yes, reload=not args.no_reload, out=sys.stdout, answer=sys.stdin)
     except BridgeError as exc:
         print(f"mail-bridge install: {exc}", file=sys.stderr)
         return 1

@@ -297,6 +297,7 @@ def create_app(settings: Settings) -> web.Application:
                 settings.submission_port,
                 settings.imap_master_user,
                 settings.imap_master_password,
+                starttls=settings.submission_starttls,
             ),
             prefix=settings.stream_prefix,
             metrics=metrics,

@@ -1,13 +1,17 @@
 """`mail-bridge install`: put the hooks and snippets into an existing Dovecot and Postfix, and undo it.
 
 Contract:
+- It reads the admin's effective configuration first (bridge.install_discovery) and never replaces
+  a setting it did not write (bridge.install_plan decides the values and says why each is needed).
 - Nothing is written before it was shown and validated. The changes are made first on a scratch
   copy of both config dirs (Postfix's with `postconf`, its own editor), checked there with
-  `doveconf -n` and `postfix check`, and shown as a unified diff; only on confirmation (or `--yes`)
-  are they made for real, then checked again.
-- What each change replaced is recorded in a state file, so `--uninstall` puts back exactly what was
-  there: a Postfix parameter or master.cf entry its old value (or none), a file its old content
-  (or nothing). Files holding secrets (the bridge's env file) are never printed.
+  `doveconf -n` and `postfix check` (logging into the scratch copy, never the live mail log), and
+  shown as a unified diff; only on confirmation (or `--yes`) are they made for real, checked again,
+  and Dovecot and Postfix reloaded (unless `--no-reload`).
+- What each change replaced is recorded in a state file, with the options used, so `--uninstall`
+  puts back exactly what was there (a Postfix parameter or master.cf entry its old value or none, a
+  file its old content or nothing) and `--check` or a re-run need no flags again. Files holding
+  secrets (the env file, the master-user file) are never printed.
 - `--check` says, item by item, what is missing or different, and exits 1 if anything is.
 Dovecot picks the files up from `conf.d/` (Debian's dovecot.conf includes `conf.d/*.conf`); Postfix
 parameters and master.cf entries are those of `postfix-conf/` (FILTER_README, "Advanced").
@@ -16,181 +20,34 @@ parameters and master.cf entries are those of `postfix-conf/` (FILTER_README, "A
 from __future__ import annotations
 
 import difflib
+import grp
 import json
 import os
 import pwd
-import re
-import secrets
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from bridge.errors import BridgeError
-from bridge.stack.render import MASTER_USER, render_text, ssha256
+from bridge.install_discovery import (
+    DiscoveryError,
+    ServerFacts,
+    discover,
+    master_entries,
+    postconf_value,
+    run_tool,
+)
+from bridge.install_plan import InstallError, Options, Plan, main_cf_names, make_plan, resolve
 
-REPO = Path(__file__).resolve().parent.parent
-DOVECOT_FILES = ("90-mail-bridge.conf", "91-mail-bridge-master.conf", "92-mail-bridge-dedupe.conf")
-_PARAM = re.compile(r"^([A-Za-z0-9_.-]+)\s*=\s*(.*)$")
-
-
-class InstallError(BridgeError):
-    """A validation or a command of the installer failed; nothing more is written."""
-
-
-@dataclass(frozen=True)
-class Options:
-    dovecot_dir: Path = Path("/etc/dovecot")
-    postfix_dir: Path = Path("/etc/postfix")
-    hook_dir: Path = Path("/usr/local/lib/mail-bridge")
-    spool_dir: Path = Path("/var/spool/mail-bridge")
-    env_file: Path = Path("/etc/mail-bridge/mail-bridge.env")
-    state_file: Path = Path("/var/lib/mail-bridge/install-state.json")
-    mail_user: str = "vmail"
-    redis_host: str = "127.0.0.1"
-    redis_port: int = 6379
-    # With Redis Sentinel: the sentinels and the master's name (then redis_host/port are unused).
-    redis_sentinels: tuple[tuple[str, int], ...] = ()
-    redis_master: str = "mymaster"
-    # On Redis Cluster: some of its nodes (the hook is told the first; it follows MOVED from there).
-    redis_cluster: tuple[tuple[str, int], ...] = ()
-    filter_host: str = "127.0.0.1"
-    filter_port: int = 10025
-    reinject_host: str = "127.0.0.1"
-    reinject_port: int = 10026
-
-
-@dataclass
-class Plan:
-    """Everything the install sets: files (path -> content, mode), Postfix parameters and entries."""
-
-    files: dict[Path, tuple[str, int]] = field(default_factory=dict)
-    secret_files: set[Path] = field(default_factory=set)  # never printed
-    keep_if_present: set[Path] = field(default_factory=set)  # generated secrets: not regenerated
-    main_cf: dict[str, str] = field(default_factory=dict)
-    master_cf: dict[str, str] = field(default_factory=dict)  # "service/type" -> the whole entry
-
-
-def _values(o: Options) -> dict[str, str]:
-    host, port = o.redis_cluster[0] if o.redis_cluster else (o.redis_host, o.redis_port)
-    return {
-        "HOOK": str(o.hook_dir / "mail-bridge-push.lua"),
-        "REDIS_HOST": host,
-        "REDIS_PORT": str(port),
-        "SENTINEL": "" if o.redis_sentinels else "#",
-        "REDIS_SENTINELS": " ".join(f"{host}:{port}" for host, port in o.redis_sentinels) or "127.0.0.1:26379",
-        "REDIS_MASTER": o.redis_master,
-        "STREAM": f"{stream_prefix(o)}:dovecot",
-        "SPOOL": str(o.spool_dir),
-        "MASTER_USERS": str(o.dovecot_dir / "mail-bridge-master-users"),
-        "SIEVE_DIR": str(o.hook_dir),
-        "FILTER_HOST": o.filter_host,
-        "FILTER_PORT": str(o.filter_port),
-        "REINJECT_HOST": o.reinject_host,
-        "REINJECT_PORT": str(o.reinject_port),
-    }
-
-
-def stream_prefix(o: Options) -> str:
-    """On Redis Cluster every key of the bridge shares one hash tag (bridge.settings)."""
-    return "{mail}" if o.redis_cluster else "mail"
-
-
-def redis_url(o: Options) -> str:
-    """The bridge's REDIS_URL for what the hook is told (README, Configuration)."""
-    if o.redis_cluster:
-        return "redis+cluster://" + ",".join(f"{host}:{port}" for host, port in o.redis_cluster)
-    if o.redis_sentinels:
-        hosts = ",".join(f"{host}:{port}" for host, port in o.redis_sentinels)
-        return f"redis+sentinel://{hosts}/{o.redis_master}/0"
-    return f"redis://{o.redis_host}:{o.redis_port}/0"
-
-
-def parse_main_snippet(text: str) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for line in text.splitlines():
-        found = _PARAM.match(line)
-        if found and not line.startswith("#"):
-            params[found.group(1)] = found.group(2).strip()
-    return params
-
-
-def parse_master_snippet(text: str) -> dict[str, str]:
-    """master.cf entries by "service/type": a line at the left margin opens one, indented lines
-    continue it (master(5))."""
-    entries: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in text.splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        if line[0].isspace():
-            if current is not None:
-                current.append(line.strip())
-            continue
-        fields = line.split()
-        current = [" ".join(fields)]
-        entries[f"{fields[0]}/{fields[1]}"] = current
-    return {key: " ".join(parts) for key, parts in entries.items()}
-
-
-def make_plan(o: Options, master_password: str) -> Plan:
-    values = _values(o)
-    plan = Plan()
-    for name in DOVECOT_FILES:
-        text = render_text((REPO / "dovecot-conf" / name).read_text(), values)
-        plan.files[o.dovecot_dir / "conf.d" / name] = (text, 0o644)
-    plan.files[o.hook_dir / "mail-bridge-push.lua"] = ((REPO / "hooks" / "mail-bridge-push.lua").read_text(), 0o644)
-    plan.files[o.hook_dir / "mail-bridge-dedupe.sieve"] = (
-        (REPO / "hooks" / "mail-bridge-dedupe.sieve").read_text(),
-        0o644,
-    )
-    users = o.dovecot_dir / "mail-bridge-master-users"
-    plan.files[users] = (f"{MASTER_USER}:{ssha256(master_password)}\n", 0o640)
-    plan.keep_if_present.add(users)
-    env = "\n".join(
-        [
-            "# mail-bridge settings (README, Configuration), written by `mail-bridge install`.",
-            f"REDIS_URL={redis_url(o)}",
-            f"BRIDGE_STREAM_PREFIX={stream_prefix(o)}",
-            f"BRIDGE_IMAP_MASTER_USER={MASTER_USER}",
-            f"BRIDGE_IMAP_MASTER_PASSWORD={master_password}",
-            f"BRIDGE_JWT_SECRET={secrets.token_urlsafe(48)}",
-            f"BRIDGE_FILTER_PORT={o.filter_port}",
-            f"BRIDGE_REINJECT_HOST={o.reinject_host}",
-            f"BRIDGE_REINJECT_PORT={o.reinject_port}",
-            f"BRIDGE_SPOOL_DIR={o.spool_dir}",
-            "",
-        ]
-    )
-    plan.files[o.env_file] = (env, 0o600)
-    plan.secret_files.add(o.env_file)
-    plan.keep_if_present.add(o.env_file)
-    plan.main_cf = parse_main_snippet(render_text((REPO / "postfix-conf" / "main.cf.snippet").read_text(), values))
-    plan.master_cf = parse_master_snippet(
-        render_text((REPO / "postfix-conf" / "master.cf.snippet").read_text(), values)
-    )
-    return plan
-
-
-# ---------------------------------------------------------------------------------------- commands
+__all__ = ["InstallError", "Options", "check", "install", "load_remembered", "uninstall"]
 
 
 def _run(args: list[str]) -> str:
     try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
-    except OSError as exc:
-        raise InstallError(f"{args[0]}: {exc}") from None
-    if done.returncode != 0:
-        raise InstallError(f"{' '.join(args)} failed: {(done.stderr or done.stdout).strip()[:2000]}")
-    return done.stdout
-
-
-def _postconf_value(postfix_dir: Path, name: str) -> str | None:
-    """The parameter as main.cf sets it (None when main.cf does not: the default applies)."""
-    out = _run(["postconf", "-c", str(postfix_dir), "-n", name]).strip()
-    return out.split("=", 1)[1].strip() if "=" in out else None
+        return run_tool(args)
+    except DiscoveryError as exc:  # the same one-line message, as the installer's error
+        raise InstallError(str(exc)) from None
 
 
 def _master_entry(postfix_dir: Path, key: str) -> str | None:
@@ -212,7 +69,25 @@ def validate(dovecot_dir: Path, postfix_dir: Path) -> None:
     _run(["postfix", "-c", str(postfix_dir), "check"])
 
 
-# ---------------------------------------------------------------------------------------- install
+def load_remembered(state_file: Path) -> dict[str, Any]:
+    """The options the last install used (empty before the first)."""
+    state = _load_state(state_file)
+    return dict(state.get("options", {})) if state else {}
+
+
+# ---------------------------------------------------------------------------------------- planning
+
+
+def _plan(o: Options) -> tuple[Plan, ServerFacts]:
+    try:
+        facts = discover(o.dovecot_dir, o.postfix_dir)
+        entries = master_entries(o.postfix_dir)
+    except DiscoveryError as exc:
+        raise InstallError(str(exc)) from None
+    resolved = resolve(o, facts, entries)
+    current = {name: postconf_value(o.postfix_dir, name) for name in main_cf_names(resolved, facts)}
+    state = _load_state(o.state_file) or {}
+    return make_plan(resolved, facts, current, str(state.get("chained_filter", ""))), facts
 
 
 def _read(path: Path) -> str | None:
@@ -237,79 +112,131 @@ def _diff(path: Path, old: str | None, new: str | None, secret: bool) -> list[st
     )
 
 
-def _effective_files(plan: Plan) -> dict[Path, tuple[str, int]]:
-    """The plan's files, minus generated secrets that already exist (kept as they are)."""
-    return {p: v for p, v in plan.files.items() if not (p in plan.keep_if_present and p.exists())}
-
-
 def _scratch(o: Options, plan: Plan, root: Path) -> tuple[Path, Path]:
     """Copies of both config dirs with the plan applied (paths outside them are not copied)."""
     dovecot = root / "dovecot"
     postfix = root / "postfix"
     shutil.copytree(o.dovecot_dir, dovecot, symlinks=True)
     shutil.copytree(o.postfix_dir, postfix, symlinks=True)
-    for path, (text, _mode) in _effective_files(plan).items():
+    for path, spec in plan.files.items():
         if path.is_relative_to(o.dovecot_dir):
             target = dovecot / path.relative_to(o.dovecot_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
+            target.write_text(spec.text)
     _apply_postfix(postfix, plan)
     return dovecot, postfix
 
 
-def install(o: Options, *, assume_yes: bool, out: TextIO, answer: TextIO) -> int:
-    master_password = secrets.token_urlsafe(24)
-    plan = make_plan(o, master_password)
-    files = _effective_files(plan)
-    with tempfile.TemporaryDirectory(prefix="mail-bridge-install-") as tmp:
-        dovecot, postfix = _scratch(o, plan, Path(tmp))
+def _validate_scratch(dovecot: Path, postfix: Path, root: Path) -> None:
+    """Validate the scratch copy with its log kept in the scratch dir: `postfix check` logs its
+    warnings through postlog to main.cf's maillog_file, which is still the live mail log."""
+    log = root / "postfix-check.log"
+    _run(["postconf", "-c", str(postfix), "-e", f"maillog_file_prefixes={root}", f"maillog_file={log}"])
+    try:
         validate(dovecot, postfix)
+    except InstallError as exc:
+        logged = _read(log) or ""
+        raise InstallError(f"{exc} {logged.strip()[-2000:]}".strip()) from None
+
+
+# ---------------------------------------------------------------------------------------- install
+
+
+def install(o: Options, *, assume_yes: bool, reload: bool, out: TextIO, answer: TextIO) -> int:
+    plan, _facts = _plan(o)
+    r = plan.resolved
+    with tempfile.TemporaryDirectory(prefix="mail-bridge-install-") as tmp:
+        dovecot, postfix = _scratch(r, plan, Path(tmp))
         diff: list[str] = []
-        for path, (text, _mode) in files.items():
-            diff += _diff(path, _read(path), text, path in plan.secret_files)
+        for path, spec in plan.files.items():
+            diff += _diff(path, _read(path), spec.text, path in plan.secret_files)
         for name in ("main.cf", "master.cf"):
-            diff += _diff(o.postfix_dir / name, _read(o.postfix_dir / name), _read(postfix / name), False)
-    spool_ok = _spool_owned(o)
-    if not diff and spool_ok:
+            diff += _diff(r.postfix_dir / name, _read(r.postfix_dir / name), _read(postfix / name), False)
+        _validate_scratch(dovecot, postfix, Path(tmp))
+    spool_ok = _spool_owned(r)
+    modes_ok = all(_owned_as_planned(path, spec.mode, spec.group) for path, spec in plan.files.items())
+    if not diff and spool_ok and modes_ok:
         out.write("mail-bridge is already installed: nothing to change.\n")
+        _remember(r, plan)
         return 0
+    if plan.notes:
+        out.write("What this changes, and why:\n" + "".join(f"  - {note}\n" for note in plan.notes))
     out.writelines(diff)
     if not spool_ok:
-        out.write(f"+ spool {o.spool_dir} (owner {o.mail_user}, mode 0770)\n")
+        out.write(f"+ spool {r.spool_dir} (owner {r.mail_user}, mode 0770)\n")
     if not assume_yes:
         out.write("Apply these changes? [y/N] ")
         out.flush()
         if answer.readline().strip().lower() not in ("y", "yes"):
             out.write("Nothing was changed.\n")
             return 1
-    state = _load_state(o.state_file) or {"main_cf": {}, "master_cf": {}, "files": {}, "created_dirs": []}
+    state = _load_state(r.state_file) or {"main_cf": {}, "master_cf": {}, "files": {}, "created_dirs": []}
     for name in plan.main_cf:
-        state["main_cf"].setdefault(name, _postconf_value(o.postfix_dir, name))
+        state["main_cf"].setdefault(name, postconf_value(r.postfix_dir, name))
     for key in plan.master_cf:
-        state["master_cf"].setdefault(key, _master_entry(o.postfix_dir, key))
-    for path in files:
+        state["master_cf"].setdefault(key, _master_entry(r.postfix_dir, key))
+    for path in plan.files:
+        # Files with secrets are not copied into the state: uninstall removes them.
         state["files"].setdefault(str(path), None if path in plan.secret_files else _read(path))
-    _save_state(o.state_file, state)  # before the first change: an interrupted install can be undone
-    for path, (text, mode) in files.items():
-        _write(path, text, mode, state)
-    _apply_postfix(o.postfix_dir, plan)
-    _make_spool(o, state)
-    sieve = o.hook_dir / "mail-bridge-dedupe.sieve"
-    if shutil.which("sievec") and sieve in files:
+    state["options"] = r.remembered()
+    state["chained_filter"] = plan.chained_filter
+    _save_state(r.state_file, state)  # before the first change: an interrupted install can be undone
+    for path, spec in plan.files.items():
+        _write(path, spec.text, spec.mode, spec.group, state)
+    _save_state(r.state_file, state)
+    _apply_postfix(r.postfix_dir, plan)
+    _make_spool(r, state)
+    sieve = r.hook_dir / "mail-bridge-dedupe.sieve"
+    if shutil.which("sievec"):
         # Compiled now, as root: Pigeonhole would otherwise try to, as the mail user, in a root-owned dir.
         state["files"].setdefault(str(sieve.with_suffix(".svbin")), None)
-        _save_state(o.state_file, state)
+        _save_state(r.state_file, state)
         _run(["sievec", str(sieve)])
-    _save_state(o.state_file, state)
-    validate(o.dovecot_dir, o.postfix_dir)
-    out.write(
-        "Installed. Next: `doveadm reload` and `postfix reload`; start the bridge and the filter with the"
-        f" settings in {o.env_file} (deploy/systemd/). Undo with `mail-bridge install --uninstall`.\n"
-    )
+    _save_state(r.state_file, state)
+    validate(r.dovecot_dir, r.postfix_dir)
+    out.write(f"Installed. The bridge's settings are in {r.env_file}; undo with `mail-bridge install --uninstall`.\n")
+    _reload(r, reload, out)
     return 0
 
 
-def _write(path: Path, text: str, mode: int, state: dict[str, Any]) -> None:
+def _remember(r: Options, plan: Plan) -> None:
+    state = _load_state(r.state_file)
+    if state is not None:
+        state["options"] = r.remembered()
+        state["chained_filter"] = plan.chained_filter
+        _save_state(r.state_file, state)
+
+
+def _reload(o: Options, reload: bool, out: TextIO) -> None:
+    """Dovecot and Postfix read their configuration again (doveadm-reload(1), postfix(1))."""
+    commands = [
+        ["doveadm", "-c", str(o.dovecot_dir / "dovecot.conf"), "reload"],
+        ["postfix", "-c", str(o.postfix_dir), "reload"],
+    ]
+    if not reload:
+        out.write("Not reloaded (--no-reload): run " + " and ".join(f"`{' '.join(c)}`" for c in commands) + ".\n")
+        return
+    for command in commands:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        if done.returncode == 0:
+            out.write(f"Reloaded: {' '.join(command)}\n")
+        else:
+            reason = (done.stderr or done.stdout).strip().splitlines()
+            out.write(
+                f"Could not reload ({' '.join(command)}: {reason[-1] if reason else 'failed'});"
+                " the new settings apply when it starts.\n"
+            )
+
+
+def _owned_as_planned(path: Path, mode: int, group: str | None) -> bool:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    return st.st_mode & 0o777 == mode and (group is None or st.st_gid == grp.getgrnam(group).gr_gid)
+
+
+def _write(path: Path, text: str, mode: int, group: str | None, state: dict[str, Any]) -> None:
     for parent in reversed(path.parents):
         if not parent.exists():
             parent.mkdir()
@@ -317,6 +244,11 @@ def _write(path: Path, text: str, mode: int, state: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".mail-bridge-tmp")
     tmp.write_text(text)
     os.chmod(tmp, mode)
+    if group is not None:
+        try:
+            os.chown(tmp, 0, grp.getgrnam(group).gr_gid)
+        except KeyError:
+            raise InstallError(f"no group {group!r} for {path} (Dovecot's default_internal_user)") from None
     os.replace(tmp, path)
 
 
@@ -369,7 +301,7 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------- undo, check
 
 
-def uninstall(o: Options, *, out: TextIO) -> int:
+def uninstall(o: Options, *, reload: bool, out: TextIO) -> int:
     state = _load_state(o.state_file)
     if state is None:
         out.write(f"No install recorded in {o.state_file}: nothing to undo.\n")
@@ -396,29 +328,35 @@ def uninstall(o: Options, *, out: TextIO) -> int:
             path.rmdir()  # a spool still holding events stays
     o.state_file.unlink()
     validate(o.dovecot_dir, o.postfix_dir)
-    out.write("Uninstalled: every change recorded at install time was put back. Reload Dovecot and Postfix.\n")
+    out.write("Uninstalled: every change recorded at install time was put back.\n")
+    _reload(o, reload, out)
     return 0
 
 
 def check(o: Options, *, out: TextIO) -> int:
-    plan = make_plan(o, "unused")
+    plan, _facts = _plan(o)
+    r = plan.resolved
     problems: list[str] = []
-    for path, (text, _mode) in plan.files.items():
+    for path, spec in plan.files.items():
         current = _read(path)
         if current is None:
             problems.append(f"missing: {path}")
-        elif path not in plan.keep_if_present and current != text:
+        elif path not in plan.secret_files and current != spec.text:
             problems.append(f"differs from this version's: {path}")
+        elif not _owned_as_planned(path, spec.mode, spec.group):
+            problems.append(
+                f"mode or group: {path} wants {spec.mode:04o}" + (f" group {spec.group}" if spec.group else "")
+            )
     for name, value in plan.main_cf.items():
-        current = _postconf_value(o.postfix_dir, name)
+        current = postconf_value(r.postfix_dir, name)
         if current != value:
             problems.append(f"main.cf: {name} is {current!r}, wants {value!r}")
     for key, entry in plan.master_cf.items():
-        current = _master_entry(o.postfix_dir, key)
+        current = _master_entry(r.postfix_dir, key)
         if current != " ".join(entry.split()):
             problems.append(f"master.cf: {key} is {'missing' if current is None else 'different'}")
-    if not _spool_owned(o):
-        problems.append(f"spool: {o.spool_dir} missing or not owned by {o.mail_user}")
+    if not _spool_owned(r):
+        problems.append(f"spool: {r.spool_dir} missing or not owned by {r.mail_user}")
     for problem in problems:
         out.write(problem + "\n")
     if problems:

@@ -67,6 +67,14 @@ class _Env:
             raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
         return value
 
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self._env.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw not in ("yes", "no", "true", "false", "1", "0"):
+            raise ConfigError(f"{name} must be yes or no, got {raw!r}")
+        return raw in ("yes", "true", "1")
+
     def port(self, name: str, default: int) -> int:
         return self.integer(name, default, low=0, high=65535)
 
@@ -194,6 +202,8 @@ class Settings:
     reinject_port: int = DEFAULT_PORTS["reinject"]
     submission_host: str = DEFAULT_HOST
     submission_port: int = DEFAULT_PORTS["submission"]
+    # STARTTLS before AUTH, as a submission service with smtpd_tls_auth_only demands (RFC 3207).
+    submission_starttls: bool = False
     send_per_minute: int = 30
     requests_per_second: int = 20
     jwt_secret: str = field(default="", repr=False)
@@ -243,6 +253,7 @@ class Settings:
             reinject_port=e.port("BRIDGE_REINJECT_PORT", DEFAULT_PORTS["reinject"]),
             submission_host=e.text("BRIDGE_SUBMISSION_HOST", DEFAULT_HOST),
             submission_port=e.port("BRIDGE_SUBMISSION_PORT", DEFAULT_PORTS["submission"]),
+            submission_starttls=e.flag("BRIDGE_SUBMISSION_STARTTLS", False),
             send_per_minute=e.integer("BRIDGE_SEND_PER_MINUTE", 30, low=1),
             requests_per_second=e.integer("BRIDGE_REQUESTS_PER_SECOND", 20, low=1),
             jwt_secret=e.text("BRIDGE_JWT_SECRET", ""),

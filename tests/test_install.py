@@ -10,6 +10,7 @@ both config dirs back byte for byte; --check then lists what is missing.
 from __future__ import annotations
 
 import filecmp
+import grp
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,7 @@ def run(root: Path, *extra: str, answer: str = "") -> subprocess.CompletedProces
         f"--env-file={root / 'etc' / 'mail-bridge.env'}",
         f"--state-file={root / 'state' / 'install.json'}",
         "--mail-user=mail",
+        "--no-reload",
         *extra,
     ]
     return subprocess.run(args, input=answer, capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
@@ -177,3 +179,128 @@ def test_systemd_units_are_valid(tmp_path: Path) -> None:
     )
     problems = [line for line in verified.stderr.splitlines() if "mail-bridge" in line]
     assert (verified.returncode, problems) == (0, []), verified.stderr
+
+
+def doveconf(root: Path) -> str:
+    return subprocess.run(
+        ["doveconf", "-c", str(root / "dovecot" / "dovecot.conf"), "-n"], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def env_of(root: Path) -> dict[str, str]:
+    text = (root / "etc" / "mail-bridge.env").read_text()
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+
+
+def test_dovecot_can_read_the_master_user_file_and_the_env_file_is_complete(stock: Path) -> None:
+    assert run(stock, "--yes").returncode == 0
+    users = stock / "dovecot" / "mail-bridge-master-users"
+    st = users.stat()
+    # Dovecot's auth process reads passwd-files as its default_internal_user (dovecot).
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, grp.getgrnam("dovecot").gr_gid, 0o640)
+    env = env_of(stock)
+    # Every address the bridge needs, from what Dovecot and Postfix say, none of the dev stack's.
+    assert env["BRIDGE_IMAP_PORT"] == "143" and env["BRIDGE_IMAP_HOST"] == "127.0.0.1"
+    assert env["BRIDGE_SUBMISSION_PORT"] == "587" and env["BRIDGE_HTTP_PORT"] == "18080"
+    assert env["MONGODB_URL"].startswith("mongodb://") and env["BRIDGE_FILTER_PORT"] == "10025"
+    assert env["BRIDGE_REINJECT_PORT"] == "10026" and env["BRIDGE_SPOOL_DIR"] == str(stock / "spool")
+    assert len(env["BRIDGE_JWT_SECRET"]) >= 32 and len(env["BRIDGE_IMAP_MASTER_PASSWORD"]) >= 24
+
+
+def test_options_are_remembered_by_check_and_a_rerun(stock: Path) -> None:
+    first = run(stock, "--yes", "--filter-port=10035", "--reinject-port=10036")
+    assert first.returncode == 0, first.stderr
+    state_only = [
+        sys.executable, "-m", "bridge", "install", f"--state-file={stock / 'state' / 'install.json'}", "--no-reload"
+    ]  # fmt: skip
+    checked = subprocess.run([*state_only, "--check"], capture_output=True, text=True, cwd=REPO, check=False)
+    assert checked.returncode == 0, checked.stdout
+    again = subprocess.run([*state_only, "--yes"], capture_output=True, text=True, cwd=REPO, check=False)
+    assert again.stdout.strip() == "mail-bridge is already installed: nothing to change.", again.stdout
+    assert postconf(stock, "-h", "content_filter") == "mail-bridge:[127.0.0.1]:10035"
+    assert postconf(stock, "-M", "127.0.0.1:10026/inet") == ""  # no second re-injection smtpd
+    gone = subprocess.run([*state_only, "--uninstall"], capture_output=True, text=True, cwd=REPO, check=False)
+    assert gone.returncode == 0, gone.stderr
+    assert _same_tree(stock / "postfix", stock / "stock-postfix") == []
+
+
+ADMIN_SIEVE = 'require ["fileinto"]; if header :contains "X-Spam-Flag" "YES" { fileinto "Junk"; stop; }\n'
+
+
+def _admin_setup(root: Path) -> None:
+    """What a typical virtual-mail admin already has: a spam rule before the users' scripts, an
+    amavis content filter with its re-injection on 127.0.0.1:10025, an OX push driver, and Dovecot
+    delivering over LMTP through a transport of their own name."""
+    (root / "admin.sieve").write_text(ADMIN_SIEVE)
+    (root / "dovecot" / "conf.d" / "90-sieve-admin.conf").write_text(
+        f"plugin {{\n  sieve_before = {root / 'admin.sieve'}\n  push_notification_driver = ox:url=http://127.0.0.1:1/\n}}\n"
+    )
+    pf = ["postconf", "-c", str(root / "postfix")]
+    subprocess.run([*pf, "-e", "content_filter=amavis:[127.0.0.1]:10024"], check=True)
+    subprocess.run([*pf, "-e", "receive_override_options=no_address_mappings,no_milters"], check=True)
+    subprocess.run([*pf, "-e", "virtual_transport=dovecot-lmtp:unix:private/dovecot-lmtp"], check=True)
+    subprocess.run([*pf, "-M", "amavis/unix=amavis unix - - n - 2 smtp -o smtp_send_xforward_command=yes"], check=True)
+    subprocess.run(
+        [*pf, "-M", "127.0.0.1:10025/inet=127.0.0.1:10025 inet n - n - - smtpd -o content_filter="], check=True
+    )
+    subprocess.run([*pf, "-M", "dovecot-lmtp/unix=dovecot-lmtp unix - - n - - lmtp"], check=True)
+    shutil.rmtree(root / "stock-dovecot")
+    shutil.rmtree(root / "stock-postfix")
+    shutil.copytree(root / "dovecot", root / "stock-dovecot", symlinks=True)
+    shutil.copytree(root / "postfix", root / "stock-postfix", symlinks=True)
+
+
+def test_an_existing_content_filter_is_refused_with_the_choices(stock: Path) -> None:
+    _admin_setup(stock)
+    refused = run(stock, "--yes")
+    assert refused.returncode == 1
+    assert "content_filter = amavis:[127.0.0.1]:10024" in refused.stderr and "--chain-content-filter" in refused.stderr
+    assert _same_tree(stock / "postfix", stock / "stock-postfix") == []
+    assert _same_tree(stock / "dovecot", stock / "stock-dovecot") == []
+
+
+def test_the_admins_own_settings_stay_and_ours_go_beside_them(stock: Path) -> None:
+    _admin_setup(stock)
+    installed = run(stock, "--yes", "--chain-content-filter")
+    assert installed.returncode == 0, installed.stderr
+    # The diff names every existing value it touches, and says why.
+    assert "content_filter: yours is 'amavis:[127.0.0.1]:10024'" in installed.stdout
+    assert "receive_override_options: yours" not in installed.stdout  # it has what we need already
+    assert "sieve_before = " + str(stock / "admin.sieve") in installed.stdout
+    assert "amavis:[127.0.0.1]:10024 stays in the path" in installed.stdout
+    config = doveconf(stock)
+    # Pigeonhole runs sieve_before, sieve_before2, ... in order: the admin's first, ours next.
+    assert f"sieve_before = {stock / 'admin.sieve'}" in config
+    assert f"sieve_before2 = {stock / 'lib' / 'mail-bridge-dedupe.sieve'}" in config
+    assert "push_notification_driver = ox:url=http://127.0.0.1:1/" in config
+    assert f"push_notification_driver2 = lua:file={stock / 'lib' / 'mail-bridge-push.lua'}" in config
+    # Chained before amavis: ours first, then the re-injection hands the mail on to amavis.
+    assert postconf(stock, "-h", "content_filter").startswith("mail-bridge:[127.0.0.1]:")
+    # amavis's re-injection holds 10025: ours moved to the next free ports.
+    assert postconf(stock, "-h", "content_filter") == "mail-bridge:[127.0.0.1]:10026"
+    ours = postconf(stock, "-M", "127.0.0.1:10027/inet")
+    assert "content_filter=amavis:[127.0.0.1]:10024" in ours and "no_address_mappings" in ours
+    assert "content_filter=" in postconf(stock, "-M", "127.0.0.1:10025/inet")  # amavis's own, untouched
+    assert postconf(stock, "-h", "receive_override_options") == "no_address_mappings,no_milters"
+    # Serial delivery only on the transport that delivers to Dovecot, nothing global.
+    assert postconf(stock, "-h", "dovecot-lmtp_destination_recipient_limit") == "1"
+    assert "lmtp_destination_recipient_limit" not in postconf(stock, "-n").replace("dovecot-lmtp_", "")
+    assert run(stock, "--check").returncode == 0
+    assert run(stock, "--yes").stdout.strip() == "mail-bridge is already installed: nothing to change."
+    assert run(stock, "--uninstall").returncode == 0
+    assert _same_tree(stock / "postfix", stock / "stock-postfix") == []
+    assert _same_tree(stock / "dovecot", stock / "stock-dovecot") == []
+
+
+def test_the_scratch_validation_writes_nothing_into_the_live_mail_log(stock: Path) -> None:
+    log = stock / "live-mail.log"
+    pf = ["postconf", "-c", str(stock / "postfix")]
+    subprocess.run([*pf, "-e", f"maillog_file_prefixes=/var,{stock}", f"maillog_file={log}"], check=True)
+    assert run(stock, "--yes").returncode == 0
+    assert "mail-bridge-install-" not in (log.read_text() if log.exists() else "")
+
+
+def test_a_given_port_that_another_service_holds_is_refused(stock: Path) -> None:
+    _admin_setup(stock)
+    refused = run(stock, "--yes", "--chain-content-filter", "--reinject-port=10025")
+    assert refused.returncode == 1 and "--reinject-port 10025 is master.cf's 127.0.0.1:10025/inet" in refused.stderr

@@ -114,6 +114,12 @@ def render_all(settings: StackSettings, stack_secrets: StackSecrets, mail_uid: i
         "HOOK": str(state / "dovecot" / "mail-bridge-push.lua"),
         "MASTER_USERS": str(state / "dovecot" / "master-users"),
         "SIEVE_DIR": str(state / "dovecot" / "sieve"),
+        # The stack's Dovecot has no Sieve or push settings of its own: the first slots are free.
+        "SIEVE_BEFORE_SLOT": "sieve_before",
+        "PUSH_DRIVER_SLOT": "push_notification_driver",
+        "LMTP_TRANSPORT": "lmtp",
+        "NEXT_FILTER": "",
+        "REINJECT_OVERRIDES": "no_unknown_recipient_checks,no_header_body_checks,no_milters",
     }
     dovecot = state / "dovecot"
     for name in ("90-mail-bridge.conf", "91-mail-bridge-master.conf", "92-mail-bridge-dedupe.conf"):
