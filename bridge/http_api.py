@@ -228,9 +228,13 @@ async def health(request: web.Request) -> web.Response:
             raise result
         report[name] = "ok" if not isinstance(result, BaseException) else f"down: {result}"
     healthy = all(value == "ok" for value in report.values())
-    return web.json_response(
-        {"status": "ok" if healthy else "degraded", "checks": report}, status=200 if healthy else 503
-    )
+    body: dict[str, Any] = {"status": "ok" if healthy else "degraded", "checks": report}
+    if report["store"] == "ok":
+        try:
+            body["store"] = await asyncio.wait_for(app[keys.STORE].describe(), HEALTH_TIMEOUT_S)
+        except (BridgeError, TimeoutError) as exc:
+            body["store"] = f"unknown: {exc}"
+    return web.json_response(body, status=200 if healthy else 503)
 
 
 OPENAPI = shipped("docs/openapi.json")

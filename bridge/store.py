@@ -151,6 +151,21 @@ class Store:
     async def close(self) -> None:
         await self.client.close()
 
+    async def describe(self) -> str:
+        """Which store answers: "FerretDB v1.24.2" or "MongoDB 7.0.4, replica set rs0" (buildInfo and
+        hello, MongoDB's database commands), so /health names what the operator connected."""
+        try:
+            info = await self.client.admin.command("buildInfo")
+            hello = await self.client.admin.command("hello")
+        except PyMongoError as exc:
+            raise Unavailable(f"store did not answer: {exc}") from None
+        if "ferretdbVersion" in info:
+            return f"FerretDB {info['ferretdbVersion']}"
+        name = f"MongoDB {info.get('version', '?')}"
+        if hello.get("setName"):
+            return f"{name}, replica set {hello['setName']}"
+        return f"{name}, standalone" if not hello.get("msg") == "isdbgrid" else f"{name}, sharded (mongos)"
+
     async def ping(self) -> None:
         try:
             await self.client.admin.command("ping")
