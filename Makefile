@@ -78,6 +78,10 @@ web/dist/index.html: web/node_modules/.package-lock.json web/index.html web/vite
 dist: venv web
 	rm -rf dist
 	$(PY) -m pip wheel --no-deps -w dist .
+	@# The embedded store's program, for `mail-bridge install --store --ferretdb-bin dist/ferretdb`
+	@# on a server without Go (the same build `make setup` makes, with its patch).
+	bash scripts/install-ferretdb.sh
+	cp "$$($(PY) -c 'from bridge.settings import StackSettings; print(StackSettings.from_env().ferretdb_bin)')" dist/ferretdb
 
 # The README's screenshots: the web client on the stack, captured by its accessibility test.
 screenshots: setup test-debs

@@ -202,7 +202,27 @@ def _install_parser(sub: Any) -> None:
     p.add_argument(
         "--mongodb-url",
         default=None,
-        help=f"the store (a MongoDB replica set, or the embedded FerretDB; default {d.mongodb_url})",
+        help="your MongoDB for the bridge's index (a replica set URL: mongodb://db1,db2,db3/?replicaSet=rs0)",
+    )
+    p.add_argument(
+        "--store",
+        action="store_true",
+        default=None,
+        help="no MongoDB here: install the embedded store (FerretDB on SQLite, loopback, its own unit)",
+    )
+    p.add_argument(
+        "--ferretdb-bin",
+        default=None,
+        help="with --store: the FerretDB program to install (`make dist` puts one in dist/); else it is built with Go",
+    )
+    p.add_argument(
+        "--store-port", type=int, default=None, help=f"with --store: its loopback port (default {d.store_port})"
+    )
+    p.add_argument(
+        "--systemd-dir",
+        type=Path,
+        default=None,
+        help=f"where the units go (default {d.systemd_dir}); they are enabled and started when systemd runs",
     )
 
 
@@ -215,7 +235,7 @@ def install(args: argparse.Namespace) -> int:
         for name in (
             "dovecot_dir", "postfix_dir", "hook_dir", "spool_dir", "env_file", "mail_user", "redis_host",
             "redis_port", "redis_master", "filter_port", "reinject_port", "chain_content_filter", "http_port",
-            "imap_port", "submission_port", "mongodb_url",
+            "imap_port", "submission_port", "mongodb_url", "store", "ferretdb_bin", "store_port", "systemd_dir",
         )
     }  # fmt: skip
     try:

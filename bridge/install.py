@@ -39,6 +39,7 @@ from bridge.install_discovery import (
     run_tool,
 )
 from bridge.install_plan import InstallError, Options, Plan, main_cf_names, make_plan, resolve
+from bridge.resources import shipped
 
 __all__ = ["InstallError", "Options", "check", "install", "load_remembered", "uninstall"]
 
@@ -153,6 +154,12 @@ def install(o: Options, *, assume_yes: bool, reload: bool, out: TextIO, answer: 
         for name in ("main.cf", "master.cf"):
             diff += _diff(r.postfix_dir / name, _read(r.postfix_dir / name), _read(postfix / name), False)
         _validate_scratch(dovecot, postfix, Path(tmp))
+    for target in list(plan.binaries):
+        if plan.binaries[target] == target and not target.exists():
+            plan.binaries[target] = _build_ferretdb(out)
+        source = plan.binaries[target]
+        if source != target and (not target.exists() or target.read_bytes() != source.read_bytes()):
+            diff.append(f"+ program {target} (from {source})\n")
     spool_ok = _spool_owned(r)
     modes_ok = all(_owned_as_planned(path, spec.mode, spec.group) for path, spec in plan.files.items())
     if not diff and spool_ok and modes_ok:
@@ -178,11 +185,16 @@ def install(o: Options, *, assume_yes: bool, reload: bool, out: TextIO, answer: 
     for path in plan.files:
         # Files with secrets are not copied into the state: uninstall removes them.
         state["files"].setdefault(str(path), None if path in plan.secret_files else _read(path))
+    for target in plan.binaries:
+        state["files"].setdefault(str(target), None)
     state["options"] = r.remembered()
     state["chained_filter"] = plan.chained_filter
     _save_state(r.state_file, state)  # before the first change: an interrupted install can be undone
     for path, spec in plan.files.items():
         _write(path, spec.text, spec.mode, spec.group, state)
+    for target, source in plan.binaries.items():
+        if source != target:
+            _copy_program(source, target, state)
     _save_state(r.state_file, state)
     _apply_postfix(r.postfix_dir, plan)
     _make_spool(r, state)
@@ -195,8 +207,56 @@ def install(o: Options, *, assume_yes: bool, reload: bool, out: TextIO, answer: 
     _save_state(r.state_file, state)
     validate(r.dovecot_dir, r.postfix_dir)
     out.write(f"Installed. The bridge's settings are in {r.env_file}; undo with `mail-bridge install --uninstall`.\n")
+    # The filter first: Postfix hands mail to it from the reload on (while it is down, mail waits).
+    _start_units(plan, reload, out)
     _reload(r, reload, out)
     return 0
+
+
+def _systemd() -> bool:
+    """systemd is PID 1 (sd_booted(3)): only then are units enabled and started."""
+    return Path("/run/systemd/system").is_dir() and shutil.which("systemctl") is not None
+
+
+def _start_units(plan: Plan, start: bool, out: TextIO) -> None:
+    command = ["systemctl", "enable", "--now", *plan.units]
+    if not start or not _systemd():
+        why = "--no-reload" if not start else "systemd is not running here"
+        out.write(f"Units written, not started ({why}): `systemctl daemon-reload && {' '.join(command)}`.\n")
+        return
+    for args in (["systemctl", "daemon-reload"], command):
+        done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise InstallError(f"{' '.join(args)} failed: {(done.stderr or done.stdout).strip()[:2000]}")
+    out.write(f"Started: {', '.join(plan.units)}\n")
+
+
+def _build_ferretdb(out: TextIO) -> Path:
+    """FerretDB built from source with Go, by the script `make setup` uses (scripts/install-ferretdb.sh)."""
+    cache = Path("/var/cache/mail-bridge")
+    script = shipped("scripts/install-ferretdb.sh")
+    if shutil.which("go") is None and not Path("/usr/local/go/bin/go").exists():
+        raise InstallError(
+            "--store needs the FerretDB program: give --ferretdb-bin PATH (`make dist` puts one in dist/),"
+            " or install Go 1.22 or newer here to build it"
+        )
+    out.write(f"Building FerretDB with Go (once; cached in {cache})...\n")
+    _run(["bash", str(script), str(cache)])
+    built = sorted(cache.glob("ferretdb-*-idindex"))
+    if not built:
+        raise InstallError(f"the FerretDB build left no program in {cache}")
+    return built[-1]
+
+
+def _copy_program(source: Path, target: Path, state: dict[str, Any]) -> None:
+    for parent in reversed(target.parents):
+        if not parent.exists():
+            parent.mkdir()
+            state["created_dirs"].append(str(parent))
+    tmp = target.with_name(target.name + ".mail-bridge-tmp")
+    shutil.copyfile(source, tmp)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, target)
 
 
 def _remember(r: Options, plan: Plan) -> None:
@@ -306,6 +366,9 @@ def uninstall(o: Options, *, reload: bool, out: TextIO) -> int:
     if state is None:
         out.write(f"No install recorded in {o.state_file}: nothing to undo.\n")
         return 1
+    units = [Path(name).name for name in state["files"] if name.endswith(".service") and "@" not in name]
+    if units and reload and _systemd():
+        subprocess.run(["systemctl", "disable", "--now", *units], capture_output=True, timeout=120, check=False)
     for name, old in state["main_cf"].items():
         if old is None:
             _run(["postconf", "-c", str(o.postfix_dir), "-X", name])
@@ -355,6 +418,9 @@ def check(o: Options, *, out: TextIO) -> int:
         current = _master_entry(r.postfix_dir, key)
         if current != " ".join(entry.split()):
             problems.append(f"master.cf: {key} is {'missing' if current is None else 'different'}")
+    for target in plan.binaries:
+        if not target.exists():
+            problems.append(f"missing: {target}")
     if not _spool_owned(r):
         problems.append(f"spool: {r.spool_dir} missing or not owned by {r.mail_user}")
     for problem in problems:

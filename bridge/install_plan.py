@@ -12,9 +12,12 @@ existing content filter is refused unless the admin asked to chain ours before i
 from __future__ import annotations
 
 import dataclasses
+import grp
+import pwd
 import re
 import secrets
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,14 +66,22 @@ class Options:
     imap_port: int = 0  # Dovecot's imap listener
     submission_host: str = "127.0.0.1"
     submission_port: int = 0  # Postfix's submission service
-    mongodb_url: str = "mongodb://127.0.0.1:27017/"
+    mongodb_url: str = ""  # a MongoDB of the site's (replica set URL); empty with --store
     chain_content_filter: bool = False
+    # The embedded store: FerretDB from `ferretdb_bin` (or built with Go), its own unit, on loopback.
+    store: bool = False
+    ferretdb_bin: str = ""
+    store_port: int = 27017
+    systemd_dir: Path = Path("/etc/systemd/system")
+    mail_bridge_bin: str = ""  # the `mail-bridge` the units run: the one running this install
 
     def remembered(self) -> dict[str, Any]:
         """What the state file keeps, so `--check` and a re-run need no flags again."""
         data = dataclasses.asdict(self)
         for name in ("state_file",):
             data.pop(name)
+        if self.store:
+            data["mongodb_url"] = ""  # derived from the store's port on every run
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
 
     @classmethod
@@ -89,6 +100,11 @@ class Options:
                     values[name] = tuple((str(h), int(p)) for h, p in raw)
                 else:
                     values[name] = raw
+        # A store named now replaces the one remembered: your MongoDB, or the embedded one.
+        if given.get("mongodb_url") and given.get("store") is None:
+            values["store"] = False
+        if given.get("store") and given.get("mongodb_url") is None:
+            values["mongodb_url"] = ""
         return cls(**values)
 
 
@@ -104,6 +120,8 @@ class Plan:
     """Everything the install sets: files, Postfix parameters and entries, and why."""
 
     files: dict[Path, FileSpec] = field(default_factory=dict)
+    binaries: dict[Path, Path] = field(default_factory=dict)  # target -> source (the store's program)
+    units: list[str] = field(default_factory=list)  # systemd units to enable, in start order
     secret_files: set[Path] = field(default_factory=set)  # never printed
     main_cf: dict[str, str] = field(default_factory=dict)
     master_cf: dict[str, str] = field(default_factory=dict)  # "service/type" -> the whole entry
@@ -184,8 +202,18 @@ def resolve(o: Options, facts: ServerFacts, master_entries: dict[str, str]) -> O
     reinject_port = o.reinject_port or _free_port(ours, filter_port + 1, {filter_port}, o.reinject_host)
     if filter_port == reinject_port:
         raise InstallError("--filter-port and --reinject-port must differ")
+    if o.store and o.mongodb_url:
+        raise InstallError("--store (the embedded FerretDB) or --mongodb-url (your MongoDB), not both")
+    if not o.store and not o.mongodb_url:
+        raise InstallError(
+            "the bridge needs a MongoDB-compatible store: give --mongodb-url of your MongoDB (a replica set"
+            " URL, e.g. mongodb://db1,db2,db3/mailbridge?replicaSet=rs0), or --store for the embedded FerretDB"
+            " (SQLite, its own unit, loopback only)"
+        )
     return dataclasses.replace(
         o,
+        mongodb_url=o.mongodb_url or f"mongodb://127.0.0.1:{o.store_port}/",
+        mail_bridge_bin=o.mail_bridge_bin or str(Path(sys.executable).parent / "mail-bridge"),
         mail_user=o.mail_user or facts.mail_uid or "vmail",
         filter_port=filter_port,
         reinject_port=reinject_port,
@@ -320,6 +348,8 @@ def make_plan(o: Options, facts: ServerFacts, current_main: dict[str, str | None
     plan.files[o.env_file] = FileSpec(env_text(o, facts, kept, master_password), 0o600)
     plan.secret_files.update({o.env_file, users})
 
+    _plan_units(o, plan)
+
     main = parse_main_snippet(render_text(shipped("postfix-conf/main.cf.snippet").read_text(), values))
     theirs = current_main.get("receive_override_options")
     if theirs and "receive_override_options" in main:
@@ -352,6 +382,36 @@ def make_plan(o: Options, facts: ServerFacts, current_main: dict[str, str | None
             + f" stay(s); mail-bridge's hook takes {values['PUSH_DRIVER_SLOT']}"
         )
     return plan
+
+
+def _plan_units(o: Options, plan: Plan) -> None:
+    """The systemd units, with the mail user, this install's `mail-bridge` and paths filled in."""
+    try:
+        group = grp.getgrgid(pwd.getpwnam(o.mail_user).pw_gid).gr_name
+    except KeyError:
+        raise InstallError(
+            f"no user {o.mail_user!r}: give Dovecot's mail user (its mail_uid) with --mail-user"
+        ) from None
+    values = {
+        "MAIL_USER": o.mail_user,
+        "MAIL_GROUP": group,
+        "ENV_FILE": str(o.env_file),
+        "MAIL_BRIDGE": o.mail_bridge_bin,
+        "SPOOL": str(o.spool_dir),
+        "FERRETDB": str(o.hook_dir / "ferretdb"),
+        "STORE_ADDR": f"127.0.0.1:{o.store_port}",
+    }
+    names = ["mail-bridge-filter.service", "mail-bridge.service", "mail-bridge@.service"]
+    if o.store:
+        names.insert(0, "mail-bridge-store.service")
+        target = o.hook_dir / "ferretdb"
+        given = Path(o.ferretdb_bin).resolve() if o.ferretdb_bin else None
+        # Given, or installed by an earlier run; else install() builds it (scripts/install-ferretdb.sh).
+        plan.binaries[target] = given if given is not None and given.exists() else target
+    for name in names:
+        text = render_text(shipped(f"deploy/systemd/{name}.in").read_text(), values)
+        plan.files[o.systemd_dir / name] = FileSpec(text, 0o644)
+    plan.units = [n for n in names if "@" not in n]
 
 
 def main_cf_names(o: Options, facts: ServerFacts) -> list[str]:

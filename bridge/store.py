@@ -164,7 +164,7 @@ class Store:
         name = f"MongoDB {info.get('version', '?')}"
         if hello.get("setName"):
             return f"{name}, replica set {hello['setName']}"
-        return f"{name}, standalone" if not hello.get("msg") == "isdbgrid" else f"{name}, sharded (mongos)"
+        return f"{name}, sharded (mongos)" if hello.get("msg") == "isdbgrid" else f"{name}, standalone"
 
     async def ping(self) -> None:
         try:

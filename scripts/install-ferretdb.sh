@@ -4,7 +4,9 @@
 # untracked build/version/version.txt, so we build from a writable copy of the module with that file.
 set -euo pipefail
 version="${FERRETDB_VERSION:-v1.24.2}"
-cache="${MAIL_BRIDGE_CACHE:-${HOME:-/root}/.cache/mail-bridge}"
+# The cache directory: the first argument (`mail-bridge install --store` passes its own), else
+# MAIL_BRIDGE_CACHE, else ~/.cache/mail-bridge (make setup).
+cache="${1:-${MAIL_BRIDGE_CACHE:-${HOME:-/root}/.cache/mail-bridge}}"
 # The suffix names our one-line patch (below): a binary built without it is not reused.
 bin="$cache/ferretdb-$version-idindex"
 if [ -x "$bin" ]; then exit 0; fi

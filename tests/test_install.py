@@ -9,16 +9,23 @@ both config dirs back byte for byte; --check then lists what is missing.
 
 from __future__ import annotations
 
+import asyncio
 import filecmp
 import grp
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from bridge.errors import Unavailable
+from bridge.settings import Settings, StackSettings
+from bridge.stack.launcher import free_ports
 from bridge.stack.render import MASTER_USER
+from bridge.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,6 +63,8 @@ def run(root: Path, *extra: str, answer: str = "") -> subprocess.CompletedProces
         f"--env-file={root / 'etc' / 'mail-bridge.env'}",
         f"--state-file={root / 'state' / 'install.json'}",
         "--mail-user=mail",
+        f"--systemd-dir={root / 'systemd'}",
+        "--mongodb-url=mongodb://127.0.0.1:27017/",
         "--no-reload",
         *extra,
     ]
@@ -161,24 +170,85 @@ def test_bad_sentinel_addresses_are_refused_before_anything_is_written(stock: Pa
     assert _same_tree(stock / "dovecot", stock / "stock-dovecot") == []
 
 
-def test_systemd_units_are_valid(tmp_path: Path) -> None:
-    """systemd-analyze verify on the shipped units, with their ExecStart pointed at this checkout."""
+def _ferretdb_program() -> Path:
+    """The FerretDB `make setup` built (the same program `make dist` ships)."""
+    program = StackSettings.from_env(repo_dir=REPO).ferretdb_bin
+    assert program.exists(), f"{program}: run make setup"
+    return program
+
+
+def test_the_units_it_writes_are_valid_and_the_embedded_store_answers(stock: Path, tmp_path: Path) -> None:
+    """`--store`: FerretDB installed beside the hooks with a unit of its own; systemd-analyze verify
+    on every unit as written (real paths: this venv's mail-bridge, the copied FerretDB, the mail user);
+    then the store started exactly as its unit says, on a scratch data dir and port."""
     if shutil.which("systemd-analyze") is None:
         pytest.fail("systemd-analyze is needed to check the units (Debian: systemd)")
-    units = []
-    for unit in sorted((REPO / "deploy" / "systemd").glob("*.service")):
-        text = unit.read_text().replace(
-            "/opt/mail-bridge/venv/bin/mail-bridge", str(Path(sys.executable).parent / "mail-bridge")
-        )
-        name = unit.name.replace("@.", "@18081.")  # a template is verified as one of its instances
-        (tmp_path / name).write_text(text)
-        units.append(str(tmp_path / name))
-    assert len(units) == 3
+    port = free_ports(1)[0]
+    installed = run(stock, "--yes", "--store", f"--ferretdb-bin={_ferretdb_program()}", f"--store-port={port}",
+                    "--mongodb-url=")  # fmt: skip
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    assert "Units written, not started" in installed.stdout or "Started:" in installed.stdout
+    assert env_of(stock)["MONGODB_URL"] == f"mongodb://127.0.0.1:{port}/"
+    assert (stock / "lib" / "ferretdb").read_bytes() == _ferretdb_program().read_bytes()
+    units = sorted((stock / "systemd").glob("*.service"))
+    assert [u.name for u in units] == [
+        "mail-bridge-filter.service", "mail-bridge-store.service", "mail-bridge.service", "mail-bridge@.service"
+    ]  # fmt: skip
+    for unit in units:
+        text = unit.read_text()
+        assert re.search(r"@[A-Z_]+@", text) is None and ("User=mail" in text or "DynamicUser=yes" in text)
+        # A template is verified as one of its instances.
+        (tmp_path / unit.name.replace("@.", "@18081.")).write_text(text)
     verified = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", *units], capture_output=True, text=True, check=False
-    )
+        ["systemd-analyze", "verify", "--man=no", *sorted(map(str, tmp_path.glob("*.service")))],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
     problems = [line for line in verified.stderr.splitlines() if "mail-bridge" in line]
     assert (verified.returncode, problems) == (0, []), verified.stderr
+    assert run(stock, "--check", "--mongodb-url=").returncode == 0  # run() names a MongoDB: unsaid here
+
+    exec_start = next(
+        line.split("=", 1)[1] for line in (stock / "systemd" / "mail-bridge-store.service").read_text().splitlines()
+        if line.startswith("ExecStart=")
+    )  # fmt: skip
+    data = tmp_path / "store-data"
+    data.mkdir()
+    argv = exec_start.replace("/var/lib/mail-bridge-store", str(data)).split()
+    store = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        described = asyncio.run(_describe(env_of(stock)["MONGODB_URL"]))
+    finally:
+        store.terminate()
+        store.wait(timeout=10)
+    assert described.startswith("FerretDB v"), described
+    assert run(stock, "--uninstall").returncode == 0
+    assert not (stock / "lib").exists() and not any((stock / "systemd").glob("*.service"))
+
+
+async def _describe(url: str) -> str:
+    store = Store(url, "mailbridge")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return await store.describe()
+            except Unavailable:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+    finally:
+        await store.close()
+
+
+def test_a_store_is_required_and_a_replica_set_url_is_taken_as_given(stock: Path) -> None:
+    none = run(stock, "--yes", "--mongodb-url=")
+    assert none.returncode == 1 and "--mongodb-url" in none.stderr and "--store" in none.stderr
+    url = "mongodb://db1.example.test,db2.example.test,db3.example.test/mailbridge?replicaSet=rs0"
+    assert run(stock, "--yes", f"--mongodb-url={url}").returncode == 0
+    env = env_of(stock)
+    assert env["MONGODB_URL"] == url
+    # The bridge accepts the file as it is.
+    Settings.from_env(env)
 
 
 def doveconf(root: Path) -> str:
