@@ -51,6 +51,36 @@ def _run(args: list[str]) -> str:
         raise InstallError(str(exc)) from None
 
 
+def _entry_span(lines: list[str], key: str) -> tuple[int, int] | None:
+    """Where master.cf's entry `key` ("service/type") is: its first line at the left margin, and the
+    continuation lines (leading white space, master(5)) after it."""
+    service, kind = key.rsplit("/", 1)
+    for start, line in enumerate(lines):
+        fields = line.split()
+        if line[:1].strip() and not line.startswith("#") and fields[:2] == [service, kind]:
+            end = start + 1
+            while end < len(lines) and lines[end][:1] in (" ", "\t") and lines[end].strip():
+                end += 1
+            return start, end
+    return None
+
+
+def _entry_lines(text: str, key: str) -> str:
+    lines = text.splitlines(keepends=True)
+    span = _entry_span(lines, key)
+    return "".join(lines[span[0] : span[1]]) if span else ""
+
+
+def _restore_entry(master_cf: Path, key: str, original: str) -> None:
+    lines = master_cf.read_text().splitlines(keepends=True)
+    span = _entry_span(lines, key)
+    if span is None:
+        lines.append(original)
+    else:
+        lines[span[0] : span[1]] = [original]
+    master_cf.write_text("".join(lines))
+
+
 def _master_entry(postfix_dir: Path, key: str) -> str | None:
     out = subprocess.run(
         ["postconf", "-c", str(postfix_dir), "-M", key], capture_output=True, text=True, timeout=60, check=False
@@ -88,7 +118,16 @@ def _plan(o: Options) -> tuple[Plan, ServerFacts]:
     resolved = resolve(o, facts, entries)
     current = {name: postconf_value(o.postfix_dir, name) for name in main_cf_names(resolved, facts)}
     state = _load_state(o.state_file) or {}
-    return make_plan(resolved, facts, current, str(state.get("chained_filter", ""))), facts
+    previous = {key: value for key, value in state.get("master_cf", {}).items() if value}
+    plan = make_plan(
+        resolved,
+        facts,
+        current,
+        str(state.get("chained_filter", "")),
+        entries=entries,
+        previous_entries=previous,
+    )
+    return plan, facts
 
 
 def _read(path: Path) -> str | None:
@@ -180,8 +219,13 @@ def install(o: Options, *, assume_yes: bool, reload: bool, out: TextIO, answer: 
     state = _load_state(r.state_file) or {"main_cf": {}, "master_cf": {}, "files": {}, "created_dirs": []}
     for name in plan.main_cf:
         state["main_cf"].setdefault(name, postconf_value(r.postfix_dir, name))
+    master_text = _read(r.postfix_dir / "master.cf") or ""
     for key in plan.master_cf:
-        state["master_cf"].setdefault(key, _master_entry(r.postfix_dir, key))
+        old_entry = _master_entry(r.postfix_dir, key)
+        state["master_cf"].setdefault(key, old_entry)
+        if old_entry is not None:
+            # The entry's own lines, as the admin wrote them: postconf -M would refold them.
+            state.setdefault("master_cf_lines", {}).setdefault(key, _entry_lines(master_text, key))
     for path in plan.files:
         # Files with secrets are not copied into the state: uninstall removes them.
         state["files"].setdefault(str(path), None if path in plan.secret_files else _read(path))
@@ -203,7 +247,7 @@ def install(o: Options, *, assume_yes: bool, reload: bool, out: TextIO, answer: 
         # Compiled now, as root: Pigeonhole would otherwise try to, as the mail user, in a root-owned dir.
         state["files"].setdefault(str(sieve.with_suffix(".svbin")), None)
         _save_state(r.state_file, state)
-        _run(["sievec", str(sieve)])
+        _run(["sievec", "-c", str(r.dovecot_dir / "dovecot.conf"), str(sieve)])
     _save_state(r.state_file, state)
     validate(r.dovecot_dir, r.postfix_dir)
     out.write(f"Installed. The bridge's settings are in {r.env_file}; undo with `mail-bridge install --uninstall`.\n")
@@ -283,7 +327,7 @@ def _reload(o: Options, reload: bool, out: TextIO) -> None:
         else:
             reason = (done.stderr or done.stdout).strip().splitlines()
             out.write(
-                f"Could not reload ({' '.join(command)}: {reason[-1] if reason else 'failed'});"
+                f"Could not reload ({' '.join(command)}: {reason[-1] if reason else 'failed, see the mail log'});"
                 " the new settings apply when it starts.\n"
             )
 
@@ -374,9 +418,12 @@ def uninstall(o: Options, *, reload: bool, out: TextIO) -> int:
             _run(["postconf", "-c", str(o.postfix_dir), "-X", name])
         else:
             _run(["postconf", "-c", str(o.postfix_dir), "-e", f"{name}={old}"])
+    lines = state.get("master_cf_lines", {})
     for key, old in state["master_cf"].items():
         if old is None:
             _run(["postconf", "-c", str(o.postfix_dir), "-MX", key])
+        elif key in lines:
+            _restore_entry(o.postfix_dir / "master.cf", key, lines[key])
         else:
             _run(["postconf", "-c", str(o.postfix_dir), "-M", f"{key}={old}"])
     for name, old in state["files"].items():

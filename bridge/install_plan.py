@@ -288,7 +288,45 @@ def _why(name: str) -> str:
     return ""
 
 
-def make_plan(o: Options, facts: ServerFacts, current_main: dict[str, str | None], previous_chain: str = "") -> Plan:
+OUTBOUND_HEADERS = "mail-bridge-outbound-headers.regexp"
+# Postfix header_checks(5): the stamp only serves Dovecot's dedupe script at local delivery.
+OUTBOUND_HEADERS_TEXT = """# mail-bridge: headers that serve local delivery only (the dedupe script's X-Mail-Bridge-Id),
+# removed from mail leaving this server over SMTP. Used by the smtp and relay transports
+# (master.cf -o smtp_header_checks), never by LMTP delivery to Dovecot. header_checks(5).
+/^X-Mail-Bridge-Id:/ IGNORE
+"""
+
+
+def _outbound_entries(
+    entries: dict[str, str], checks: str, admins_checks: str | None, *, previous: dict[str, str]
+) -> dict[str, str]:
+    """The admin's outbound SMTP transports (smtp/unix, relay/unix running smtp(8)) with our header
+    checks added after theirs (their main.cf smtp_header_checks, or their own -o value).
+    `previous` holds the entries as they were before an earlier install, so a re-run adds ours once."""
+    out: dict[str, str] = {}
+    for key in ("smtp/unix", "relay/unix"):
+        entry = previous.get(key) or entries.get(key)
+        if not entry or entry.split()[7:8] != ["smtp"]:
+            continue
+        theirs = re.search(r"-o\s+smtp_header_checks=(\S*)", entry)
+        if theirs is not None:
+            merged = ",".join(x for x in (theirs.group(1), checks) if x)
+            out[key] = entry[: theirs.start()] + f"-o smtp_header_checks={merged}" + entry[theirs.end() :]
+        else:
+            merged = ",".join(x for x in ((admins_checks or "").replace(" ", ""), checks) if x)
+            out[key] = f"{entry} -o smtp_header_checks={merged}"
+    return out
+
+
+def make_plan(
+    o: Options,
+    facts: ServerFacts,
+    current_main: dict[str, str | None],
+    previous_chain: str = "",
+    *,
+    entries: dict[str, str] | None = None,
+    previous_entries: dict[str, str] | None = None,
+) -> Plan:
     """The plan for resolved options `o`. `current_main` holds main.cf's present value of every
     parameter a plan may set (None: unset), so the plan can name what it changes; `previous_chain`
     is the admin's filter an earlier install chained ours before (main.cf then names ours)."""
@@ -369,11 +407,32 @@ def make_plan(o: Options, facts: ServerFacts, current_main: dict[str, str | None
         )
     plan.main_cf = main
     plan.master_cf = parse_master_snippet(render_text(shipped("postfix-conf/master.cf.snippet").read_text(), values))
+    checks_file = o.hook_dir / OUTBOUND_HEADERS
+    plan.files[checks_file] = FileSpec(OUTBOUND_HEADERS_TEXT, 0o644)
+    outbound = _outbound_entries(
+        entries or {},
+        f"regexp:{checks_file}",
+        current_main.get("smtp_header_checks"),
+        previous=previous_entries or {},
+    )
+    for key, entry in outbound.items():
+        plan.master_cf[key] = entry
+        plan.notes.append(
+            f"master.cf {key} (yours) gains -o smtp_header_checks: our X-Mail-Bridge-Id stamp, which only"
+            " local delivery needs, is removed from mail leaving over SMTP; your own header checks still apply"
+        )
+    plan.notes.append(
+        "Dovecot lmtp_rcpt_check_quota = yes (LMTP only): a new user's home and INBOX are made at RCPT,"
+        " before Sieve runs, so the first delivery is clean and its event names the UIDVALIDITY IMAP reports;"
+        " cost: one INBOX open per recipient, and over-quota mail refused at RCPT"
+    )
     if facts.sieve_before and values["SIEVE_BEFORE_SLOT"] not in facts.sieve_before:
         plan.notes.append(
             "your "
             + ", ".join(f"{k} = {v}" for k, v in facts.sieve_before.items())
-            + f" stay(s) and run(s) first; mail-bridge's dedupe script takes {values['SIEVE_BEFORE_SLOT']}"
+            + f" stay(s) and run(s) first; mail-bridge's dedupe script takes {values['SIEVE_BEFORE_SLOT']}."
+            " Mail your scripts file elsewhere (e.g. spam into Junk) never reaches ours (Pigeonhole ends the"
+            " sequence there): a copy Postfix re-sends after a lost filter reply is not dropped in that folder"
         )
     if facts.push_drivers and values["PUSH_DRIVER_SLOT"] not in facts.push_drivers:
         plan.notes.append(
@@ -416,7 +475,7 @@ def _plan_units(o: Options, plan: Plan) -> None:
 
 def main_cf_names(o: Options, facts: ServerFacts) -> list[str]:
     """Every parameter a plan may set, to read their present values first."""
-    names = ["content_filter", "receive_override_options"]
+    names = ["content_filter", "receive_override_options", "smtp_header_checks"]
     text = shipped("postfix-conf/main.cf.snippet").read_text().replace("@LMTP_TRANSPORT@", facts.lmtp_transport)
     for line in text.splitlines():
         found = _PARAM.match(line)

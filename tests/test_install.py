@@ -355,6 +355,10 @@ def test_the_admins_own_settings_stay_and_ours_go_beside_them(stock: Path) -> No
     # Serial delivery only on the transport that delivers to Dovecot, nothing global.
     assert postconf(stock, "-h", "dovecot-lmtp_destination_recipient_limit") == "1"
     assert "lmtp_destination_recipient_limit" not in postconf(stock, "-n").replace("dovecot-lmtp_", "")
+    # The stamp leaves with no outbound mail: only the smtp and relay transports strip it.
+    outbound = f"smtp_header_checks=regexp:{stock / 'lib' / 'mail-bridge-outbound-headers.regexp'}"
+    assert outbound in postconf(stock, "-M", "smtp/unix") and outbound in postconf(stock, "-M", "relay/unix")
+    assert "smtp_header_checks" not in postconf(stock, "-M", "amavis/unix")
     assert run(stock, "--check").returncode == 0
     assert run(stock, "--yes").stdout.strip() == "mail-bridge is already installed: nothing to change."
     assert run(stock, "--uninstall").returncode == 0
