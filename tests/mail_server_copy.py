@@ -45,6 +45,7 @@ import shutil
 import signal
 import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -425,7 +426,8 @@ class VirtualMailServer:
             f.write(
                 f"""127.0.0.1:{self.ports.submission} inet n - y       -       -       smtpd
   -o syslog_name=postfix/submission
-  -o smtpd_tls_security_level=none
+  -o smtpd_tls_security_level=encrypt
+  -o smtpd_tls_auth_only=yes
   -o smtpd_sasl_auth_enable=yes
   -o smtpd_reject_unlisted_recipient=no
   -o smtpd_client_restrictions=permit_sasl_authenticated,reject
@@ -571,6 +573,8 @@ amavis    unix  -       -       n       -       2       smtp
         port = self.ports.smtp if login is None else self.ports.submission
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
             if login is not None:
+                # Submission demands TLS before AUTH (Debian's snakeoil certificate: not verified).
+                client.starttls(context=ssl._create_unverified_context())
                 client.login(self.address(login[0]), login[1])
             client.send_message(msg, self.address(sender), [self.address(r) for r in recipients])
         return str(msg["Message-ID"])

@@ -6,6 +6,7 @@ logs stay clean. The real-server install test builds on this server."""
 from __future__ import annotations
 
 import smtplib
+import ssl
 from collections.abc import Iterator
 from email import message_from_bytes
 
@@ -73,6 +74,7 @@ def test_submission_refuses_a_wrong_password_and_no_login(running_mail_server: V
         smtplib.SMTP("127.0.0.1", server.ports.submission, timeout=30) as client,
         pytest.raises(smtplib.SMTPAuthenticationError),
     ):
+        client.starttls(context=ssl._create_unverified_context())  # submission: TLS before AUTH
         client.ehlo()
         client.user, client.password = "alice@example.test", "not-her-password"
         client.auth("PLAIN", client.auth_plain)  # one attempt: Dovecot delays each failure by 2 s
@@ -80,6 +82,7 @@ def test_submission_refuses_a_wrong_password_and_no_login(running_mail_server: V
         smtplib.SMTP("127.0.0.1", server.ports.submission, timeout=30) as client,
         pytest.raises(smtplib.SMTPRecipientsRefused) as refused,
     ):
+        client.starttls(context=ssl._create_unverified_context())
         client.sendmail("alice@example.test", ["bob@example.test"], b"Subject: x\r\n\r\nx\r\n")
     assert refused.value.recipients["bob@example.test"][0] == 554
     # Both leave the warnings one expects of a refused client, and nothing else.

@@ -130,7 +130,7 @@ async def _until(probe: object, timeout: float = 20) -> None:
 def test_install_on_a_virtual_mail_server_keeps_the_admins_setup_and_reaches_the_browser(
     stack: StackInfo, own_redis: int
 ) -> None:
-    with scratch_mail_server() as server:
+    with scratch_mail_server({**DEFAULT_USERS, "carol": "carol-Pw-3"}) as server:
         before = server.root / "before"
         shutil.copytree(server.dovecot_dir, before / "dovecot", symlinks=True)
         shutil.copytree(server.postfix_dir, before / "postfix", symlinks=True)
@@ -184,6 +184,13 @@ async def _browser_path(server: VirtualMailServer, units: Units, redis_port: int
         async with http.get(f"/api/v1/email/{new['id']}", headers=headers) as r:
             assert r.status == 200, await r.text()
             assert "Noon at the usual place." in (await r.json())["text"]
+        # Sent from the browser: through the server's submission service, which demands STARTTLS
+        # before AUTH (the installer found that and said so in the env file), to a user on the server.
+        assert units.env["BRIDGE_SUBMISSION_STARTTLS"] == "yes"
+        payload = {"to": [server.address("carol")], "subject": "from the web", "body": "Sent from a browser."}
+        async with http.post("/api/v1/email/send", headers=headers, json=payload) as r:
+            assert r.status == 200, await r.text()
+        assert len(await asyncio.to_thread(server.wait_for_messages, "carol", 1)) == 1
 
     # Bob has never logged in: this is a new user's first delivery, through the dedupe script (the
     # logs are checked for its errors afterwards).
