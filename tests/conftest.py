@@ -27,8 +27,9 @@ from bridge.stack.launcher import Stack, StackInfo, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The reliability suite's table and its --reliability-* options (tests/reliability.py).
-pytest_plugins = ["tests.reliability"]
+# The reliability suite's table and its --reliability-* options (tests/reliability.py); the wheel,
+# installed once per session for the tests that use it as an admin would (tests/wheel_install.py).
+pytest_plugins = ["tests.reliability", "tests.wheel_install"]
 
 
 def free_port() -> int:

@@ -1,5 +1,7 @@
 """`mail-bridge install` on a copy of a typical Debian 12 virtual-mail server, then the server run from
 the installed configs, with the bridge and the filter started as the installed units start them.
+As the README's Production path has it: the `mail-bridge` of the wheel installed in a venv outside
+the checkout (tests/wheel_install.py), run from outside the checkout; the units run that program.
 
 The server (tests/mail_server_copy.py) already has what admins have: an amavis-style content filter
 and a `sieve_before` spam rule that files tagged mail into Junk. After the install, through the
@@ -13,7 +15,6 @@ Redis is this test's own; the store is the session's FerretDB, in a database of 
 from __future__ import annotations
 
 import asyncio
-import os
 import shlex
 import shutil
 import signal
@@ -33,6 +34,7 @@ from bridge.stack.launcher import StackInfo, free_ports
 from tests.mail_server_copy import DEFAULT_USERS, VirtualMailServer, scratch_mail_server
 from tests.socket_client import RecordingClient
 from tests.test_install import _same_tree
+from tests.wheel_install import Installed, clean_env, run
 
 pytestmark = pytest.mark.e2e
 
@@ -55,7 +57,7 @@ class Units:
 
     def __init__(self, server: VirtualMailServer, overrides: dict[str, str]) -> None:
         self.server = server
-        self.env = {**os.environ, **_env_file(server.root / "mail-bridge" / "etc" / "mail-bridge.env"), **overrides}
+        self.env = {**clean_env(), **_env_file(server.root / "mail-bridge" / "etc" / "mail-bridge.env"), **overrides}
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
@@ -127,17 +129,26 @@ async def _until(probe: object, timeout: float = 20) -> None:
         await asyncio.sleep(0.1)
 
 
+def _install(installed: Installed, server: VirtualMailServer, *extra: str) -> subprocess.CompletedProcess[str]:
+    """The wheel's `mail-bridge install`, pointed at the copy (its flags as the harness gives them)."""
+    flags = server.install_command(*extra)[server.install_command().index("install") + 1 :]
+    return run([installed.command("mail-bridge"), "install", *flags], installed.outside, timeout=180)
+
+
 def test_install_on_a_virtual_mail_server_keeps_the_admins_setup_and_reaches_the_browser(
-    stack: StackInfo, own_redis: int
+    stack: StackInfo, own_redis: int, installed: Installed
 ) -> None:
     with scratch_mail_server({**DEFAULT_USERS, "carol": "carol-Pw-3"}) as server:
         before = server.root / "before"
         shutil.copytree(server.dovecot_dir, before / "dovecot", symlinks=True)
         shutil.copytree(server.postfix_dir, before / "postfix", symlinks=True)
-        installed = server.run_install(
-            "--yes", "--chain-content-filter", f"--redis-port={own_redis}", f"--mongodb-url={stack.mongodb_url}"
+        flags = ("--chain-content-filter", f"--redis-port={own_redis}", f"--mongodb-url={stack.mongodb_url}")
+        done = _install(installed, server, "--yes", *flags)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert (
+            f"ExecStart={installed.command('mail-bridge')} filter"
+            in (server.root / "mail-bridge" / "systemd" / "mail-bridge-filter.service").read_text()
         )
-        assert installed.returncode == 0, installed.stdout + installed.stderr
         server.start()
         mark = server.log_mark()
         http_port = free_ports(1)[0]
@@ -153,7 +164,7 @@ def test_install_on_a_virtual_mail_server_keeps_the_admins_setup_and_reaches_the
         noise = [line for line in server.errors_in_logs(mark) if not any(n in line for n in EXPECTED_NOISE)]
         assert noise == [], "\n".join(noise)
 
-        removed = server.run_install("--uninstall", "--no-reload")
+        removed = _install(installed, server, "--uninstall", "--no-reload")
         assert removed.returncode == 0, removed.stdout + removed.stderr
         assert _same_tree(server.dovecot_dir, before / "dovecot") == []
         assert _same_tree(server.postfix_dir, before / "postfix") == []
