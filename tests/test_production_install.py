@@ -170,8 +170,28 @@ def test_install_on_a_virtual_mail_server_keeps_the_admins_setup_and_reaches_the
         assert _same_tree(server.postfix_dir, before / "postfix") == []
 
 
+async def _filter_ready(units: Units, timeout: float = 60) -> None:
+    """The filter answers its 220 banner: mail sent before that would be deferred (4xx) and wait for
+    Postfix's next queue run, minutes later (correct, but not what this test looks at)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert all(p.poll() is None for p in units.processes), "a unit exited; see its .out in the scratch log dir"
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", int(units.env["BRIDGE_FILTER_PORT"]))
+            banner = await asyncio.wait_for(reader.readline(), 5)
+            writer.write(b"QUIT\r\n")
+            writer.close()
+            if banner.startswith(b"220"):
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the filter did not answer"
+        await asyncio.sleep(0.2)
+
+
 async def _browser_path(server: VirtualMailServer, units: Units, redis_port: int, web_url: str) -> None:
     await _wait_healthy(web_url, units)
+    await _filter_ready(units)
     alice = server.address("alice")
     async with aiohttp.ClientSession(web_url) as http:
         async with http.post("/api/v1/auth/login", json={"email": alice, "password": DEFAULT_USERS["alice"]}) as r:
@@ -184,7 +204,10 @@ async def _browser_path(server: VirtualMailServer, units: Units, redis_port: int
             message_id = await asyncio.to_thread(
                 server.send, "carol@example.net", ["alice"], subject, "Noon at the usual place.\n"
             )
-            new = await socket.wait_for("new_email", lambda e: e["subject"] == subject, timeout=30)
+            try:
+                new = await socket.wait_for("new_email", lambda e: e["subject"] == subject, timeout=30)
+            except TimeoutError:
+                raise AssertionError(f"no new_email for {subject!r}; the logs:\n{server.logs()[-6000:]}") from None
         finally:
             await socket.close()
         # Delivered once (through our filter, then the admin's, then Dovecot), a new user's first mail.
