@@ -14,11 +14,15 @@ fan-out position, then joins the room; the reader takes the same per-account loc
 everything past that position reaches it live and nothing is missed or sent twice across the seam.
 If the log no longer reaches back to that id, the socket gets `resync` instead. A node that falls
 further behind than the fan-out keeps (FANOUT_MAXLEN entries) sees a number skipped in the entries'
-sequence and replays the missed range from the resume logs of its accounts before going on. A socket that
+sequence and replays the missed range from the resume logs of its accounts before going on (to the
+rooms of sockets that join meanwhile too). A socket that
 connects without a `lastEventId` for an account gets `resume_point` (the newest id it will not get
 live, or "0-0"), taken under the same lock as its join, so it can resume even if no event reached it
 before it dropped.
-Ingest events are relayed once per key: a stream entry delivered twice is emitted once.
+Ingest events are relayed once per key: a stream entry delivered twice is emitted once. The key's
+marker is written by the same script as the events it stands for, so a publish that failed (a Redis
+error, a dropped connection, a node killed) leaves no marker and the entry's retry publishes it, and
+one that succeeded unheard (a lost reply) is not published again.
 
 Client actions answer through the Socket.IO acknowledgement: `{"ok": true, ...}` or
 `{"ok": false, "error": "..."}`.
@@ -31,8 +35,9 @@ import hashlib
 import logging
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
@@ -60,37 +65,111 @@ LOCK_STRIPES = 256
 # mail at hundreds of events a second), at a few hundred bytes each.
 FANOUT_MAXLEN = 50_000
 FANOUT_BATCH = 500
+REPLAY_PAGE = 500  # resume-log entries read at a time
 
-# KEYS: the fan-out stream, then one resume log per event. ARGV: the fan-out's and the logs' MAXLEN,
-# then five per event: account, name, payload, a sid to skip ("" for none), "1" to log it ("0" for
-# an ephemeral event such as user_typing). Returns the events' ids. A log entry takes its fan-out
-# entry's id, so both streams order events alike; a log whose last id is not older (one written
-# before this scheme, or a clock step) gets a fresh id rather than failing the whole batch.
-# KEYS: the fan-out stream, its sequence counter, then one resume log per event. Each fan-out entry
-# carries the next number of the counter ('q'): a reader that finds a number skipped knows the
-# stream was trimmed past entries it had not read (it fell more than FANOUT_MAXLEN behind).
+# One script, atomic in Redis, publishes a call's events. KEYS: the fan-out stream, its sequence
+# counter, the n events' resume logs, then the call's m markers. ARGV: the fan-out's and the logs'
+# MAXLEN, n, m, the m markers' TTLs, then six per event: account, name, payload, a sid to skip (""
+# for none), "1" to log it ("0" for an ephemeral event such as user_typing), and its marker's number
+# (1..m, or 0 for none).
+# A marker stands for its events having been published: set by the same script that writes them, so
+# there is never one without the other. Events whose marker is already set (an ingest entry relayed
+# before, retried after a lost reply or claimed from a dead node; a call redis-py repeated after a
+# lost reply) are not written again; the ids the marker kept are returned for them instead.
+# Each fan-out entry carries the next number of the counter ('q'): a reader that finds a number
+# skipped knows the stream was trimmed past entries it had not read (it fell more than FANOUT_MAXLEN
+# behind). A log entry takes its fan-out entry's id, so both streams order events alike; a log whose
+# last id is not older (one written before this scheme, or a clock step) gets a fresh id instead.
+# Everything that could fail is checked before the first write: Redis does not undo a script's writes
+# when it fails half-way, and a counter bumped (a false gap on every node), a fan-out entry without
+# its log entry, or a marker without its events would each outlive the error.
+# Returns {ids, fresh}: each event's id, and 1 if this call wrote it (0 if its marker was set).
 _PUBLISH_SCRIPT = """
-local ids = {}
-local seq = redis.call('INCRBY', KEYS[2], #KEYS - 2) - (#KEYS - 2)
-for i = 3, #KEYS do
-  local at = 3 + (i - 3) * 5
-  seq = seq + 1
-  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-    'a', ARGV[at], 'n', ARGV[at + 1], 'p', ARGV[at + 2], 's', ARGV[at + 3], 'l', ARGV[at + 4], 'q', seq)
-  if ARGV[at + 4] == '1' then
-    local logged = redis.pcall('XADD', KEYS[i], 'MAXLEN', '~', ARGV[2], id, 'n', ARGV[at + 1], 'p', ARGV[at + 2])
-    if type(logged) == 'table' and logged.err then
-      redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[2], '*', 'n', ARGV[at + 1], 'p', ARGV[at + 2])
-    end
-  end
-  ids[#ids + 1] = id
+local n, m = tonumber(ARGV[3]), tonumber(ARGV[4])
+local function kind(key) return redis.call('TYPE', key)['ok'] end
+local function wrong(key, want)
+  local t = kind(key)
+  return t ~= 'none' and t ~= want
 end
-return ids
+if wrong(KEYS[1], 'stream') then return redis.error_reply('WRONGTYPE fan-out ' .. KEYS[1] .. ' is not a stream') end
+if wrong(KEYS[2], 'string') or not string.match(redis.call('GET', KEYS[2]) or '0', '^%d+$') then
+  return redis.error_reply('WRONGTYPE fan-out counter ' .. KEYS[2] .. ' is not a number')
+end
+for i = 3, n + 2 do
+  if wrong(KEYS[i], 'stream') then
+    return redis.error_reply('WRONGTYPE resume log ' .. KEYS[i] .. ' is not a stream')
+  end
+end
+local kept = {}  -- marker number -> the ids its first publication stored, or false when not set
+for j = 1, m do
+  local key = KEYS[n + 2 + j]
+  local t = kind(key)
+  if t == 'none' then
+    kept[j] = false
+  else
+    local ids = {}
+    if t == 'string' then
+      for id in string.gmatch(redis.call('GET', key), '[^,]+') do ids[#ids + 1] = id end
+    end
+    kept[j] = ids
+  end
+end
+local base = 4 + m
+local count = 0
+for i = 1, n do
+  local marker = tonumber(ARGV[base + i * 6])
+  if marker == 0 or not kept[marker] then count = count + 1 end
+end
+local seq = 0
+if count > 0 then seq = redis.call('INCRBY', KEYS[2], count) - count end
+local ids, fresh, made, used = {}, {}, {}, {}
+for i = 1, n do
+  local at = base + (i - 1) * 6
+  local marker = tonumber(ARGV[at + 6])
+  if marker > 0 and kept[marker] then
+    used[marker] = (used[marker] or 0) + 1
+    ids[i] = kept[marker][used[marker]] or ''
+    fresh[i] = 0
+  else
+    seq = seq + 1
+    local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+      'a', ARGV[at + 1], 'n', ARGV[at + 2], 'p', ARGV[at + 3], 's', ARGV[at + 4], 'l', ARGV[at + 5], 'q', seq)
+    if ARGV[at + 5] == '1' then
+      local logged = redis.pcall('XADD', KEYS[i + 2], 'MAXLEN', '~', ARGV[2], id, 'n', ARGV[at + 2], 'p', ARGV[at + 3])
+      if type(logged) == 'table' and logged.err then
+        redis.call('XADD', KEYS[i + 2], 'MAXLEN', '~', ARGV[2], '*', 'n', ARGV[at + 2], 'p', ARGV[at + 3])
+      end
+    end
+    ids[i] = id
+    fresh[i] = 1
+    if marker > 0 then made[marker] = made[marker] and (made[marker] .. ',' .. id) or id end
+  end
+end
+for j = 1, m do
+  if made[j] then redis.call('SET', KEYS[n + 2 + j], made[j], 'EX', ARGV[4 + j]) end
+end
+return {ids, fresh}
 """
 RELAYED_TTL_S = 86400
+# A publish call's own marker only has to outlive redis-py repeating the call after a lost reply.
+PUBLISHED_TTL_S = 300
+# How long a connect waits for the fan-out reader's first position before refusing.
+READER_WAIT_S = 5.0
 _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 Ack = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    """One event for the publish script."""
+
+    account: str
+    name: str
+    payload: dict[str, Any]
+    skip: str = ""  # a sid not to emit it to
+    logged: bool = True  # into the account's resume log (False: ephemeral, e.g. user_typing)
+    marker: int = 0  # the number (from 1) of the call's marker that stands for it; 0 for none
 
 
 def account_room(account: str) -> str:
@@ -189,6 +268,13 @@ class Realtime:
         self.position = "0-0"
         self._sequence: int | None = None  # the 'q' of that entry, when it had one
         self._reading = asyncio.Event()
+        # While a fan-out gap is replayed (`_recover_gap`), until the reader emits the entry after
+        # it: by account, how far its room has been caught up: the `before` of the gap its replay
+        # finished (so a socket joining it now starts there), and the last id replayed to it (so a
+        # replay retried after a Redis error goes on from there rather than send anything twice).
+        self._in_gap = False
+        self._gap_through: dict[str, str] = {}
+        self._gap_last: dict[str, str] = {}
         self._publish_script: AsyncScript | None = None
         # Called with the accounts of every new connection (the app starts their backfill).
         self.on_accounts: Callable[[tuple[str, ...]], None] = lambda _accounts: None
@@ -203,10 +289,14 @@ class Realtime:
         self.sio.on("*", self._unknown_event)
 
     def bind(self, redis: aioredis.Redis, imap: ImapGateway, mail: MailService) -> None:
-        self.redis = redis
-        self._publish_script = redis.register_script(_PUBLISH_SCRIPT)
+        self.bind_redis(redis)
         self.imap = imap
         self.mail = mail
+
+    def bind_redis(self, redis: aioredis.Redis) -> None:
+        """Redis alone: all the relay, the fan-out reader and resuming need."""
+        self.redis = redis
+        self._publish_script = redis.register_script(_PUBLISH_SCRIPT)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -254,32 +344,71 @@ class Realtime:
         except AuthError as exc:
             log.info("[sid %s] connection refused: %s", sid, exc)
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
-        sockets = self._sockets_by_user.setdefault(identity.subject, set())
+        sockets = self._sockets_by_user.get(identity.subject, set())
         if len(sockets) >= self.max_sockets_per_user:
             log.info("[sid %s] connection refused: %s has %d sockets", sid, identity.subject, len(sockets))
             raise socketio.exceptions.ConnectionRefusedError("too many connections for this user")
-        sockets.add(sid)
+        # Counted before the awaits below, so that concurrent connects of one user cannot pass the
+        # limit together; undone if the connect does not complete. python-socketio calls the
+        # disconnect handler only for a socket whose connect handler returned, so nothing else would
+        # give the slot back: a few Redis errors during connects would lock the user out for good.
+        self._register(sid, identity)
+        last_event_id = auth.get("lastEventId") if isinstance(auth, dict) else None
+        points: dict[str, str] = {}
+        try:
+            await self.sio.save_session(sid, {"identity": identity})
+            if last_event_id is None:
+                for account in identity.accounts:
+                    async with self._lock(account):
+                        points[account] = await self._log_position(account)
+                        await self.sio.enter_room(sid, account_room(account))
+            if sid not in self._expiry:
+                # The token expired during the awaits above. Its timer could not disconnect a socket
+                # whose connect had not completed (python-socketio ignores it): completing the
+                # connect now would keep the socket past its token, for good.
+                log.info("[sid %s] connection refused: the token expired during the connect", sid)
+                raise socketio.exceptions.ConnectionRefusedError("token expired")
+        except BaseException as exc:
+            # Refused, failed or cancelled (shutdown): the slot is given back all the same.
+            self._unregister(sid)
+            if not isinstance(exc, Exception) or isinstance(exc, socketio.exceptions.ConnectionRefusedError):
+                raise
+            if isinstance(exc, RedisError | OSError):
+                log.warning("[sid %s] connection refused: Redis did not answer: %s", sid, exc)
+            else:
+                log.exception("[sid %s] connection refused: the connect failed", sid)
+            # A refusal rather than the exception: python-socketio then answers the client and
+            # forgets the half-made connection (and its rooms) instead of leaving both hanging.
+            raise socketio.exceptions.ConnectionRefusedError("temporarily unavailable, try again") from None
+        self.on_accounts(identity.accounts)
+        log.info("[sid %s] connected as %s (%d account(s))", sid, identity.subject, len(identity.accounts))
+        if last_event_id is None:
+            self._spawn(self._send_resume_points(sid, points), f"points-{sid}")
+            return None
+        # Replay after the CONNECT packet went out (the handler returns first), then join.
+        self._spawn(self._resume(sid, identity, last_event_id), f"resume-{sid}")
+        return None
+
+    def _register(self, sid: str, identity: Identity) -> None:
+        self._sockets_by_user.setdefault(identity.subject, set()).add(sid)
         self._user_of[sid] = identity.subject
         # A socket lives no longer than its token: at expiry it is disconnected (the client logs in
         # again and resumes with lastEventId).
         delay = max(0.0, identity.expires_at - time.time())
         self._expiry[sid] = asyncio.get_running_loop().call_later(delay, self._expire, sid)
         self.metrics.sockets.inc()
-        self.on_accounts(identity.accounts)
-        last_event_id = auth.get("lastEventId") if isinstance(auth, dict) else None
-        await self.sio.save_session(sid, {"identity": identity})
-        log.info("[sid %s] connected as %s (%d account(s))", sid, identity.subject, len(identity.accounts))
-        if last_event_id is None:
-            points: dict[str, str] = {}
-            for account in identity.accounts:
-                async with self._lock(account):
-                    points[account] = await self._log_position(account)
-                    await self.sio.enter_room(sid, account_room(account))
-            self._spawn(self._send_resume_points(sid, points), f"points-{sid}")
-            return None
-        # Replay after the CONNECT packet went out (the handler returns first), then join.
-        self._spawn(self._resume(sid, identity, last_event_id), f"resume-{sid}")
-        return None
+
+    def _unregister(self, sid: str) -> None:
+        timer = self._expiry.pop(sid, None)
+        if timer is not None:
+            timer.cancel()
+        subject = self._user_of.pop(sid, None)
+        if subject is not None:
+            self.metrics.sockets.dec()
+            sockets = self._sockets_by_user.get(subject, set())
+            sockets.discard(sid)
+            if not sockets:
+                self._sockets_by_user.pop(subject, None)
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -298,16 +427,7 @@ class Realtime:
         refused = self._client_sent(sid, "disconnect")
         if refused is not None:
             return refused
-        timer = self._expiry.pop(sid, None)
-        if timer is not None:
-            timer.cancel()
-        subject = self._user_of.pop(sid, None)
-        if subject is not None:
-            self.metrics.sockets.dec()
-            sockets = self._sockets_by_user.get(subject, set())
-            sockets.discard(sid)
-            if not sockets:
-                self._sockets_by_user.pop(subject, None)
+        self._unregister(sid)
         log.debug("[sid %s] disconnected (%s)", sid, reason)
         return None
 
@@ -325,9 +445,21 @@ class Realtime:
         none). Called under the account's lock, with the join: every later event reaches the socket
         live."""
         assert self.redis is not None
-        await self._reading.wait()
-        newest: Any = await self.redis.xrevrange(self.log_key(account), max=self.position, count=1)
+        await self._reader_started()
+        newest: Any = await self.redis.xrevrange(self.log_key(account), max=self._emitted_through(account), count=1)
         return _entry_id(newest[0][0]) if newest else "0-0"
+
+    async def _reader_started(self) -> None:
+        # Bounded: while Redis is down at start the reader has no position, and a connect waiting
+        # for it would hang (and keep its socket slot) rather than be refused.
+        await asyncio.wait_for(self._reading.wait(), READER_WAIT_S)
+
+    def _emitted_through(self, account: str) -> str:
+        """How far this node has emitted the account's events to its room, as an XRANGE bound: its
+        fan-out position, or, for a room a gap's replay has caught up, up to the entry after the gap
+        (the reader, still at the gap's start, emits that entry next)."""
+        through = self._gap_through.get(account.lower())
+        return f"({through}" if through is not None else self.position
 
     async def _send_resume_points(self, sid: str, points: dict[str, str]) -> None:
         """A socket that came without lastEventId (or without one for an account) learns where its
@@ -348,7 +480,8 @@ class Realtime:
                         fresh[account] = await self._log_position(account)
                         replayed = 0
                     else:
-                        replayed = await self._replay(sid, account, since, self.position)
+                        await self._reader_started()
+                        replayed = await self._replay(sid, account, since, self._emitted_through(account))
                     await self.sio.enter_room(sid, account_room(account))
                 log.info("[sid %s] resumed %s: %d event(s) replayed", sid, account, replayed)
             await self._send_resume_points(sid, fresh)
@@ -358,49 +491,83 @@ class Realtime:
             for account in identity.accounts:
                 await self.sio.enter_room(sid, account_room(account))
 
+    def _account_rooms(self) -> list[str]:
+        """The accounts with a room (a socket) on this node, by their lower-case room name."""
+        prefix = account_room("")
+        rooms = list(self.sio.manager.rooms.get("/", {}))
+        return [r[len(prefix) :] for r in rooms if isinstance(r, str) and r.startswith(prefix)]
+
     async def _recover_gap(self, after: str, before: str, missed: int) -> None:
         """The fan-out was trimmed past `missed` entries between `after` (the last one this node
         emitted) and `before` (the next it can read): this node fell that far behind. The logged
         ones are still in the accounts' resume logs, under the same ids: replay that range to the
         room of every account that has sockets here, in order, before the reader goes on. Only
-        unlogged events (typing) are lost, and a log itself trimmed past `after` gets `resync`."""
-        self.metrics.fanout_gaps.inc()
-        log.warning(
-            "[fan-out %s] this node fell behind the stream's length: %d entries after %s trimmed unread;"
-            " replaying its accounts' resume logs",
-            before,
-            missed,
-            after,
-        )
-        prefix = account_room("")
-        rooms = [r for r in self.sio.manager.rooms.get("/", {}) if isinstance(r, str) and r.startswith(prefix)]
-        replayed = 0
-        for room in rooms:
-            account = room[len(prefix) :]
-            async with self._lock(account):
-                replayed += await self._replay(room, account, after, f"({before}", new_log_is_reset=False)
-        log.warning("[fan-out %s] %d event(s) replayed to %d account room(s)", before, replayed, len(rooms))
+        unlogged events (typing) are lost, and a log itself trimmed past `after` gets `resync`.
 
-    async def _replay(self, to: str, account: str, since: object, upto: str, *, new_log_is_reset: bool = True) -> int:
+        The rooms are listed again until none is left: a socket joining an account's room during
+        the replay either joins it before that room's turn (and gets the replay with the room) or
+        after it (and starts from the end of the gap: `_emitted_through`). A replay cut short by a
+        Redis error is retried by the reader, and goes on from where each room got to."""
+        if not self._in_gap:  # not a retry of the same gap's replay
+            self.metrics.fanout_gaps.inc()
+            log.warning(
+                "[fan-out %s] this node fell behind the stream's length: %d entries after %s trimmed unread;"
+                " replaying its accounts' resume logs",
+                before,
+                missed,
+                after,
+            )
+        self._in_gap = True
+        replayed = rooms = 0
+        while pending := [a for a in self._account_rooms() if self._gap_through.get(a) != before]:
+            for account in pending:
+                async with self._lock(account):
+                    since = self._gap_last.get(account, after)
+
+                    def emitted(event_id: str, account: str = account) -> None:
+                        self._gap_last[account] = event_id
+
+                    replayed += await self._replay(
+                        account_room(account), account, since, f"({before}", new_log_is_reset=False, emitted=emitted
+                    )
+                    self._gap_through[account] = before
+                rooms += 1
+        log.warning("[fan-out %s] %d event(s) replayed to %d account room(s)", before, replayed, rooms)
+
+    async def _replay(
+        self,
+        to: str,
+        account: str,
+        since: object,
+        upto: str,
+        *,
+        new_log_is_reset: bool = True,
+        emitted: Callable[[str], None] = lambda _event_id: None,
+    ) -> int:
         """Emit to `to` (a socket or a room) the account's logged events after `since`, up to
         `upto` (an id, or "(id" to stop before it): for a resuming socket, this node's fan-out
         position (the reader emits the later ones to the room). Called under the account's lock.
         A log that starts after `since` with nothing trimmed is, for a client's `since`, one that
         Redis lost and began again (`resync` is sent too); after a fan-out gap (the sequence went
-        on, so Redis kept its data) it is an account's first events."""
+        on, so Redis kept its data) it is an account's first events. `emitted` is told each id
+        as it is sent."""
         assert self.redis is not None
-        await self._reading.wait()
         key = self.log_key(account)
         if not isinstance(since, str) or not _EVENT_ID.match(since):
             await self.sio.emit("resync", {"account": account, "reason": "unknown lastEventId"}, to=to)
             return 0
+        # The first page is read before the log is looked at, not after: the log is trimmed from
+        # the front as events are added, and a check made first could pass for a log trimmed past
+        # `since` by the time of the read (events lost without a resync). Made after the read, a
+        # check that passes held at the read too.
+        entries: Any = await self.redis.xrange(key, min=f"({since}", max=upto, count=REPLAY_PAGE)
         info: Any = {}
         try:
             info = await self.redis.xinfo_stream(key)
         except aioredis.ResponseError:
             info = {}  # no log yet: nothing was ever sent for this account
-        # The log is trimmed from the front: once `since` is older than its first entry, events
-        # after it may be gone (Redis 7.0 keeps no count of trimmed entries), so ask for a resync.
+        # Once `since` is older than the log's first entry, events after it may be gone (Redis 7.0
+        # keeps no count of trimmed entries), so ask for a resync.
         if info and since == "0-0":
             # From the log's very beginning: a gap only if entries were trimmed (Redis >= 7.0 counts
             # every entry ever added; XINFO STREAM).
@@ -422,35 +589,36 @@ class Realtime:
                     log.warning("[%s] %s: resume log was reset; replaying all of it", to, account)
                     await self.sio.emit("resync", {"account": account, "reason": "resume log was reset"}, to=to)
         count = 0
-        cursor = f"({since}"
-        while True:
-            entries: Any = await self.redis.xrange(key, min=cursor, max=upto, count=500)
-            if not entries:
-                return count
+        while entries:
             for entry_id, fields in entries:
                 payload = msgpack.unpackb(fields[b"p"], raw=False)
                 payload["eventId"] = _entry_id(entry_id)
                 await self.sio.emit(fields[b"n"].decode(), payload, to=to)
+                emitted(payload["eventId"])
                 count += 1
-            cursor = f"({_entry_id(entries[-1][0])}"
+            if len(entries) < REPLAY_PAGE:
+                break
+            entries = await self.redis.xrange(key, min=f"({_entry_id(entries[-1][0])}", max=upto, count=REPLAY_PAGE)
+        return count
 
     # ------------------------------------------------------------------ relay
 
     async def _facts(self, events: Sequence[Event]) -> list[MtaFacts | None]:
-        """The filter's summary of each delivered mail, remembered by Message-ID when it passed (the
-        filter publishes as soon as Postfix has the mail back, before Dovecot delivers it). One
-        pipeline for the whole read, in event order: a summary set earlier in the read is seen by
-        a delivery later in it."""
+        """The filter's summary of each delivered mail, remembered by recipient and Message-ID when
+        it passed (the filter publishes as soon as Postfix has the mail back, before Dovecot
+        delivers it). One pipeline for the whole read, in event order: a summary set earlier in the
+        read is seen by a delivery later in it."""
         assert self.redis is not None
         pipe = self.redis.pipeline(transaction=False)
         asked: list[tuple[int, int]] = []  # (event index, its GET's place in the pipeline)
         for index, event in enumerate(events):
             if isinstance(event, MtaAccepted) and event.message_id:
-                facts = [int(bool(event.attachments)), event.size, event.category]
-                pipe.set(self._facts_key(event.message_id), msgpack.packb(facts), ex=RELAYED_TTL_S)
+                facts = msgpack.packb([int(bool(event.attachments)), event.size, event.category])
+                for recipient in dict.fromkeys(r.lower() for r in event.rcpt_to):
+                    pipe.set(self._facts_key(recipient, event.message_id), facts, ex=RELAYED_TTL_S)
             elif isinstance(event, MessageAdded) and event.message_id:
                 asked.append((index, len(pipe)))
-                pipe.get(self._facts_key(event.message_id))
+                pipe.get(self._facts_key(event.account, event.message_id))
         found: list[MtaFacts | None] = [None] * len(events)
         if not len(pipe):
             return found
@@ -462,37 +630,52 @@ class Realtime:
                 found[index] = MtaFacts(bool(has_attachments), int(size), str(category))
         return found
 
-    def _facts_key(self, message_id: str) -> str:
-        digest = hashlib.sha256(message_id.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-        return f"{self.stream_prefix}:mta:{digest}"
+    def _facts_key(self, account: str, message_id: str) -> str:
+        """One mail's summary for one recipient. By Message-ID alone, anyone who knew (or guessed)
+        the Message-ID of another user's mail could send a mail with the same one and change how
+        that mail is shown (its attachment flag, its category): scoped to the account, a sender
+        reaches only the mailboxes they send to."""
+        scoped = f"{account.lower()}\0{message_id}".encode("utf-8", "surrogateescape")
+        return f"{self.stream_prefix}:mta:{hashlib.sha256(scoped).hexdigest()[:32]}"
+
+    def _relayed_key(self, event_key: str) -> str:
+        return f"{self.stream_prefix}:relayed:{event_key}"
 
     async def relay(self, deliveries: Sequence[Delivery]) -> None:
-        """Relay one read of ingest events: facts, once-per-key check and resume-log appends are
-        each one pipelined round trip to Redis for the whole read."""
+        """Relay one read of ingest events, once per key: a re-delivered ingest entry (a crash or a
+        lost reply before XACK, an entry claimed from a dead node, the spool drained twice) is not
+        shown twice. Each key's marker is set by the script that publishes its events, never
+        before: a publish that failed leaves no marker, and the retry publishes. Two round trips to
+        Redis for the whole read: the facts, then the script."""
         assert self.redis is not None
         events = [d.event for d in deliveries]
-        candidates: list[tuple[Delivery, list[BrowserEvent]]] = []
+        outgoing: list[_Outgoing] = []
+        relayed: list[Delivery] = []  # by marker number - 1
+        keys: set[str] = set()
         for delivery, facts in zip(deliveries, await self._facts(events), strict=True):
             browser_events = to_browser(delivery.event, facts)
-            if browser_events:
-                candidates.append((delivery, browser_events))
-        if not candidates:
-            return
-        # Once per key: a re-delivered ingest entry (crash before XACK, spool drained twice) is
-        # not shown twice. SET NX in order, so a key repeated within the read also counts once.
-        pipe = self.redis.pipeline(transaction=False)
-        for delivery, _ in candidates:
-            pipe.set(f"{self.stream_prefix}:relayed:{delivery.event.key}", b"1", nx=True, ex=RELAYED_TTL_S)
-        firsts = await pipe.execute()
-        fresh: list[BrowserEvent] = []
-        now = time.time()
-        for (delivery, browser_events), first in zip(candidates, firsts, strict=True):
-            if not first:
+            if not browser_events:
+                continue
+            if delivery.event.key in keys:  # twice in one read: the script would see neither marker
                 log.info("[%s %s] duplicate of %s skipped", delivery.stream, delivery.entry_id, delivery.event.key)
                 continue
-            fresh.extend(browser_events)
-            self.metrics.relay_latency.observe(max(0.0, now - delivery.event.ts / 1000))
-        await self.publish_many(fresh)
+            keys.add(delivery.event.key)
+            relayed.append(delivery)
+            outgoing += [_Outgoing(e.account, e.name, e.payload, marker=len(relayed)) for e in browser_events]
+        if not outgoing:
+            return
+        markers = [(self._relayed_key(d.event.key), RELAYED_TTL_S) for d in relayed]
+        _ids, fresh = await self._fan_out(outgoing, markers)
+        repeated = {item.marker for item, new in zip(outgoing, fresh, strict=True) if not new}
+        now = time.time()
+        for number, delivery in enumerate(relayed, start=1):
+            if number in repeated:
+                log.info("[%s %s] duplicate of %s skipped", delivery.stream, delivery.entry_id, delivery.event.key)
+            else:
+                self.metrics.relay_latency.observe(max(0.0, now - delivery.event.ts / 1000))
+        for item, new in zip(outgoing, fresh, strict=True):
+            if new:
+                self.metrics.events_relayed.labels(item.name).inc()
 
     async def publish(self, browser_event: BrowserEvent) -> str:
         """Log the event in its account's resume log, then emit it to the account's room."""
@@ -501,23 +684,35 @@ class Realtime:
 
     async def publish_many(self, browser_events: Sequence[BrowserEvent]) -> list[str]:
         """Log the events in their accounts' resume logs and append them to the fan-out (one script,
-        one round trip); every node's reader then emits each, in order, with its id as `eventId`."""
+        one round trip); every node's reader then emits each, in order, with its id as `eventId`.
+        The call has a marker of its own: redis-py sends a command again when the connection drops
+        before the reply came, and a script that ran the first time must not publish twice."""
         if not browser_events:
             return []
-        event_ids = await self._fan_out([(e.account, e.name, e.payload, "", True) for e in browser_events])
-        for browser_event in browser_events:
-            self.metrics.events_relayed.labels(browser_event.name).inc()
+        marker = (f"{self.stream_prefix}:published:{uuid.uuid4().hex}", PUBLISHED_TTL_S)
+        event_ids, fresh = await self._fan_out(
+            [_Outgoing(e.account, e.name, e.payload, marker=1) for e in browser_events], [marker]
+        )
+        for browser_event, new in zip(browser_events, fresh, strict=True):
+            if new:
+                self.metrics.events_relayed.labels(browser_event.name).inc()
         return event_ids
 
-    async def _fan_out(self, events: Sequence[tuple[str, str, dict[str, Any], str, bool]]) -> list[str]:
-        assert self.redis is not None
-        keys = [self.fanout_key, self.fanout_key + ":seq"] + [self.log_key(account) for account, *_ in events]
-        args: list[str | bytes | int] = [FANOUT_MAXLEN, self.resume_log_len]
-        for account, name, payload, skip, logged in events:
-            args += [account, name, msgpack.packb(payload), skip, "1" if logged else "0"]
-        assert self._publish_script is not None
-        ids: Any = await self._publish_script(keys=keys, args=args)
-        return [_entry_id(raw) for raw in ids]
+    async def _fan_out(
+        self, events: Sequence[_Outgoing], markers: Sequence[tuple[str, int]] = ()
+    ) -> tuple[list[str], list[bool]]:
+        """Run the publish script: each event's id, and whether this call wrote it (False: its
+        marker was already set, and the id is the one its first publication got)."""
+        assert self.redis is not None and self._publish_script is not None
+        keys = [self.fanout_key, self.fanout_key + ":seq"] + [self.log_key(e.account) for e in events]
+        keys += [key for key, _ttl in markers]
+        args: list[str | bytes | int] = [FANOUT_MAXLEN, self.resume_log_len, len(events), len(markers)]
+        args += [ttl for _key, ttl in markers]
+        for e in events:
+            args += [e.account, e.name, msgpack.packb(e.payload), e.skip, "1" if e.logged else "0", e.marker]
+        reply: Any = await self._publish_script(keys=keys, args=args)
+        ids, fresh = reply
+        return [_entry_id(raw) for raw in ids], [bool(flag) for flag in fresh]
 
     async def run_fanout(self) -> None:
         """Emit every fan-out entry, in order, to this node's sockets in the account's room."""
@@ -555,14 +750,22 @@ class Realtime:
             payload = msgpack.unpackb(fields[b"p"], raw=False)
         except (ValueError, msgpack.UnpackException):
             log.error("[fan-out %s] undecodable entry skipped", entry_id)
-            self.position = entry_id
+            self._advance(entry_id)
             return
         skip = fields.get(b"s", b"").decode() or None
         async with self._lock(account):
             if fields.get(b"l") == b"1":
                 payload["eventId"] = entry_id
             await self.sio.emit(name, payload, room=account_room(account), skip_sid=skip)
-            self.position = entry_id
+            self._advance(entry_id)
+
+    def _advance(self, entry_id: str) -> None:
+        """The reader emitted `entry_id`: past a gap's end, the position says it all again."""
+        self.position = entry_id
+        if self._in_gap:
+            self._in_gap = False
+            self._gap_through.clear()
+            self._gap_last.clear()
 
     # ------------------------------------------------------------------ client actions
 
@@ -628,7 +831,7 @@ class Realtime:
         # Only the sessions that can see this email: the account's room on every node, not this
         # socket itself. Ephemeral: through the fan-out, not into the resume log.
         payload = {"user": identity.subject, "emailId": data["emailId"], "typing": bool(data.get("typing", True))}
-        await self._fan_out([(account, "user_typing", payload, sid, False)])
+        await self._fan_out([_Outgoing(account, "user_typing", payload, skip=sid, logged=False)])
         return {"ok": True}
 
     async def _mark_read(self, sid: str, identity: Identity, data: Any) -> Ack:

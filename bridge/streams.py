@@ -7,7 +7,10 @@ hash (by stream) as soon as Redis answers again, for /metrics.
 
 Consuming is at-least-once (Redis Streams consumer groups): an entry is acknowledged only after the
 handler returned. Entries another consumer left pending for longer than `claim_idle_ms` are claimed
-back (XAUTOCLAIM), and a group lost with a restarted Redis is recreated.
+back (XAUTOCLAIM), and a group lost with a restarted Redis is recreated. A consumer also looks at its
+own pending entries every `own_check_s`: a read whose reply was lost (redis-py repeats the command
+on a new connection, and Redis hands that one only newer entries) left its entries pending on this
+consumer, where no one else would take them before `claim_idle_ms`.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ class Publisher:
             await asyncio.wait_for(pipe.execute(), PUBLISH_TIMEOUT_S)
         except (RedisError, OSError, TimeoutError):
             self.unreported.update(counts)  # counted next time (the event itself is published)
+        except asyncio.CancelledError:
+            self.unreported.update(counts)  # not reported, not forgotten either
+            raise
 
     async def publish(self, stream: str, event: Event) -> str | None:
         """XADD the event; on failure (or while older events wait in the spool) spool it instead.
@@ -116,6 +122,7 @@ class Consumer:
         batch: int = 256,
         block_ms: int = 1000,
         claim_idle_ms: int = 30_000,
+        own_check_s: float = 1.0,
     ) -> None:
         self.redis = redis
         self.streams = streams
@@ -125,6 +132,7 @@ class Consumer:
         self.batch = batch
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
+        self.own_check_s = own_check_s
 
     async def ensure_groups(self) -> None:
         for stream in self.streams:
@@ -206,13 +214,18 @@ class Consumer:
     async def run(self) -> None:
         failing = False
         claimed_at = 0.0
+        checked_own_at: float | None = None
         loop = asyncio.get_running_loop()
         while True:
             _raise_if_cancelled()
             try:
                 if failing or claimed_at == 0.0:
                     await self.ensure_groups()
+                if failing or checked_own_at is None or loop.time() - checked_own_at >= self.own_check_s:
+                    # Before the next read (nothing of this consumer's is being handled now): what
+                    # a lost reply left pending here, and what a failed read left.
                     await self._pending_own()
+                    checked_own_at = loop.time()
                 if loop.time() - claimed_at > self.claim_idle_ms / 1000:
                     await self._claim()
                     claimed_at = loop.time()
