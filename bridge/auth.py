@@ -1,8 +1,9 @@
 """JWT issue and verification (RFC 7519, with RFC 8725's best practices): pure, no I/O.
 
-A token names its subject (`sub`, the login) and the mail accounts it grants (`accounts`). The
-algorithm is pinned by configuration, never taken from the token's header, so `alg: none` and
-HS/RS key confusion are refused by construction. `iss`, `aud`, `exp` and `iat` are required.
+A token names its subject (`sub`, the login) and the mail accounts it grants (`accounts`), each by
+its canonical name (`canonical_account`), the one Dovecot uses for it. The algorithm is pinned by
+configuration, never taken from the token's header, so `alg: none` and HS/RS key confusion are
+refused by construction. `iss`, `aud`, `exp` and `iat` are required.
 """
 
 from __future__ import annotations
@@ -17,6 +18,19 @@ from bridge.errors import AuthError
 MAX_TOKEN_BYTES = 8192  # far above any token we issue; refuses giant tokens before parsing them
 MAX_ACCOUNTS = 100  # accounts one token may grant (a host website's token names each mailbox)
 LEEWAY_S = 30  # clock skew tolerated between the host website and the bridge
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def canonical_account(address: str) -> str:
+    """The one name of an account, as Dovecot names it: the login with its ASCII letters lowercased
+    (Dovecot's default `auth_username_format = %Lu`, which lowercases ASCII only). Dovecot accepts
+    "ALICE@EXAMPLE.TEST" as alice@example.test, and its events, hence the index, the rooms and the
+    resume logs, all say alice@example.test; the bridge checks the password under this name and
+    grants nothing else. IMAP offers no command that tells a session its user name, so the bridge
+    applies Dovecot's format itself (dovecot-conf/91-mail-bridge-master.conf: keep it at %Lu)."""
+    return address.translate(_ASCII_LOWER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,4 +130,6 @@ class TokenIssuer:
         # token that grants none can do nothing, and is refused here rather than fail later.
         if not 1 <= len(accounts) <= MAX_ACCOUNTS:
             raise AuthError(f"invalid token: the accounts claim must grant 1 to {MAX_ACCOUNTS} accounts")
-        return Identity(subject=subject, accounts=tuple(accounts), expires_at=int(claims["exp"]))
+        # A host website may spell an address as it likes; the bridge knows each account by one name.
+        granted = tuple(dict.fromkeys(canonical_account(a) for a in accounts))
+        return Identity(subject=subject, accounts=granted, expires_at=int(claims["exp"]))

@@ -9,10 +9,12 @@ requests, with Retry-After), 503 (a backing service is down).
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from bridge import keys
+from bridge.auth import canonical_account
 from bridge.errors import (
     AuthError,
     BridgeError,
@@ -32,6 +35,7 @@ from bridge.errors import (
     UnsupportedMediaType,
 )
 from bridge.imap import check_credentials_shape
+from bridge.rate_limit import LoginLimits
 from bridge.resources import shipped
 
 log = logging.getLogger(__name__)
@@ -199,16 +203,84 @@ def cors_middleware(allowed: tuple[str, ...]) -> Any:
     return middleware
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+UNKNOWN = "unknown"  # a peer without an IP address (a Unix socket): one client to the login limits
+
+
+@functools.cache
+def trusted_networks(proxies: tuple[str, ...]) -> tuple[Network, ...]:
+    """BRIDGE_TRUSTED_PROXIES as networks (Settings has checked each)."""
+    return tuple(ipaddress.ip_network(proxy, strict=False) for proxy in proxies)
+
+
+def _parse_address(text: str) -> Address | None:
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # ::ffff:192.0.2.1, a dual-stack socket's IPv4 peer
+    return address
+
+
+def client_address(peer: str | None, forwarded_for: Iterable[str], proxies: tuple[Network, ...]) -> str:
+    """Who a request comes from: the peer, unless the peer is a trusted proxy; then X-Forwarded-For
+    read from the right (each proxy appends the address it was reached from), past the trusted
+    proxies, to the first address that is not one. What a client wrote into the header itself is
+    further left, and never reached while a trusted hop stands between. A hop that is not an
+    address stops the walk at the last one that was."""
+    current = _parse_address(peer) if peer else None
+    if current is None:
+        return UNKNOWN
+    hops = [hop for header in forwarded_for for hop in header.split(",")]
+    while any(current in network for network in proxies) and hops:
+        previous = _parse_address(hops.pop())
+        if previous is None:
+            break
+        current = previous
+    return str(current)
+
+
+def limit_key(address: str) -> str:
+    """What a client's failed logins are counted under: its IPv4 address, or its IPv6 /64 (one
+    subscriber's network; anyone can take a new address in it at will)."""
+    parsed = _parse_address(address)
+    if isinstance(parsed, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return address
+
+
 async def login(request: web.Request) -> web.Response:
     body = await read_json(request)
     email, password = check_credentials_shape(body.get("email"), body.get("password"))
-    imap = request.app[keys.IMAP]
-    if not await imap.verify_password(email, password):
-        log.info("login refused for %s", email)
+    account = canonical_account(email)
+    settings = request.app[keys.SETTINGS]
+    address = client_address(
+        request.remote, request.headers.getall("X-Forwarded-For", []), trusted_networks(settings.trusted_proxies)
+    )
+    limits = LoginLimits(
+        request.app[keys.REDIS],
+        settings.stream_prefix,
+        settings.login_failures_per_address,
+        settings.login_failures_per_account,
+    )
+    attempt = await limits.begin(limit_key(address), account)  # a flood's 429s are not logged one by one
+    try:
+        named = address if address != UNKNOWN else None
+        accepted = await request.app[keys.IMAP].verify_password(account, password, client=named)
+    except Unavailable:
+        await limits.undecided(attempt)
+        raise
+    if not accepted:
+        log.info("login refused for %s from %s", account, address)
         raise AuthError("invalid email or password")
-    token, expires = request.app[keys.ISSUER].issue(email, (email,))
-    request.app[keys.BACKFILL].start(email)
-    log.info("login ok for %s", email)
+    await limits.succeeded(attempt)
+    # The token grants the account by the name Dovecot gives it: the index, the events' rooms and
+    # the resume logs all use that one (bridge.auth.canonical_account).
+    token, expires = request.app[keys.ISSUER].issue(account, (account,))
+    request.app[keys.BACKFILL].start(account)
+    log.info("login ok for %s from %s", account, address)
     return web.json_response({"token": token, "expiresAt": expires})
 
 

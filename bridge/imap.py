@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 _FORBIDDEN = re.compile(r"[\x00\r\n]")
 ADDRESS = re.compile(r"^[^@\s\"\\]{1,64}@[A-Za-z0-9.-]{1,253}$")
 MAX_PASSWORD = 1024
+# Dovecot delays a login by up to 15 s after its client's failures (auth penalty, 2.3), and answers
+# a failure after auth_failure_delay (2 s): a login waits for that rather than be reported as a
+# Dovecot that does not answer.
+LOGIN_TIMEOUT_S = 20.0
 _COPYUID = re.compile(rb"\[COPYUID (\d+) (\d+) (\d+)\]")
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]")
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
@@ -81,16 +85,32 @@ class ImapGateway:
             raise Unavailable(f"IMAP server {self.host}:{self.port} did not answer: {exc}") from None
         return client
 
-    async def verify_password(self, email: str, password: str) -> bool:
-        """True when Dovecot accepts this login. Raises Unavailable when it cannot tell."""
-        client = await self._connect()
+    async def verify_password(self, email: str, password: str, *, client: str | None = None) -> bool:
+        """True when Dovecot accepts this login. Raises Unavailable when it cannot tell.
+
+        `client` is the address of the browser the login comes from. Dovecot is told it (IMAP ID
+        `x-originating-ip`, RFC 2971; Dovecot believes it from an address in login_trusted_networks),
+        so its auth penalty and its log see each client, not the bridge: one account's guesser is
+        slowed, not every user. Dovecot may hold a login for up to 15 s (its penalty for a client's
+        recent failures), so a login waits longer than other commands before it is given up."""
+        session = await self._connect()
         try:
-            response = await client.login(_quoted(email), password)
+            if client is not None:
+                await self._identify(session, client)
+            session.timeout = max(self.timeout_s, LOGIN_TIMEOUT_S)
+            response = await session.login(_quoted(email), password)
+            session.timeout = self.timeout_s
             return bool(response.result == "OK")
         except (OSError, TimeoutError) as exc:
             raise Unavailable(f"IMAP login did not complete: {exc}") from None
         finally:
-            await _close(client)
+            await _close(session)
+
+    @staticmethod
+    async def _identify(session: aioimaplib.IMAP4, client: str) -> None:
+        # Dovecot 2.3 answers "OK" whether it believed the address or not; an address it does not
+        # trust is ignored (dovecot-conf/91-mail-bridge-master.conf says which it trusts).
+        await session.id(**{"name": "mail-bridge", "x-originating-ip": client})
 
     async def ping(self) -> None:
         client = await self._connect()

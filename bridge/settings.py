@@ -9,6 +9,7 @@ Every variable is documented in README.md ("Configuration").
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ DEFAULT_PORTS: dict[str, int] = {
 DEFAULT_REDIS_URL = f"redis://{DEFAULT_HOST}:{DEFAULT_PORTS['redis']}/0"
 DEFAULT_MONGODB_URL = f"mongodb://{DEFAULT_HOST}:{DEFAULT_PORTS['mongodb']}/"
 MIN_SECRET_BYTES = 32
+LOOPBACK = ("127.0.0.1", "::1")
 
 
 class _Env:
@@ -206,6 +208,14 @@ class Settings:
     submission_starttls: bool = False
     send_per_minute: int = 30
     requests_per_second: int = 20
+    # Failed logins (bridge.rate_limit.LoginLimits): per client address in 10 minutes, and per
+    # account in an hour from addresses that never signed in to it.
+    login_failures_per_address: int = 10
+    login_failures_per_account: int = 50
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For names the client; no one else's.
+    # Loopback by default: a proxy on the same host (README's nginx). A remote client never connects
+    # from loopback, so it cannot name itself another address through this default.
+    trusted_proxies: tuple[str, ...] = LOOPBACK
     jwt_secret: str = field(default="", repr=False)
     jwt_algorithm: str = "HS256"
     jwt_private_key_file: Path | None = None
@@ -256,6 +266,9 @@ class Settings:
             submission_starttls=e.flag("BRIDGE_SUBMISSION_STARTTLS", False),
             send_per_minute=e.integer("BRIDGE_SEND_PER_MINUTE", 30, low=1),
             requests_per_second=e.integer("BRIDGE_REQUESTS_PER_SECOND", 20, low=1),
+            login_failures_per_address=e.integer("BRIDGE_LOGIN_FAILURES_PER_ADDRESS", 10, low=1, high=10_000),
+            login_failures_per_account=e.integer("BRIDGE_LOGIN_FAILURES_PER_ACCOUNT", 50, low=1, high=10_000),
+            trusted_proxies=e.items("BRIDGE_TRUSTED_PROXIES") or LOOPBACK,
             jwt_secret=e.text("BRIDGE_JWT_SECRET", ""),
             jwt_algorithm=e.text("BRIDGE_JWT_ALGORITHM", "HS256"),
             jwt_private_key_file=_optional_path(e.optional("BRIDGE_JWT_PRIVATE_KEY_FILE")),
@@ -322,6 +335,13 @@ class Settings:
                 raise ConfigError(f"BRIDGE_HOST_JWT_ALGORITHM must be one of {', '.join(HOST_ALGORITHMS)}")
             if not self.host_jwt_key_file.is_file():
                 raise ConfigError(f"BRIDGE_HOST_JWT_KEY_FILE {self.host_jwt_key_file} is not a readable file")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"BRIDGE_TRUSTED_PROXIES: {proxy!r} is not an address or network (such as 127.0.0.1 or 10.0.0.0/8)"
+                ) from None
         if "*" in self.cors_origins:
             raise ConfigError("BRIDGE_CORS_ORIGINS must list origins explicitly; '*' is refused")
 
