@@ -7,8 +7,9 @@ Names and fields follow the web client's contract (README.md, "Socket.IO events"
 from __future__ import annotations
 
 import base64
+import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgpack
@@ -31,6 +32,7 @@ from bridge.events import (
     MessageExpunge,
     MtaAccepted,
 )
+from bridge.mail_headers import believable_date
 
 SEEN = "\\Seen"
 
@@ -71,8 +73,40 @@ def parse_email_id(value: object) -> EmailRef:
     return EmailRef(account, mailbox, uidvalidity, uid)
 
 
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The seconds a datetime can hold (years 1 to 9999), as integers: a larger int is not a float.
+_EARLIEST_S = -62_135_596_800
+_LATEST_S = 253_402_300_799
+
+
+def iso_time(seconds: object, *, milliseconds: bool = True) -> str:
+    """Unix seconds as ISO 8601 in UTC ("...Z"). Total: a time beyond years 1 to 9999 is shown as
+    the nearest of them, and anything not a finite number as the epoch; one mail's odd date must
+    not fail a whole listing or drop its event."""
+    value = 0.0
+    if isinstance(seconds, int) and not isinstance(seconds, bool):
+        value = float(min(max(seconds, _EARLIEST_S), _LATEST_S))  # clamped first: exact for any int
+    elif isinstance(seconds, float) and math.isfinite(seconds):
+        value = min(max(seconds, _EARLIEST_S), _LATEST_S)
+    # Arithmetic, not fromtimestamp: that one depends on the platform's C library for these bounds.
+    when = _EPOCH + timedelta(seconds=value)
+    return when.isoformat(timespec="milliseconds" if milliseconds else "seconds").replace("+00:00", "Z")
+
+
+def _seconds(ts_ms: int) -> float:
+    # A float where one holds the number; a producer's absurd clock (beyond 2**1000) stays an int.
+    return ts_ms / 1000 if abs(ts_ms) < 1 << 1000 else ts_ms // 1000
+
+
+def _iso(ts_ms: int) -> str:
+    return iso_time(_seconds(ts_ms))
+
+
+def shown_date(event: MessageAdded) -> float:
+    """When the mail is shown as dated, in Unix seconds: its Date if believable
+    (mail_headers.believable_date), else when the event was observed (its arrival)."""
+    date = believable_date(event.date, event.ts // 1000)
+    return _seconds(event.ts) if date is None else date
 
 
 def _ref(event: MessageEvent) -> str:
@@ -108,7 +142,7 @@ def new_email(event: MessageAdded, facts: MtaFacts | None = None) -> dict[str, A
         "subject": event.subject,
         "preview": event.snippet,
         "messageId": event.message_id,
-        "timestamp": _iso(event.date if event.date is not None else event.ts / 1000),
+        "timestamp": iso_time(shown_date(event)),
         "flags": list(event.flags) + list(event.keywords),
         "unread": SEEN not in event.flags,
         "source": "appended" if isinstance(event, MessageAppend) else "delivered",
@@ -125,7 +159,7 @@ def _flag_events(event: FlagsSet | FlagsClear) -> list[BrowserEvent]:
     if isinstance(event, FlagsSet) and SEEN in event.flags:
         # Read receipts across devices ride on \Seen, whoever set it (this bridge, another
         # device, an IMAP client).
-        out.append(BrowserEvent("email_read", event.account, {**base, "readAt": _iso(event.ts / 1000)}))
+        out.append(BrowserEvent("email_read", event.account, {**base, "readAt": _iso(event.ts)}))
     added = changed if isinstance(event, FlagsSet) else []
     removed = changed if isinstance(event, FlagsClear) else []
     payload = {**base, "added": added, "removed": removed}
@@ -167,7 +201,7 @@ def to_browser(event: Event, facts: MtaFacts | None = None) -> list[BrowserEvent
             "messageId": event.message_id,
             "subject": event.subject,
             "to": list(event.rcpt_to),
-            "timestamp": _iso(event.ts / 1000),
+            "timestamp": _iso(event.ts),
         }
         return [BrowserEvent("email_sent", event.sasl_user, payload)]
     return []

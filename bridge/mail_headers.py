@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from dataclasses import dataclass
 from email.errors import MessageError
 from email.header import decode_header, make_header
@@ -27,6 +28,10 @@ MAX_VALUE_CHARS = 2048
 # (codec.MAX_EVENT_BYTES), and 8-bit junk triples in size as U+FFFD: 120 headers of 2 KB junk made
 # a 740 KB event; real mail carries one to three.
 MAX_AUTH_RESULTS = 32
+# How far after its arrival a mail's Date may be and still be believed: senders' clocks drift, but a
+# Date from the future sorts a mail above every newer one until that time comes (year 10000 for
+# "Fri, 31 Dec 9999 23:59:59 -1200"; Dovecot reads that and 1900 as 2106 and 2036).
+DATE_SKEW_S = 3600
 
 # Postfix's own Received: line (first one = the smtpd or pickup that queued it), e.g.
 #   by mail.example.test (Postfix) with ESMTPSA id 4Xg2Lq0dZ7z9t; ...
@@ -127,13 +132,26 @@ def decode_text(raw: str | None) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")[:MAX_VALUE_CHARS]
 
 
+def believable_date(date: int | None, arrived: float) -> int | None:
+    """A Date header's Unix seconds if a mail that arrived at `arrived` can have been written then:
+    not before 1970, not more than DATE_SKEW_S after its arrival. Otherwise None, as for a mail
+    without a Date, and whoever shows the mail takes its arrival time instead. Every ingest path
+    (the filter's event, Dovecot's events as the bridge reads them, the backfill) applies it, so a
+    mail is shown and sorted the same whichever indexed it."""
+    if date is None or not 0 <= date <= arrived + DATE_SKEW_S:
+        return None
+    return date
+
+
 def _raw(value: object) -> str:
     # compat32 hands back str for decodable headers and Header objects for 8-bit junk.
     text = str(value) if value is not None else ""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def summarize(message: bytes | ParsedHeaders) -> HeaderSummary:
+def summarize(message: bytes | ParsedHeaders, *, now: float | None = None) -> HeaderSummary:
+    """The event's view of the header block; `now` is when the mail arrived (default: the clock),
+    the bound of a believable Date."""
     parsed = parse_headers(message) if isinstance(message, bytes) else message
     headers = parsed.headers
     queue_id, direction, sasl_user = "", Direction.INBOUND, ""
@@ -156,6 +174,7 @@ def summarize(message: bytes | ParsedHeaders) -> HeaderSummary:
             date = int(parsedate_to_datetime(_raw(raw_date)).timestamp())
         except (ValueError, TypeError, IndexError, OverflowError):
             date = None
+    date = believable_date(date, time.time() if now is None else now)
     auth_results = headers.get_all("Authentication-Results") or []
     raw_from = _raw(headers.get("From"))
     name, address = parseaddr(raw_from)

@@ -20,10 +20,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
-from datetime import UTC, datetime
 from email.utils import getaddresses
 from typing import Any
 
@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 
 from bridge import compose
 from bridge.auth import Identity
-from bridge.browser_events import BrowserEvent, EmailRef, email_id, parse_email_id
+from bridge.browser_events import BrowserEvent, EmailRef, email_id, iso_time, parse_email_id
 from bridge.errors import Forbidden, InvalidInput, NotFound, RateLimited, Unavailable
 from bridge.imap import ImapGateway, MailboxInfo
 from bridge.index_cache import IndexCache
@@ -100,7 +100,6 @@ def draft_ref(identity: Identity, account: str, value: object, name: str) -> Ema
 def summary(doc: dict[str, Any]) -> dict[str, Any]:
     """An index document as the web client's list item (the fields of `new_email`)."""
     from_name, from_address = doc.get("fromName", ""), doc.get("fromAddress", "")
-    date = doc.get("date") or 0
     return {
         "id": email_id(EmailRef(doc["account"], doc["mailbox"], doc["uidvalidity"], doc["uid"])),
         "account": doc["account"],
@@ -113,7 +112,7 @@ def summary(doc: dict[str, Any]) -> dict[str, Any]:
         "subject": doc.get("subject", ""),
         "preview": doc.get("snippet", ""),
         "messageId": doc.get("messageId", ""),
-        "timestamp": _iso(date),
+        "timestamp": iso_time(doc.get("date"), milliseconds=False),
         "flags": list(doc.get("flags", [])) + list(doc.get("keywords", [])),
         "unread": not doc.get("seen", False),
         "hasAttachments": bool(doc.get("hasAttachments")),
@@ -122,12 +121,17 @@ def summary(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _iso(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
-
-
 def encode_cursor(doc: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps([doc.get("date") or 0, doc["uid"]]).encode()).decode()
+    date = doc.get("date")
+    # decode_cursor takes integers only: a stored date of another type must not make page 2 a 400.
+    if isinstance(date, float) and math.isfinite(date):
+        date = int(date)
+    elif not isinstance(date, int) or isinstance(date, bool):
+        date = 0
+    return base64.urlsafe_b64encode(json.dumps([date, doc["uid"]]).encode()).decode()
+
+
+_INT64 = 1 << 63
 
 
 def decode_cursor(value: str) -> tuple[int, int]:
@@ -135,6 +139,8 @@ def decode_cursor(value: str) -> tuple[int, int]:
         date, uid = json.loads(base64.urlsafe_b64decode(value.encode()))
         if not (isinstance(date, int) and isinstance(uid, int)):
             raise TypeError
+        if not (-_INT64 <= date < _INT64 and -_INT64 <= uid < _INT64):
+            raise ValueError  # BSON holds no larger integer: the store would refuse the query
     except (ValueError, TypeError):
         raise InvalidInput("invalid cursor") from None
     return date, uid
