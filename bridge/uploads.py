@@ -5,8 +5,9 @@ draft saves and one send as `{"uploadId": id}`, instead of carrying it base64-en
 body. An upload belongs to one account: it is stored under a key that names the account and a
 random id (`secrets.token_urlsafe`), so another account's id is simply not found. Each one lives
 UPLOAD_TTL_S or until a sent mail has carried it, and an account may hold at most MAX_PENDING_BYTES
-of them at once (beyond: RateLimited, retry once the oldest expires), so uploads cannot fill Redis'
-memory.
+and MAX_PENDING_UPLOADS of them at once (beyond: RateLimited, retry once the oldest expires), so
+uploads cannot fill Redis' memory. The bound is checked and the upload stored in one Redis script:
+uploads that arrive together cannot all pass a check made before any of them was stored.
 
 Values are msgpack maps `{filename, contentType, data}`; the account's index of live uploads is a
 sorted set of "<id> <size>" scored by expiry time.
@@ -33,6 +34,28 @@ log = logging.getLogger(__name__)
 UPLOAD_TTL_S = 24 * 3600
 MAX_UPLOAD_BYTES = MAX_ATTACHMENT_BYTES  # one upload can never be more than a mail may carry
 MAX_PENDING_BYTES = 10 * MAX_UPLOAD_BYTES
+# Empty files cost no bytes but a key each, and every upload sums the account's index: bounded too.
+MAX_PENDING_UPLOADS = 200
+
+# KEYS: the account's index, the new upload's key. ARGV: now, TTL (s), the byte and count bounds,
+# the index member ("<id> <size>"), the size, the value. Drops expired entries, then stores the
+# upload if it fits: {1}; else {0, the earliest expiry} (a string: Lua numbers reply as integers).
+_STAGE = """
+local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local live = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local pending = tonumber(ARGV[6])
+for i = 1, #live, 2 do
+  pending = pending + (tonumber(string.match(live[i], ' (%d+)$')) or 0)
+end
+if pending > tonumber(ARGV[3]) or #live / 2 >= tonumber(ARGV[4]) then
+  return {0, live[2] or tostring(now + 1)}
+end
+redis.call('SET', KEYS[2], ARGV[7], 'EX', ttl)
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[5])
+redis.call('EXPIRE', KEYS[1], ttl)
+return {1}
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +67,21 @@ class StagedUpload:
 
 
 class Uploads:
-    def __init__(self, redis: aioredis.Redis, prefix: str, *, max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        prefix: str,
+        *,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
+        max_pending_uploads: int = MAX_PENDING_UPLOADS,
+        ttl_s: int = UPLOAD_TTL_S,
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.max_pending_bytes = max_pending_bytes
+        self.max_pending_uploads = max_pending_uploads
+        self.ttl_s = ttl_s
+        self._stage = redis.register_script(_STAGE)
 
     def _key(self, account: str, upload_id: str) -> str:
         return f"{self.prefix}:upload:{account.lower()}:{upload_id}"
@@ -62,26 +96,23 @@ class Uploads:
             raise TooLarge(f"upload larger than {MAX_UPLOAD_BYTES} bytes")
         upload_id = secrets.token_urlsafe(18)
         now = time.time()
-        index = self._index(account)
+        value = msgpack.packb(
+            {"filename": attachment.filename, "contentType": attachment.content_type, "data": attachment.data}
+        )
+        keys = [self._index(account), self._key(account, upload_id)]
+        args: list[str | int | float | bytes] = [
+            repr(now), self.ttl_s, self.max_pending_bytes, self.max_pending_uploads, f"{upload_id} {size}", size, value
+        ]  # fmt: skip
         try:
-            await self.redis.zremrangebyscore(index, "-inf", now)
-            live = _entries(await self.redis.zrange(index, 0, -1, withscores=True))
-            pending = sum(bytes_ for _id, bytes_, _expiry in live)
-            if pending + size > self.max_pending_bytes:
-                oldest = min((expiry for _id, _size, expiry in live), default=now + 1)
-                raise RateLimited(
-                    f"more than {self.max_pending_bytes} bytes of uploads waiting to be sent", max(1.0, oldest - now)
-                )
-            value = msgpack.packb(
-                {"filename": attachment.filename, "contentType": attachment.content_type, "data": attachment.data}
-            )
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.set(self._key(account, upload_id), value, ex=UPLOAD_TTL_S)
-                pipe.zadd(index, {f"{upload_id} {size}": now + UPLOAD_TTL_S})
-                pipe.expire(index, UPLOAD_TTL_S)
-                await pipe.execute()
+            reply: Any = await self._stage(keys=keys, args=args)
         except RedisError as exc:
             raise Unavailable(f"redis: {exc}") from None
+        if int(reply[0]) != 1:
+            oldest = float(reply[1])
+            raise RateLimited(
+                f"more than {self.max_pending_bytes} bytes or {self.max_pending_uploads} uploads waiting to be sent",
+                min(max(1.0, oldest - now), float(self.ttl_s)),  # another upload's clock may be ahead
+            )
         log.info("[upload %s] staged %d bytes", upload_id, size)
         return StagedUpload(upload_id, attachment.filename, attachment.content_type, size)
 
