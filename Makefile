@@ -6,8 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEBS := dovecot-imapd dovecot-lmtpd dovecot-sieve postfix redis-server lua-socket
 # The browser the web client's tests drive (headless), a font for the emoji it shows, and systemd-analyze
-# (from systemd; nothing is started) that checks the shipped units.
-TEST_DEBS := chromium fonts-noto-color-emoji systemd
+# (from systemd; nothing is started) that checks the shipped units; libnss-mdns (its mdns4_minimal on the
+# hosts line) gives the hook's name-lookup test a C-library resolver that can be made to hang.
+TEST_DEBS := chromium fonts-noto-color-emoji systemd libnss-mdns
 STAMP := $(VENV)/.installed
 
 .PHONY: run test reliability bench check lint typecheck setup debs test-debs venv ferretdb web dist screenshots clean

@@ -8,6 +8,7 @@ live events never overwrites newer state with older.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -23,13 +24,15 @@ from redis.exceptions import RedisError
 from bridge.errors import BridgeError
 from bridge.imap import FetchedHeaders, ImapGateway
 from bridge.index_cache import IndexCache
-from bridge.mail_headers import decode_text
-from bridge.store import SEEN, MailboxCounts, Store, message_doc_id
+from bridge.mail_headers import believable_date, decode_text
+from bridge.store import BULK_CHUNK, SEEN, MailboxCounts, Store, message_doc_id
 
 log = logging.getLogger(__name__)
 
 CONCURRENT_BACKFILLS = 4
-WRITE_BATCH = 500
+# Upserts per bulk write: FerretDB stalls on one command whose statements match over 100 documents
+# (see store.bulk_write), which a backfill run again over an indexed mailbox reaches.
+WRITE_BATCH = BULK_CHUNK
 
 
 def document(account: str, mailbox: str, uidvalidity: int, item: FetchedHeaders) -> dict[str, Any]:
@@ -37,10 +40,15 @@ def document(account: str, mailbox: str, uidvalidity: int, item: FetchedHeaders)
     raw_from = decode_text(str(headers.get("From") or ""))
     from_name, from_address = parseaddr(raw_from)
     _to_name, to_address = parseaddr(decode_text(str(headers.get("To") or "")))
+    now = int(time.time())
+    date: int | None
     try:
         date = int(parsedate_to_datetime(str(headers.get("Date"))).timestamp())
     except (TypeError, ValueError, IndexError, OverflowError):
-        date = int(time.time())
+        date = None
+    # Year 10000 ("31 Dec 9999 ... -1200") reads fine here and formats nowhere. The mail arrived
+    # before now (IMAP's INTERNALDATE is not fetched): a Date it cannot have had counts as none.
+    date = believable_date(date, now)
     flags = [f for f in item.flags if f.startswith("\\") and f != "\\Recent"]
     return {
         "account": account,
@@ -55,7 +63,7 @@ def document(account: str, mailbox: str, uidvalidity: int, item: FetchedHeaders)
         "subject": decode_text(str(headers.get("Subject") or "")),
         "snippet": "",
         "messageId": str(headers.get("Message-ID") or "").strip(),
-        "date": date,
+        "date": now if date is None else date,
         "flags": flags,
         "keywords": [f for f in item.flags if not f.startswith("\\")],
         "seen": SEEN in flags,
@@ -125,9 +133,11 @@ class Backfill:
                 try:
                     for start in range(0, len(writes), WRITE_BATCH):
                         await self.store.messages.bulk_write(writes[start : start + WRITE_BATCH], ordered=False)
-                except Exception:
-                    # Clear the mark (and the counts, which may miss part of these writes).
-                    await self.counts.move_counts({}, {(account, box.name)}, {(account, box.name)})
+                except BaseException:  # cancelled too (the bridge stopping): the mark must not stay up
+                    # Clear the mark (and the counts, which may miss part of these writes). Not
+                    # raising from here: that would replace the error (or the cancellation).
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.counts.move_counts({}, {(account, box.name)}, {(account, box.name)})
                     raise
                 if writes:  # an empty mailbox adds nothing to count (and a count is a scan on FerretDB)
                     unread, total = await self.counts.end_backfill(account, box.name)

@@ -7,10 +7,15 @@ the counts document) were what held the indexer below 100 mails/s. Redis does th
 pipelined transaction per read.
 
 Summaries: the filter's summary of a mail (attachments, size, category) and Dovecot's delivery of
-it arrive in either order, on two streams. In one MULTI/EXEC per read, a summary is stored and takes
-the list of deliveries that came before it; a delivery reads the summary and, in case it has not
+it arrive in either order, on two streams. In one script per read, a summary is stored and takes
+the list of deliveries that came before it; a delivery reads the summary and, only if it has not
 come, leaves its document id on that list. Either the delivery sees the summary or the summary sees
-the delivery. Entries expire after a day (the filter publishes before Postfix delivers).
+the delivery, and a delivery that saw its summary is done: a later mail with the same Message-ID
+does not rewrite it. Both are kept per account and Message-ID (`:index:facts:<sha>` and
+`:index:wait:<sha>`, sha = SHA-256 of "<account, lower case>\0<Message-ID>", 32 hex digits): a
+summary is stored for each envelope recipient, and for the submitter (its Sent copy), so a sender
+who copies another mail's Message-ID reaches only the mail of the recipients it sends to. Entries
+expire after a day (the filter publishes before Postfix delivers).
 
 Counts: two hashes per account (`unread`, `total`, field = mailbox), moved by what each index write
 did; a mailbox without fields (new, or Redis lost them) is counted from the store, as is one the
@@ -25,6 +30,7 @@ that moves the counts; a count is kept only if no mark is up and nothing moved w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -35,6 +41,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
 from bridge.events import Event, MailboxEvent, MailboxRename, MessageAdded, MtaAccepted
+from bridge.mail_headers import believable_date
 from bridge.store import FACTS, MailboxCounts, Store, message_doc_id
 
 TTL_S = 86400
@@ -69,6 +76,41 @@ return out
 """
 
 
+# KEYS: per summary or delivery, its facts and wait keys. ARGV: the TTL, then per one "s" and the
+# packed facts (a summary), or "d" and the document id (a delivery). Returns per summary the ids
+# waiting for it; per delivery its facts, or nil when they have not come (its id now waits).
+_MEET = """
+local out = {}
+for i = 1, #KEYS / 2 do
+  local facts, wait = KEYS[2 * i - 1], KEYS[2 * i]
+  local kind, value = ARGV[2 * i], ARGV[2 * i + 1]
+  if kind == 's' then
+    redis.call('SET', facts, value, 'EX', ARGV[1])
+    out[i] = redis.call('SMEMBERS', wait)
+    redis.call('DEL', wait)
+  else
+    local found = redis.call('GET', facts)
+    if found then
+      out[i] = found
+    else
+      redis.call('SADD', wait, value)
+      redis.call('EXPIRE', wait, ARGV[1])
+      out[i] = false
+    end
+  end
+end
+return out
+"""
+
+
+def summary_accounts(event: MtaAccepted) -> set[str]:
+    """Whose mail the summary describes: each envelope recipient's, and the submitter's Sent copy."""
+    accounts = {rcpt.lower() for rcpt in event.rcpt_to if rcpt}
+    if event.sasl_user:
+        accounts.add(event.sasl_user.lower())
+    return accounts
+
+
 def summary_facts(event: MtaAccepted) -> dict[str, Any]:
     return {"hasAttachments": bool(event.attachments), "size": event.size, "category": event.category}
 
@@ -79,6 +121,7 @@ class IndexCache:
         self.store = store
         self.prefix = prefix
         self._move_counts = redis.register_script(_MOVE_COUNTS)
+        self._meet = redis.register_script(_MEET)
 
     async def apply(self, events: Sequence[Event]) -> list[MailboxCounts]:
         """Index one read of events: summaries met here, documents written in the store, counts
@@ -89,11 +132,12 @@ class IndexCache:
                 touched.add((event.account, event.mailbox))
                 if isinstance(event, MailboxRename):
                     touched.add((event.account, event.old_mailbox))
+        events = [_with_believable_date(event) for event in events]
         await self.begin_writes(touched)
         try:
             facts, early = await self.meet(events)
             changes = await self.store.apply(events, facts, early)
-        except Exception:
+        except BaseException:  # cancelled too (the bridge stopping): the marks must not stay up
             # The store may hold part of this read's writes, which the retry will not see as new:
             # the kept counts of these mailboxes can no longer be moved by deltas. Forget them
             # (counted afresh from the store next time) and clear the marks.
@@ -115,39 +159,41 @@ class IndexCache:
             pipe.expire(self._writing_key(account), WRITING_TTL_S)
         await pipe.execute()
 
-    def _key(self, kind: str, message_id: str) -> str:
-        digest = hashlib.sha256(message_id.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-        return f"{self.prefix}:index:{kind}:{digest}"
+    def _keys(self, account: str, message_id: str) -> list[str]:
+        """The facts and wait keys of one account's mail with this Message-ID (an address holds no
+        NUL, so the first one ends the account)."""
+        name = f"{account.lower()}\0{message_id}".encode("utf-8", "surrogateescape")
+        digest = hashlib.sha256(name).hexdigest()[:32]
+        return [f"{self.prefix}:index:facts:{digest}", f"{self.prefix}:index:wait:{digest}"]
 
     async def meet(self, events: Sequence[Event]) -> tuple[dict[int, dict[str, Any]], list[tuple[str, dict[str, Any]]]]:
         """({event index: facts} for the read's deliveries whose summary is known, [(message
         document id, facts)] for deliveries indexed before their summary came)."""
-        pipe = self.redis.pipeline(transaction=True)
-        plan: list[tuple[int, int]] = []  # (event index, place of its first reply)
+        keys: list[str] = []
+        args: list[str | bytes | int] = [TTL_S]
+        plan: list[tuple[int, int, int]] = []  # (event index, place of its first reply, replies)
         for index, event in enumerate(events):
             if isinstance(event, MtaAccepted) and event.message_id:
-                plan.append((index, len(pipe)))
-                facts_key, wait_key = self._key("facts", event.message_id), self._key("wait", event.message_id)
-                pipe.set(facts_key, msgpack.packb(summary_facts(event)), ex=TTL_S)
-                pipe.smembers(wait_key)
-                pipe.delete(wait_key)
+                accounts = sorted(summary_accounts(event))
+                plan.append((index, len(keys) // 2, len(accounts)))
+                packed = msgpack.packb(summary_facts(event))
+                for account in accounts:
+                    keys += self._keys(account, event.message_id)
+                    args += ["s", packed]
             elif isinstance(event, MessageAdded) and event.message_id:
-                plan.append((index, len(pipe)))
-                wait_key = self._key("wait", event.message_id)
-                pipe.get(self._key("facts", event.message_id))
-                doc_id = message_doc_id(event.account, event.mailbox, event.uidvalidity, event.uid)
-                pipe.sadd(wait_key, doc_id)
-                pipe.expire(wait_key, TTL_S)
+                plan.append((index, len(keys) // 2, 1))
+                keys += self._keys(event.account, event.message_id)
+                args += ["d", message_doc_id(event.account, event.mailbox, event.uidvalidity, event.uid)]
         facts: dict[int, dict[str, Any]] = {}
         early: list[tuple[str, dict[str, Any]]] = []
-        if not plan:
+        if not keys:
             return facts, early
-        replies = await pipe.execute()
-        for index, place in plan:
+        replies: Any = await self._meet(keys=keys, args=args)
+        for index, place, count in plan:
             event = events[index]
             if isinstance(event, MtaAccepted):
-                waiting = replies[place + 1] or set()
-                early.extend((_text(doc_id), summary_facts(event)) for doc_id in waiting)
+                for waiting in replies[place : place + count]:
+                    early.extend((_text(doc_id), summary_facts(event)) for doc_id in waiting or ())
             elif isinstance(replies[place], bytes):
                 found = msgpack.unpackb(replies[place], raw=False)
                 facts[index] = {k: found[k] for k in FACTS}
@@ -225,6 +271,16 @@ class IndexCache:
         if unread is None or total is None:
             return await self.store.counts(account, mailbox)
         return int(unread), int(total)
+
+
+def _with_believable_date(event: Event) -> Event:
+    """A delivery whose Date it cannot have had (mail_headers.believable_date) as one without a
+    Date: the store then dates it by its arrival, as the browsers' `new_email` does."""
+    if isinstance(event, MessageAdded) and event.date is not None:
+        date = believable_date(event.date, event.ts // 1000)
+        if date != event.date:
+            return dataclasses.replace(event, date=date)
+    return event
 
 
 def _text(value: bytes | str) -> str:

@@ -14,11 +14,15 @@
 --   * With Redis Sentinel (mail_bridge_redis_sentinels), publishes to the master the sentinels name,
 --     remembered for the life of the process and asked again when a publish fails (a failover),
 --     within the same time bound; while no master is known, events are spooled as above.
+--   * Host names (of Redis, the sentinels, the masters they name) are resolved by the hook itself
+--     (/etc/hosts, then DNS) within the same time bound and cached per process: a slow or dead
+--     resolver never stalls a delivery.
 -- Settings (plugin { } block): mail_bridge_redis_host, mail_bridge_redis_port,
 -- mail_bridge_redis_password, mail_bridge_redis_db, mail_bridge_redis_sentinels (host:port list,
 -- space or comma separated; replaces host and port), mail_bridge_redis_master (the sentinels'
 -- service name), mail_bridge_redis_sentinel_password, mail_bridge_stream, mail_bridge_stream_maxlen,
--- mail_bridge_spool_dir, mail_bridge_timeout_msecs.
+-- mail_bridge_spool_dir, mail_bridge_timeout_msecs, mail_bridge_dns_servers (address[:port] list; the
+-- DNS servers asked for the names above, default those of /etc/resolv.conf).
 -- Dovecot push_notification events: RFC 5423 names; Lua API: Dovecot 2.3 admin manual, "Lua".
 -- This runs inside the lmtp/imap process as the mail user, so it only needs lua-socket.
 
@@ -59,25 +63,52 @@ local function int(v)
   return math.tointeger(v) or math.tointeger(math.floor(v))
 end
 
--- Replace bytes that are not valid UTF-8 (8-bit junk in raw headers) with U+FFFD, so every
--- consumer can decode the string; cut over-long values first.
+-- The length of the well-formed UTF-8 sequence at byte i of s (Unicode 15.0, table 3-7), or nil and
+-- the length of its maximal ill-formed subpart (Unicode 15.0, 3.9 "U+FFFD Substitution of Maximal
+-- Subparts", what Python's decode(errors="replace") does too). The table is checked here, byte by byte,
+-- rather than trusted to the Lua version's utf8.len: Lua 5.3's accepts encoded surrogates
+-- (U+D800..U+DFFF, bytes ED A0..BF), which are not UTF-8 and which strict decoders refuse.
+local function utf8_sequence(s, i)
+  local b = s:byte(i)
+  if b < 0x80 then return 1 end
+  local n, lo, hi
+  if b >= 0xC2 and b <= 0xDF then n, lo, hi = 1, 0x80, 0xBF
+  elseif b == 0xE0 then n, lo, hi = 2, 0xA0, 0xBF -- no overlong forms
+  elseif b == 0xED then n, lo, hi = 2, 0x80, 0x9F -- no surrogates
+  elseif b >= 0xE1 and b <= 0xEF then n, lo, hi = 2, 0x80, 0xBF
+  elseif b == 0xF0 then n, lo, hi = 3, 0x90, 0xBF -- no overlong forms
+  elseif b >= 0xF1 and b <= 0xF3 then n, lo, hi = 3, 0x80, 0xBF
+  elseif b == 0xF4 then n, lo, hi = 3, 0x80, 0x8F -- nothing past U+10FFFF
+  else return nil, 1 end -- 80..C1, F5..FF never start a character
+  for k = 1, n do
+    local c = s:byte(i + k)
+    if c == nil or c < lo or c > hi then return nil, k end
+    lo, hi = 0x80, 0xBF
+  end
+  return n + 1
+end
+
+-- Replace what is not well-formed UTF-8 (8-bit junk in raw headers, encoded surrogates) with U+FFFD,
+-- so every consumer can decode the string; cut over-long values first.
 local function text(s, limit)
   if s == nil then return nil end
   s = tostring(s)
   limit = limit or MAX_TEXT
   if #s > limit then s = s:sub(1, limit) end
-  if utf8.len(s) then return s end
-  local out, i = {}, 1
+  if not s:find("[\x80-\xff]") then return s end
+  local out, i, start = {}, 1, 1
   while i <= #s do
-    local ok, bad = utf8.len(s, i)
-    if ok then
-      out[#out + 1] = s:sub(i)
-      break
+    local good, bad = utf8_sequence(s, i)
+    if good then
+      i = i + good
+    else
+      out[#out + 1] = s:sub(start, i - 1)
+      out[#out + 1] = "\u{FFFD}"
+      i = i + bad
+      start = i
     end
-    out[#out + 1] = s:sub(i, bad - 1)
-    out[#out + 1] = "\u{FFFD}"
-    i = bad + 1
   end
+  out[#out + 1] = s:sub(start)
   return table.concat(out)
 end
 
@@ -168,8 +199,10 @@ local function now_us()
   return os.time() * 1000000
 end
 
-local function txn_id()
-  return string.format("%x-%08x", now_us(), math.random(0, 0x7fffffff))
+-- A transaction's id starts with its clock (microseconds, hex), the same clock as its events' ts:
+-- consumers order flag changes within a millisecond by it (docs/events.md, "Order").
+local function txn_id(us)
+  return string.format("%x-%08x", us, math.random(0, 0x7fffffff))
 end
 
 -- ---------------------------------------------------------------- transaction
@@ -188,10 +221,11 @@ function script_deinit()
 end
 
 function dovecot_lua_notify_begin_txn(user)
+  local us = now_us()
   return {
     account = user.username,
-    id = txn_id(),
-    ts = now_us() // 1000,
+    id = txn_id(us),
+    ts = us // 1000,
     events = {},
     seen = {}, -- "mailbox\0uid\0flag" -> true, to fold MessageRead/MessageTrash into FlagsSet
     folded = {}, -- MessageRead/MessageTrash awaiting a matching FlagsSet
@@ -207,6 +241,7 @@ function dovecot_lua_notify_begin_txn(user)
       sentinels = setting(user, "redis_sentinels", nil),
       master = setting(user, "redis_master", "mymaster"),
       sentinel_password = setting(user, "redis_sentinel_password", nil),
+      dns_servers = setting(user, "dns_servers", nil),
     },
   }
 end
@@ -360,8 +395,241 @@ local function read_reply(sock)
   return true
 end
 
+-- ---------------------------------------------------------------- names, resolved within the bound
+
+-- LuaSocket's connect(name) resolves with the C library's getaddrinfo, which blocks for as long as
+-- the resolver takes (seconds per server in a DNS outage; without end when an NSS module such as
+-- mDNS waits on a daemon) and knows nothing of our deadline: every delivery would stall. So names
+-- are resolved here, from /etc/hosts and then by asking the DNS servers (mail_bridge_dns_servers,
+-- else those of /etc/resolv.conf, all at once, over UDP: RFC 1035) within the transaction's time
+-- bound, and remembered per process for the answer's TTL (1 s to 5 min). When the name cannot be
+-- resolved again, the address it had stays in use, and it is asked again 5 s later at the soonest;
+-- a name never resolved is not asked again for 5 s either (its events are spooled meanwhile).
+-- Addresses (IPv4, IPv6) are used as they are. Other name services of nsswitch.conf (mDNS, LDAP) are
+-- not asked: give such hosts as addresses.
+
+local NAME_MIN_TTL, NAME_MAX_TTL, NAME_RETRY = 1, 300, 5
+local names = {} -- lower-cased name -> { addr, expires, retry, err }
+
+local function address_literal(host)
+  if host:find(":", 1, true) then return true end -- IPv6
+  local a, b, c, d = host:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  if not a then return false end
+  for _, octet in ipairs({ a, b, c, d }) do
+    if tonumber(octet) > 255 then return false end
+  end
+  return true
+end
+
+local function hosts_file(name)
+  local f = io.open("/etc/hosts", "r")
+  if not f then return nil end
+  local v4, v6
+  for line in f:lines() do
+    local addr, aliases = line:gsub("#.*", ""):match("^%s*(%S+)%s+(.-)%s*$")
+    if addr then
+      for alias in aliases:gmatch("%S+") do
+        if alias:lower() == name then
+          if addr:find(":", 1, true) then v6 = v6 or addr else v4 = v4 or addr end
+        end
+      end
+    end
+    if v4 then break end
+  end
+  f:close()
+  return v4 or v6
+end
+
+-- "host", "host:port", "[v6]:port" or a bare IPv6 address -> host, port
+local function host_port(entry, default_port)
+  local host, port = entry:match("^%[([^%]]+)%]:?(%d*)$")
+  if not host then
+    if select(2, entry:gsub(":", "")) == 1 then host, port = entry:match("^([^:]+):(%d+)$") end
+    host = host or entry
+  end
+  return host, tonumber(port) or default_port
+end
+
+-- The DNS servers to ask and the search domains, as the C library would read them (resolv.conf(5)).
+local function dns_config(cfg)
+  local servers, search = {}, {}
+  if cfg.dns_servers then
+    for entry in cfg.dns_servers:gmatch("[^%s,]+") do
+      local host, port = host_port(entry, 53)
+      servers[#servers + 1] = { host = host, port = port }
+    end
+  end
+  local f = io.open("/etc/resolv.conf", "r")
+  if f then
+    for line in f:lines() do
+      local word, rest = line:match("^%s*(%a+)%s+(.-)%s*$")
+      local first = rest and rest:match("^(%S+)")
+      if word == "nameserver" and first and not cfg.dns_servers and #servers < 3 then
+        servers[#servers + 1] = { host = first:gsub("%%.*", ""), port = 53 } -- no IPv6 zone
+      elseif word == "search" or word == "domain" then
+        search = {}
+        for domain in rest:gmatch("[^%s#;]+") do search[#search + 1] = domain:gsub("%.$", "") end
+      end
+    end
+    f:close()
+  end
+  return servers, search
+end
+
+local function dns_query(id, name, qtype)
+  local out = { string.pack(">I2I2I2I2I2I2", id, 0x0100, 1, 0, 0, 0) } -- recursion desired, 1 question
+  for label in name:gmatch("[^.]+") do
+    if #label > 63 then return nil end
+    out[#out + 1] = string.pack("s1", label)
+  end
+  out[#out + 1] = string.pack(">BI2I2", 0, qtype, 1) -- root, QTYPE, class IN
+  local query = table.concat(out)
+  if #query > 512 then return nil end
+  return query
+end
+
+local function skip_name(msg, pos)
+  while true do
+    local len = msg:byte(pos)
+    if not len then return nil end
+    if len >= 0xC0 then return pos + 2 end -- a compression pointer ends the name
+    if len == 0 then return pos + 1 end
+    pos = pos + 1 + len
+  end
+end
+
+-- What one reply says: an address and its TTL; false and why (the name has no such address);
+-- or nil (not the reply to this query, or a server that could not answer: wait for the others).
+local function dns_reply(msg, id, qtype)
+  if #msg < 12 then return nil end
+  local rid, flags, questions, answers = string.unpack(">I2I2I2I2", msg)
+  if rid ~= id or flags & 0x8000 == 0 then return nil end
+  local rcode = flags & 0x000F
+  if rcode == 3 then return false, "no such name" end
+  if rcode ~= 0 then return nil end -- SERVFAIL, REFUSED, ...
+  local pos = 13
+  for _ = 1, questions do
+    pos = skip_name(msg, pos)
+    if not pos then return nil end
+    pos = pos + 4
+  end
+  for _ = 1, answers do
+    pos = skip_name(msg, pos)
+    if not pos or pos + 10 > #msg + 1 then return nil end
+    local rtype, _, ttl, len = string.unpack(">I2I2I4I2", msg, pos)
+    pos = pos + 10
+    if rtype == qtype and pos + len <= #msg + 1 then -- CNAMEs before it are the resolver's business
+      if qtype == 1 and len == 4 then return string.format("%d.%d.%d.%d", msg:byte(pos, pos + 3)), ttl end
+      if qtype == 28 and len == 16 then
+        return string.format(string.rep("%02x%02x", 8, ":"), msg:byte(pos, pos + 15)), ttl
+      end
+    end
+    pos = pos + len
+  end
+  return false, "no address"
+end
+
+-- Asks every server at once; the first that knows answers. Returns as dns_reply, with nil meaning
+-- that no server answered in time.
+local function dns_ask(servers, name, qtype, deadline)
+  local id = math.random(0, 0xffff)
+  local query = dns_query(id, name, qtype)
+  if not query then return false, "not a DNS name" end
+  local waiting = {}
+  for _, server in ipairs(servers) do
+    local udp = socket.udp()
+    if udp then
+      -- Only addresses: a name here would be resolved by the blocking C library.
+      if address_literal(server.host) and udp:setpeername(server.host, server.port) and udp:send(query) then
+        udp:settimeout(0)
+        waiting[#waiting + 1] = udp
+      else
+        udp:close()
+      end
+    end
+  end
+  local found, detail = nil, "no DNS server answered"
+  while found == nil and #waiting > 0 do
+    local wait = deadline - socket.gettime()
+    if wait <= 0 then detail = "DNS timeout"; break end
+    local readable = socket.select(waiting, nil, wait)
+    if #readable == 0 then detail = "DNS timeout"; break end
+    for _, udp in ipairs(readable) do
+      local msg = udp:receive()
+      local answer, info
+      if msg then answer, info = dns_reply(msg, id, qtype) end
+      if answer ~= nil then
+        found, detail = answer, info
+        break
+      end
+      if not msg or (msg and #msg >= 2 and string.unpack(">I2", msg) == id) then
+        for k, w in ipairs(waiting) do -- refused, or could not answer: stop waiting for this one
+          if w == udp then table.remove(waiting, k); udp:close(); break end
+        end
+      end
+    end
+  end
+  for _, udp in ipairs(waiting) do udp:close() end
+  return found, detail
+end
+
+local function dns_lookup(cfg, name, deadline)
+  local servers, search = dns_config(cfg)
+  if #servers == 0 then return nil, "no DNS server configured" end
+  local candidates = {}
+  if not name:find(".", 1, true) then -- a single label: the search domains first (resolv.conf ndots:1)
+    for _, domain in ipairs(search) do candidates[#candidates + 1] = name .. "." .. domain end
+  end
+  candidates[#candidates + 1] = name
+  local err = "no such name"
+  for _, candidate in ipairs(candidates) do
+    for _, qtype in ipairs({ 1, 28 }) do -- A, then AAAA
+      local addr, detail = dns_ask(servers, candidate, qtype, deadline)
+      if addr then return addr, detail end
+      err = detail
+      if addr == nil then return nil, err end -- out of time, or no server answers
+      if detail == "no such name" then break end
+    end
+  end
+  return nil, err
+end
+
+-- The address to connect to for `host`, within the deadline; nil and why if there is none.
+local function resolve(cfg, host, deadline)
+  if address_literal(host) then return host end
+  local name = host:lower():gsub("%.$", "")
+  local now = socket.gettime()
+  local known = names[name]
+  if known and (now < known.expires or now < known.retry) then
+    if known.addr then return known.addr end
+    return nil, known.err
+  end
+  local until_ = deadline
+  -- With an address in hand, a refresh may use only part of the time: the publish needs the rest.
+  if known and known.addr then until_ = now + (deadline - now) * 0.4 end
+  local addr, ttl = hosts_file(name), NAME_MAX_TTL
+  if not addr and name == "localhost" then addr = "127.0.0.1" end
+  if not addr then addr, ttl = dns_lookup(cfg, name, until_) end
+  if addr then
+    ttl = math.max(NAME_MIN_TTL, math.min(NAME_MAX_TTL, tonumber(ttl) or NAME_MIN_TTL))
+    names[name] = { addr = addr, expires = now + ttl, retry = 0 }
+    return addr
+  end
+  local why = tostring(ttl)
+  if known and known.addr then
+    known.retry = now + NAME_RETRY
+    log_warning(string.format("cannot resolve %s again (%s): keeping %s", name, why, known.addr))
+    return known.addr
+  end
+  names[name] = { expires = 0, retry = now + NAME_RETRY, err = why }
+  return nil, why
+end
+
 -- A connected socket whose every later call is bounded by `deadline`; `remaining` re-arms it.
-local function connect(host, port, deadline)
+local function connect(cfg, host, port, deadline)
+  local resolved, addr, rerr = pcall(resolve, cfg, host, deadline)
+  if not resolved then addr, rerr = nil, addr end -- a bug here must cost the publish, not the events
+  if not addr then return nil, string.format("cannot resolve %s: %s", host, tostring(rerr)) end
   local sock = socket.tcp()
   local function remaining()
     local r = deadline - socket.gettime()
@@ -370,7 +638,7 @@ local function connect(host, port, deadline)
     return r
   end
   if not remaining() then sock:close(); return nil, "timeout" end
-  local ok, err = sock:connect(host, port)
+  local ok, err = sock:connect(addr, port)
   if not ok then sock:close(); return nil, "connect: " .. tostring(err) end
   return sock, remaining
 end
@@ -378,7 +646,7 @@ end
 -- Sends every payload to host:port; returns how many were confirmed in order (all or fewer) and an
 -- error.
 local function publish_to(cfg, host, port, payloads, deadline)
-  local sock, remaining = connect(host, port, deadline)
+  local sock, remaining = connect(cfg, host, port, deadline)
   if not sock then return 0, remaining end
   local ok, err
   local commands, expected = {}, 0
@@ -476,7 +744,7 @@ local function ask_sentinels(cfg, deadline)
   for entry in cfg.sentinels:gmatch("[^%s,]+") do
     local host, port = entry:match("^%[?([^%]]+)%]?:(%d+)$")
     host, port = host or entry, tonumber(port) or 26379
-    local sock, remaining = connect(host, port, deadline)
+    local sock, remaining = connect(cfg, host, port, deadline)
     if not sock then
       err = string.format("sentinel %s: %s", entry, tostring(remaining))
     else
@@ -537,16 +805,29 @@ end
 
 -- ---------------------------------------------------------------- spool
 
+-- The marker (PENDING) is raised by renaming a new file onto it, never by touching the old one: the
+-- bridge's drainer lowers it by renaming away the very file it looked at and puts it back if that is
+-- no longer the one it saw (bridge/spool.py), so a raise can never be lost in a lowering.
+local function raise_marker(dir)
+  local tmp = string.format("%s/.pending-%016d-%08x", dir, now_us(), math.random(0, 0x7fffffff))
+  local f = io.open(tmp, "w")
+  if not f then return false end
+  f:close()
+  if os.rename(tmp, dir .. "/PENDING") then return true end
+  os.remove(tmp)
+  return false
+end
+
+-- Writes the events from `from` on to one spool file; true, or false and why.
+-- Order of steps: the file exists (as .tmp) before the marker is raised, and the drainer keeps the
+-- marker up while a .tmp younger than a minute exists, so the marker cannot be lowered between our
+-- raising it and our file becoming visible, nor before the file is drained.
 local function spool(cfg, events, from)
   local dir = cfg.spool
-  local pending = io.open(dir .. "/PENDING", "a")
-  if pending then pending:close() end
   local name = string.format("%s/%016d-%08x", dir, now_us(), math.random(0, 0x7fffffff))
   local f, err = io.open(name .. ".tmp", "wb")
-  if not f then
-    lost(#events - from + 1, string.format("redis unavailable and cannot write spool %s: %s", dir, err))
-    return false
-  end
+  if not f then return false, string.format("cannot write spool %s: %s", dir, tostring(err)) end
+  raise_marker(dir)
   local chunks = {}
   for i = from, #events do
     chunks[#chunks + 1] = msgpack(array({ cfg.stream, events[i] }))
@@ -555,14 +836,12 @@ local function spool(cfg, events, from)
   local closed, cerr = f:close()
   if not ok or not closed then
     os.remove(name .. ".tmp")
-    lost(#events - from + 1, "redis unavailable and spool write failed: " .. tostring(werr or cerr))
-    return false
+    return false, "spool write failed: " .. tostring(werr or cerr)
   end
   local renamed, rerr = os.rename(name .. ".tmp", name .. ".mp")
   if not renamed then
     os.remove(name .. ".tmp")
-    lost(#events - from + 1, "redis unavailable and spool rename failed: " .. tostring(rerr))
-    return false
+    return false, "spool rename failed: " .. tostring(rerr)
   end
   return true
 end
@@ -579,15 +858,19 @@ local function deliver(ctx)
   if #events == 0 then return end
   local cfg = ctx.cfg
   if spool_pending(cfg) then
-    spool(cfg, events, 1)
-    return
+    local spooled, why = spool(cfg, events, 1)
+    if spooled then return end
+    -- Events wait in the spool but these cannot join them: better out of order (the index does not
+    -- depend on order, docs/events.md) than lost. Redis may well take them.
+    log_warning(string.format("%s; publishing to Redis, ahead of the spooled events", why))
   end
   local payloads = {}
   for i, e in ipairs(events) do payloads[i] = msgpack(e) end
   local confirmed, err, where = publish(cfg, payloads)
   if confirmed < #events then
     log_warning(string.format("redis %s: %s; spooling %d event(s)", where, tostring(err), #events - confirmed))
-    spool(cfg, events, confirmed + 1)
+    local spooled, why = spool(cfg, events, confirmed + 1)
+    if not spooled then lost(#events - confirmed, "redis unavailable and " .. why) end
   end
 end
 

@@ -13,6 +13,7 @@ The account is taken from the environment Pigeonhole sets (USER, else RECIPIENT)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -158,11 +159,20 @@ def publish(host: str, port: int, stream: str, payload: bytes, timeout_s: float)
 
 
 def spool(spool_dir: str, stream: str, event: dict[str, object]) -> None:
-    open(os.path.join(spool_dir, "PENDING"), "a").close()
+    """The spool's protocol (bridge/spool.py): the .tmp first, then the marker raised as a new file
+    renamed onto PENDING (never touched in place), then the data, then the rename to .mp."""
     name = os.path.join(spool_dir, f"{time.time_ns() // 1000:016d}-{secrets.randbits(32):08x}")
-    with open(name + ".tmp", "wb") as f:
-        f.write(packb([stream, event]))
-    os.replace(name + ".tmp", name + ".mp")
+    try:
+        with open(name + ".tmp", "xb") as f:
+            marker = os.path.join(spool_dir, f".pending-{time.time_ns() // 1000:016d}-{secrets.randbits(32):08x}")
+            open(marker, "x").close()
+            os.replace(marker, os.path.join(spool_dir, "PENDING"))
+            f.write(packb([stream, event]))
+        os.replace(name + ".tmp", name + ".mp")
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(name + ".tmp")
+        raise
 
 
 def main(argv: list[str]) -> int:

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
+import secrets
+import shutil
 import smtplib
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +33,7 @@ from bridge.events import (
     MessageExpunge,
     MessageNew,
 )
-from bridge.stack.launcher import StackInfo
+from bridge.stack.launcher import Stack, StackInfo
 from tests.conftest import Account
 from tests.mailtools import StreamWatch, lmtp_deliver, sample_message
 
@@ -212,3 +216,51 @@ def test_dedupe_script_drops_a_second_copy_of_one_reinjection(
     lmtp_deliver(stack, account.email, plain)
     events = watch.expect(4)  # mailbox.create + three message.new
     assert [e.subject for e in events if isinstance(e, MessageNew)] == ["stamped", "plain", "plain"]
+
+
+def test_raw_header_values_become_utf8_as_python_decodes_them(
+    stack: StackInfo, account: Account, sync_redis: redis.Redis
+) -> None:
+    """From, To and Message-ID reach the hook as raw bytes. What is not UTF-8 in them (encoded
+    surrogates U+D800 and U+DFFF, a code point past U+10FFFF, overlong forms, a sequence cut short,
+    stray bytes) becomes U+FFFD, one per maximal ill-formed subpart, exactly as Python's
+    decode(errors="replace") does in the filter and the bridge; valid characters stay. The hook
+    checks the bytes itself: Lua 5.3's utf8.len takes encoded surrogates for characters."""
+    watch = StreamWatch(sync_redis, account.email)
+    bad = (
+        b"a\xed\xa0\x80b\xed\xbf\xbfc\xf4\x90\x80\x80d\xc0\xafe\xe0\x80\xaff\xe2\x82g\x80h\xff"
+        b"i\xf0\x9f\x98\x80j\xe2\x82\xack\xed\x9f\xbfl\xf4\x8f\xbf\xbf"
+    )
+    values = {"From": bad + b" <x@outside.test>", "To": bad + b" <y@example.test>", "Message-ID": b"<" + bad + b"@x>"}
+    raw = b"".join(name.encode() + b": " + value + b"\r\n" for name, value in values.items())
+    raw += b"Subject: raw\r\n\r\nbody\r\n"
+    with smtplib.LMTP(stack.lmtp["host"], stack.lmtp["port"], timeout=10) as lmtp:
+        lmtp.sendmail("x@outside.test", [account.email], raw)
+    _create, new = watch.expect(2)
+    assert isinstance(new, MessageNew)
+    expected = {name: value.decode("utf-8", "replace") for name, value in values.items()}
+    assert (new.from_, new.to, new.message_id) == (expected["From"], expected["To"], expected["Message-ID"])
+    assert "\U0001f600" in new.from_ and "\u20ac" in new.from_ and "\ud7ff" in new.from_ and "\U0010ffff" in new.from_
+    assert not any(0xD800 <= ord(c) <= 0xDFFF for c in new.from_ + new.to + new.message_id)
+
+
+def test_events_go_to_redis_when_the_spool_is_pending_but_cannot_be_written(
+    stack: StackInfo, stack_launcher: Stack, sync_redis: redis.Redis
+) -> None:
+    """Events wait in the spool (PENDING), but the mail user can no longer write there (a wrong
+    owner, a full disk): the next events go to Redis, ahead of the waiting ones, rather than being
+    lost while Redis answers."""
+    spool = Path(stack.state_dir) / f"readonly-spool-{uuid.uuid4().hex[:8]}"
+    spool.mkdir(mode=0o755)  # root's: the mail user reads PENDING, and can create nothing
+    (spool / "PENDING").touch()
+    email, password = f"ro-{uuid.uuid4().hex[:10]}@example.test", secrets.token_urlsafe(12)
+    stack_launcher.add_users({email: password}, userdb_fields={"mail_bridge_spool_dir": str(spool)})
+    lost_before = (Path(stack.log_dir) / "dovecot.log").read_text().count("mail-bridge: LOST")
+    try:
+        watch = StreamWatch(sync_redis, email)
+        lmtp_deliver(stack, email, sample_message("spool unwritable"))
+        _create, new = watch.expect(2)
+        assert isinstance(new, MessageNew) and new.subject == "spool unwritable"
+        assert (Path(stack.log_dir) / "dovecot.log").read_text().count("mail-bridge: LOST") == lost_before
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
