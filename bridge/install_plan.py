@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import grp
+import ipaddress
 import pwd
 import re
 import secrets
@@ -434,6 +435,7 @@ def make_plan(
             " Mail your scripts file elsewhere (e.g. spam into Junk) never reaches ours (Pigeonhole ends the"
             " sequence there): a copy Postfix re-sends after a lost filter reply is not dropped in that folder"
         )
+    plan.notes += _redis_name_notes(o)
     if facts.push_drivers and values["PUSH_DRIVER_SLOT"] not in facts.push_drivers:
         plan.notes.append(
             "your "
@@ -441,6 +443,35 @@ def make_plan(
             + f" stay(s); mail-bridge's hook takes {values['PUSH_DRIVER_SLOT']}"
         )
     return plan
+
+
+def _redis_name_notes(o: Options) -> list[str]:
+    """A warning for each Redis host given by name. The hook resolves names itself, from /etc/hosts
+    and then over DNS within its 250 ms bound (the C library's resolver would block a delivery for
+    as long as it takes); a name neither knows makes every event wait in the spool."""
+    hosts = [o.redis_host] if not (o.redis_sentinels or o.redis_cluster) else []
+    hosts += [host for host, _port in o.redis_sentinels + o.redis_cluster]
+    notes = []
+    for host in dict.fromkeys(hosts):
+        try:
+            ipaddress.ip_address(host)
+            continue
+        except ValueError:
+            pass
+        try:
+            socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            notes.append(
+                f"WARNING: the Redis host {host!r} does not resolve here ({exc}): until it does, every event"
+                " the Dovecot hook makes waits in the spool. Give an address, or add the name to /etc/hosts"
+            )
+            continue
+        notes.append(
+            f"the Redis host {host!r} is a name: the Dovecot hook resolves it itself, from /etc/hosts and then"
+            " over DNS (mail_bridge_dns_servers, else /etc/resolv.conf) within its time bound, and remembers it;"
+            " when neither answers in time its events wait in the spool. An address avoids the lookup"
+        )
+    return notes
 
 
 def _plan_units(o: Options, plan: Plan) -> None:

@@ -164,6 +164,19 @@ def test_an_install_on_redis_cluster_hash_tags_the_stream_for_the_hook_and_the_b
     assert both.returncode == 2 and "not both" in both.stderr
 
 
+def test_a_redis_host_given_by_name_is_explained_and_one_that_does_not_resolve_is_warned_of(stock: Path) -> None:
+    # The hook resolves names itself within its bound (tests/test_hook_dns.py); the admin is told so,
+    # and warned when the name resolves nowhere (every event would wait in the spool).
+    named = run(stock, "--redis-host=localhost", answer="n\n")  # shown, declined: nothing written
+    assert "the Redis host 'localhost' is a name" in named.stdout, named.stdout + named.stderr
+    unknown = run(stock, "--redis-host=redis.mail-bridge.invalid", answer="n\n")  # RFC 2606: never resolves
+    assert "WARNING: the Redis host 'redis.mail-bridge.invalid' does not resolve here" in unknown.stdout, (
+        unknown.stdout + unknown.stderr
+    )
+    by_address = run(stock, "--redis-host=127.0.0.1", answer="n\n")
+    assert "the Redis host" not in by_address.stdout
+
+
 def test_bad_sentinel_addresses_are_refused_before_anything_is_written(stock: Path) -> None:
     refused = run(stock, "--yes", "--redis-sentinels=10.0.0.5:port")
     assert refused.returncode == 2 and "bad sentinel address '10.0.0.5:port'" in refused.stderr
