@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from redis.exceptions import RedisError
 
+from bridge import redis_keys
 from bridge.events import Direction, MtaAccepted, StreamNames
 from bridge.mail_headers import parse_headers, summarize
 from bridge.mime_summary import summarize_mime
@@ -173,7 +174,7 @@ class FilterHandler:
         self.pool = ReinjectPool(reinject_host, reinject_port, ehlo_name=EHLO_NAME, timeout_s=REINJECT_TIMEOUT_S)
 
     def _done_key(self, event: MtaAccepted) -> str:
-        return f"{self.streams.prefix}:filter:done:{event.key}"
+        return redis_keys.filter_done(self.streams.prefix, event.key)
 
     async def _already_reinjected(self, event: MtaAccepted | None) -> bool:
         if event is None or not event.queue_id:
