@@ -45,10 +45,6 @@ EHLO_NAME = "mail-bridge-filter"
 DONE_TTL_S = 7 * 86400  # longer than Postfix's maximal_queue_lifetime (5 days by default)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
 def recipients_hash(rcpt_tos: list[str]) -> str:
     # Postfix may split one queue file's recipients over several filter deliveries: each is distinct.
     return hashlib.sha256("\0".join(sorted(rcpt_tos)).encode("utf-8", "surrogateescape")).hexdigest()[:12]
@@ -214,8 +210,8 @@ class FilterHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or envelope.content
-        if not isinstance(content, bytes):
-            content = _text(content or b"").encode("utf-8", "surrogateescape")
+        if not isinstance(content, bytes):  # aiosmtpd's decoded text (decode_data), or nothing
+            content = (content or "").encode("utf-8", "surrogateescape")
         event: MtaAccepted | None
         try:
             event = build_event(envelope, content)
