@@ -35,8 +35,8 @@ from bridge.events import Event, MessageAdded, MtaAccepted
 from bridge.redis_text import text
 from bridge.store import FACTS, message_doc_id
 
-# Longer than the filter's summary can come before its delivery (Postfix delivers within seconds,
-# or retries within its queue lifetime, when the facts are simply not shown).
+# How long a summary waits for its delivery (and a delivery's id for its summary): a mail delivered
+# later than this after the filter passed it is shown and indexed without the filter's facts.
 FACTS_TTL_S = 86400
 
 # KEYS: per summary or delivery, its facts and waiting keys. ARGV: the TTL, then per one "s" and the

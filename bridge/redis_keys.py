@@ -95,7 +95,8 @@ def _mail_digest(account: str, message_id: str) -> str:
 def mail_facts(prefix: str, account: str, message_id: str) -> str:
     """String, per account and Message-ID: the content filter's summary of that mail (msgpack map
     hasAttachments, size, category), read by the relay and the index; TTL 1 day. Named `index:`
-    because the index kept it first: nodes of the previous version read and write the same key."""
+    because the index kept it first: the index of a node of the previous version (during a rolling
+    upgrade) reads and writes the same key, in the same encoding."""
     return f"{prefix}:index:facts:{_mail_digest(account, message_id)}"
 
 

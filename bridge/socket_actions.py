@@ -24,10 +24,9 @@ from bridge.fanout_publish import FanoutPublisher, Outgoing
 from bridge.imap import ImapGateway
 from bridge.mail_service import MailService, owned_account
 from bridge.rate_limit import RateLimiter
+from bridge.realtime import Ack
 
 log = logging.getLogger(__name__)
-
-Ack = dict[str, Any]
 
 
 def _owned(identity: Identity, account: str) -> str:
