@@ -46,7 +46,7 @@ from bench.idle_watch import socket_inodes
 from bench.socket_load import SocketFleet, raise_fd_limit
 from bench.stack import BenchStack, Node
 from bench.window import StepWindow
-from bridge import codec
+from bridge import codec, redis_keys
 from bridge.events import ENTRY_FIELD, Event, FlagsSet, MailboxSubscribe, StreamNames
 
 STREAM_MAXLEN = 1_000_000  # as the hook trims (mail_bridge_stream_maxlen default)
@@ -214,7 +214,7 @@ class Names:
         return f"{self.relay_group}-index"
 
     def resume_log(self, account: str) -> str:
-        return f"{self.prefix}:browser:{account.lower()}"
+        return redis_keys.resume_log(self.prefix, account)
 
 
 def names_of(stack: BenchStack) -> Names:

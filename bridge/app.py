@@ -1,8 +1,11 @@
 """The app factory: where the protocol edges meet.
 
 `create_app(settings)` owns the bridge process's long-lived resources. Each is opened and closed in
-an aiohttp cleanup context, in order (Redis, store, IMAP gateway, Socket.IO, consumers and spool
-drainer, SMTP filter), and reached by handlers through the typed keys in bridge.keys.
+an aiohttp cleanup context, in order (Redis, store, IMAP gateway, the mail service with the index
+cache and the fan-out publisher, the Socket.IO edge with the fan-out reader, consumers and spool
+drainer, SMTP filter), each object made whole once what it needs is open, and reached by handlers
+through the typed keys in bridge.keys. Only the Socket.IO server itself is made with the app (its
+routes must be added before the app starts); its handlers are registered by the edge's context.
 `create_filter_app(settings)` is the content filter alone (Redis and the SMTP listener), for
 running it as its own process; the bridge then runs with BRIDGE_FILTER_PORT=0.
 """
@@ -32,17 +35,24 @@ from bridge.auth import SHARED_SECRET_ALGORITHMS, TokenIssuer, TrustedIssuer
 from bridge.backfill import Backfill
 from bridge.browser_events import BrowserEvent
 from bridge.events import StreamNames
+from bridge.fanout import FanoutReader
+from bridge.fanout_publish import FanoutPublisher
 from bridge.http_api import add_routes, add_web_client, cors_middleware, errors_middleware
 from bridge.http_mail import add_routes as add_mail_routes
 from bridge.imap import ImapGateway
 from bridge.index_cache import IndexCache
+from bridge.mail_facts import MailFacts
 from bridge.mail_service import MailService
 from bridge.metrics import Metrics
 from bridge.rate_limit import RateLimiter
 from bridge.realtime import Realtime
+from bridge.redis_text import text
+from bridge.relay import Relay
 from bridge.settings import CLUSTER_SCHEME, SENTINEL_SCHEME, Settings, parse_cluster_url, parse_sentinel_url
+from bridge.sio_server import make_server
 from bridge.slow_sockets import SlowSocketGuard
 from bridge.smtp_filter import FilterHandler, FilterServer
+from bridge.socket_actions import SocketActions
 from bridge.spool import SpoolDrainer
 from bridge.store import MailboxCounts, Store
 from bridge.streams import Consumer, Delivery, Publisher, lost_key
@@ -184,7 +194,7 @@ async def count_lost_events(app: web.Application, metrics: Metrics) -> None:
     counts: dict[str, float] = {}
     try:
         raw: Any = await app[keys.REDIS].hgetall(lost_key(settings.stream_prefix))
-        counts = {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
+        counts = {text(k): float(v) for k, v in raw.items()}
     except RedisError:
         counts = dict(metrics.events_lost.by_stream)  # keep the last known values
     if settings.dovecot_metrics_url:
@@ -233,18 +243,10 @@ def create_app(settings: Settings) -> web.Application:
         ),
     )
     streams = StreamNames(settings.stream_prefix)
-    realtime = Realtime(
-        app[keys.ISSUER],
-        settings.cors_origins,
-        stream_prefix=settings.stream_prefix,
-        resume_log_len=settings.resume_log_len,
-        max_sockets_per_user=settings.max_sockets_per_user,
-        metrics=metrics,
-    )
-    app[keys.REALTIME] = realtime
-    guard = SlowSocketGuard(realtime.sio, settings.socket_max_queued, metrics)
+    sio = make_server(settings.cors_origins)
+    guard = SlowSocketGuard(sio, settings.socket_max_queued, metrics)
     app.middlewares.append(guard.track)
-    realtime.sio.attach(app)
+    sio.attach(app)
     add_routes(app)
     add_mail_routes(app)
     add_web_client(app, settings.web_dir)
@@ -257,7 +259,7 @@ def create_app(settings: Settings) -> web.Application:
             except RedisError:
                 continue
             for info in infos:
-                name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+                name = text(info["name"])
                 if name in groups and info.get("lag") is not None:
                     metrics.stream_lag.labels(stream, name).set(info["lag"])
         await count_lost_events(app, metrics)
@@ -283,12 +285,14 @@ def create_app(settings: Settings) -> web.Application:
         yield
 
     async def mail_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[keys.FANOUT_PUBLISHER] = publisher = FanoutPublisher(
+            app[keys.REDIS], settings.stream_prefix, resume_log_len=settings.resume_log_len, metrics=metrics
+        )
         app[keys.INDEX_CACHE] = index_cache = IndexCache(app[keys.REDIS], app[keys.STORE], settings.stream_prefix)
         app[keys.BACKFILL] = backfill = Backfill(
-            app[keys.IMAP], app[keys.STORE], index_cache, lambda c: realtime.publish(unread_count_event(c))
+            app[keys.IMAP], app[keys.STORE], index_cache, lambda c: publisher.publish(unread_count_event(c))
         )
-        realtime.on_accounts = backfill.start_all
-        app[keys.MAIL] = MailService(
+        app[keys.MAIL] = mail = MailService(
             app[keys.IMAP],
             app[keys.STORE],
             app[keys.REDIS],
@@ -302,40 +306,58 @@ def create_app(settings: Settings) -> web.Application:
             prefix=settings.stream_prefix,
             metrics=metrics,
             send_limit=RateLimiter(settings.send_per_minute / 60, max(1, settings.send_per_minute // 3)),
-            publish=realtime.publish,
+            publish=publisher.publish,
         )
+        # MailService makes an IndexCache of its own; it is given the app's, so the process has one.
+        mail.counts = index_cache
         yield
         await backfill.close()
 
+    async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
+        """The Socket.IO edge, its client actions and the fan-out reader that feeds its rooms."""
+        reader = FanoutReader(app[keys.REDIS], sio, settings.stream_prefix, metrics)
+        app[keys.REALTIME] = realtime = Realtime(
+            sio,
+            app[keys.ISSUER],
+            reader,
+            max_sockets_per_user=settings.max_sockets_per_user,
+            metrics=metrics,
+            on_accounts=app[keys.BACKFILL].start_all,
+        )
+        SocketActions(sio, realtime.identity, app[keys.FANOUT_PUBLISHER], app[keys.IMAP], app[keys.MAIL])
+        tasks = [_supervised("fanout", reader.run())]
+        yield
+        await _cancel(tasks)
+        await realtime.close()
+
     async def background_ctx(app: web.Application) -> AsyncIterator[None]:
         redis = app[keys.REDIS]
-        realtime.bind(redis, app[keys.IMAP], app[keys.MAIL])
-
         index_cache = app[keys.INDEX_CACHE]
+        publisher = app[keys.FANOUT_PUBLISHER]
+        prefix = settings.stream_prefix
 
         async def index(deliveries: Sequence[Delivery]) -> None:
             # One unread_count per mailbox per read, however many of its messages the read touched.
             counts = await index_cache.apply([d.event for d in deliveries])
-            await realtime.publish_many([unread_count_event(c) for c in counts])
+            await publisher.publish_many([unread_count_event(c) for c in counts])
 
+        relay = Relay(publisher, MailFacts(redis, prefix), prefix=prefix, metrics=metrics)
         # The filter's stream first: a read holding a mail's summary and its delivery must store
         # the summary before the delivery is relayed (the filter publishes before re-injecting).
-        relay = Consumer(
-            redis, (streams.postfix, streams.dovecot), settings.consumer_group, settings.consumer_name, realtime.relay
+        relayer = Consumer(
+            redis, (streams.postfix, streams.dovecot), settings.consumer_group, settings.consumer_name, relay.relay
         )
         # The index has its own group: a slow or stopped store never delays what browsers see.
         indexer = Consumer(redis, streams.all(), f"{settings.consumer_group}-index", settings.consumer_name, index)
         drainer = SpoolDrainer(redis, settings.spool_dir, settings.stream_maxlen)
         tasks = [
-            _supervised("relay", relay.run()),
+            _supervised("relay", relayer.run()),
             _supervised("indexer", indexer.run()),
             _supervised("spool-drain", drainer.run()),
             _supervised("slow-sockets", guard.run()),
-            _supervised("fanout", realtime.run_fanout()),
         ]
         yield
         await _cancel(tasks)
-        await realtime.close()
 
-    app.cleanup_ctx.extend([redis_ctx, store_ctx, imap_ctx, mail_ctx, background_ctx, filter_ctx])
+    app.cleanup_ctx.extend([redis_ctx, store_ctx, imap_ctx, mail_ctx, realtime_ctx, background_ctx, filter_ctx])
     return app

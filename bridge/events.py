@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar
 
+from bridge import redis_keys
+
 # Incremented on any change a v1 consumer could misread (a field removed, renamed or retyped).
 # Adding an optional field is not such a change: decoders ignore keys they do not know.
 SCHEMA_VERSION = 1
@@ -48,11 +50,11 @@ class StreamNames:
 
     @property
     def dovecot(self) -> str:
-        return f"{self.prefix}:dovecot"
+        return redis_keys.dovecot_stream(self.prefix)
 
     @property
     def postfix(self) -> str:
-        return f"{self.prefix}:postfix"
+        return redis_keys.postfix_stream(self.prefix)
 
     def all(self) -> tuple[str, str]:
         return (self.dovecot, self.postfix)

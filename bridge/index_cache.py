@@ -7,15 +7,8 @@ the counts document) were what held the indexer below 100 mails/s. Redis does th
 pipelined transaction per read.
 
 Summaries: the filter's summary of a mail (attachments, size, category) and Dovecot's delivery of
-it arrive in either order, on two streams. In one script per read, a summary is stored and takes
-the list of deliveries that came before it; a delivery reads the summary and, only if it has not
-come, leaves its document id on that list. Either the delivery sees the summary or the summary sees
-the delivery, and a delivery that saw its summary is done: a later mail with the same Message-ID
-does not rewrite it. Both are kept per account and Message-ID (`:index:facts:<sha>` and
-`:index:wait:<sha>`, sha = SHA-256 of "<account, lower case>\0<Message-ID>", 32 hex digits): a
-summary is stored for each envelope recipient, and for the submitter (its Sent copy), so a sender
-who copies another mail's Message-ID reaches only the mail of the recipients it sends to. Entries
-expire after a day (the filter publishes before Postfix delivers).
+it arrive in either order, on two streams; bridge.mail_facts keeps the summaries (per account and
+Message-ID, shared with the relay) and meets each delivery with its summary in one script per read.
 
 Counts: two hashes per account (`unread`, `total`, field = mailbox), moved by what each index write
 did; a mailbox without fields (new, or Redis lost them) is counted from the store, as is one the
@@ -31,20 +24,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-import msgpack
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
-from bridge.events import Event, MailboxEvent, MailboxRename, MessageAdded, MtaAccepted
+from bridge import redis_keys
+from bridge.events import Event, MailboxEvent, MailboxRename, MessageAdded
+from bridge.mail_facts import MailFacts
 from bridge.mail_headers import believable_date
-from bridge.store import FACTS, MailboxCounts, Store, message_doc_id
+from bridge.store import MailboxCounts, Store
 
-TTL_S = 86400
 # A writer that died between its documents and its counts leaves its mark up this long at most
 # (counts are then taken from the store on every read of that mailbox until it expires).
 WRITING_TTL_S = 300
@@ -76,52 +68,13 @@ return out
 """
 
 
-# KEYS: per summary or delivery, its facts and wait keys. ARGV: the TTL, then per one "s" and the
-# packed facts (a summary), or "d" and the document id (a delivery). Returns per summary the ids
-# waiting for it; per delivery its facts, or nil when they have not come (its id now waits).
-_MEET = """
-local out = {}
-for i = 1, #KEYS / 2 do
-  local facts, wait = KEYS[2 * i - 1], KEYS[2 * i]
-  local kind, value = ARGV[2 * i], ARGV[2 * i + 1]
-  if kind == 's' then
-    redis.call('SET', facts, value, 'EX', ARGV[1])
-    out[i] = redis.call('SMEMBERS', wait)
-    redis.call('DEL', wait)
-  else
-    local found = redis.call('GET', facts)
-    if found then
-      out[i] = found
-    else
-      redis.call('SADD', wait, value)
-      redis.call('EXPIRE', wait, ARGV[1])
-      out[i] = false
-    end
-  end
-end
-return out
-"""
-
-
-def summary_accounts(event: MtaAccepted) -> set[str]:
-    """Whose mail the summary describes: each envelope recipient's, and the submitter's Sent copy."""
-    accounts = {rcpt.lower() for rcpt in event.rcpt_to if rcpt}
-    if event.sasl_user:
-        accounts.add(event.sasl_user.lower())
-    return accounts
-
-
-def summary_facts(event: MtaAccepted) -> dict[str, Any]:
-    return {"hasAttachments": bool(event.attachments), "size": event.size, "category": event.category}
-
-
 class IndexCache:
     def __init__(self, redis: aioredis.Redis, store: Store, prefix: str) -> None:
         self.redis = redis
         self.store = store
         self.prefix = prefix
+        self.facts = MailFacts(redis, prefix)
         self._move_counts = redis.register_script(_MOVE_COUNTS)
-        self._meet = redis.register_script(_MEET)
 
     async def apply(self, events: Sequence[Event]) -> list[MailboxCounts]:
         """Index one read of events: summaries met here, documents written in the store, counts
@@ -135,7 +88,7 @@ class IndexCache:
         events = [_with_believable_date(event) for event in events]
         await self.begin_writes(touched)
         try:
-            facts, early = await self.meet(events)
+            facts, early = await self.facts.meet(events)
             changes = await self.store.apply(events, facts, early)
         except BaseException:  # cancelled too (the bridge stopping): the marks must not stay up
             # The store may hold part of this read's writes, which the retry will not see as new:
@@ -147,7 +100,7 @@ class IndexCache:
         return await self.move_counts(changes.deltas, changes.recounts, touched)
 
     def _writing_key(self, account: str) -> str:
-        return f"{self.prefix}:index:writing:{account}"
+        return redis_keys.index_writing(self.prefix, account)
 
     async def begin_writes(self, mailboxes: set[tuple[str, str]]) -> None:
         """Mark these mailboxes as having documents written whose counts are still to move."""
@@ -159,48 +112,8 @@ class IndexCache:
             pipe.expire(self._writing_key(account), WRITING_TTL_S)
         await pipe.execute()
 
-    def _keys(self, account: str, message_id: str) -> list[str]:
-        """The facts and wait keys of one account's mail with this Message-ID (an address holds no
-        NUL, so the first one ends the account)."""
-        name = f"{account.lower()}\0{message_id}".encode("utf-8", "surrogateescape")
-        digest = hashlib.sha256(name).hexdigest()[:32]
-        return [f"{self.prefix}:index:facts:{digest}", f"{self.prefix}:index:wait:{digest}"]
-
-    async def meet(self, events: Sequence[Event]) -> tuple[dict[int, dict[str, Any]], list[tuple[str, dict[str, Any]]]]:
-        """({event index: facts} for the read's deliveries whose summary is known, [(message
-        document id, facts)] for deliveries indexed before their summary came)."""
-        keys: list[str] = []
-        args: list[str | bytes | int] = [TTL_S]
-        plan: list[tuple[int, int, int]] = []  # (event index, place of its first reply, replies)
-        for index, event in enumerate(events):
-            if isinstance(event, MtaAccepted) and event.message_id:
-                accounts = sorted(summary_accounts(event))
-                plan.append((index, len(keys) // 2, len(accounts)))
-                packed = msgpack.packb(summary_facts(event))
-                for account in accounts:
-                    keys += self._keys(account, event.message_id)
-                    args += ["s", packed]
-            elif isinstance(event, MessageAdded) and event.message_id:
-                plan.append((index, len(keys) // 2, 1))
-                keys += self._keys(event.account, event.message_id)
-                args += ["d", message_doc_id(event.account, event.mailbox, event.uidvalidity, event.uid)]
-        facts: dict[int, dict[str, Any]] = {}
-        early: list[tuple[str, dict[str, Any]]] = []
-        if not keys:
-            return facts, early
-        replies: Any = await self._meet(keys=keys, args=args)
-        for index, place, count in plan:
-            event = events[index]
-            if isinstance(event, MtaAccepted):
-                for waiting in replies[place : place + count]:
-                    early.extend((_text(doc_id), summary_facts(event)) for doc_id in waiting or ())
-            elif isinstance(replies[place], bytes):
-                found = msgpack.unpackb(replies[place], raw=False)
-                facts[index] = {k: found[k] for k in FACTS}
-        return facts, early
-
     def _counts_keys(self, account: str) -> tuple[str, str]:
-        return f"{self.prefix}:index:unread:{account}", f"{self.prefix}:index:total:{account}"
+        return redis_keys.index_unread(self.prefix, account), redis_keys.index_total(self.prefix, account)
 
     async def move_counts(
         self,
@@ -281,7 +194,3 @@ def _with_believable_date(event: Event) -> Event:
         if date != event.date:
             return dataclasses.replace(event, date=date)
     return event
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

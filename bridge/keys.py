@@ -7,6 +7,7 @@ from aiohttp import web
 
 from bridge.auth import TokenIssuer
 from bridge.backfill import Backfill
+from bridge.fanout_publish import FanoutPublisher
 from bridge.imap import ImapGateway
 from bridge.index_cache import IndexCache
 from bridge.mail_service import MailService
@@ -29,3 +30,4 @@ REQUEST_LIMIT = web.AppKey("request_limit", RateLimiter)
 METRICS = web.AppKey("metrics", Metrics)
 BACKFILL = web.AppKey("backfill", Backfill)
 INDEX_CACHE = web.AppKey("index_cache", IndexCache)
+FANOUT_PUBLISHER = web.AppKey("fanout_publisher", FanoutPublisher)

@@ -31,7 +31,7 @@ import msgpack
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from bridge import compose
+from bridge import compose, redis_keys
 from bridge.auth import Identity
 from bridge.browser_events import BrowserEvent, EmailRef, email_id, iso_time, parse_email_id
 from bridge.errors import Forbidden, InvalidInput, NotFound, RateLimited, Unavailable
@@ -226,7 +226,7 @@ class MailService:
     async def message(self, ref: EmailRef, *, remote_images: bool = False) -> dict[str, Any]:
         """One message for display; with `remote_images`, its HTML keeps remote image sources (the
         reader asked for them). The two variants are cached apart."""
-        key = f"{self.prefix}:body:{email_id(ref)}" + (":remote-images" if remote_images else "")
+        key = redis_keys.body_cache(self.prefix, email_id(ref), remote_images=remote_images)
         try:
             cached = await self.redis.get(key)
         except RedisError:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from bridge import redis_keys
 from bridge.errors import RateLimited
 
 log = logging.getLogger(__name__)
@@ -146,11 +147,10 @@ class LoginLimits:
         self.account_rule = (ACCOUNT_WINDOW_S * 1000 // per_account, per_account)
 
     def _keys(self, attempt: LoginAttempt) -> list[str]:
-        base = f"{self.prefix}:login"
         return [
-            f"{base}:address:{attempt.address}",
-            f"{base}:account:{attempt.account}",
-            f"{base}:known:{attempt.account}",
+            redis_keys.login_address(self.prefix, attempt.address),
+            redis_keys.login_account(self.prefix, attempt.account),
+            redis_keys.login_known(self.prefix, attempt.account),
         ]
 
     async def begin(self, address: str, account: str) -> LoginAttempt:

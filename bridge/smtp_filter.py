@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from redis.exceptions import RedisError
 
+from bridge import redis_keys
 from bridge.events import Direction, MtaAccepted, StreamNames
 from bridge.mail_headers import parse_headers, summarize
 from bridge.mime_summary import summarize_mime
@@ -42,10 +43,6 @@ REINJECT_TIMEOUT_S = 60.0
 DONE_TIMEOUT_S = 0.2
 EHLO_NAME = "mail-bridge-filter"
 DONE_TTL_S = 7 * 86400  # longer than Postfix's maximal_queue_lifetime (5 days by default)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def recipients_hash(rcpt_tos: list[str]) -> str:
@@ -173,7 +170,7 @@ class FilterHandler:
         self.pool = ReinjectPool(reinject_host, reinject_port, ehlo_name=EHLO_NAME, timeout_s=REINJECT_TIMEOUT_S)
 
     def _done_key(self, event: MtaAccepted) -> str:
-        return f"{self.streams.prefix}:filter:done:{event.key}"
+        return redis_keys.filter_done(self.streams.prefix, event.key)
 
     async def _already_reinjected(self, event: MtaAccepted | None) -> bool:
         if event is None or not event.queue_id:
@@ -213,8 +210,8 @@ class FilterHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or envelope.content
-        if not isinstance(content, bytes):
-            content = _text(content or b"").encode("utf-8", "surrogateescape")
+        if not isinstance(content, bytes):  # aiosmtpd's decoded text (decode_data), or nothing
+            content = (content or "").encode("utf-8", "surrogateescape")
         event: MtaAccepted | None
         try:
             event = build_event(envelope, content)

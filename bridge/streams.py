@@ -26,9 +26,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from bridge import codec
+from bridge import codec, redis_keys
 from bridge.errors import DecodeError, Unavailable
 from bridge.events import ENTRY_FIELD, Event
+from bridge.redis_text import text
 from bridge.spool import PENDING, spool_record, write_spool
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ PUBLISH_TIMEOUT_S = 0.5
 
 def lost_key(prefix: str) -> str:
     """The hash counting, by stream, the events producers could neither publish nor spool."""
-    return f"{prefix}:events:lost"
+    return redis_keys.events_lost(prefix)
 
 
 class Publisher:
@@ -77,7 +78,7 @@ class Publisher:
                 )
                 if self.unreported:
                     await self._report_lost()
-                return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                return text(entry_id)
             except (RedisError, OSError, TimeoutError) as exc:
                 log.warning("[%s] redis unavailable (%s); spooling event", event.key, exc)
         try:
@@ -149,7 +150,7 @@ class Consumer:
         ids: list[str] = []
         deliveries: list[Delivery] = []
         for entry_id_raw, fields in entries:
-            entry_id = _s(entry_id_raw)
+            entry_id = text(entry_id_raw)
             ids.append(entry_id)
             payload = fields.get(ENTRY_FIELD) if fields else None
             try:
@@ -195,7 +196,7 @@ class Consumer:
                 start_raw, entries = result[0], result[1]
                 # Entries deleted from the stream meanwhile come back with no fields: acknowledge them.
                 await self._handle(stream, entries)
-                start = _s(start_raw)
+                start = text(start_raw)
                 if start == "0-0" or not entries:
                     break
 
@@ -209,7 +210,7 @@ class Consumer:
                 if not entries:
                     break
                 await self._handle(stream, entries)
-                cursor = _s(entries[-1][0])
+                cursor = text(entries[-1][0])
 
     async def run(self) -> None:
         failing = False
@@ -237,7 +238,7 @@ class Consumer:
                     log.info("consumer %s/%s recovered", self.group, self.name)
                     failing = False
                 for stream_raw, entries in response or []:
-                    await self._handle(_s(stream_raw), entries)
+                    await self._handle(text(stream_raw), entries)
             except (RedisError, OSError, Unavailable) as exc:
                 if not failing:
                     log.warning("consumer %s/%s: paused, retrying: %s", self.group, self.name, exc)
@@ -252,7 +253,3 @@ def _raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -26,8 +26,10 @@ import msgpack
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from bridge import redis_keys
 from bridge.compose import MAX_ATTACHMENT_BYTES, UPLOAD_ID, Attachment
 from bridge.errors import RateLimited, TooLarge, Unavailable
+from bridge.redis_text import text
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +86,10 @@ class Uploads:
         self._stage = redis.register_script(_STAGE)
 
     def _key(self, account: str, upload_id: str) -> str:
-        return f"{self.prefix}:upload:{account.lower()}:{upload_id}"
+        return redis_keys.upload(self.prefix, account, upload_id)
 
     def _index(self, account: str) -> str:
-        return f"{self.prefix}:uploads:{account.lower()}"
+        return redis_keys.uploads_pending(self.prefix, account)
 
     async def stage(self, account: str, attachment: Attachment) -> StagedUpload:
         """Keep `attachment` (already checked) for UPLOAD_TTL_S; returns its new id."""
@@ -162,7 +164,6 @@ def _entries(reply: Any) -> list[tuple[str, int, float]]:
     """(id, size, expiry) of each "<id> <size>" member of a ZRANGE ... WITHSCORES reply."""
     out: list[tuple[str, int, float]] = []
     for member, score in reply:
-        text = member.decode() if isinstance(member, bytes) else str(member)
-        upload_id, _, size = text.partition(" ")
+        upload_id, _, size = text(member).partition(" ")
         out.append((upload_id, int(size) if size.isdigit() else 0, float(score)))
     return out

@@ -2,7 +2,7 @@
 real Redis through a proxy that drops a connection, loses a reply or holds a command at an exact
 point (tests/redis_proxy.py).
 
-The relay tests run the relay itself in this process (the real `Consumer` and `Realtime.relay`, with
+The relay tests run the relay itself in this process (the real `Consumer` and `Relay.relay`, with
 the bridge's own Redis client settings) over a stream of their own; what it publishes goes into the
 stack's fan-out and resume logs, and the stack's bridge emits it to a real socket. The socket and
 gap tests run one more bridge node whose Redis is behind the proxy.
@@ -33,11 +33,13 @@ import socketio
 
 from bridge import codec
 from bridge.app import redis_client as bridge_redis
-from bridge.auth import TokenIssuer
 from bridge.browser_events import BrowserEvent
 from bridge.events import ENTRY_FIELD, MessageNew
+from bridge.fanout import lock_stripe
+from bridge.fanout_publish import FanoutPublisher
+from bridge.mail_facts import MailFacts
 from bridge.metrics import Metrics
-from bridge.realtime import Realtime
+from bridge.relay import Relay
 from bridge.stack.launcher import Stack, StackInfo
 from bridge.streams import Consumer, Delivery, Publisher
 from tests.conftest import Account, AccountPool, host_token, login
@@ -54,7 +56,7 @@ PREFIX = "mail"
 class LocalRelay:
     """The relay under test, in this process."""
 
-    realtime: Realtime
+    relay: Relay
     client: aioredis.Redis
     consumer: Consumer
     task: asyncio.Task[None] | None = None
@@ -76,19 +78,11 @@ class LocalRelay:
 
 def local_relay(url: str, stream: str, name: str, *, claim_idle_ms: int = 30_000) -> LocalRelay:
     client = bridge_redis(url)  # the bridge's own settings: redis-py repeats a command on a dropped connection
-    realtime = Realtime(
-        TokenIssuer("x" * 48, "mail-bridge", "mail-bridge", 600),
-        (),
-        stream_prefix=PREFIX,
-        resume_log_len=10_000,
-        max_sockets_per_user=20,
-        metrics=Metrics(),
-    )
-    realtime.bind_redis(client)
-    consumer = Consumer(
-        client, (stream,), "relay-test", name, realtime.relay, block_ms=200, claim_idle_ms=claim_idle_ms
-    )
-    return LocalRelay(realtime, client, consumer)
+    metrics = Metrics()
+    publisher = FanoutPublisher(client, PREFIX, resume_log_len=10_000, metrics=metrics)
+    relay = Relay(publisher, MailFacts(client, PREFIX), prefix=PREFIX, metrics=metrics)
+    consumer = Consumer(client, (stream,), "relay-test", name, relay.relay, block_ms=200, claim_idle_ms=claim_idle_ms)
+    return LocalRelay(relay, client, consumer)
 
 
 @pytest.fixture
@@ -269,7 +263,7 @@ async def test_publish_is_not_doubled_by_a_lost_reply(
     )
     relay = local_relay(proxy.url, "unused", "unused")
     try:
-        event_id = await relay.realtime.publish(
+        event_id = await relay.relay.publisher.publish(
             BrowserEvent("new_email", account.email, {"account": account.email, "subject": subject})
         )
         await shown_once_and_logged_once(watcher, redis_client, account.email, subject)
@@ -453,7 +447,7 @@ def distinct_stripes(pool: AccountPool, count: int) -> list[Account]:
     stripes: set[int] = set()
     while len(picked) < count:
         candidate = pool.take()
-        stripe = Realtime._stripe(candidate.email)
+        stripe = lock_stripe(candidate.email)
         if stripe not in stripes:
             stripes.add(stripe)
             picked.append(candidate)
