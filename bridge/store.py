@@ -1,5 +1,8 @@
 """The metadata store's edge: MongoDB (or FerretDB, its wire protocol over SQLite) through
-pymongo's native async client.
+pymongo's native async client. The only way into the store: nothing else in the bridge reads or
+writes it or builds a query (bridge.stack's launcher only waits for it to answer a ping), and the
+store's errors leave it as Unavailable (bridge.errors), never as pymongo's (`open` alone logs them
+and starts anyway).
 
 It holds the message metadata index, one document per message keyed by (account, mailbox,
 UIDVALIDITY, UID), kept current by its own consumer group from the same events the browsers get,
@@ -9,7 +12,8 @@ indexed. Only metadata: bodies stay in Dovecot.
 This module opens the connection, makes the indexes and upgrades the index's format, prunes
 tombstones in the background and reports the store's health. What the index does with events is
 bridge.store_writes (which does not depend on the order they arrive in) and bridge.store_flags (flag
-changes, last-writer-wins per flag).
+changes, last-writer-wins per flag); listings, search, contacts and the per-account records are
+bridge.store_reads.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.errors import PyMongoError
 
-from bridge import store_writes
+from bridge import store_reads, store_writes
 from bridge.errors import Unavailable
 from bridge.events import Event
+from bridge.search_query import SearchQuery
 from bridge.store_flags import SEEN, now_ms
 from bridge.store_writes import (
     BULK_CHUNK,
@@ -208,10 +213,67 @@ class Store:
         with _answered(bulk=True):
             return await store_writes.apply(self.messages, self.early_flags, events, facts, early)
 
+    async def add_backfilled(self, docs: Sequence[Mapping[str, Any]]) -> None:
+        """Index messages the backfill read from IMAP (index documents: bridge.backfill.document),
+        each only if nothing is indexed for it yet, in bulk writes of at most BULK_CHUNK."""
+        with _answered(bulk=True):
+            await store_writes.add_backfilled(self.messages, docs)
+
     async def counts(self, account: str, mailbox: str) -> tuple[int, int]:
         """(unread, total) of one mailbox, counted from its documents (a scan on FerretDB: the
         kept counts are in bridge.index_cache)."""
         with _answered():
-            total = await self.messages.count_documents({"account": account, "mailbox": mailbox})
-            unread = await self.messages.count_documents({"account": account, "mailbox": mailbox, "seen": False})
-        return unread, total
+            return await store_reads.counts(self.messages, account, mailbox)
+
+    async def listing(
+        self,
+        account: str,
+        mailbox: str,
+        *,
+        limit: int,
+        cursor: str | None,
+        filters: Sequence[str] = (),
+        search: SearchQuery | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to `limit` index documents of the mailbox (or, with `search`, of what it selects in the
+        account, in the mailbox unless it names one with in:), newest first, from where `cursor`
+        (the previous page's) left off; and the next page's cursor, None on the last page.
+        `filters` are names of store_reads.FILTERS, all of which must hold. Raises InvalidInput for
+        an unknown filter or a cursor this did not make."""
+        with _answered():
+            return await store_reads.listing(
+                self.messages, account, mailbox, limit=limit, cursor=cursor, filters=filters, search=search
+            )
+
+    async def senders(
+        self, account: str, needle: str, *, skip: Sequence[str], limit: int
+    ) -> list[tuple[int, str, str]]:
+        """(date, name, address) of who sent the account's newest mail outside the `skip` mailboxes,
+        at most `limit` mails, narrowed by `needle` (store_reads.senders)."""
+        with _answered():
+            return await store_reads.senders(self.messages, account, needle, skip=skip, limit=limit)
+
+    async def recipients(self, account: str, mailbox: str, *, limit: int) -> list[tuple[int, str]]:
+        """(date, raw To header) of the account's newest mail in `mailbox`, at most `limit`."""
+        with _answered():
+            return await store_reads.recipients(self.messages, account, mailbox, limit=limit)
+
+    async def account_settings(self, account: str) -> dict[str, Any]:
+        """The account's stored settings ({} if none)."""
+        with _answered():
+            return await store_reads.account_settings(self.settings, account)
+
+    async def update_settings(self, account: str, values: Mapping[str, Any]) -> None:
+        """Store these settings of the account (name: value), keeping the others."""
+        with _answered():
+            await store_reads.update_settings(self.settings, account, values)
+
+    async def is_indexed(self, account: str) -> bool:
+        """Whether the backfill indexed the account's mail already (mark_indexed)."""
+        with _answered():
+            return await store_reads.is_indexed(self.accounts, account)
+
+    async def mark_indexed(self, account: str) -> None:
+        """Remember that the backfill indexed the account's mail: events keep it current from now on."""
+        with _answered():
+            await store_reads.mark_indexed(self.accounts, account)

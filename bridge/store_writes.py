@@ -125,6 +125,17 @@ async def _rename(messages: Documents, event: MailboxRename) -> None:
     await messages.delete_many(old)
 
 
+async def add_backfilled(messages: Documents, docs: Sequence[Mapping[str, Any]]) -> None:
+    """Index messages read from IMAP, each only if nothing is indexed for it yet ($setOnInsert): a
+    document the events wrote holds newer state, and a tombstone stays one."""
+    writes: list[Write] = []
+    for doc in docs:
+        doc_id = message_doc_id(doc["account"], doc["mailbox"], doc["uidvalidity"], doc["uid"])
+        writes.append(UpdateOne({"_id": doc_id}, {"$setOnInsert": dict(doc)}, upsert=True))
+    # In commands of BULK_CHUNK: a backfill run again over an indexed mailbox matches every one.
+    await bulk_write(messages, writes, ordered=False)
+
+
 async def prune(messages: Documents, early_flags: Documents, now: int) -> None:
     """Remove tombstones and unclaimed early flag changes older than TOMBSTONE_DAYS before `now`
     (milliseconds; a scan of both collections on FerretDB)."""
