@@ -4,8 +4,8 @@ Reads come from the metadata index (listings, counts, search) or, for one messag
 IMAP through the master user, parsed and cached in Redis. Changes go to Dovecot over IMAP (flags,
 move, delete, append) or to Postfix's submission port (send), never to the index directly: the
 Dovecot hook's events bring the index and every device up to date, whoever made the change.
-Every operation is scoped to an account the caller's token grants; another user's email id is
-answered exactly like a missing one.
+Every operation is scoped to an account the caller's token grants (`owned_account`, `owned_ref`:
+the checks every edge makes); another user's email id is answered exactly like a missing one.
 
 Sends and drafts may attach staged uploads (bridge.uploads), resolved here for the account before
 compose.build sees them. A draft save may replace an earlier draft (autosave): the new one is
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, replace
 from email.utils import getaddresses
 from typing import Any
@@ -71,6 +71,10 @@ def owned_account(identity: Identity, account: object) -> str:
 
 
 def owned_ref(identity: Identity, value: object) -> EmailRef:
+    """The message an email id (as a client sent it) names, if it belongs to an account the token
+    grants, with that account spelled as granted; else NotFound, exactly as for a missing message
+    (InvalidInput for something that is no email id). The one ownership check of every action that
+    names a message: the REST API's, and the Socket.IO actions'."""
     ref = parse_email_id(value)
     for granted in identity.accounts:
         if granted.lower() == ref.account.lower():
@@ -255,7 +259,11 @@ class MailService:
 
     # -- changes (Dovecot's events report them back to every device and the index)
 
-    async def set_flags(self, ref: EmailRef, add: list[str], remove: list[str]) -> None:
+    async def set_flags(self, ref: EmailRef, add: Sequence[str] = (), remove: Sequence[str] = ()) -> None:
+        """Add, then remove, flags or keywords of a message (`ref` from owned_ref), over IMAP: the
+        hook's flags.set/flags.clear events then bring the index and every device up to date. The
+        REST API's flag changes, and the Socket.IO actions' (mark_read is `add=["\\Seen"]` or
+        `remove=["\\Seen"]`), go through here."""
         if add:
             await self.imap.store_flags(ref, tuple(add), add=True)
         if remove:
