@@ -17,22 +17,17 @@ from email.policy import compat32
 from email.utils import parseaddr, parsedate_to_datetime
 from typing import Any
 
-from pymongo import UpdateOne
-from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
 from bridge.errors import BridgeError
 from bridge.imap import FetchedHeaders, ImapGateway
 from bridge.index_cache import IndexCache
 from bridge.mail_headers import believable_date, decode_text
-from bridge.store import BULK_CHUNK, SEEN, MailboxCounts, Store, message_doc_id
+from bridge.store import SEEN, MailboxCounts, Store
 
 log = logging.getLogger(__name__)
 
 CONCURRENT_BACKFILLS = 4
-# Upserts per bulk write: FerretDB stalls on one command whose statements match over 100 documents
-# (see store.bulk_write), which a backfill run again over an indexed mailbox reaches.
-WRITE_BATCH = BULK_CHUNK
 
 
 def document(account: str, mailbox: str, uidvalidity: int, item: FetchedHeaders) -> dict[str, Any]:
@@ -115,7 +110,7 @@ class Backfill:
 
     async def _backfill(self, account: str) -> None:
         try:
-            if await self.store.db["accounts"].find_one({"account": account, "indexed": True}):
+            if await self.store.is_indexed(account):
                 self._done.add(account)
                 return
             started, count = time.monotonic(), 0
@@ -125,29 +120,21 @@ class Backfill:
                 validity, items = await self.imap.headers_of_all(account, box.name)
                 if items:
                     await self.counts.begin_writes({(account, box.name)})
-                writes = []
-                for item in items:
-                    doc = document(account, box.name, validity, item)
-                    doc_id = message_doc_id(account, box.name, validity, item.uid)
-                    writes.append(UpdateOne({"_id": doc_id}, {"$setOnInsert": doc}, upsert=True))
+                docs = [document(account, box.name, validity, item) for item in items]
                 try:
-                    for start in range(0, len(writes), WRITE_BATCH):
-                        await self.store.messages.bulk_write(writes[start : start + WRITE_BATCH], ordered=False)
+                    await self.store.add_backfilled(docs)
                 except BaseException:  # cancelled too (the bridge stopping): the mark must not stay up
                     # Clear the mark (and the counts, which may miss part of these writes). Not
                     # raising from here: that would replace the error (or the cancellation).
                     with contextlib.suppress(RedisError, OSError):
                         await self.counts.move_counts({}, {(account, box.name)}, {(account, box.name)})
                     raise
-                if writes:  # an empty mailbox adds nothing to count (and a count is a scan on FerretDB)
+                if docs:  # an empty mailbox adds nothing to count (and a count is a scan on FerretDB)
                     unread, total = await self.counts.end_backfill(account, box.name)
                     await self.publish_counts(MailboxCounts(account, box.name, unread, total))
-                count += len(writes)
-            await self.store.db["accounts"].update_one(
-                {"account": account}, {"$set": {"indexed": True, "indexedAt": int(time.time())}}, upsert=True
-            )
+                count += len(docs)
+            await self.store.mark_indexed(account)
             self._done.add(account)
             log.info("[%s] backfilled %d message(s) in %.2f s", account, count, time.monotonic() - started)
-        except (BridgeError, PyMongoError, RedisError, KeyError) as exc:
-            # KeyError: FerretDB v1.24 sometimes answers a bulk write without `nModified`.
+        except (BridgeError, RedisError) as exc:  # the store's errors come as Unavailable
             log.warning("[%s] backfill postponed to the next login: %r", account, exc)

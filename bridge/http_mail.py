@@ -22,7 +22,7 @@ from bridge.auth import Identity
 from bridge.errors import AuthError, InvalidInput, RateLimited, TooLarge
 from bridge.http_api import read_json
 from bridge.mail_service import owned_account, owned_ref
-from bridge.search_query import parse_search, to_mongo_filter
+from bridge.search_query import parse_search
 from bridge.uploads import MAX_UPLOAD_BYTES
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ async def inbox(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 50)
     filters = [f for f in request.query.get("filter", "").split(",") if f]
     text = request.query.get("q", "").strip()
-    search = to_mongo_filter(parse_search(text), account, mailbox) if text else None
+    search = parse_search(text) if text else None
     page = await request.app[keys.MAIL].listing(
         account, mailbox, limit=limit, cursor=request.query.get("cursor"), filters=filters, search=search
     )
@@ -190,8 +190,8 @@ async def draft(request: web.Request) -> web.Response:
 async def get_settings(request: web.Request) -> web.Response:
     identity = identity_of(request)
     account = owned_account(identity, request.query.get("account"))
-    doc = await request.app[keys.STORE].settings.find_one({"account": account}) or {}
-    return web.json_response({"account": account, "settings": doc.get("settings", {})})
+    settings = await request.app[keys.STORE].account_settings(account)
+    return web.json_response({"account": account, "settings": settings})
 
 
 _SETTINGS = {"notifications": bool, "sound": bool, "signature": str, "theme": str}
@@ -208,8 +208,8 @@ async def put_settings(request: web.Request) -> web.Response:
             raise InvalidInput(f"unknown setting {name!r} (known: {', '.join(_SETTINGS)})")
         if not isinstance(value, kind) or (isinstance(value, str) and len(value) > 10_000):
             raise InvalidInput(f"{name} must be a {kind.__name__}")
-        settings[f"settings.{name}"] = value
-    await request.app[keys.STORE].settings.update_one({"account": account}, {"$set": settings}, upsert=True)
+        settings[name] = value
+    await request.app[keys.STORE].update_settings(account, settings)
     return await get_settings(request)
 
 

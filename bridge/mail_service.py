@@ -4,8 +4,8 @@ Reads come from the metadata index (listings, counts, search) or, for one messag
 IMAP through the master user, parsed and cached in Redis. Changes go to Dovecot over IMAP (flags,
 move, delete, append) or to Postfix's submission port (send), never to the index directly: the
 Dovecot hook's events bring the index and every device up to date, whoever made the change.
-Every operation is scoped to an account the caller's token grants; another user's email id is
-answered exactly like a missing one.
+Every operation is scoped to an account the caller's token grants (`owned_account`, `owned_ref`:
+the checks every edge makes); another user's email id is answered exactly like a missing one.
 
 Sends and drafts may attach staged uploads (bridge.uploads), resolved here for the account before
 compose.build sees them. A draft save may replace an earlier draft (autosave): the new one is
@@ -17,12 +17,9 @@ of what it sent, newest first, over a bounded number of documents.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-import math
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, replace
 from email.utils import getaddresses
 from typing import Any
@@ -41,6 +38,7 @@ from bridge.mail_headers import decode_text
 from bridge.message_parse import extract_part, parse_message
 from bridge.metrics import Metrics
 from bridge.rate_limit import RateLimiter
+from bridge.search_query import SearchQuery
 from bridge.store import Store
 from bridge.submission import Submission
 from bridge.uploads import StagedUpload, Uploads
@@ -58,15 +56,6 @@ MAX_CONTACT_QUERY = 100
 CONTACT_SCAN = 2000
 # Senders of mail in these are not people the user corresponds with.
 _NOT_CORRESPONDENTS = ("Sent", "Drafts", "Junk", "Spam")
-FILTERS: dict[str, dict[str, Any]] = {
-    "unread": {"seen": False},
-    "starred": {"flags": "\\Flagged"},
-    "attachments": {"hasAttachments": True},
-    "primary": {"category": {"$nin": ["social", "promotions"]}},
-    "social": {"category": "social"},
-    "promotions": {"category": "promotions"},
-}
-
 
 def owned_account(identity: Identity, account: object) -> str:
     """The account to act on: the one asked for if the token grants it, else the token's first."""
@@ -82,6 +71,10 @@ def owned_account(identity: Identity, account: object) -> str:
 
 
 def owned_ref(identity: Identity, value: object) -> EmailRef:
+    """The message an email id (as a client sent it) names, if it belongs to an account the token
+    grants, with that account spelled as granted; else NotFound, exactly as for a missing message
+    (InvalidInput for something that is no email id). The one ownership check of every action that
+    names a message: the REST API's, and the Socket.IO actions'."""
     ref = parse_email_id(value)
     for granted in identity.accounts:
         if granted.lower() == ref.account.lower():
@@ -119,31 +112,6 @@ def summary(doc: dict[str, Any]) -> dict[str, Any]:
         "size": int(doc.get("size") or 0),
         "category": doc.get("category", "primary"),
     }
-
-
-def encode_cursor(doc: dict[str, Any]) -> str:
-    date = doc.get("date")
-    # decode_cursor takes integers only: a stored date of another type must not make page 2 a 400.
-    if isinstance(date, float) and math.isfinite(date):
-        date = int(date)
-    elif not isinstance(date, int) or isinstance(date, bool):
-        date = 0
-    return base64.urlsafe_b64encode(json.dumps([date, doc["uid"]]).encode()).decode()
-
-
-_INT64 = 1 << 63
-
-
-def decode_cursor(value: str) -> tuple[int, int]:
-    try:
-        date, uid = json.loads(base64.urlsafe_b64decode(value.encode()))
-        if not (isinstance(date, int) and isinstance(uid, int)):
-            raise TypeError
-        if not (-_INT64 <= date < _INT64 and -_INT64 <= uid < _INT64):
-            raise ValueError  # BSON holds no larger integer: the store would refuse the query
-    except (ValueError, TypeError):
-        raise InvalidInput("invalid cursor") from None
-    return date, uid
 
 
 class MailService:
@@ -197,31 +165,17 @@ class MailService:
         limit: int,
         cursor: str | None,
         filters: list[str],
-        search: dict[str, Any] | None = None,
+        search: SearchQuery | None = None,
     ) -> dict[str, Any]:
-        """A page of the mailbox (or, with a search filter, of what it selects), newest first."""
+        """A page of the mailbox (or, with a search, of what it selects in the account), newest
+        first, from where `cursor` (the previous page's `nextCursor`) left off; `filters` are
+        quick filters by name (bridge.store_reads.FILTERS)."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}")
-        # A search filter is scoped to the account (and mailbox, unless it names one with in:).
-        match: dict[str, Any] = {"$and": [{"account": account}, search]} if search else {"account": account}
-        if not search:
-            match["mailbox"] = mailbox
-        for name in filters:
-            if name not in FILTERS:
-                raise InvalidInput(f"unknown filter {name!r} (known: {', '.join(FILTERS)})")
-            match.update(FILTERS[name])
-        if cursor:
-            date, uid = decode_cursor(cursor)
-            match = {"$and": [match, {"$or": [{"date": {"$lt": date}}, {"date": date, "uid": {"$lt": uid}}]}]}
-        try:
-            docs = await self.store.messages.find(match).sort([("date", -1), ("uid", -1)]).limit(limit + 1).to_list()
-        except Exception as exc:  # pymongo errors: the store is down
-            raise Unavailable(f"store: {exc}") from None
-        page = docs[:limit]
-        return {
-            "emails": [summary(d) for d in page],
-            "nextCursor": encode_cursor(page[-1]) if len(docs) > limit else None,
-        }
+        emails, next_cursor = await self.store.listing(
+            account, mailbox, limit=limit, cursor=cursor, filters=filters, search=search
+        )
+        return {"emails": [summary(d) for d in emails], "nextCursor": next_cursor}
 
     async def message(self, ref: EmailRef, *, remote_images: bool = False) -> dict[str, Any]:
         """One message for display; with `remote_images`, its HTML keeps remote image sources (the
@@ -277,40 +231,16 @@ class MailService:
         if not 1 <= limit <= MAX_CONTACTS:
             raise InvalidInput(f"limit must be between 1 and {MAX_CONTACTS}")
         needle = query.strip().lower()
-        escaped = re.escape(needle)
-        senders: dict[str, Any] = {"account": account, "mailbox": {"$nin": list(_NOT_CORRESPONDENTS)}}
-        if needle:
-            # The store narrows by the same test (so the bound counts matches, not mail); the exact
-            # test is repeated below. Sent's To is the raw header (maybe RFC 2047): tested below only.
-            senders["$or"] = [
-                {"fromAddress": {"$regex": f"^{escaped}", "$options": "i"}},
-                {"fromName": {"$regex": rf"(^|\s){escaped}", "$options": "i"}},
-            ]
-        newest = [("date", -1), ("uid", -1)]
-        try:
-            received = (
-                await self.store.messages.find(senders, {"fromAddress": 1, "fromName": 1, "date": 1, "_id": 0})
-                .sort(newest)
-                .limit(CONTACT_SCAN)
-                .to_list()
-            )
-            sent = (
-                await self.store.messages.find({"account": account, "mailbox": SENT}, {"to": 1, "date": 1, "_id": 0})
-                .sort(newest)
-                .limit(CONTACT_SCAN)
-                .to_list()
-            )
-        except Exception as exc:  # pymongo errors: the store is down
-            raise Unavailable(f"store: {exc}") from None
-        candidates: list[tuple[int, str, str]] = [
-            (int(d.get("date") or 0), str(d.get("fromName") or ""), str(d.get("fromAddress") or "")) for d in received
-        ]
-        for doc in sent:
+        # The store narrows senders by the same test (so its bound counts matches, not mail); the
+        # exact test is repeated below. Sent's To is the raw header (maybe RFC 2047): tested below only.
+        received = await self.store.senders(account, needle, skip=_NOT_CORRESPONDENTS, limit=CONTACT_SCAN)
+        sent = await self.store.recipients(account, SENT, limit=CONTACT_SCAN)
+        candidates = list(received)
+        for date, to in sent:
             # Split the header first: a decoded display name may hold a comma.
-            pairs = getaddresses([str(doc.get("to") or "")])
-            candidates.extend((int(doc.get("date") or 0), decode_text(name), address) for name, address in pairs)
+            candidates.extend((date, decode_text(name), address) for name, address in getaddresses([to]))
         candidates.sort(key=lambda c: c[0], reverse=True)  # stable: a mail's recipients keep their order
-        word = re.compile(rf"(^|\s){escaped}", re.IGNORECASE)
+        word = re.compile(rf"(^|\s){re.escape(needle)}", re.IGNORECASE)
         found: dict[str, dict[str, str]] = {}
         for _date, name, address in candidates:
             key = address.lower()
@@ -329,7 +259,11 @@ class MailService:
 
     # -- changes (Dovecot's events report them back to every device and the index)
 
-    async def set_flags(self, ref: EmailRef, add: list[str], remove: list[str]) -> None:
+    async def set_flags(self, ref: EmailRef, add: Sequence[str] = (), remove: Sequence[str] = ()) -> None:
+        """Add, then remove, flags or keywords of a message (`ref` from owned_ref), over IMAP: the
+        hook's flags.set/flags.clear events then bring the index and every device up to date. The
+        REST API's flag changes, and the Socket.IO actions' (mark_read is `add=["\\Seen"]` or
+        `remove=["\\Seen"]`), go through here."""
         if add:
             await self.imap.store_flags(ref, tuple(add), add=True)
         if remove:

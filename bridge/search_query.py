@@ -1,4 +1,4 @@
-"""Gmail-like search syntax for the message index: parse it, render it back, and turn it into a MongoDB filter.
+"""Gmail-like search syntax for the message index: parse it and render it back (the store turns it into a query).
 
 Pure: no I/O, no clock, no store access.
 
@@ -30,19 +30,16 @@ by a space, an invalid date, an empty operator value (`from:`), an unknown `is:`
 `describe(query)` renders a query canonically; `parse_search(describe(q)) == q` for every `q` that
 `parse_search` returns (and the rendering is never longer than the text `q` was parsed from).
 
-`to_mongo_filter(query, account, mailbox)` returns a filter whose top-level `account` key can never be
-dropped or overridden by a term; it is also scoped to `mailbox` unless a (non-negated) `in:` term names one.
-Text and labels match through a case-insensitive `$regex` of `re.escape`d user text, because the store may be
-FerretDB, which has no `$text` search, and user text must never act as a pattern; `in:` compares for
-equality. User text is only ever a string value in the filter, never a key or an operator.
+`SearchQuery` is what the store selects by (bridge.store.Store.listing, through bridge.store_reads'
+`to_mongo_filter`): the terms' meaning above is the contract that filter keeps.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from typing import Any, Final, Literal, TypeAlias
+from datetime import date
+from typing import Final, Literal, TypeAlias
 
 from bridge.errors import InvalidInput
 
@@ -116,22 +113,8 @@ class SearchQuery:
     terms: tuple[Term, ...] = ()
 
 
-# Which index fields each kind of text term looks in. The raw From header may still be RFC 2047 encoded, so
-# the decoded name and the address are searched too; a field a document lacks simply does not match.
-_TEXT_FIELDS: Final[dict[TextField, tuple[str, ...]]] = {
-    "from": ("from", "fromName", "fromAddress"),
-    "to": ("to", "toAddress"),
-    "subject": ("subject",),
-    "text": ("subject", "snippet", "from", "fromName", "fromAddress", "to", "toAddress"),
-}
 _TEXT_OPERATORS: Final[dict[str, TextField]] = {"from": "from", "to": "to", "subject": "subject"}
 _FLAG_STATES: Final[dict[str, FlagState]] = {"unread": "unread", "read": "read", "starred": "starred"}
-# (flag, whether the state means the flag is present)
-_FLAG_MEANING: Final[dict[FlagState, tuple[str, bool]]] = {
-    "unread": (SEEN, False),
-    "read": (SEEN, True),
-    "starred": (FLAGGED, True),
-}
 _DATE_BOUNDS: Final[dict[str, DateBound]] = {"before": "before", "after": "after"}
 _ATTACHMENT_VALUES: Final = frozenset({"attachment", "attachments"})
 _OPERATORS: Final = frozenset({*_TEXT_OPERATORS, *_DATE_BOUNDS, "in", "label", "is", "has"})
@@ -297,51 +280,3 @@ def _render_free(value: str, negated: bool) -> str:
 def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
-
-def to_mongo_filter(query: SearchQuery, account: str, mailbox: str | None) -> dict[str, Any]:
-    """The filter selecting `query`'s messages of `account` (in `mailbox`, unless an `in:` term names one).
-
-    The scope is top-level keys and every term sits inside `$and`, so no term can replace or loosen it.
-    """
-    if not account:
-        raise ValueError("a search filter needs an account")  # a caller bug, never the user's input
-    result: dict[str, Any] = {"account": account}
-    if mailbox is not None and not any(isinstance(t, MailboxTerm) and not t.negated for t in query.terms):
-        result["mailbox"] = mailbox
-    clauses = [_clause(term) for term in query.terms]
-    if clauses:  # MongoDB rejects an empty $and
-        result["$and"] = clauses
-    return result
-
-
-def _clause(term: Term) -> dict[str, Any]:
-    if isinstance(term, FlagTerm):
-        # Both polarities have a direct form: an array field equals X when an element is X, and `$ne` holds
-        # when no element is X (or the field is missing), which is exactly the complement.
-        flag, present = _FLAG_MEANING[term.state]
-        if term.negated:
-            present = not present
-        return {"flags": flag} if present else {"flags": {"$ne": flag}}
-    alternatives = _alternatives(term)
-    if term.negated:
-        # $nor is the complement of "any alternative matches", also for documents lacking a field,
-        # and unlike $not it needs no field name and works on $or-like lists.
-        return {"$nor": alternatives}
-    return alternatives[0] if len(alternatives) == 1 else {"$or": alternatives}
-
-
-def _alternatives(term: TextTerm | AttachmentTerm | MailboxTerm | LabelTerm | DateTerm) -> list[dict[str, Any]]:
-    """Conditions of which the (non-negated) term needs at least one."""
-    if isinstance(term, TextTerm):
-        pattern = re.escape(term.value)
-        return [{field: {"$regex": pattern, "$options": "i"}} for field in _TEXT_FIELDS[term.field]]
-    if isinstance(term, LabelTerm):
-        # Anchored: label:work must not match the keyword "homework". On an array, any element may match.
-        return [{"keywords": {"$regex": f"^{re.escape(term.keyword)}$", "$options": "i"}}]
-    if isinstance(term, MailboxTerm):
-        return [{"mailbox": term.name}]
-    if isinstance(term, AttachmentTerm):
-        return [{"hasAttachments": True}]
-    seconds = int(datetime(term.day.year, term.day.month, term.day.day, tzinfo=UTC).timestamp())
-    # A null or missing date never compares with a number in MongoDB, so undated messages match neither bound.
-    return [{"date": {"$lt": seconds}}] if term.bound == "before" else [{"date": {"$gte": seconds}}]

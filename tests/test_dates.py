@@ -27,8 +27,9 @@ from bridge.browser_events import iso_time, to_browser
 from bridge.errors import InvalidInput
 from bridge.events import MessageNew, MtaAccepted
 from bridge.mail_headers import DATE_SKEW_S, believable_date, summarize
-from bridge.mail_service import decode_cursor, encode_cursor, summary
+from bridge.mail_service import summary
 from bridge.stack.launcher import StackInfo
+from bridge.store_reads import decode_cursor, encode_cursor
 from tests.conftest import Account
 from tests.mailtools import StreamWatch, wait_for_messages
 from tests.socket_client import RecordingClient

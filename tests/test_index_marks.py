@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from bridge.backfill import WRITE_BATCH, Backfill
+from bridge.backfill import Backfill
 from bridge.events import MessageNew
 from bridge.imap import ImapGateway
 from bridge.index_cache import IndexCache
 from bridge.stack.launcher import StackInfo
 from bridge.stack.render import MASTER_USER
-from bridge.store import MailboxCounts, Store
+from bridge.store import BULK_CHUNK, MailboxCounts, Store
 from tests.conftest import Account
 
 pytestmark = pytest.mark.e2e
@@ -68,7 +68,7 @@ async def test_a_cancelled_backfill_clears_its_mark(
 ) -> None:
     """The bridge stopping cancels a running backfill (Backfill.close) while it writes a mailbox's
     documents: the mailbox's mark goes too."""
-    mails = WRITE_BATCH + 1  # two writes to the store
+    mails = BULK_CHUNK + 1  # two writes to the store
     await asyncio.to_thread(deliver_many, stack, account.email, mails)
     imap = ImapGateway(stack.imap["host"], stack.imap["port"], MASTER_USER, str(stack_secrets["master_password"]), 30)
     for _attempt in range(5):

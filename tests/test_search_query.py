@@ -1,4 +1,5 @@
-"""search_query: the search syntax, its canonical text, and the MongoDB filters it becomes. Pure, no server.
+"""search_query: the search syntax, its canonical text, and the MongoDB filters it becomes (bridge.store_reads).
+Pure, no server.
 
 Filters are checked two ways: by their exact shape where the shape is the point (escaping, scoping), and
 by their meaning, running them over sample documents with `matches`, a small evaluator of the MongoDB query
@@ -32,8 +33,8 @@ from bridge.search_query import (
     TextTerm,
     describe,
     parse_search,
-    to_mongo_filter,
 )
+from bridge.store_reads import to_mongo_filter
 
 ACCOUNT = "alice@example.test"
 OTHER_ACCOUNT = "mallory@example.test"
