@@ -292,7 +292,7 @@ def create_app(settings: Settings) -> web.Application:
         app[keys.BACKFILL] = backfill = Backfill(
             app[keys.IMAP], app[keys.STORE], index_cache, lambda c: publisher.publish(unread_count_event(c))
         )
-        app[keys.MAIL] = mail = MailService(
+        app[keys.MAIL] = MailService(
             app[keys.IMAP],
             app[keys.STORE],
             app[keys.REDIS],
@@ -303,13 +303,12 @@ def create_app(settings: Settings) -> web.Application:
                 settings.imap_master_password,
                 starttls=settings.submission_starttls,
             ),
+            index_cache,
             prefix=settings.stream_prefix,
             metrics=metrics,
             send_limit=RateLimiter(settings.send_per_minute / 60, max(1, settings.send_per_minute // 3)),
             publish=publisher.publish,
         )
-        # MailService makes an IndexCache of its own; it is given the app's, so the process has one.
-        mail.counts = index_cache
         yield
         await backfill.close()
 

@@ -121,6 +121,7 @@ class MailService:
         store: Store,
         redis: aioredis.Redis,
         submission: Submission,
+        counts: IndexCache,
         *,
         prefix: str,
         metrics: Metrics,
@@ -136,7 +137,7 @@ class MailService:
         self.prefix = prefix
         self.send_limit = send_limit
         self.uploads = Uploads(redis, prefix)
-        self.counts = IndexCache(redis, store, prefix)
+        self.counts = counts
 
     # -- reads
 

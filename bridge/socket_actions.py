@@ -11,30 +11,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any
 
 import socketio
 
 from bridge.auth import Identity
-from bridge.browser_events import parse_email_id
-from bridge.errors import BridgeError, Forbidden, InvalidInput, NotFound, RateLimited
+from bridge.errors import BridgeError, Forbidden, InvalidInput, RateLimited
 from bridge.fanout import account_room
 from bridge.fanout_publish import FanoutPublisher, Outgoing
 from bridge.imap import ImapGateway
-from bridge.mail_service import MailService, owned_account
+from bridge.mail_service import MailService, owned_account, owned_ref
 from bridge.rate_limit import RateLimiter
 from bridge.realtime import Ack
 
 log = logging.getLogger(__name__)
-
-
-def _owned(identity: Identity, account: str) -> str:
-    for granted in identity.accounts:
-        if granted.lower() == account.lower():
-            return granted
-    # Someone else's id looks exactly like one that does not exist.
-    raise NotFound("no such email")
 
 
 class SocketActions:
@@ -107,8 +97,7 @@ class SocketActions:
     async def _typing(self, sid: str, identity: Identity, data: Any) -> Ack:
         if not isinstance(data, dict):
             raise InvalidInput("typing takes {emailId}")
-        ref = parse_email_id(data.get("emailId"))
-        account = _owned(identity, ref.account)
+        account = owned_ref(identity, data.get("emailId")).account
         if not self.typing_limit.allow(sid):
             raise RateLimited("typing too fast", self.typing_limit.retry_after(sid))
         # Only the sessions that can see this email: the account's room on every node, not this
@@ -120,12 +109,12 @@ class SocketActions:
     async def _mark_read(self, sid: str, identity: Identity, data: Any) -> Ack:
         if not isinstance(data, dict):
             raise InvalidInput("mark_read takes {emailId, read?}")
-        ref = parse_email_id(data.get("emailId"))
-        account = _owned(identity, ref.account)
+        ref = owned_ref(identity, data.get("emailId"))
         read = data.get("read", True)
         if not isinstance(read, bool):
             raise InvalidInput("read must be true or false")
-        await self.imap.store_flags(replace(ref, account=account), ("\\Seen",), add=read)
+        # The same path as the REST API's flag changes.
+        await self.mail.set_flags(ref, add=["\\Seen"] if read else [], remove=[] if read else ["\\Seen"])
         log.info("[sid %s] marked %s/%s %s", sid, ref.mailbox, ref.uid, "read" if read else "unread")
         return {"ok": True}
 
