@@ -40,7 +40,8 @@ from bridge.mail_service import MailService
 from bridge.metrics import Metrics
 from bridge.rate_limit import RateLimiter
 from bridge.realtime import Realtime
-from bridge.settings import CLUSTER_SCHEME, SENTINEL_SCHEME, Settings, parse_cluster_url, parse_sentinel_url
+from bridge.redis_url import CLUSTER_SCHEME, SENTINEL_SCHEME, parse_cluster_url, parse_sentinel_url
+from bridge.settings import Settings
 from bridge.slow_sockets import SlowSocketGuard
 from bridge.smtp_filter import FilterHandler, FilterServer
 from bridge.spool import SpoolDrainer
