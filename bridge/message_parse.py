@@ -3,7 +3,9 @@
 `parse_message` turns the raw bytes of a message into display fields: decoded headers, the first
 text/plain body, the first text/html body (sanitised by `bridge.html_sanitizer`, remote images
 blocked) and the list of attachments. `extract_part` returns the decoded bytes of one attachment
-by the `part_id` that `parse_message` gave it.
+by the `part_id` that `parse_message` gave it. Both put together the work of three modules: the
+MIME structure (`bridge.message_tree`), headers (`bridge.message_headers`) and each part's content
+and name (`bridge.message_content`).
 
 Contract:
 * Neither function ever raises on malformed input: broken MIME, unknown charsets, bad base64,
