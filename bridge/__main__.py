@@ -228,7 +228,7 @@ def _install_parser(sub: Any) -> None:
 
 def install(args: argparse.Namespace) -> int:
     from bridge.install import Options, check, install, load_remembered, uninstall  # noqa: PLC0415
-    from bridge.settings import parse_cluster_url, parse_sentinel_url  # noqa: PLC0415
+    from bridge.redis_url import parse_cluster_url, parse_sentinel_url  # noqa: PLC0415
 
     given: dict[str, Any] = {
         name: getattr(args, name)

@@ -47,8 +47,9 @@ from bridge.metrics import Metrics
 from bridge.rate_limit import RateLimiter
 from bridge.realtime import Realtime
 from bridge.redis_text import text
+from bridge.redis_url import CLUSTER_SCHEME, SENTINEL_SCHEME, parse_cluster_url, parse_sentinel_url
 from bridge.relay import Relay
-from bridge.settings import CLUSTER_SCHEME, SENTINEL_SCHEME, Settings, parse_cluster_url, parse_sentinel_url
+from bridge.settings import Settings
 from bridge.sio_server import make_server
 from bridge.slow_sockets import SlowSocketGuard
 from bridge.smtp_filter import FilterHandler, FilterServer

@@ -14,10 +14,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from bridge.auth import HOST_ALGORITHMS, SHARED_SECRET_ALGORITHMS
 from bridge.errors import ConfigError
+from bridge.redis_url import CLUSTER_SCHEME, SENTINEL_SCHEME, hash_tag, parse_cluster_url, parse_sentinel_url
 from bridge.resources import web_client_dir
 
 DEFAULT_HOST = "127.0.0.1"
@@ -87,84 +88,6 @@ class _Env:
 
 def _optional_path(value: str | None) -> Path | None:
     return Path(value) if value else None
-
-
-@dataclass(frozen=True, slots=True)
-class SentinelTarget:
-    """Where Redis Sentinel is asked for the current master (redis-py's asyncio Sentinel)."""
-
-    sentinels: tuple[tuple[str, int], ...]
-    service: str
-    db: int
-    password: str | None
-
-
-SENTINEL_SCHEME = "redis+sentinel"
-
-
-def _hosts(part: str, what: str, default_port: int | None = None) -> tuple[tuple[tuple[str, int], ...], str | None]:
-    """`[:password@]host:port[,host:port...]` of a Sentinel or Cluster URL: the addresses, and the
-    password if any. Without `default_port`, every address needs its port."""
-    password = None
-    if "@" in part:
-        auth, _, part = part.rpartition("@")
-        password = unquote(auth.partition(":")[2] or auth) or None
-    found = []
-    for item in part.split(","):
-        host, _, port = item.strip().rpartition(":")
-        if ":" not in item and default_port is not None:
-            host, port = item.strip(), str(default_port)
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"REDIS_URL: bad {what} {item!r} (host:port)")
-        found.append((host, int(port)))
-    return tuple(found), password
-
-
-def parse_sentinel_url(url: str) -> SentinelTarget:
-    """`redis+sentinel://[:password@]host[:port][,host[:port]...]/service[/db]` (port 26379 by
-    default): the sentinels to ask, the monitored master's name and the database."""
-    prefix = SENTINEL_SCHEME + "://"
-    if not url.startswith(prefix):
-        raise ConfigError(f"REDIS_URL: a Sentinel URL starts with {prefix}")
-    hosts_part, _, path = url[len(prefix) :].partition("/")
-    sentinels, password = _hosts(hosts_part, "sentinel address", default_port=26379)
-    service, _, db = path.partition("/")
-    if not service:
-        raise ConfigError("REDIS_URL: a Sentinel URL names the master after the hosts: .../<service>[/<db>]")
-    if db and not db.isdigit():
-        raise ConfigError(f"REDIS_URL: the database must be a number, got {db!r}")
-    return SentinelTarget(sentinels, service, int(db or 0), password)
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterTarget:
-    """Where a Redis Cluster is first reached (redis-py's asyncio RedisCluster finds the rest)."""
-
-    nodes: tuple[tuple[str, int], ...]
-    password: str | None
-
-
-CLUSTER_SCHEME = "redis+cluster"
-
-
-def parse_cluster_url(url: str) -> ClusterTarget:
-    """`redis+cluster://[:password@]host:port[,host:port...][/]`: some of the cluster's nodes."""
-    prefix = CLUSTER_SCHEME + "://"
-    if not url.startswith(prefix):
-        raise ConfigError(f"REDIS_URL: a Redis Cluster URL starts with {prefix}")
-    hosts_part, _, path = url[len(prefix) :].partition("/")
-    if path.strip("/") not in ("", "0"):
-        raise ConfigError(f"REDIS_URL: Redis Cluster has database 0 only, got /{path}")
-    nodes, password = _hosts(hosts_part, "cluster node address")
-    return ClusterTarget(nodes, password)
-
-
-def hash_tag(key: str) -> str:
-    """The part of a key Redis Cluster hashes (Redis Cluster specification, "Hash tags"): what is
-    between the first `{` and the first `}` after it, when not empty; "" when there is none."""
-    start = key.find("{")
-    end = key.find("}", start + 1) if start >= 0 else -1
-    return key[start + 1 : end] if end > start + 1 else ""
 
 
 def _check_redis_url(url: str) -> str:
@@ -245,55 +168,60 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every variable, an unset or blank one taking the field's default above (`d`), so each
+        default is written once; the bounds are the environment's, not the field's."""
         e = _Env(os.environ if env is None else env)
+        d = cls()
+        jwt_audience = e.text("BRIDGE_JWT_AUDIENCE", d.jwt_audience)
         settings = cls(
-            host=e.text("BRIDGE_HOST", DEFAULT_HOST),
-            http_port=e.port("BRIDGE_HTTP_PORT", DEFAULT_PORTS["http"]),
-            redis_url=_check_redis_url(e.text("REDIS_URL", DEFAULT_REDIS_URL)),
-            mongodb_url=_check_url(
-                "MONGODB_URL", e.text("MONGODB_URL", DEFAULT_MONGODB_URL), ("mongodb", "mongodb+srv")
+            host=e.text("BRIDGE_HOST", d.host),
+            http_port=e.port("BRIDGE_HTTP_PORT", d.http_port),
+            redis_url=_check_redis_url(e.text("REDIS_URL", d.redis_url)),
+            mongodb_url=_check_url("MONGODB_URL", e.text("MONGODB_URL", d.mongodb_url), ("mongodb", "mongodb+srv")),
+            mongodb_database=e.text("BRIDGE_MONGODB_DATABASE", d.mongodb_database),
+            imap_host=e.text("BRIDGE_IMAP_HOST", d.imap_host),
+            imap_port=e.port("BRIDGE_IMAP_PORT", d.imap_port),
+            imap_master_user=e.text("BRIDGE_IMAP_MASTER_USER", d.imap_master_user),
+            imap_master_password=e.text("BRIDGE_IMAP_MASTER_PASSWORD", d.imap_master_password),
+            filter_port=e.port("BRIDGE_FILTER_PORT", d.filter_port),
+            reinject_host=e.text("BRIDGE_REINJECT_HOST", d.reinject_host),
+            reinject_port=e.port("BRIDGE_REINJECT_PORT", d.reinject_port),
+            submission_host=e.text("BRIDGE_SUBMISSION_HOST", d.submission_host),
+            submission_port=e.port("BRIDGE_SUBMISSION_PORT", d.submission_port),
+            submission_starttls=e.flag("BRIDGE_SUBMISSION_STARTTLS", d.submission_starttls),
+            send_per_minute=e.integer("BRIDGE_SEND_PER_MINUTE", d.send_per_minute, low=1),
+            requests_per_second=e.integer("BRIDGE_REQUESTS_PER_SECOND", d.requests_per_second, low=1),
+            login_failures_per_address=e.integer(
+                "BRIDGE_LOGIN_FAILURES_PER_ADDRESS", d.login_failures_per_address, low=1, high=10_000
             ),
-            mongodb_database=e.text("BRIDGE_MONGODB_DATABASE", "mailbridge"),
-            imap_host=e.text("BRIDGE_IMAP_HOST", DEFAULT_HOST),
-            imap_port=e.port("BRIDGE_IMAP_PORT", DEFAULT_PORTS["imap"]),
-            imap_master_user=e.text("BRIDGE_IMAP_MASTER_USER", ""),
-            imap_master_password=e.text("BRIDGE_IMAP_MASTER_PASSWORD", ""),
-            filter_port=e.port("BRIDGE_FILTER_PORT", DEFAULT_PORTS["filter"]),
-            reinject_host=e.text("BRIDGE_REINJECT_HOST", DEFAULT_HOST),
-            reinject_port=e.port("BRIDGE_REINJECT_PORT", DEFAULT_PORTS["reinject"]),
-            submission_host=e.text("BRIDGE_SUBMISSION_HOST", DEFAULT_HOST),
-            submission_port=e.port("BRIDGE_SUBMISSION_PORT", DEFAULT_PORTS["submission"]),
-            submission_starttls=e.flag("BRIDGE_SUBMISSION_STARTTLS", False),
-            send_per_minute=e.integer("BRIDGE_SEND_PER_MINUTE", 30, low=1),
-            requests_per_second=e.integer("BRIDGE_REQUESTS_PER_SECOND", 20, low=1),
-            login_failures_per_address=e.integer("BRIDGE_LOGIN_FAILURES_PER_ADDRESS", 10, low=1, high=10_000),
-            login_failures_per_account=e.integer("BRIDGE_LOGIN_FAILURES_PER_ACCOUNT", 50, low=1, high=10_000),
-            trusted_proxies=e.items("BRIDGE_TRUSTED_PROXIES") or LOOPBACK,
-            jwt_secret=e.text("BRIDGE_JWT_SECRET", ""),
-            jwt_algorithm=e.text("BRIDGE_JWT_ALGORITHM", "HS256"),
+            login_failures_per_account=e.integer(
+                "BRIDGE_LOGIN_FAILURES_PER_ACCOUNT", d.login_failures_per_account, low=1, high=10_000
+            ),
+            trusted_proxies=e.items("BRIDGE_TRUSTED_PROXIES") or d.trusted_proxies,
+            jwt_secret=e.text("BRIDGE_JWT_SECRET", d.jwt_secret),
+            jwt_algorithm=e.text("BRIDGE_JWT_ALGORITHM", d.jwt_algorithm),
             jwt_private_key_file=_optional_path(e.optional("BRIDGE_JWT_PRIVATE_KEY_FILE")),
             jwt_public_key_file=_optional_path(e.optional("BRIDGE_JWT_PUBLIC_KEY_FILE")),
-            jwt_issuer=e.text("BRIDGE_JWT_ISSUER", "mail-bridge"),
-            jwt_audience=e.text("BRIDGE_JWT_AUDIENCE", "mail-bridge"),
-            jwt_ttl_s=e.integer("BRIDGE_JWT_TTL", 3600, low=60, high=30 * 86400),
-            host_jwt_issuer=e.text("BRIDGE_HOST_JWT_ISSUER", ""),
-            host_jwt_audience=e.text("BRIDGE_HOST_JWT_AUDIENCE", e.text("BRIDGE_JWT_AUDIENCE", "mail-bridge")),
-            host_jwt_algorithm=e.text("BRIDGE_HOST_JWT_ALGORITHM", "RS256"),
-            host_jwt_key_file=Path(e.text("BRIDGE_HOST_JWT_KEY_FILE", ""))
-            if e.optional("BRIDGE_HOST_JWT_KEY_FILE")
-            else None,
+            jwt_issuer=e.text("BRIDGE_JWT_ISSUER", d.jwt_issuer),
+            jwt_audience=jwt_audience,
+            jwt_ttl_s=e.integer("BRIDGE_JWT_TTL", d.jwt_ttl_s, low=60, high=30 * 86400),
+            host_jwt_issuer=e.text("BRIDGE_HOST_JWT_ISSUER", d.host_jwt_issuer),
+            # A host website's tokens name the bridge's own audience unless told otherwise.
+            host_jwt_audience=e.text("BRIDGE_HOST_JWT_AUDIENCE", jwt_audience),
+            host_jwt_algorithm=e.text("BRIDGE_HOST_JWT_ALGORITHM", d.host_jwt_algorithm),
+            host_jwt_key_file=_optional_path(e.optional("BRIDGE_HOST_JWT_KEY_FILE")),
             cors_origins=e.items("BRIDGE_CORS_ORIGINS"),
-            spool_dir=Path(e.text("BRIDGE_SPOOL_DIR", "var/spool")),
-            web_dir=Path(e.text("BRIDGE_WEB_DIR", str(web_client_dir()))),
-            stream_prefix=e.text("BRIDGE_STREAM_PREFIX", "mail"),
-            stream_maxlen=e.integer("BRIDGE_STREAM_MAXLEN", 1_000_000, low=1000),
-            resume_log_len=e.integer("BRIDGE_RESUME_LOG_LEN", 10_000, low=100),
-            max_sockets_per_user=e.integer("BRIDGE_MAX_SOCKETS_PER_USER", 20, low=1),
-            socket_max_queued=e.integer("BRIDGE_SOCKET_MAX_QUEUED", 1000, low=10),
+            spool_dir=Path(e.text("BRIDGE_SPOOL_DIR", str(d.spool_dir))),
+            web_dir=Path(e.text("BRIDGE_WEB_DIR", str(d.web_dir))),
+            stream_prefix=e.text("BRIDGE_STREAM_PREFIX", d.stream_prefix),
+            stream_maxlen=e.integer("BRIDGE_STREAM_MAXLEN", d.stream_maxlen, low=1000),
+            resume_log_len=e.integer("BRIDGE_RESUME_LOG_LEN", d.resume_log_len, low=100),
+            max_sockets_per_user=e.integer("BRIDGE_MAX_SOCKETS_PER_USER", d.max_sockets_per_user, low=1),
+            socket_max_queued=e.integer("BRIDGE_SOCKET_MAX_QUEUED", d.socket_max_queued, low=10),
             dovecot_metrics_url=e.optional("BRIDGE_DOVECOT_METRICS_URL"),
-            consumer_group=e.text("BRIDGE_CONSUMER_GROUP", "bridge"),
-            consumer_name=e.text("BRIDGE_CONSUMER_NAME", "bridge-1"),
-            log_level=e.text("BRIDGE_LOG_LEVEL", "INFO").upper(),
+            consumer_group=e.text("BRIDGE_CONSUMER_GROUP", d.consumer_group),
+            consumer_name=e.text("BRIDGE_CONSUMER_NAME", d.consumer_name),
+            log_level=e.text("BRIDGE_LOG_LEVEL", d.log_level).upper(),
         )
         settings.validate()
         return settings

@@ -26,7 +26,8 @@ from bridge import codec
 from bridge.errors import BridgeError
 from bridge.events import Direction, MtaAccepted
 from bridge.html_sanitizer import ALLOWED_ATTRIBUTES, ALLOWED_TAGS, ALLOWED_URL_SCHEMES, sanitize_html
-from bridge.message_parse import MAX_FILENAME_CHARS, ParsedMessage, _parse, _read, extract_part
+from bridge.message_parse import MAX_FILENAME_CHARS, ParsedMessage, _read, extract_part
+from bridge.message_tree import parse_tree
 from bridge.smtp_filter import build_event, stamped
 
 # Only a guard against hangs, far above the real cost of one message: never a speed assertion.
@@ -571,7 +572,7 @@ def check_parsed(raw: bytes) -> ParsedMessage | None:
     try:
         # parse_message(raw) is exactly this behind a last-resort guard that turns a bug into an
         # empty message; calling below the guard shows such a bug as the exception it is.
-        parsed = _read(_parse(raw), False)
+        parsed = _read(parse_tree(raw), False)
     except BridgeError:
         return None
     _timed("parse_message", started)

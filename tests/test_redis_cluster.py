@@ -31,7 +31,7 @@ import redis
 from bridge import codec
 from bridge.errors import ConfigError
 from bridge.events import MessageNew
-from bridge.settings import hash_tag, parse_cluster_url
+from bridge.redis_url import hash_tag, parse_cluster_url
 from bridge.stack.launcher import Stack, StackInfo
 from tests.conftest import Account, free_port, login
 from tests.mailtools import lmtp_deliver, short_mail

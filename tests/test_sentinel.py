@@ -29,7 +29,7 @@ from bridge import codec
 from bridge.app import redis_client
 from bridge.errors import ConfigError
 from bridge.events import FlagsSet, MessageNew
-from bridge.settings import parse_sentinel_url
+from bridge.redis_url import parse_sentinel_url
 from bridge.spool import DRAIN_LOCK, SpoolDrainer
 from bridge.stack.launcher import Stack, StackInfo
 from tests.conftest import free_port
