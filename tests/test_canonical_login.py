@@ -14,7 +14,7 @@ import pytest
 
 from bridge.auth import TokenIssuer
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account
+from tests.common import Account
 from tests.mailtools import send_smtp, short_mail
 from tests.socket_client import RecordingClient
 

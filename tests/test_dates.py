@@ -29,7 +29,7 @@ from bridge.events import MessageNew, MtaAccepted
 from bridge.mail_headers import DATE_SKEW_S, believable_date, summarize
 from bridge.mail_service import decode_cursor, encode_cursor, summary
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account
+from tests.common import Account
 from tests.mailtools import StreamWatch, wait_for_messages
 from tests.socket_client import RecordingClient
 from tests.test_http_mail import authed

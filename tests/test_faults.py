@@ -23,7 +23,7 @@ import redis
 from bridge.events import MessageNew, MtaAccepted
 from bridge.settings import StackSettings
 from bridge.stack.launcher import Stack, StackInfo
-from tests.conftest import Account
+from tests.common import Account, login
 from tests.mailtools import StreamWatch, lmtp_deliver, sample_message, send_smtp, wait_for_messages
 
 pytestmark = pytest.mark.e2e
@@ -176,7 +176,6 @@ async def test_after_a_redis_restart_the_relay_carries_on(
     """Consumer groups are recreated (Redis without persistence forgets them) and mail flows again."""
     import aiohttp  # noqa: PLC0415
 
-    from tests.conftest import login  # noqa: PLC0415
     from tests.socket_client import RecordingClient  # noqa: PLC0415
 
     log = Path(stack.log_dir) / "bridge.out"

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, AccountPool, login
+from tests.common import Account, AccountPool, login
 from tests.mailtools import send_smtp, wait_for_messages
 from tests.reliability import Scenario
 from tests.socket_client import RecordingClient

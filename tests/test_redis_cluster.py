@@ -33,7 +33,7 @@ from bridge.errors import ConfigError
 from bridge.events import MessageNew
 from bridge.settings import hash_tag, parse_cluster_url
 from bridge.stack.launcher import Stack, StackInfo
-from tests.conftest import Account, free_port, login
+from tests.common import Account, free_port, login
 from tests.mailtools import lmtp_deliver, short_mail
 from tests.raw_socket import RawSocket
 from tests.test_sieve_notifier import run as run_notifier

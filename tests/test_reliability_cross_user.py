@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, login
+from tests.common import Account, login
 from tests.hostile import Answer, Cases, call, clear_error, refused_ack, request, socket_refusal
 from tests.mailtools import send_smtp
 from tests.reliability import Scenario

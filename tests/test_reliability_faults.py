@@ -27,7 +27,7 @@ import redis
 from bridge import codec
 from bridge.events import MessageNew
 from bridge.stack.launcher import Stack, StackInfo
-from tests.conftest import AccountPool
+from tests.common import AccountPool
 from tests.mailtools import send_smtp
 from tests.reliability import Scenario
 from tests.reliability_load import Browsers, MailLoad, Outcome, SentMail, assert_clean, settle, wait_delivered

@@ -15,7 +15,7 @@ import jwt
 import pytest
 
 from bridge.stack.launcher import StackInfo
-from tests.conftest import HOST_ISSUER, Account, _host_keys, host_token, login
+from tests.common import HOST_ISSUER, Account, host_keys, host_token, login
 from tests.hostile import (
     ANSWER_CEILING_S,
     BridgeLog,
@@ -53,7 +53,7 @@ def _hostile_tokens(own: str, account: Account, other: Account, host_public: str
     own_claims = {"iss": "mail-bridge", "aud": "mail-bridge", "sub": account.email, "accounts": [account.email]}
     head, body, signature = own.split(".")
     flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
-    impostor_key, _ = _host_keys()
+    impostor_key, _ = host_keys()
     return {
         "expired": host_token("user-1", [account.email], iat=now - 7200, exp=now - 3600),
         "expired long ago": host_token("user-1", [account.email], iat=1, exp=2),

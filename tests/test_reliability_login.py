@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, AccountPool
+from tests.common import Account, AccountPool
 from tests.mailtools import send_smtp, short_mail
 from tests.reliability import Scenario
 from tests.socket_client import RecordingClient

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from bridge.html_sanitizer import sanitize_html
 from bridge.message_parse import parse_message
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, login
+from tests.common import Account, login
 from tests.mailtools import wait_for_messages
 from tests.mime_cases import (
     check_allowlisted,

@@ -15,7 +15,7 @@ import pytest
 
 from bridge.browser_events import EmailRef, email_id
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, host_token, login
+from tests.common import Account, host_token, login
 from tests.hostile import (
     ANSWER_CEILING_S,
     BridgeLog,

@@ -25,7 +25,7 @@ import pytest
 import redis
 
 from bridge.stack.launcher import Stack, StackInfo
-from tests.conftest import Account, AccountPool
+from tests.common import Account, AccountPool
 from tests.redis_proxy import FORWARD, Once, ProxiedNode, Verdict, proxied_node
 from tests.reliability import Scenario
 from tests.reliability_load import Browsers, MailLoad, Outcome, SentMail, assert_clean, settle, wait_delivered

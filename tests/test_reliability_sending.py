@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from bridge.stack.launcher import Stack, StackInfo
-from tests.conftest import Account, AccountPool, login
+from tests.common import Account, AccountPool, login
 from tests.hostile import ANSWER_CEILING_S, BridgeLog, Cases, call, clear_error, refused_ack, request
 from tests.mailtools import imap_messages
 from tests.reliability import Scenario

@@ -29,7 +29,7 @@ from bridge.events import MessageAdded, MessageEvent, MessageExpunge
 from bridge.index_cache import IndexCache
 from bridge.stack.launcher import StackInfo
 from bridge.store import Store
-from tests.conftest import Account, AccountPool
+from tests.common import Account, AccountPool
 from tests.mail_state import State, imap_state, index_state, ok
 from tests.mailtools import imap_message_ids, send_smtp
 from tests.reliability import Scenario

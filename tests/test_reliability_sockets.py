@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, AccountPool, login
+from tests.common import Account, AccountPool, login
 from tests.mailtools import send_smtp, short_mail, wait_for_messages
 from tests.raw_socket import RawSocket
 from tests.reliability import Scenario

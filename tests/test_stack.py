@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from bridge.settings import StackSettings, suite_state_dir
-from bridge.stack.launcher import Stack, StackError, StackInfo
+from bridge.stack.launcher import Stack, StackError, StackInfo, free_ports
 from bridge.stack.render import world_traversable
-from tests.conftest import REPO, free_ports, stack_ports_env
+from tests.common import REPO, stack_ports_env
 
 pytestmark = pytest.mark.e2e
 
