@@ -5,14 +5,20 @@ checkout's var/, or under /var/tmp when the mail user cannot reach the checkout)
 beside a `make run` stack. The session says where in one line, and removes it when every test passed.
 Each test gets its own fresh mail account, so no test sees another's events.
 
+A test that takes any of these fixtures (directly or through another fixture) is marked `e2e` here,
+at collection, so `pytest -m "not e2e"` (`make test-unit`) runs the pure tests alone and never starts
+the stack. A test that starts servers of its own (Redis, Dovecot, Postfix, the store, Chromium)
+without them carries `@pytest.mark.e2e` itself; one that forgets fails, naming the program.
 This module holds fixtures and hooks only: what tests share besides them is in tests/common.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -38,6 +44,100 @@ from tests.common import (
 # The reliability suite's table and its --reliability-* options (tests/reliability.py); the wheel,
 # installed once per session for the tests that use it as an admin would (tests/wheel_install.py).
 pytest_plugins = ["tests.reliability", "tests.wheel_install"]
+
+# The fixtures below that reach the live stack (or a browser): a test whose fixture closure holds one is e2e.
+LIVE_FIXTURES = frozenset(
+    {
+        "stack_settings",
+        "stack_launcher",
+        "stack",
+        "stack_secrets",
+        "account_pool",
+        "account",
+        "other_account",
+        "http",
+        "browser",
+        "redis_client",
+    }
+)
+
+# Programs of the live services: a test not marked e2e that starts one has forgotten its mark.
+LIVE_PROGRAMS = frozenset(
+    {
+        "redis-server",
+        "redis-cli",
+        "redis-sentinel",
+        "dovecot",
+        "doveadm",
+        "doveconf",
+        "sievec",
+        "postfix",
+        "postconf",
+        "postalias",
+        "postmap",
+        "postqueue",
+        "postsuper",
+        "sendmail",
+        "ferretdb",
+        "chromium",
+    }
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("e2e") is None and LIVE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
+_PURE_TEST: list[str] = []  # the node id of the test not marked e2e whose set-up or body is running
+
+
+def _program(args: tuple[object, ...]) -> str:
+    """The program a `subprocess.Popen` audit event starts: (executable, args, cwd, env)."""
+    executable, argv = args[0], args[1]
+    if executable is None and isinstance(argv, str | bytes):  # a command line (shell=True)
+        executable = (os.fsdecode(argv).split() or [""])[0]
+    elif executable is None:
+        executable = next(iter(argv), "")  # type: ignore[call-overload]
+    return os.path.basename(os.fsdecode(executable))  # type: ignore[arg-type]
+
+
+def _refuse_live_programs(event: str, args: tuple[object, ...]) -> None:
+    if event == "subprocess.Popen" and _PURE_TEST and (program := _program(args)) in LIVE_PROGRAMS:
+        pytest.fail(f"{_PURE_TEST[0]} starts {program}, a live service: mark it @pytest.mark.e2e", pytrace=False)
+
+
+@contextlib.contextmanager
+def _guarded(item: pytest.Item) -> Iterator[None]:
+    """While a test not marked e2e sets up and runs (not while it tears down: the session's stack
+    may stop then), starting a live service's program fails it."""
+    if item.get_closest_marker("e2e") is not None:
+        yield
+        return
+    _PURE_TEST.append(item.nodeid)
+    try:
+        yield
+    finally:
+        _PURE_TEST.clear()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    sys.addaudithook(_refuse_live_programs)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _guarded(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _guarded(item):
+        return (yield)
+
 
 @pytest.fixture(scope="session")
 def stack_settings(pytestconfig: pytest.Config) -> StackSettings:

@@ -24,7 +24,7 @@ import pytest
 from bridge.stack.launcher import Stack, StackInfo
 from tests.common import Account, free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+pytestmark = pytest.mark.timeout(240)  # e2e: each test that takes the stack's fixtures (conftest)
 
 PROMPT_S = 2.0  # a login of someone else during a flood answers within this
 
