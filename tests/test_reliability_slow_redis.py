@@ -248,7 +248,7 @@ async def test_redis_slow_while_mail_and_flag_changes_flow(rig: Rig) -> None:
     found: dict[str, State] = {}
     found_counts: dict[str, dict[str, tuple[int, int]]] = {}
     try:
-        expected = {a.email: await asyncio.to_thread(imap_state, stack, a) for a in accounts}
+        expected = {a.email: await asyncio.to_thread(imap_state, stack, a, MAILBOXES) for a in accounts}
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             found = {a.email: await index_state(store, a.email) for a in accounts}
