@@ -1,5 +1,6 @@
 """The reliability suite's faults (scenarios 1-4), each under a steady mail load with browsers
-connected that resume by lastEventId (tests/reliability_load.py).
+connected that resume by lastEventId (tests/reliability_load.py). tests/test_redis_and_filter_failures.py
+checks the Redis and content filter faults alone, without the load, in more detail.
 
 These stop, kill and restart shared services of the session's stack and put every one back before
 they return. The fast subset (make test) runs them at a few mails per second for a few seconds;

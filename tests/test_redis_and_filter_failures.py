@@ -1,6 +1,10 @@
-"""Faults on the real stack: Redis down or paused, the content filter killed mid-batch.
+"""Faults on the real stack, each alone and checked in detail: Redis down, paused or restarted (the
+hook's spool, its order and its time bound; the relay carrying on), the content filter killed
+mid-batch or unable to re-inject (Postfix retries; each mail delivered once).
 
-These stop and restart shared services, and put every service back before they return.
+These stop and restart shared services, and put every service back before they return. The same
+faults under a steady load, with browsers resuming, are the reliability suite's scenarios
+(tests/test_reliability_faults.py).
 """
 
 from __future__ import annotations
