@@ -21,7 +21,7 @@ test: setup test-debs
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q tests
 
-# The pure tests alone, in well under a minute: lint, then every test not marked e2e (tests/conftest.py marks
+# The pure tests alone (under a minute here): lint, then every test not marked e2e (tests/conftest.py marks
 # each one that needs the stack, and fails one that starts a server unmarked). Needs only the virtualenv.
 test-unit: venv
 	$(VENV)/bin/ruff check bridge tests hooks bench
