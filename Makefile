@@ -11,7 +11,7 @@ DEBS := dovecot-imapd dovecot-lmtpd dovecot-sieve postfix redis-server lua-socke
 TEST_DEBS := chromium fonts-noto-color-emoji systemd libnss-mdns
 STAMP := $(VENV)/.installed
 
-.PHONY: run test reliability bench check lint typecheck setup debs test-debs venv ferretdb web dist screenshots clean
+.PHONY: run test test-unit reliability bench check lint typecheck setup debs test-debs venv ferretdb web dist screenshots clean
 
 run: setup
 	$(PY) -m bridge stack
@@ -20,6 +20,12 @@ test: setup test-debs
 	$(VENV)/bin/ruff check bridge tests hooks bench
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q tests
+
+# The pure tests alone (under a minute here): lint, then every test not marked e2e (tests/conftest.py marks
+# each one that needs the stack, and fails one that starts a server unmarked). Needs only the virtualenv.
+test-unit: venv
+	$(VENV)/bin/ruff check bridge tests hooks bench
+	$(PY) -m pytest -q -m "not e2e" tests
 
 # The reliability and security suite at full load (its fast subset runs in `make test`); writes docs/reliability.md.
 reliability: setup test-debs

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account
+from tests.common import Account
 
 CHROMIUM = "/usr/bin/chromium"  # browser downloads are not possible here: Debian's package
 CHROMIUM_ARGS = [

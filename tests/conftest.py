@@ -4,17 +4,22 @@ Ports are picked free at start and the state lives in `test-stack` beside `make 
 checkout's var/, or under /var/tmp when the mail user cannot reach the checkout), so the tests can run
 beside a `make run` stack. The session says where in one line, and removes it when every test passed.
 Each test gets its own fresh mail account, so no test sees another's events.
+
+A test that takes any of these fixtures (directly or through another fixture) is marked `e2e` here,
+at collection, so `pytest -m "not e2e"` (`make test-unit`) runs the pure tests alone and never starts
+the stack. A test that starts servers of its own (Redis, Dovecot, Postfix, the store, Chromium)
+without them carries `@pytest.mark.e2e` itself; one that forgets fails, naming the program.
+This module holds fixtures and hooks only: what tests share besides them is in tests/common.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import secrets
 import shutil
-import uuid
+import sys
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -22,48 +27,116 @@ import pytest
 import redis.asyncio as aioredis
 from playwright.async_api import Browser
 
-from bridge.settings import DEFAULT_PORTS, StackSettings, suite_state_dir
-from bridge.stack.launcher import Stack, StackInfo, free_ports
-
-REPO = Path(__file__).resolve().parent.parent
+from bridge.settings import StackSettings
+from bridge.stack.launcher import Stack, StackInfo
+from tests.browser import chromium
+from tests.common import (
+    HOST_ISSUER,
+    REPO,
+    TEST_STATE,
+    Account,
+    AccountPool,
+    host_keys,
+    remove_suite_state,
+    stack_ports_env,
+)
 
 # The reliability suite's table and its --reliability-* options (tests/reliability.py); the wheel,
 # installed once per session for the tests that use it as an admin would (tests/wheel_install.py).
 pytest_plugins = ["tests.reliability", "tests.wheel_install"]
 
+# The fixtures below that reach the live stack (or a browser): a test whose fixture closure holds one is e2e.
+LIVE_FIXTURES = frozenset(
+    {
+        "stack_settings",
+        "stack_launcher",
+        "stack",
+        "stack_secrets",
+        "account_pool",
+        "account",
+        "other_account",
+        "http",
+        "browser",
+        "redis_client",
+    }
+)
 
-def free_port() -> int:
-    return free_ports(1)[0]
+# Programs of the live services: a test not marked e2e that starts one has forgotten its mark.
+LIVE_PROGRAMS = frozenset(
+    {
+        "redis-server",
+        "redis-cli",
+        "redis-sentinel",
+        "dovecot",
+        "doveadm",
+        "doveconf",
+        "sievec",
+        "postfix",
+        "postconf",
+        "postalias",
+        "postmap",
+        "postqueue",
+        "postsuper",
+        "sendmail",
+        "ferretdb",
+        "chromium",
+    }
+)
 
 
-def stack_ports_env() -> dict[str, str]:
-    ports = free_ports(len(DEFAULT_PORTS))
-    return {f"BRIDGE_{name.upper()}_PORT": str(port) for name, port in zip(DEFAULT_PORTS, ports, strict=True)}
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("e2e") is None and LIVE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
 
 
-HOST_ISSUER = "https://host.test"
+_PURE_TEST: list[str] = []  # the node id of the test not marked e2e whose set-up or body is running
 
 
-def _host_keys() -> tuple[str, str]:
-    """An RSA key pair standing for the host website that issues its own tokens."""
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
-    from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    return private, public
+def _program(args: tuple[object, ...]) -> str:
+    """The program a `subprocess.Popen` audit event starts: (executable, args, cwd, env)."""
+    executable, argv = args[0], args[1]
+    if executable is None and isinstance(argv, str | bytes):  # a command line (shell=True)
+        executable = (os.fsdecode(argv).split() or [""])[0]
+    elif executable is None:
+        executable = next(iter(argv), "")  # type: ignore[call-overload]
+    return os.path.basename(os.fsdecode(executable))  # type: ignore[arg-type]
 
 
-# Two test runs at once (two people, or a person and a helper) each need their own state dir.
-TEST_STATE = Path(os.environ.get("MAIL_BRIDGE_TEST_STATE") or suite_state_dir(REPO))
-HOST_KEY_DIR = TEST_STATE
+def _refuse_live_programs(event: str, args: tuple[object, ...]) -> None:
+    if event == "subprocess.Popen" and _PURE_TEST and (program := _program(args)) in LIVE_PROGRAMS:
+        pytest.fail(f"{_PURE_TEST[0]} starts {program}, a live service: mark it @pytest.mark.e2e", pytrace=False)
+
+
+@contextlib.contextmanager
+def _guarded(item: pytest.Item) -> Iterator[None]:
+    """While a test not marked e2e sets up and runs (not while it tears down: the session's stack
+    may stop then), starting a live service's program fails it."""
+    if item.get_closest_marker("e2e") is not None:
+        yield
+        return
+    _PURE_TEST.append(item.nodeid)
+    try:
+        yield
+    finally:
+        _PURE_TEST.clear()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    sys.addaudithook(_refuse_live_programs)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _guarded(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _guarded(item):
+        return (yield)
 
 
 @pytest.fixture(scope="session")
@@ -78,8 +151,8 @@ def stack_settings(pytestconfig: pytest.Config) -> StackSettings:
             if reporter._tw.width_of_current_line:  # after a file's dots: a line of its own
                 reporter.write("\n")
             reporter.write_line(f"test stack state (logs, configs, mail): {state}")
-    # Files, not module globals: the tests import this module a second time under another name.
-    private, public = _host_keys()
+    # Files: the bridge reads the public key, tests/common.py's host_token the private one.
+    private, public = host_keys()
     (state / "host-website.pem").write_text(public)
     (state / "host-website.key").write_text(private)
     env = stack_ports_env()
@@ -103,17 +176,6 @@ def stack_launcher(stack_settings: StackSettings, request: pytest.FixtureRequest
             remove_suite_state(stack_settings.state_dir)
 
 
-def remove_suite_state(state: Path) -> None:
-    """Remove the suite's state; under /var/tmp also the checkout's directory there once it is empty
-    (`make run` keeps its own state in it) and the `var` link that pointed to it."""
-    shutil.rmtree(state, ignore_errors=True)
-    root, link = state.parent, REPO / "var"
-    if root != link and not any(root.iterdir()):
-        root.rmdir()
-        if link.is_symlink() and not link.exists():
-            link.unlink()
-
-
 @pytest.fixture(scope="session")
 def stack(stack_launcher: Stack) -> StackInfo:
     assert stack_launcher.info is not None
@@ -124,32 +186,6 @@ def stack(stack_launcher: Stack) -> StackInfo:
 def stack_secrets(stack: StackInfo) -> dict[str, object]:
     data: dict[str, object] = json.loads((Path(stack.state_dir) / "secrets.json").read_text())
     return data
-
-
-@dataclass(frozen=True)
-class Account:
-    email: str
-    password: str
-
-
-class AccountPool:
-    """Fresh accounts, created in batches (each batch costs Dovecot's one-second re-read)."""
-
-    def __init__(self, launcher: Stack, batch: int = 40) -> None:
-        self.launcher = launcher
-        self.batch = batch
-        self.free: list[Account] = []
-        self.created: list[Account] = []  # every account of the session (the log hygiene test checks their passwords)
-
-    def take(self) -> Account:
-        if not self.free:
-            fresh = [
-                Account(f"t{uuid.uuid4().hex[:12]}@example.test", secrets.token_urlsafe(12)) for _ in range(self.batch)
-            ]
-            self.launcher.add_users({a.email: a.password for a in fresh})
-            self.created.extend(fresh)
-            self.free = fresh
-        return self.free.pop()
 
 
 @pytest.fixture(scope="session")
@@ -177,8 +213,6 @@ async def http(stack: StackInfo) -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     """Debian's Chromium, headless (tests/browser.py)."""
-    from tests.browser import chromium  # noqa: PLC0415 (tests.browser imports this module)
-
     async with chromium() as launched:
         yield launched
 
@@ -188,30 +222,3 @@ async def redis_client(stack: StackInfo) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(stack.redis_url)
     yield client
     await client.aclose()
-
-
-async def login(http: aiohttp.ClientSession, account: Account) -> str:
-    async with http.post("/api/v1/auth/login", json={"email": account.email, "password": account.password}) as r:
-        assert r.status == 200, await r.text()
-        body = await r.json()
-    token: str = body["token"]
-    return token
-
-
-def host_token(subject: str, accounts: list[str], **claims: object) -> str:
-    """A token as the host website would issue it (RS256, its own issuer)."""
-    import time  # noqa: PLC0415
-
-    import jwt  # noqa: PLC0415
-
-    now = int(time.time())
-    body = {
-        "iss": HOST_ISSUER,
-        "aud": "mail-bridge",
-        "sub": subject,
-        "accounts": accounts,
-        "iat": now,
-        "exp": now + 600,
-    }
-    private = (HOST_KEY_DIR / "host-website.key").read_text()
-    return jwt.encode({**body, **claims}, private, algorithm="RS256")

@@ -11,7 +11,7 @@ from typing import Any
 
 from bridge.stack.launcher import StackInfo
 from bridge.store import Store
-from tests.conftest import Account
+from tests.common import Account
 
 State = dict[tuple[str, int, int], tuple[tuple[str, ...], tuple[str, ...], bool]]
 

@@ -5,11 +5,15 @@ suite's list in docs/reliability.md) and takes the `scenario` fixture, whose fie
 goes, so a test that fails half-way still shows how far it got. The row's result is the test's own
 outcome. `--reliability-report PATH` writes the table after the run (`make reliability`);
 `--reliability-full` runs each scenario at its full load instead of the fast one `make test` uses.
+
+A scenario on the live stack takes the `rig` fixture instead: its row and its load together with the
+stack, an HTTP session on the bridge, fresh accounts, and signing in (`Rig`).
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import platform
 import subprocess
@@ -18,7 +22,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
+
+from bridge.stack.launcher import Stack, StackInfo
+from tests.common import Account, AccountPool, login
+from tests.hostile import BridgeLog
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,6 +98,59 @@ def scenario(request: pytest.FixtureRequest) -> Iterator[Scenario]:
     started = time.monotonic()
     yield row
     row.seconds = time.monotonic() - started
+
+
+@dataclass
+class Rig:
+    """What a scenario on the live stack works with: the session's stack and its launcher, an HTTP
+    session on the bridge, fresh accounts (each taken when first asked for), the scenario's row, and
+    whether it runs at full load."""
+
+    stack: StackInfo
+    launcher: Stack
+    http: aiohttp.ClientSession
+    pool: AccountPool
+    scenario: Scenario
+    full: bool  # True under `make reliability`: the scenario's full load
+
+    @functools.cached_property
+    def account(self) -> Account:
+        return self.pool.take()
+
+    @functools.cached_property
+    def other_account(self) -> Account:
+        return self.pool.take()
+
+    def accounts(self, count: int) -> list[Account]:
+        """`count` more fresh accounts."""
+        return [self.pool.take() for _ in range(count)]
+
+    async def login(self, account: Account | None = None) -> str:
+        """A token for `account` (the rig's own by default), from the bridge's login."""
+        return await login(self.http, account or self.account)
+
+    async def headers(self, account: Account | None = None) -> dict[str, str]:
+        """REST headers carrying a fresh token for `account` (the rig's own by default)."""
+        return {"Authorization": f"Bearer {await self.login(account)}"}
+
+    async def signed_in(self) -> tuple[BridgeLog, str]:
+        """How a hostile-input scenario starts: the bridge's log from here on (what the scenario
+        causes), and a token for the rig's account."""
+        log = BridgeLog(self.stack)
+        return log, await self.login()
+
+
+@pytest.fixture
+def rig(
+    stack: StackInfo,
+    stack_launcher: Stack,
+    http: aiohttp.ClientSession,
+    *,
+    account_pool: AccountPool,
+    scenario: Scenario,
+    reliability_full: bool,
+) -> Rig:
+    return Rig(stack, stack_launcher, http, account_pool, scenario, reliability_full)
 
 
 @pytest.hookimpl(wrapper=True)

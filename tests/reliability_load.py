@@ -27,7 +27,7 @@ import aiohttp
 import socketio
 
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, login
+from tests.common import Account, login
 from tests.mailtools import imap_message_ids
 from tests.reliability import Scenario
 

@@ -7,7 +7,7 @@ import pytest
 
 from bridge.auth import MAX_TOKEN_BYTES, TokenIssuer, TrustedIssuer
 from bridge.errors import AuthError
-from tests.conftest import _host_keys
+from tests.common import host_keys
 
 ISSUER = TokenIssuer(secret="s" * 40, issuer="mail-bridge", audience="mail-bridge", ttl_s=600)
 
@@ -66,7 +66,7 @@ def test_tampered_signature() -> None:
         ISSUER.verify(f"{head}.{forged_body}.{sig}")
 
 
-_rsa_pair = _host_keys
+_rsa_pair = host_keys
 
 HOST_PRIVATE, HOST_PUBLIC = _rsa_pair()
 WITH_HOST = TokenIssuer(

@@ -10,15 +10,12 @@ import uuid
 
 import aiohttp
 import jwt
-import pytest
 
 from bridge.auth import TokenIssuer
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account
+from tests.common import Account
 from tests.mailtools import send_smtp, short_mail
 from tests.socket_client import RecordingClient
-
-pytestmark = pytest.mark.e2e
 
 
 def test_canonical_account_lowercases_ascii_only_as_dovecot_does() -> None:

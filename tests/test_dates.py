@@ -30,7 +30,7 @@ from bridge.mail_headers import DATE_SKEW_S, believable_date, summarize
 from bridge.mail_service import summary
 from bridge.stack.launcher import StackInfo
 from bridge.store_reads import decode_cursor, encode_cursor
-from tests.conftest import Account
+from tests.common import Account
 from tests.mailtools import StreamWatch, wait_for_messages
 from tests.socket_client import RecordingClient
 from tests.test_http_mail import authed

@@ -34,7 +34,7 @@ from bridge.events import (
     MessageNew,
 )
 from bridge.stack.launcher import Stack, StackInfo
-from tests.conftest import Account
+from tests.common import Account
 from tests.mailtools import StreamWatch, lmtp_deliver, sample_message
 
 pytestmark = pytest.mark.e2e

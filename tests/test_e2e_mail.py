@@ -16,7 +16,7 @@ from bridge import codec
 from bridge.browser_events import parse_email_id
 from bridge.events import Direction, MtaAccepted
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, login
+from tests.common import Account, login
 from tests.socket_client import RecordingClient
 
 pytestmark = pytest.mark.e2e

@@ -36,7 +36,7 @@ from bridge.events import Event, FlagsChanged, FlagsSet, MailboxEvent, MessageAd
 from bridge.index_cache import IndexCache
 from bridge.stack.launcher import Stack, StackInfo
 from bridge.store import TOMBSTONE_DAYS, Store, message_doc_id
-from tests.conftest import Account, free_port
+from tests.common import Account, free_port
 from tests.mail_state import State, imap_state, index_state, ok
 from tests.mailtools import lmtp_deliver, short_mail
 

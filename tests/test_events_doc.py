@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge.stack.launcher import StackInfo
-from tests.conftest import REPO, Account
+from tests.common import REPO, Account
 from tests.mailtools import send_smtp, wait_for_messages
 from tests.test_e2e_mail import message
 

@@ -35,7 +35,7 @@ import redis
 from bridge import codec
 from bridge.events import Event, FlagsSet, MessageNew
 from bridge.stack.launcher import Stack, StackInfo
-from tests.conftest import Account
+from tests.common import Account
 from tests.mailtools import StreamWatch, lmtp_deliver, short_mail
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]

@@ -5,7 +5,7 @@ import os
 import aiohttp
 import pytest
 
-from tests.conftest import Account, login
+from tests.common import Account, login
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ import pytest
 
 from bridge.browser_events import EmailRef, email_id
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, host_token, login
+from tests.common import Account, host_token, login
 from tests.mailtools import imap_messages, send_smtp, wait_for_messages
 from tests.socket_client import RecordingClient
 from tests.test_e2e_mail import message

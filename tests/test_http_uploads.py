@@ -17,7 +17,7 @@ from bridge.compose import MAX_ATTACHMENT_BYTES, Attachment
 from bridge.errors import RateLimited
 from bridge.stack.launcher import StackInfo
 from bridge.uploads import Uploads
-from tests.conftest import Account
+from tests.common import Account
 from tests.mailtools import imap_messages, wait_for_messages
 from tests.socket_client import RecordingClient
 from tests.test_http_mail import authed, get_json

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, AccountPool
+from tests.common import Account, AccountPool
 from tests.mailtools import send_smtp
 from tests.test_http_mail import authed, get_json
 

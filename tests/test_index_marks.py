@@ -22,7 +22,7 @@ from bridge.index_cache import IndexCache
 from bridge.stack.launcher import StackInfo
 from bridge.stack.render import MASTER_USER
 from bridge.store import BULK_CHUNK, MailboxCounts, Store
-from tests.conftest import Account
+from tests.common import Account
 
 pytestmark = pytest.mark.e2e
 

@@ -27,6 +27,9 @@ from bridge.stack.launcher import free_ports
 from bridge.stack.render import MASTER_USER
 from bridge.store import Store
 
+# Debian's stock configs, checked by its doveconf and postfix: the packages must be installed.
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parent.parent
 
 

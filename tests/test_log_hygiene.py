@@ -12,13 +12,10 @@ import re
 import uuid
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, AccountPool, login
 from tests.mailtools import send_smtp, wait_for_messages
-from tests.reliability import Scenario
+from tests.reliability import Rig
 from tests.socket_client import RecordingClient
 from tests.test_e2e_mail import message
 
@@ -29,21 +26,16 @@ JWT_SHAPED = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9
 
 @pytest.mark.last
 @pytest.mark.reliability(12, "Secrets: no password, token or mail body in any log")
-async def test_logs_hold_no_secrets_or_bodies(
-    stack: StackInfo,
-    http: aiohttp.ClientSession,
-    account: Account,
-    account_pool: AccountPool,
-    scenario: Scenario,
-) -> None:
-    other_account = account_pool.take()
+async def test_logs_hold_no_secrets_or_bodies(rig: Rig) -> None:
+    stack, http, scenario = rig.stack, rig.http, rig.scenario
+    account, other_account = rig.account, rig.other_account
     scenario.load = "the logs of every service after the whole session"
     scenario.checked = (
         "a mail body (sent and received), every session account's password, a wrong password, the master"
         " password, the JWT secret, a token's signature and anything shaped like a JWT: in none of the logs."
     )
     body_marker = f"BODY-{uuid.uuid4().hex}"
-    token = await login(http, account)
+    token = await rig.login()
     async with http.post("/api/v1/auth/login", json={"email": account.email, "password": "wrong-" + body_marker}) as r:
         assert r.status == 401
     client = RecordingClient()
@@ -69,7 +61,7 @@ async def test_logs_hold_no_secrets_or_bodies(
         "the JWT secret": secrets["jwt_secret"],
         "a token": token.split(".")[2],  # its signature
     }
-    for n, other in enumerate(account_pool.created):
+    for n, other in enumerate(rig.pool.created):
         forbidden[f"the password of session account {n}"] = other.password
     logs = {p.name: p.read_text(errors="replace") for p in Path(stack.log_dir).iterdir() if p.is_file()}
     assert {"bridge.out", "filter.out", "dovecot.log", "postfix.log"} <= set(logs)

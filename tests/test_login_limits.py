@@ -22,9 +22,9 @@ import aiohttp
 import pytest
 
 from bridge.stack.launcher import Stack, StackInfo
-from tests.conftest import Account
+from tests.common import Account, free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+pytestmark = pytest.mark.timeout(240)  # e2e: each test that takes the stack's fixtures (conftest)
 
 PROMPT_S = 2.0  # a login of someone else during a flood answers within this
 
@@ -154,7 +154,6 @@ async def test_logins_go_on_unlimited_while_redis_does_not_answer(caplog: pytest
     import redis.asyncio as aioredis  # noqa: PLC0415
 
     from bridge.rate_limit import LoginLimits  # noqa: PLC0415
-    from tests.conftest import free_port  # noqa: PLC0415
 
     nowhere = aioredis.Redis(port=free_port(), socket_connect_timeout=1)
     limits = LoginLimits(nowhere, "mail", per_address=1, per_account=1)

@@ -13,7 +13,7 @@ import redis
 
 from bridge.events import MessageNew, MtaAccepted
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account
+from tests.common import Account
 from tests.mailtools import StreamWatch, wait_for_messages
 
 pytestmark = pytest.mark.e2e

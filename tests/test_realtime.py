@@ -8,7 +8,7 @@ import socketio
 
 from bridge.auth import TokenIssuer
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, host_token, login
+from tests.common import Account, host_keys, host_token, login
 from tests.mailtools import send_smtp
 from tests.socket_client import RecordingClient
 from tests.test_e2e_mail import message
@@ -63,9 +63,7 @@ async def test_host_website_token_with_two_accounts(stack: StackInfo, account: A
 async def test_host_token_signed_by_someone_else_is_refused(stack: StackInfo, account: Account) -> None:
     import jwt  # noqa: PLC0415
 
-    from tests.conftest import _host_keys  # noqa: PLC0415
-
-    impostor_key, _ = _host_keys()
+    impostor_key, _ = host_keys()
     now = int(__import__("time").time())
     forged = jwt.encode(
         {

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from bridge.browser_events import EmailRef, email_id
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, login
+from tests.common import Account, login
 from tests.socket_client import RecordingClient
 from tests.test_e2e_mail import message, send_smtp
 

@@ -33,7 +33,7 @@ from bridge.errors import ConfigError
 from bridge.events import MessageNew
 from bridge.redis_url import hash_tag, parse_cluster_url
 from bridge.stack.launcher import Stack, StackInfo
-from tests.conftest import Account, free_port, login
+from tests.common import Account, free_port, login
 from tests.mailtools import lmtp_deliver, short_mail
 from tests.raw_socket import RawSocket
 from tests.test_sieve_notifier import run as run_notifier
@@ -223,6 +223,7 @@ async def test_a_bridge_node_and_the_hook_run_on_a_redis_cluster(
             shutil.rmtree(spool, ignore_errors=True)
 
 
+@pytest.mark.e2e  # the module's own cluster of redis-server processes
 def test_the_sieve_notifier_follows_moved_to_the_node_of_its_stream(cluster: Cluster, tmp_path: Path) -> None:
     stream = f"{PREFIX}:sieve-{uuid.uuid4().hex[:6]}"
     elsewhere = next(p for p in cluster.ports if p != cluster.owner(stream))

@@ -10,7 +10,7 @@ from email.message import EmailMessage
 from bridge.reinject_pool import ReinjectPool
 from bridge.settings import StackSettings
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account
+from tests.common import Account
 from tests.mailtools import wait_for_messages
 
 

@@ -42,7 +42,7 @@ from bridge.metrics import Metrics
 from bridge.relay import Relay
 from bridge.stack.launcher import Stack, StackInfo
 from bridge.streams import Consumer, Delivery, Publisher
-from tests.conftest import Account, AccountPool, host_token, login
+from tests.common import Account, AccountPool, host_token, login
 from tests.mailtools import lmtp_deliver, send_smtp, short_mail
 from tests.redis_proxy import FORWARD, Once, RedisProxy, Verdict, proxied_node
 from tests.socket_client import RecordingClient

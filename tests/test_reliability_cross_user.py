@@ -13,10 +13,10 @@ import aiohttp
 import pytest
 
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, login
+from tests.common import Account
 from tests.hostile import Answer, Cases, call, clear_error, refused_ack, request, socket_refusal
 from tests.mailtools import send_smtp
-from tests.reliability import Scenario
+from tests.reliability import Rig
 from tests.socket_client import RecordingClient
 from tests.test_e2e_mail import message
 
@@ -61,23 +61,16 @@ async def _indexed(http: aiohttp.ClientSession, token: str, count: int) -> list[
 
 
 @pytest.mark.reliability(8, "Cross-user: A against B's mail")
-async def test_another_users_mail_is_out_of_reach(
-    stack: StackInfo,
-    http: aiohttp.ClientSession,
-    *,
-    account: Account,
-    other_account: Account,
-    scenario: Scenario,
-    reliability_full: bool,
-) -> None:
-    a, b = account, other_account
-    n_mails = 10 if reliability_full else 3
+async def test_another_users_mail_is_out_of_reach(rig: Rig) -> None:
+    stack, http, scenario = rig.stack, rig.http, rig.scenario
+    a, b = rig.account, rig.other_account
+    n_mails = 10 if rig.full else 3
     scenario.load = f"2 accounts, {n_mails} mails of B's, attacked over REST and Socket.IO"
     tag = uuid.uuid4().hex[:8]
     subjects = [f"B-secret-{tag}-{i}" for i in range(n_mails)]
     await asyncio.to_thread(send_smtp, stack, [message("carol@outside.test", b.email, s) for s in subjects])
     scenario.mails_sent = n_mails
-    token_a, token_b = await login(http, a), await login(http, b)
+    token_a, token_b = await rig.login(a), await rig.login(b)
     as_a = {"Authorization": f"Bearer {token_a}"}
     b_mails = await _indexed(http, token_b, n_mails)
     b_ids = [m["id"] for m in b_mails]

@@ -1,5 +1,6 @@
 """The reliability suite's faults (scenarios 1-4), each under a steady mail load with browsers
-connected that resume by lastEventId (tests/reliability_load.py).
+connected that resume by lastEventId (tests/reliability_load.py). tests/test_redis_and_filter_failures.py
+checks the Redis and content filter faults alone, without the load, in more detail.
 
 These stop, kill and restart shared services of the session's stack and put every one back before
 they return. The fast subset (make test) runs them at a few mails per second for a few seconds;
@@ -27,9 +28,8 @@ import redis
 from bridge import codec
 from bridge.events import MessageNew
 from bridge.stack.launcher import Stack, StackInfo
-from tests.conftest import AccountPool
 from tests.mailtools import send_smtp
-from tests.reliability import Scenario
+from tests.reliability import Rig, Scenario
 from tests.reliability_load import Browsers, MailLoad, Outcome, SentMail, assert_clean, settle, wait_delivered
 from tests.waiting import wait_until
 
@@ -70,14 +70,12 @@ class Fault:
 
 
 @pytest.fixture
-async def fault(
-    stack: StackInfo, stack_launcher: Stack, account_pool: AccountPool, reliability_full: bool
-) -> AsyncIterator[Fault]:
-    browsers = await Browsers(stack.web_url).open([account_pool.take() for _ in range(ACCOUNTS)])
-    client = redis.Redis.from_url(stack.redis_url, socket_timeout=10)
-    rate, seconds = (20.0, 6.0) if reliability_full else (8.0, 2.0)
+async def fault(rig: Rig) -> AsyncIterator[Fault]:
+    browsers = await Browsers(rig.stack.web_url).open(rig.accounts(ACCOUNTS))
+    client = redis.Redis.from_url(rig.stack.redis_url, socket_timeout=10)
+    rate, seconds = (20.0, 6.0) if rig.full else (8.0, 2.0)
     try:
-        yield Fault(stack, stack_launcher, browsers, client, rate, seconds)
+        yield Fault(rig.stack, rig.launcher, browsers, client, rate, seconds)
     finally:
         await browsers.close()
         client.close()

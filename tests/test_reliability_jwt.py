@@ -14,11 +14,9 @@ import aiohttp
 import jwt
 import pytest
 
-from bridge.stack.launcher import StackInfo
-from tests.conftest import HOST_ISSUER, Account, _host_keys, host_token, login
+from tests.common import HOST_ISSUER, Account, host_keys, host_token
 from tests.hostile import (
     ANSWER_CEILING_S,
-    BridgeLog,
     Cases,
     clear_error,
     health_ok,
@@ -28,7 +26,7 @@ from tests.hostile import (
     socket_refusal,
     unsigned_token,
 )
-from tests.reliability import Scenario
+from tests.reliability import Rig
 from tests.socket_client import RecordingClient
 
 pytestmark = pytest.mark.e2e
@@ -53,7 +51,7 @@ def _hostile_tokens(own: str, account: Account, other: Account, host_public: str
     own_claims = {"iss": "mail-bridge", "aud": "mail-bridge", "sub": account.email, "accounts": [account.email]}
     head, body, signature = own.split(".")
     flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
-    impostor_key, _ = _host_keys()
+    impostor_key, _ = host_keys()
     return {
         "expired": host_token("user-1", [account.email], iat=now - 7200, exp=now - 3600),
         "expired long ago": host_token("user-1", [account.email], iat=1, exp=2),
@@ -109,20 +107,13 @@ async def _rest_refusal(http: aiohttp.ClientSession, token: str | None) -> tuple
 
 
 @pytest.mark.reliability(7, "JWT: hostile tokens")
-async def test_hostile_tokens_are_refused_on_socket_and_rest(
-    stack: StackInfo,
-    http: aiohttp.ClientSession,
-    *,
-    account: Account,
-    other_account: Account,
-    scenario: Scenario,
-    reliability_full: bool,
-) -> None:
-    log = BridgeLog(stack)
-    own = await login(http, account)
+async def test_hostile_tokens_are_refused_on_socket_and_rest(rig: Rig) -> None:
+    stack, http, scenario = rig.stack, rig.http, rig.scenario
+    account, other_account = rig.account, rig.other_account
+    log, own = await rig.signed_in()
     host_public = (Path(stack.state_dir) / "host-website.pem").read_text()
     tokens = _hostile_tokens(own, account, other_account, host_public)
-    rounds = 3 if reliability_full else 1
+    rounds = 3 if rig.full else 1
     scenario.load = f"1 account, {len(tokens)} hostile tokens x 2 surfaces x {rounds} round(s), then a flood"
     cases = Cases()
     for _ in range(rounds):
@@ -160,7 +151,7 @@ async def test_hostile_tokens_are_refused_on_socket_and_rest(
     await client.close()
 
     # A flood of bad tokens (both surfaces at once) while a valid user keeps working.
-    flood = 2000 if reliability_full else 200
+    flood = 2000 if rig.full else 200
     bad = [t for t in tokens.values() if t is not None and len(t) < HEADER_LIMIT - 10]
     slowest = 0.0
     refused = 0

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, AccountPool
+from tests.common import Account
 from tests.mailtools import send_smtp, short_mail
-from tests.reliability import Scenario
+from tests.reliability import Rig
 from tests.socket_client import RecordingClient
 from tests.test_login_limits import (
     PROMPT_S,
@@ -69,13 +68,12 @@ class Guess:
 
 
 @pytest.mark.reliability(14, "Login: a guessing flood while other users sign in and receive mail")
-async def test_a_guessing_flood_while_other_users_sign_in_and_receive_mail(
-    stack: StackInfo, account_pool: AccountPool, scenario: Scenario, reliability_full: bool
-) -> None:
+async def test_a_guessing_flood_while_other_users_sign_in_and_receive_mail(rig: Rig) -> None:
+    stack, scenario = rig.stack, rig.scenario
     gateway = stack.web_url
-    load = FULL if reliability_full else FAST
-    users = [account_pool.take() for _ in range(load.users)]
-    victims = [account_pool.take() for _ in range(2)]
+    load = FULL if rig.full else FAST
+    users = rig.accounts(load.users)
+    victims = rig.accounts(2)
     ghost = f"nobody-{secrets.token_hex(6)}@example.test"
     targets = [victims[0].email, victims[1].email, ghost]
     at = {a.email: client_ipv6() for a in users + victims}  # each user's and each owner's own address

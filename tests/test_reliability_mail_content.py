@@ -19,14 +19,13 @@ import quopri
 import smtplib
 from typing import Any
 
-import aiohttp
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
 from bridge.html_sanitizer import sanitize_html
 from bridge.message_parse import parse_message
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, login
+from tests.common import Account
 from tests.mailtools import wait_for_messages
 from tests.mime_cases import (
     check_allowlisted,
@@ -39,7 +38,7 @@ from tests.mime_cases import (
     malformed_corpus,
     received_headers,
 )
-from tests.reliability import Scenario
+from tests.reliability import Rig, Scenario
 from tests.socket_client import RecordingClient
 from tests.test_html_sanitizer import FORBIDDEN, XSS_CORPUS
 
@@ -162,15 +161,10 @@ def _check_served(body: dict[str, Any]) -> None:
 @pytest.mark.e2e
 @pytest.mark.reliability(10, "mail content: malformed MIME through the stack")
 @pytest.mark.timeout(600)
-async def test_malformed_mail_is_delivered_with_one_event(
-    scenario: Scenario,
-    reliability_full: bool,
-    stack: StackInfo,
-    http: aiohttp.ClientSession,
-    account: Account,
-) -> None:
+async def test_malformed_mail_is_delivered_with_one_event(rig: Rig) -> None:
+    stack, http, scenario, account = rig.stack, rig.http, rig.scenario, rig.account
     corpus = malformed_corpus()
-    sample = await asyncio.to_thread(_generated_sample, _examples(reliability_full, 50, 300))
+    sample = await asyncio.to_thread(_generated_sample, _examples(rig.full, 50, 300))
     mails = list(corpus.items()) + [(f"generated-{i}", raw) for i, raw in enumerate(sample)]
     scenario.load = (
         f"{len(corpus)} hand-written malformed mails and {len(sample)} generated ones"
@@ -182,13 +176,13 @@ async def test_malformed_mail_is_delivered_with_one_event(
         " as well-typed JSON with allow-listed HTML."
     )
     client = RecordingClient()
-    await client.connect(stack.web_url, await login(http, account))
+    await client.connect(stack.web_url, await rig.login())
     try:
         accepted, refused = await asyncio.to_thread(_send_all, stack, account.email, mails)
         scenario.mails_sent = len(accepted)
         if refused:
             scenario.note(f"Refused by Postfix at SMTP time (not accepted, so not lost): {', '.join(refused)}.")
-        timeout = 240 if reliability_full else 120
+        timeout = 240 if rig.full else 120
         delivered = await asyncio.to_thread(
             wait_for_messages, stack, account.email, account.password, len(accepted), timeout
         )
@@ -218,7 +212,7 @@ async def test_malformed_mail_is_delivered_with_one_event(
     )
 
     # What the browser is served for each of them, through IMAP and message_parse.
-    token = await login(http, account)
+    token = await rig.login()
     served = 0
     for event in events:
         for _attempt in range(30):

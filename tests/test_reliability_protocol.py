@@ -10,15 +10,12 @@ import json
 import time
 from typing import Any
 
-import aiohttp
 import pytest
 
 from bridge.browser_events import EmailRef, email_id
-from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, host_token, login
+from tests.common import host_token
 from tests.hostile import (
     ANSWER_CEILING_S,
-    BridgeLog,
     Cases,
     RawSocket,
     call,
@@ -28,7 +25,7 @@ from tests.hostile import (
     request,
 )
 from tests.mailtools import send_smtp
-from tests.reliability import Scenario
+from tests.reliability import Rig
 from tests.socket_client import RecordingClient
 from tests.test_e2e_mail import message
 
@@ -79,11 +76,9 @@ WRONG_VALUES: list[Any] = [
 
 
 @pytest.mark.reliability(11, "Protocol: socket actions with wrong input")
-async def test_every_socket_action_refuses_wrong_input(
-    stack: StackInfo, http: aiohttp.ClientSession, account: Account, scenario: Scenario
-) -> None:
-    log = BridgeLog(stack)
-    token = await login(http, account)
+async def test_every_socket_action_refuses_wrong_input(rig: Rig) -> None:
+    stack, scenario, account = rig.stack, rig.scenario, rig.account
+    log, token = await rig.signed_in()
     # Several sockets, taken in turn: each has its own action allowance (10/s, 30 at once), which is
     # not what these cases test.
     pool = [RecordingClient() for _ in range(6)]
@@ -148,17 +143,11 @@ async def test_every_socket_action_refuses_wrong_input(
 
 
 @pytest.mark.reliability(11, "Protocol: giant packets and floods")
-async def test_giant_packets_and_floods_leave_other_users_served(
-    stack: StackInfo,
-    http: aiohttp.ClientSession,
-    *,
-    account: Account,
-    other_account: Account,
-    scenario: Scenario,
-    reliability_full: bool,
-) -> None:
-    log = BridgeLog(stack)
-    token, other_token = await login(http, account), await login(http, other_account)
+async def test_giant_packets_and_floods_leave_other_users_served(rig: Rig) -> None:
+    stack, http, scenario = rig.stack, rig.http, rig.scenario
+    account, other_account = rig.account, rig.other_account
+    log, token = await rig.signed_in()
+    other_token = await rig.login(other_account)
     cases = Cases()
     # Over max_http_buffer_size (1 MiB): that socket is dropped, the bridge lives.
     for action in ACTIONS:
@@ -174,7 +163,7 @@ async def test_giant_packets_and_floods_leave_other_users_served(
     cases.check("healthy after giant packets", await health_ok(http), "health")
 
     # A flood of events from one user while another user's acks and mail keep coming.
-    flood = 20_000 if reliability_full else 2_000
+    flood = 20_000 if rig.full else 2_000
     attacker = RecordingClient()
     await attacker.connect(stack.web_url, token)
     bystander = RecordingClient()
@@ -263,11 +252,9 @@ RAW_FRAMES: dict[str, list[str | bytes]] = {
 
 
 @pytest.mark.reliability(11, "Protocol: malformed Engine.IO/Socket.IO frames")
-async def test_malformed_frames_on_a_raw_websocket(
-    stack: StackInfo, http: aiohttp.ClientSession, account: Account, scenario: Scenario, reliability_full: bool
-) -> None:
-    log = BridgeLog(stack)
-    token = await login(http, account)
+async def test_malformed_frames_on_a_raw_websocket(rig: Rig) -> None:
+    stack, http, scenario, account = rig.stack, rig.http, rig.scenario, rig.account
+    log, token = await rig.signed_in()
     cases = Cases()
     outcomes: dict[str, str] = {}
     for name, frames in RAW_FRAMES.items():
@@ -278,7 +265,7 @@ async def test_malformed_frames_on_a_raw_websocket(
             else:
                 await raw.ws.send_str(frame)
         # Either the connection is dropped, or the frame was ignored and the socket still works.
-        if await raw.dropped(timeout=1.0 if reliability_full else 0.4):
+        if await raw.dropped(timeout=1.0 if rig.full else 0.4):
             outcomes[name] = "dropped"
             ok = True
         else:
@@ -308,11 +295,9 @@ async def test_malformed_frames_on_a_raw_websocket(
 
 
 @pytest.mark.reliability(11, "Protocol: REST abuse")
-async def test_rest_abuse_gets_clear_4xx_json(
-    stack: StackInfo, http: aiohttp.ClientSession, account: Account, scenario: Scenario, reliability_full: bool
-) -> None:
-    log = BridgeLog(stack)
-    token = await login(http, account)
+async def test_rest_abuse_gets_clear_4xx_json(rig: Rig) -> None:
+    http, scenario, account = rig.http, rig.scenario, rig.account
+    log, token = await rig.signed_in()
     auth = {"Authorization": f"Bearer {token}"}
     as_json = {**auth, "Content-Type": "application/json"}
     mine = email_id(EmailRef(account.email, "INBOX", 1, 1))
@@ -423,7 +408,7 @@ async def test_rest_abuse_gets_clear_4xx_json(
     await expect("method not allowed", "PATCH", "/api/v1/settings", (405,), headers=auth, json={})
     # Past aiohttp's 8190-byte request line: its HTTP parser answers 400 before any handler (text,
     # not JSON: nothing of the bridge runs). Counted as a case; a 5xx or a hang would fail it.
-    for size in (9000, 100_000) + ((1_000_000,) if reliability_full else ()):
+    for size in (9000, 100_000) + ((1_000_000,) if rig.full else ()):
         answer = await request(http, "GET", "/api/v1/email/inbox?q=" + "x" * size, headers=auth)
         cases.check(
             f"query string of {size:,} bytes", answer.status in (400, 414, 431), (answer.status, answer.text[:80])

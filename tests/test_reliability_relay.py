@@ -25,9 +25,9 @@ import pytest
 import redis
 
 from bridge.stack.launcher import Stack, StackInfo
-from tests.conftest import Account, AccountPool
+from tests.common import Account
 from tests.redis_proxy import FORWARD, Once, ProxiedNode, Verdict, proxied_node
-from tests.reliability import Scenario
+from tests.reliability import Rig, Scenario
 from tests.reliability_load import Browsers, MailLoad, Outcome, SentMail, assert_clean, settle, wait_delivered
 from tests.waiting import wait_until
 
@@ -136,16 +136,14 @@ def pending(client: redis.Redis) -> int:
 
 
 @pytest.fixture
-async def load(
-    stack: StackInfo, stack_launcher: Stack, account_pool: AccountPool, reliability_full: bool
-) -> AsyncIterator[Load]:
-    accounts = [account_pool.take() for _ in range(ACCOUNTS)]
-    rate, seconds = (20.0, 6.0) if reliability_full else (8.0, 2.0)
-    client = redis.Redis.from_url(stack.redis_url, socket_timeout=10)
-    with proxied_node(stack_launcher, stack.redis_url, next(NODE_NUMBERS)) as node:
-        groups = [await Browsers(stack.web_url).open(accounts), await Browsers(node.url).open(accounts)]
+async def load(rig: Rig) -> AsyncIterator[Load]:
+    accounts = rig.accounts(ACCOUNTS)
+    rate, seconds = (20.0, 6.0) if rig.full else (8.0, 2.0)
+    client = redis.Redis.from_url(rig.stack.redis_url, socket_timeout=10)
+    with proxied_node(rig.launcher, rig.stack.redis_url, next(NODE_NUMBERS)) as node:
+        groups = [await Browsers(rig.stack.web_url).open(accounts), await Browsers(node.url).open(accounts)]
         try:
-            yield Load(stack, stack_launcher, node, accounts, groups, client, rate, seconds)
+            yield Load(rig.stack, rig.launcher, node, accounts, groups, client, rate, seconds)
         finally:
             for group in groups:
                 await group.close()

@@ -14,11 +14,11 @@ from email.message import EmailMessage
 import aiohttp
 import pytest
 
-from bridge.stack.launcher import Stack, StackInfo
-from tests.conftest import Account, AccountPool, login
+from bridge.stack.launcher import StackInfo
+from tests.common import Account
 from tests.hostile import ANSWER_CEILING_S, BridgeLog, Cases, call, clear_error, refused_ack, request
 from tests.mailtools import imap_messages
-from tests.reliability import Scenario
+from tests.reliability import Rig
 from tests.socket_client import RecordingClient
 
 pytestmark = pytest.mark.e2e
@@ -41,9 +41,10 @@ async def _wait_for_count(stack: StackInfo, account: Account, count: int, timeou
 
 
 @pytest.fixture
-async def sender(stack: StackInfo, http: aiohttp.ClientSession, account: Account) -> AsyncIterator[RecordingClient]:
+async def sender(rig: Rig) -> AsyncIterator[RecordingClient]:
+    """A socket of the rig's account, for the sends over Socket.IO."""
     client = RecordingClient()
-    await client.connect(stack.web_url, await login(http, account))
+    await client.connect(rig.stack.web_url, await rig.login())
     yield client
     await client.close()
 
@@ -57,19 +58,10 @@ def _pid_rss_kib(pid: int) -> int:
 
 
 @pytest.mark.reliability(9, "Sending: header injection")
-async def test_header_injection_never_reaches_a_delivered_message(
-    stack: StackInfo,
-    http: aiohttp.ClientSession,
-    sender: RecordingClient,
-    *,
-    account: Account,
-    other_account: Account,
-    account_pool: AccountPool,
-    scenario: Scenario,
-    reliability_full: bool,
-) -> None:
-    victim = account_pool.take()  # the address every injection tries to add
-    headers = {"Authorization": f"Bearer {await login(http, account)}"}
+async def test_header_injection_never_reaches_a_delivered_message(rig: Rig, sender: RecordingClient) -> None:
+    stack, http, scenario, other_account = rig.stack, rig.http, rig.scenario, rig.other_account
+    victim = rig.pool.take()  # the address every injection tries to add
+    headers = await rig.headers()
     to = other_account.email
     injected = f"Bcc: {victim.email}"
     cases = Cases()
@@ -99,7 +91,7 @@ async def test_header_injection_never_reaches_a_delivered_message(
         }
 
     # The fast run tries the line breaks that matter most; the full run every kind.
-    separators = SEPARATORS if reliability_full else {k: SEPARATORS[k] for k in ("CRLF", "LF", "NEL", "LINE SEPARATOR")}
+    separators = SEPARATORS if rig.full else {k: SEPARATORS[k] for k in ("CRLF", "LF", "NEL", "LINE SEPARATOR")}
     for sep_name, sep in separators.items():
         for field, payload in payloads(sep).items():
             answer = await request(http, "POST", "/api/v1/email/send", headers=headers, json=payload)
@@ -153,20 +145,12 @@ async def test_header_injection_never_reaches_a_delivered_message(
 
 
 @pytest.mark.reliability(9, "Sending: thousands of recipients")
-async def test_thousands_of_recipients_are_refused_at_once(
-    stack: StackInfo,
-    http: aiohttp.ClientSession,
-    sender: RecordingClient,
-    *,
-    account: Account,
-    other_account: Account,
-    scenario: Scenario,
-    reliability_full: bool,
-) -> None:
-    log = BridgeLog(stack)
-    headers = {"Authorization": f"Bearer {await login(http, account)}"}
-    other_headers = {"Authorization": f"Bearer {await login(http, other_account)}"}
-    counts = [101, 1000, 5000, 200_000] + ([1_000_000] if reliability_full else [])
+async def test_thousands_of_recipients_are_refused_at_once(rig: Rig, sender: RecordingClient) -> None:
+    http, scenario, other_account = rig.http, rig.scenario, rig.other_account
+    log = BridgeLog(rig.stack)
+    headers = await rig.headers()
+    other_headers = await rig.headers(other_account)
+    counts = [101, 1000, 5000, 200_000] + ([1_000_000] if rig.full else [])
     scenario.load = f"recipient lists of {', '.join(f'{n:,}' for n in counts)}, REST and socket"
     cases = Cases()
     slowest_other = 0.0
@@ -204,18 +188,9 @@ async def test_thousands_of_recipients_are_refused_at_once(
 
 
 @pytest.mark.reliability(9, "Sending: oversized attachments")
-async def test_oversized_attachments_are_413_without_buffering_everything(
-    stack: StackInfo,
-    stack_launcher: Stack,
-    http: aiohttp.ClientSession,
-    sender: RecordingClient,
-    *,
-    account: Account,
-    other_account: Account,
-    scenario: Scenario,
-    reliability_full: bool,
-) -> None:
-    headers = {"Authorization": f"Bearer {await login(http, account)}"}
+async def test_oversized_attachments_are_413_without_buffering_everything(rig: Rig, sender: RecordingClient) -> None:
+    stack, http, scenario, other_account = rig.stack, rig.http, rig.scenario, rig.other_account
+    headers = await rig.headers()
     cases = Cases()
     limit = 25 << 20
     just_over = base64.b64encode(b"\0" * (limit + 1)).decode()
@@ -254,8 +229,8 @@ async def test_oversized_attachments_are_413_without_buffering_everything(
     cases.check("send body announcing 41 MiB", answer.status == 413, (answer.status, answer.text[:100]))
 
     # A body with no length, streamed far past the limit: refused once over it, memory bounded.
-    pid = stack_launcher.service("bridge").process.pid  # type: ignore[union-attr]
-    streamed_mib = 400 if reliability_full else 60  # past the 40 MiB body limit either way
+    pid = rig.launcher.service("bridge").process.pid  # type: ignore[union-attr]
+    streamed_mib = 400 if rig.full else 60  # past the 40 MiB body limit either way
     rss_before = _pid_rss_kib(pid)
     sent = 0
 
@@ -313,18 +288,10 @@ async def test_oversized_attachments_are_413_without_buffering_everything(
 
 
 @pytest.mark.reliability(9, "Sending: send-rate flood")
-async def test_send_flood_is_held_to_the_limit(
-    stack: StackInfo,
-    http: aiohttp.ClientSession,
-    sender: RecordingClient,
-    *,
-    account: Account,
-    other_account: Account,
-    scenario: Scenario,
-    reliability_full: bool,
-) -> None:
-    headers = {"Authorization": f"Bearer {await login(http, account)}"}
-    flood = 120 if reliability_full else 30
+async def test_send_flood_is_held_to_the_limit(rig: Rig, sender: RecordingClient) -> None:
+    stack, http, scenario, other_account = rig.stack, rig.http, rig.scenario, rig.other_account
+    headers = await rig.headers()
+    flood = 120 if rig.full else 30
     per_minute, burst = 30, 10  # BRIDGE_SEND_PER_MINUTE's default, burst a third of it (bridge/app.py)
     accepted = refused = 0
     wrong: list[object] = []

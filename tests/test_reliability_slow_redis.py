@@ -29,10 +29,10 @@ from bridge.events import MessageAdded, MessageEvent, MessageExpunge
 from bridge.index_cache import IndexCache
 from bridge.stack.launcher import StackInfo
 from bridge.store import Store
-from tests.conftest import Account, AccountPool
+from tests.common import Account
 from tests.mail_state import State, imap_state, index_state, ok
 from tests.mailtools import imap_message_ids, send_smtp
-from tests.reliability import Scenario
+from tests.reliability import Rig
 from tests.reliability_load import MailLoad
 from tests.waiting import until
 
@@ -180,11 +180,10 @@ def counts(state: State) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.reliability(15, "Redis slow: the hook times out while mail and flag changes flow")
-async def test_redis_slow_while_mail_and_flag_changes_flow(
-    stack: StackInfo, account_pool: AccountPool, reliability_full: bool, scenario: Scenario
-) -> None:
-    rate, seconds, count = (20.0, 20.0, 4) if reliability_full else (8.0, 8.0, 4)
-    accounts = [account_pool.take() for _ in range(count)]
+async def test_redis_slow_while_mail_and_flag_changes_flow(rig: Rig) -> None:
+    stack, scenario = rig.stack, rig.scenario
+    rate, seconds, count = (20.0, 20.0, 4) if rig.full else (8.0, 8.0, 4)
+    accounts = rig.accounts(count)
     scenario.load = (
         f"{rate:g} mails/s for {seconds:g} s to {count} accounts, one IMAP client each changing flags, expunging"
         f" and moving; Redis paused for writes {PAUSE_MS[0]} to {PAUSE_MS[1]} ms of every {EVERY_S:g} s"

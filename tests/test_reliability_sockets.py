@@ -19,10 +19,10 @@ import aiohttp
 import pytest
 
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account, AccountPool, login
+from tests.common import Account, login
 from tests.mailtools import send_smtp, short_mail, wait_for_messages
 from tests.raw_socket import RawSocket
-from tests.reliability import Scenario
+from tests.reliability import Rig
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -53,11 +53,10 @@ async def metric(http: aiohttp.ClientSession, name: str) -> float:
 
 
 @pytest.mark.reliability(5, "Reconnect storm: every socket dropped and reconnecting at once")
-async def test_reconnect_storm(
-    stack: StackInfo, account_pool: AccountPool, scenario: Scenario, reliability_full: bool
-) -> None:
-    total = 1000 if reliability_full else 200
-    accounts = [account_pool.take() for _ in range(total // SOCKETS_PER_ACCOUNT)]
+async def test_reconnect_storm(rig: Rig) -> None:
+    stack, scenario = rig.stack, rig.scenario
+    total = 1000 if rig.full else 200
+    accounts = rig.accounts(total // SOCKETS_PER_ACCOUNT)
     tag = uuid.uuid4().hex[:6]
     scenario.load = (
         f"{total:,} sockets ({len(accounts)} accounts x {SOCKETS_PER_ACCOUNT}), 3 mails per account:"
@@ -141,10 +140,9 @@ def subscription_flood(stack: StackInfo, account: Account, commands: int) -> Non
 
 
 @pytest.mark.reliability(5, "Slow socket: one reader stops while its account gets a flood of events")
-async def test_slow_socket_is_dropped_not_buffered(
-    stack: StackInfo, account: Account, scenario: Scenario, reliability_full: bool
-) -> None:
-    expected_events = 10_000 if reliability_full else 6_000
+async def test_slow_socket_is_dropped_not_buffered(rig: Rig) -> None:
+    stack, scenario, account = rig.stack, rig.scenario, rig.account
+    expected_events = 10_000 if rig.full else 6_000
     readers_count = SOCKETS_PER_ACCOUNT
     scenario.load = (
         f"{readers_count} reading sockets and 1 that never reads, on one account; {expected_events:,} IMAP"

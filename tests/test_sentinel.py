@@ -32,7 +32,7 @@ from bridge.events import FlagsSet, MessageNew
 from bridge.redis_url import parse_sentinel_url
 from bridge.spool import DRAIN_LOCK, SpoolDrainer
 from bridge.stack.launcher import Stack, StackInfo
-from tests.conftest import free_port
+from tests.common import free_port
 from tests.mailtools import lmtp_deliver, short_mail
 from tests.waiting import until
 

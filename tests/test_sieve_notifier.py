@@ -13,7 +13,7 @@ from bridge import codec
 from bridge.events import MessageNew
 from bridge.spool import SpoolDrainer
 from bridge.stack.launcher import StackInfo
-from tests.conftest import REPO, free_port
+from tests.common import REPO, free_port
 
 pytestmark = pytest.mark.e2e
 

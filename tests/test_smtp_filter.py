@@ -11,7 +11,7 @@ import pytest
 from bridge.mail_headers import summarize
 from bridge.smtp_filter import stamped, without_sasl_login
 from bridge.stack.launcher import StackInfo
-from tests.conftest import Account
+from tests.common import Account
 from tests.mailtools import send_smtp, wait_for_messages
 
 KEY = "postfix:Q1:abc:def"

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from bridge.settings import StackSettings, suite_state_dir
-from bridge.stack.launcher import Stack, StackError, StackInfo
+from bridge.stack.launcher import Stack, StackError, StackInfo, free_ports
 from bridge.stack.render import world_traversable
-from tests.conftest import REPO, free_ports, stack_ports_env
+from tests.common import REPO, stack_ports_env
 
 pytestmark = pytest.mark.e2e
 
@@ -43,10 +43,9 @@ def test_stack_json_describes_a_running_stack(stack: StackInfo) -> None:
 def test_the_suite_stack_lives_where_the_mail_user_reaches(stack: StackInfo) -> None:
     state = Path(stack.state_dir)
     assert world_traversable(state)
-    if "MAIL_BRIDGE_TEST_STATE" not in os.environ:
-        # The suite's own place (not one a concurrent run named): `var` in the checkout is that
-        # place, or links to it.
+    if "MAIL_BRIDGE_TEST_STATE" not in os.environ:  # a state directory named by hand is where it was named
         assert state == suite_state_dir(REPO)
+        # `var` in the checkout is that place, or links to it.
         assert (REPO / "var").resolve() == state.parent.resolve()
 
 

@@ -16,7 +16,7 @@ from bridge.events import MessageExpunge, MessageNew
 from bridge.search_query import parse_search
 from bridge.stack.launcher import StackInfo
 from bridge.store import BULK_CHUNK, Store
-from tests.conftest import free_port
+from tests.common import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ from bridge.compose import Attachment
 from bridge.errors import RateLimited
 from bridge.stack.launcher import StackInfo
 from bridge.uploads import MAX_PENDING_BYTES, MAX_PENDING_UPLOADS, MAX_UPLOAD_BYTES, StagedUpload, Uploads
-from tests.conftest import Account
+from tests.common import Account
 from tests.mailtools import wait_for_messages
 from tests.test_http_mail import authed
 from tests.test_http_uploads import upload

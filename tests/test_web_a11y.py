@@ -17,7 +17,7 @@ from playwright.async_api import Browser, Page, expect
 
 from bridge.stack.launcher import StackInfo
 from tests.browser import PHONE, signed_in, wait_live
-from tests.conftest import TEST_STATE, Account
+from tests.common import TEST_STATE, Account
 from tests.mailtools import send_smtp
 from tests.test_e2e_mail import message
 

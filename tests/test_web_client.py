@@ -13,7 +13,7 @@ from playwright.async_api import Browser, expect
 
 from bridge.stack.launcher import StackInfo
 from tests.browser import signed_in, wait_live
-from tests.conftest import Account
+from tests.common import Account, host_token
 from tests.mailtools import send_smtp
 from tests.test_e2e_mail import message
 
@@ -224,8 +224,6 @@ async def test_hostile_html_renders_inert_and_remote_images_wait_until_asked(
 async def test_a_token_granting_two_accounts_switches_between_them(
     browser: Browser, stack: StackInfo, account: Account, other_account: Account
 ) -> None:
-    from tests.conftest import host_token  # noqa: PLC0415
-
     tag = uuid.uuid4().hex[:6]
     await asyncio.to_thread(
         send_smtp,

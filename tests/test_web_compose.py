@@ -10,7 +10,7 @@ from playwright.async_api import Browser, expect
 
 from bridge.stack.launcher import StackInfo
 from tests.browser import signed_in
-from tests.conftest import Account
+from tests.common import Account
 from tests.mailtools import imap_message_ids, send_smtp
 from tests.test_e2e_mail import message
 

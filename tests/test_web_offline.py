@@ -18,7 +18,7 @@ from playwright.async_api import Browser, Page, expect
 
 from bridge.stack.launcher import Stack, StackInfo
 from tests.browser import signed_in, wait_live
-from tests.conftest import Account
+from tests.common import Account
 from tests.mailtools import send_smtp, wait_for_messages
 from tests.test_e2e_mail import message
 

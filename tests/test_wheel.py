@@ -22,7 +22,7 @@ import pytest
 
 from bridge.resources import SHIPPED
 from bridge.stack.launcher import Stack, StackInfo
-from tests.conftest import free_port
+from tests.common import free_port
 from tests.waiting import until
 from tests.wheel_install import REPO, WAIT_S, Installed, clean_env, run
 

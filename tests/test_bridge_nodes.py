@@ -27,7 +27,7 @@ import redis
 import redis.asyncio
 
 from bridge.stack.launcher import Stack, StackInfo
-from tests.conftest import AccountPool, login
+from tests.common import AccountPool, login
 from tests.mailtools import lmtp_deliver, send_smtp, short_mail
 from tests.raw_socket import RawSocket
 

@@ -1,6 +1,10 @@
-"""Faults on the real stack: Redis down or paused, the content filter killed mid-batch.
+"""Faults on the real stack, each alone and checked in detail: Redis down, paused or restarted (the
+hook's spool, its order and its time bound; the relay carrying on), the content filter killed
+mid-batch or unable to re-inject (Postfix retries; each mail delivered once).
 
-These stop and restart shared services, and put every service back before they return.
+These stop and restart shared services, and put every service back before they return. The same
+faults under a steady load, with browsers resuming, are the reliability suite's scenarios
+(tests/test_reliability_faults.py).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import redis
 from bridge.events import MessageNew, MtaAccepted
 from bridge.settings import StackSettings
 from bridge.stack.launcher import Stack, StackInfo
-from tests.conftest import Account
+from tests.common import Account, login
 from tests.mailtools import StreamWatch, lmtp_deliver, sample_message, send_smtp, wait_for_messages
 
 pytestmark = pytest.mark.e2e
@@ -176,7 +180,6 @@ async def test_after_a_redis_restart_the_relay_carries_on(
     """Consumer groups are recreated (Redis without persistence forgets them) and mail flows again."""
     import aiohttp  # noqa: PLC0415
 
-    from tests.conftest import login  # noqa: PLC0415
     from tests.socket_client import RecordingClient  # noqa: PLC0415
 
     log = Path(stack.log_dir) / "bridge.out"
