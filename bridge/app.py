@@ -90,7 +90,13 @@ def _supervised(name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None
 
 
 def unread_count_event(counts: MailboxCounts) -> BrowserEvent:
-    payload = {"account": counts.account, "mailbox": counts.mailbox, "unread": counts.unread, "total": counts.total}
+    payload = {
+        "account": counts.account,
+        "mailbox": counts.mailbox,
+        "unread": counts.unread,
+        "total": counts.total,
+        "countsVersion": counts.version,  # the highest seen wins (bridge.index_cache)
+    }
     return BrowserEvent("unread_count", counts.account, payload)
 
 

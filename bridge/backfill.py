@@ -130,8 +130,8 @@ class Backfill:
                         await self.counts.move_counts({}, {(account, box.name)}, {(account, box.name)})
                     raise
                 if docs:  # an empty mailbox adds nothing to count (and a count is a scan on FerretDB)
-                    unread, total = await self.counts.end_backfill(account, box.name)
-                    await self.publish_counts(MailboxCounts(account, box.name, unread, total))
+                    # Published after counts of later reads perhaps: its version tells browsers.
+                    await self.publish_counts(await self.counts.end_backfill(account, box.name))
                 count += len(docs)
             await self.store.mark_indexed(account)
             self._done.add(account)

@@ -39,7 +39,7 @@ from bridge.message_parse import extract_part, parse_message
 from bridge.metrics import Metrics
 from bridge.rate_limit import RateLimiter
 from bridge.search_query import SearchQuery
-from bridge.store import Store
+from bridge.store import MailboxCounts, Store
 from bridge.submission import Submission
 from bridge.uploads import StagedUpload, Uploads
 
@@ -145,15 +145,18 @@ class MailService:
         boxes: list[MailboxInfo] = await self.imap.list_mailboxes(account)
         out = []
         for box in boxes:
-            unread, total = await self.counts.counts(account, box.name) if box.selectable else (0, 0)
+            counts = MailboxCounts(account, box.name, 0, 0)
+            if box.selectable:
+                counts = await self.counts.counts(account, box.name)
             out.append(
                 {
                     "name": box.name,
                     "delimiter": box.delimiter,
                     "specialUse": box.special_use,
                     "selectable": box.selectable,
-                    "unread": unread,
-                    "total": total,
+                    "unread": counts.unread,
+                    "total": counts.total,
+                    "countsVersion": counts.version,
                 }
             )
         return out

@@ -120,6 +120,13 @@ def index_total(prefix: str, account: str) -> str:
     return f"{prefix}:index:total:{account}"
 
 
+def index_counts_version(prefix: str, account: str) -> str:
+    """Hash, mailbox -> version of its counts: raised whenever they are moved, dropped or kept
+    afresh, to at least the Redis clock in microseconds (so it also rises after Redis lost it);
+    no TTL."""
+    return f"{prefix}:index:version:{account}"
+
+
 def index_writing(prefix: str, account: str) -> str:
     """Hash, mailbox -> number of writers between its documents and its counts; TTL 5 minutes
     (a writer that died leaves its mark no longer)."""

@@ -75,6 +75,9 @@ class MailboxCounts:
     mailbox: str
     unread: int
     total: int
+    # Orders counts taken by different writers (bridge.index_cache): a later state has a higher
+    # version, so a browser keeps the counts with the highest and drops one that arrives late.
+    version: int = 0
 
 
 async def apply(

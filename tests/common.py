@@ -20,6 +20,7 @@ import jwt
 
 from bridge.settings import DEFAULT_PORTS, suite_state_dir
 from bridge.stack.launcher import Stack, free_ports
+from bridge.store import MailboxCounts
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -115,3 +116,8 @@ def host_token(subject: str, accounts: list[str], **claims: object) -> str:
     }
     private = (HOST_KEY_DIR / "host-website.key").read_text()
     return jwt.encode({**body, **claims}, private, algorithm="RS256")
+
+
+def unread_total(counts: MailboxCounts) -> tuple[int, int]:
+    """A mailbox's counts without their version (which orders counts, and is tested apart)."""
+    return counts.unread, counts.total

@@ -9,8 +9,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 from playwright.async_api import Browser, expect
 
+from bridge.browser_events import BrowserEvent
+from bridge.fanout_publish import FanoutPublisher
+from bridge.metrics import Metrics
 from bridge.stack.launcher import StackInfo
 from tests.browser import signed_in, wait_live
 from tests.common import Account, host_token
@@ -218,6 +222,39 @@ async def test_hostile_html_renders_inert_and_remote_images_wait_until_asked(
     await expect(page.get_by_role("note")).to_have_count(0)
     assert "pwned" not in await page.title()
     assert dialogs == []
+    await page.close()
+
+
+async def test_counts_that_arrive_late_do_not_replace_newer_ones(
+    browser: Browser, stack: StackInfo, account: Account, redis_client: aioredis.Redis
+) -> None:
+    """Counts are taken by several writers and can reach a browser in the other order (a first
+    login's backfill counts a mailbox before a mail is read and publishes after the read's count):
+    the client shows the counts with the highest `countsVersion`, whatever came last."""
+    await asyncio.to_thread(send_smtp, stack, [message("carol@outside.test", account.email, "Count me")])
+    page = await signed_in(browser, stack, account)
+    await expect(page).to_have_title("(1) INBOX — mail-bridge", timeout=15_000)
+    version = int(await redis_client.hget(f"mail:index:version:{account.email}", "INBOX") or 0)
+    assert version > 0
+    publisher = FanoutPublisher(redis_client, "mail", resume_log_len=10_000, metrics=Metrics())
+
+    async def counts(mailbox: str, unread: int, counts_version: int) -> str:
+        payload = {"account": account.email, "mailbox": mailbox, "unread": unread, "total": unread}
+        payload["countsVersion"] = counts_version
+        return await publisher.publish(BrowserEvent("unread_count", account.email, payload))
+
+    # Versions are at least the Redis clock in microseconds: ten minutes ahead is newer than any
+    # count the bridge takes during this test (a backfill's too).
+    ahead = int(time.time() * 1_000_000) + 600_000_000
+    await counts("INBOX", 5, ahead)  # newer than what the page shows: taken
+    await expect(page).to_have_title("(5) INBOX — mail-bridge", timeout=15_000)
+    stale = await counts("INBOX", 7, version)  # older: dropped
+    # The page has the stale count once it noted its id as the last it received; a count it took
+    # would show within a frame, so a second is ample.
+    received = "(id) => JSON.parse(sessionStorage.getItem('mail-bridge-last-event') || '{}')[%r] === id"
+    await page.wait_for_function(received % account.email, arg=stale, timeout=15_000)
+    await page.wait_for_timeout(1000)
+    await expect(page).to_have_title("(5) INBOX — mail-bridge", timeout=1)
     await page.close()
 
 

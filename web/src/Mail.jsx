@@ -89,7 +89,16 @@ export function Mail({ session, onLogout }) {
   const gone = useRef(new Set());
   const changedAt = useRef(new Map()); // email id -> when a live event last changed it
   const changed = (id) => changedAt.current.set(id, performance.now());
-  const countedAt = useRef(new Map()); // "account\nmailbox" -> when unread_count last came
+  // "account\nmailbox" -> the highest countsVersion seen. Counts are taken by several writers on
+  // the server and can arrive out of order (a listing, a late unread_count): the newest wins.
+  const countsVersion = useRef(new Map());
+  const newestCounts = (acct, box) => {
+    const key = `${acct}\n${box.name || box.mailbox}`;
+    const version = Number(box.countsVersion) || 0;
+    if (version < (countsVersion.current.get(key) || 0)) return false;
+    countsVersion.current.set(key, version);
+    return true;
+  };
   const where = useRef({});
   where.current = { account, mailbox };
   const viewRef = useRef(view);
@@ -120,19 +129,18 @@ export function Mail({ session, onLogout }) {
   const reloadBoxes = useCallback(async () => {
     const acct = where.current.account;
     if (!acct) return;
-    const since = performance.now();
     const boxes = await api(token, `/api/v1/mailboxes?account=${encodeURIComponent(acct)}`);
     if (where.current.account !== acct) return; // switched meanwhile
-    // Counts pushed live after the listing was asked for are newer than the listing's.
-    const newer = (name) => (countedAt.current.get(`${acct}\n${name}`) || 0) > since;
+    // Counts pushed live that are newer than the listing's stay.
+    const fresh = new Set(boxes.mailboxes.filter((b) => newestCounts(acct, b)).map((b) => b.name));
     setMailboxes((current) =>
       boxes.mailboxes.map((b) => {
         const live = current.find((c) => c.name === b.name);
-        return live && newer(b.name) ? { ...b, unread: live.unread, total: live.total } : b;
+        return live && !fresh.has(b.name) ? { ...b, unread: live.unread, total: live.total, countsVersion: live.countsVersion } : b;
       }),
     );
     const inbox = boxes.mailboxes.find((b) => b.name === "INBOX");
-    if (inbox && !newer("INBOX")) setInboxUnread((u) => ({ ...u, [acct]: inbox.unread }));
+    if (inbox && fresh.has("INBOX")) setInboxUnread((u) => ({ ...u, [acct]: inbox.unread }));
   }, [token]);
 
   const reload = useCallback(async () => {
@@ -165,7 +173,10 @@ export function Mail({ session, onLogout }) {
   useEffect(() => {
     for (const a of accounts) {
       api(token, `/api/v1/mailboxes?account=${encodeURIComponent(a)}`).then(
-        (r) => setInboxUnread((u) => ({ ...u, [a]: (r.mailboxes.find((b) => b.name === "INBOX") || {}).unread || 0 })),
+        (r) => {
+          const inbox = r.mailboxes.find((b) => b.name === "INBOX");
+          if (inbox && newestCounts(a, inbox)) setInboxUnread((u) => ({ ...u, [a]: inbox.unread }));
+        },
         () => {},
       );
     }
@@ -237,10 +248,10 @@ export function Mail({ session, onLogout }) {
     socket.on("email_moved", (e) => { rememberEvent(e); gone.current.add(e.emailId); setEmails((l) => l.filter((m) => m.id !== e.emailId)); });
     socket.on("unread_count", (e) => {
       rememberEvent(e);
-      countedAt.current.set(`${e.account}\n${e.mailbox}`, performance.now());
+      if (!newestCounts(e.account, e)) return; // taken before counts already shown
       if (e.mailbox === "INBOX") setInboxUnread((u) => ({ ...u, [e.account]: e.unread }));
       if (e.account !== where.current.account) return;
-      setMailboxes((boxes) => boxes.map((b) => (b.name === e.mailbox ? { ...b, unread: e.unread, total: e.total } : b)));
+      setMailboxes((boxes) => boxes.map((b) => (b.name === e.mailbox ? { ...b, unread: e.unread, total: e.total, countsVersion: e.countsVersion } : b)));
     });
     socket.on("mailbox_updated", (e) => {
       rememberEvent(e);
