@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import time
 from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Any
@@ -49,7 +50,10 @@ async def listed(
     ready: Any = lambda e: True,
 ) -> dict[str, Any]:
     """The listing item of `subject` in `mailbox`, once `ready(item)` holds."""
-    for _ in range(150):
+    # A ceiling against hangs, not a speed check: a mail crosses Postfix, the filter and Dovecot
+    # first, which on a loaded 2-core machine has taken over 15 s.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         listing = await get_json(http, "/api/v1/email/inbox", headers, mailbox=mailbox, limit="200")
         found: list[dict[str, Any]] = [e for e in listing["emails"] if e["subject"] == subject and ready(e)]
         if found:
