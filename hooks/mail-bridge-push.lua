@@ -14,6 +14,8 @@
 --   * With Redis Sentinel (mail_bridge_redis_sentinels), publishes to the master the sentinels name,
 --     remembered for the life of the process and asked again when a publish fails (a failover),
 --     within the same time bound; while no master is known, events are spooled as above.
+--   * Keeps one Redis connection per address open between transactions in each lmtp/imap process;
+--     one Redis closed meanwhile is replaced within the same time bound.
 --   * Host names (of Redis, the sentinels, the masters they name) are resolved by the hook itself
 --     (/etc/hosts, then DNS) within the same time bound and cached per process: a slow or dead
 --     resolver never stalls a delivery.
@@ -213,11 +215,18 @@ local function setting(user, key, default)
   return value
 end
 
+-- Redis connections kept between transactions, by address (see publish_to).
+local kept = {}
+
 function script_init()
   return 0
 end
 
 function script_deinit()
+  for key, sock in pairs(kept) do
+    sock:close()
+    kept[key] = nil
+  end
 end
 
 function dovecot_lua_notify_begin_txn(user)
@@ -643,18 +652,43 @@ local function connect(cfg, host, port, deadline)
   return sock, remaining
 end
 
--- Sends every payload to host:port; returns how many were confirmed in order (all or fewer) and an
--- error.
-local function publish_to(cfg, host, port, payloads, deadline)
-  local sock, remaining = connect(cfg, host, port, deadline)
-  if not sock then return 0, remaining end
-  local ok, err
+-- One connection per Redis address is kept open between transactions, in this process (an lmtp or
+-- imap process serves many): a TCP connect per transaction cost Dovecot and Redis CPU on every
+-- delivery. Keyed by everything the connection was set up with (per-user settings may differ).
+
+local function kept_key(cfg, host, port)
+  return table.concat({ host, tostring(port), cfg.password or "", tostring(cfg.db or 0) }, "\0")
+end
+
+-- The kept connection for `key`, if it is still usable: one that reads as ready holds an EOF
+-- (Redis closed it: a restart, its idle `timeout`) or a reply nobody asked for.
+local function take_kept(key)
+  local sock = kept[key]
+  kept[key] = nil
+  if not sock then return nil end
+  local readable = socket.select({ sock }, nil, 0)
+  if readable and #readable > 0 then sock:close(); return nil end
+  return sock
+end
+
+local function armed(sock, deadline)
+  return function()
+    local r = deadline - socket.gettime()
+    if r <= 0 then return nil end
+    sock:settimeout(r)
+    return r
+  end
+end
+
+-- Sends the payloads over `sock` (with AUTH and SELECT first on a new connection); returns how many
+-- were confirmed in order and an error.
+local function exchange(cfg, sock, remaining, payloads, new)
   local commands, expected = {}, 0
-  if cfg.password then
+  if new and cfg.password then
     commands[#commands + 1] = resp({ "AUTH", cfg.password })
     expected = expected + 1
   end
-  if cfg.db and cfg.db ~= 0 then
+  if new and cfg.db and cfg.db ~= 0 then
     commands[#commands + 1] = resp({ "SELECT", tostring(cfg.db) })
     expected = expected + 1
   end
@@ -663,9 +697,9 @@ local function publish_to(cfg, host, port, payloads, deadline)
     commands[#commands + 1] = resp({ "XADD", cfg.stream, "MAXLEN", "~", cfg.maxlen, "*", "e", p })
   end
   expected = expected + #payloads
-  if not remaining() then sock:close(); return 0, "timeout" end
-  ok, err = sock:send(table.concat(commands))
-  if not ok then sock:close(); return 0, "send: " .. tostring(err) end
+  if not remaining() then return 0, "timeout" end
+  local ok, err = sock:send(table.concat(commands))
+  if not ok then return 0, "send: " .. tostring(err) end
   local confirmed = 0
   for i = 1, expected do
     if not remaining() then err = "timeout"; break end
@@ -673,9 +707,32 @@ local function publish_to(cfg, host, port, payloads, deadline)
     if not good then err = rerr; break end
     if i > preamble then confirmed = confirmed + 1 end
   end
-  sock:close()
   if confirmed == #payloads then return confirmed, nil end
   return confirmed, err or "short reply"
+end
+
+-- Sends every payload to host:port; returns how many were confirmed in order (all or fewer) and an
+-- error. A kept connection that fails before any reply (Redis closed it since) is replaced once by
+-- a new one within the same deadline; anything sent twice that way has the same keys (at least
+-- once: docs/events.md, "Duplicates").
+local function publish_to(cfg, host, port, payloads, deadline)
+  local key = kept_key(cfg, host, port)
+  local sock = take_kept(key)
+  local confirmed, err
+  if sock then
+    confirmed, err = exchange(cfg, sock, armed(sock, deadline), payloads, false)
+    if confirmed == #payloads then kept[key] = sock; return confirmed, nil end
+    sock:close()
+    local dropped = err == "closed" or tostring(err):match("^send: ")
+    if confirmed > 0 or not dropped then return confirmed, err end
+  end
+  local remaining
+  sock, remaining = connect(cfg, host, port, deadline)
+  if not sock then return 0, remaining end
+  confirmed, err = exchange(cfg, sock, remaining, payloads, true)
+  if confirmed == #payloads then kept[key] = sock; return confirmed, nil end
+  sock:close()
+  return confirmed, err
 end
 
 -- The payloads after the first `n` (those a node confirmed before it failed).
