@@ -1,6 +1,8 @@
 """`make bench`: the whole benchmark on the real stack, one run, written to docs/benchmarks.md.
 
 Stages (each bounded in count and time, loopback only):
+0. the bare server (bench.baseline): the same Postfix and Dovecot without mail-bridge, under the same
+   load, first, on a stack of its own; our figures are divided by its;
 1. latency at 10, 50, 100, 200 mails/s with 100 and 1,000 sockets, IMAP IDLE watching the same mails,
    with the cores each process group used per step and a py-spy profile of the bridge at 100/s x 1,000;
 2. cost of 10 / 100 / 1,000 watched users: IDLE's connections and Dovecot processes against ours;
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bench import report
+from bench.baseline import bare_stage, compare
 from bench.capacity import sustained_rate
 from bench.cpu import BRIDGE, MACHINE, service_group
 from bench.idle_watch import idle_cost
@@ -153,7 +156,8 @@ def imap_connections(port: int) -> int:
     return count
 
 
-STAGES = ("latency", "cost", "capacity", "relay", "scale", "resume")
+STAGES = ("bare", "latency", "cost", "capacity", "relay", "scale", "resume")
+CAPACITY_RATES = (25, 50, 75, 100, 150, 200, 300, 400, 600, 800)
 NODE_COUNTS = (1, 2, 3)
 
 
@@ -377,7 +381,25 @@ async def scale_stage(stack: BenchStack, quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-async def run(stack: BenchStack, options: Options) -> dict[str, Any]:
+def _mail_users(stack: BenchStack, quick: bool) -> list[User]:
+    """The latency and sustained-rate stages' recipients (the bare stage's too: the same number)."""
+    return stack.add_users(20 if quick else 100, "lat")
+
+
+async def run_bare(stack: BenchStack, options: Options) -> dict[str, Any]:
+    """The bare stage, on the bare stack."""
+    users = _mail_users(stack, options.quick)
+    await warm_up(stack, users)
+    return await bare_stage(
+        stack,
+        users,
+        rates=options.latency_rates,
+        capacity_rates=(50, 100) if options.quick else CAPACITY_RATES,
+        seconds=4 if options.quick else 10,
+    )
+
+
+async def run(stack: BenchStack, options: Options, bare: dict[str, Any] | None = None) -> dict[str, Any]:
     started = time.monotonic()
     quick, stages = options.quick, options.stages
     results: dict[str, Any] = {
@@ -387,9 +409,11 @@ async def run(stack: BenchStack, options: Options) -> dict[str, Any]:
         "options": options.as_json(),
         "services": {name: service_group(name) for name in stack.services()},
     }
+    if bare is not None:
+        results["bare"] = bare
     mail_users: list[User] = []
     if "latency" in stages or "capacity" in stages:
-        mail_users = stack.add_users(20 if quick else 100, "lat")
+        mail_users = _mail_users(stack, quick)
         await warm_up(stack, mail_users)
     if "latency" in stages:
         results["latency"] = await latency_stage(stack, mail_users, options)
@@ -399,7 +423,7 @@ async def run(stack: BenchStack, options: Options) -> dict[str, Any]:
         results["capacity"] = await sustained_rate(
             stack,
             mail_users,
-            rates=(50, 100) if quick else (25, 50, 75, 100, 150, 200, 300, 400, 600, 800),
+            rates=(50, 100) if quick else CAPACITY_RATES,
             seconds=4 if quick else 10,
         )
     if "relay" in stages:
@@ -418,6 +442,9 @@ async def run(stack: BenchStack, options: Options) -> dict[str, Any]:
     if "resume" in stages:
         results["resume"] = await resume_replay(stack, events=1000)
         print(f"resume: {results['resume']}", flush=True)
+    if bare is not None and "latency" in results:
+        results["against_bare"] = compare(bare, results["latency"], results.get("capacity", {}))
+        print(f"against bare: {results['against_bare']}", flush=True)
     if options.complete:
         results["shortfalls"] = shortfalls(results)
     results["wall_s"] = time.monotonic() - started
@@ -475,8 +502,12 @@ def parse_options(argv: list[str] | None = None) -> tuple[Options, argparse.Name
 
 def main() -> int:
     options, args = parse_options()
+    bare = None
+    if "bare" in options.stages:
+        with running_stack(args.state.with_name(args.state.name + "-bare"), bare=True) as stack:
+            bare = asyncio.run(run_bare(stack, options))
     with running_stack(args.state) as stack:
-        results = asyncio.run(run(stack, options))
+        results = asyncio.run(run(stack, options, bare))
     if args.no_report or not options.complete:
         if not args.no_report:
             print(f"stages {','.join(options.stages)} only: docs/ left as it is", file=sys.stderr)

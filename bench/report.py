@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
+from bench.baseline import report_lines
 from bench.cpu import BRIDGE, GROUPS, MACHINE
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -114,6 +115,8 @@ def write(results: dict[str, Any]) -> Path:
         "mails in the same run, are the figures to compare.",
         "",
     ]
+    if "against_bare" in results:
+        out += report_lines(results["against_bare"], results["bare"], results.get("relay", {}))
     out += _goals(results)
     out += _latency_section(results["latency"])
     out += _cost_section(results["cost"])

@@ -112,12 +112,15 @@ class BenchStack:
 
 
 @contextmanager
-def running_stack(state: Path = STATE) -> Iterator[BenchStack]:
+def running_stack(state: Path = STATE, *, bare: bool = False) -> Iterator[BenchStack]:
+    """The stack in `state`; `bare`: Dovecot and Postfix alone (bench.baseline)."""
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True, exist_ok=True)  # a dying service may have re-created a subfolder
     ports = free_ports(len(DEFAULT_PORTS))
     env = {f"BRIDGE_{name.upper()}_PORT": str(port) for name, port in zip(DEFAULT_PORTS, ports, strict=True)}
     env["BRIDGE_STATE_DIR"] = str(state)
+    if bare:
+        env["BRIDGE_STACK_BARE"] = "1"
     settings = StackSettings.from_env({**os.environ, **BENCH_ENV, **env}, repo_dir=REPO)
     launcher = Stack(settings)
     started = time.monotonic()

@@ -305,6 +305,9 @@ class StackSettings:
     ferretdb_bin: Path
     external_mongodb_url: str | None
     base_env: Mapping[str, str] = field(repr=False)
+    # Dovecot and Postfix alone, as a mail server was before mail-bridge (no content filter, push
+    # hook or dedupe script; no Redis, store or bridge): the benchmark's baseline.
+    bare: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, repo_dir: Path | None = None) -> StackSettings:
@@ -333,4 +336,5 @@ class StackSettings:
             ferretdb_bin=Path(e.text("FERRETDB_BIN", str(cache / f"ferretdb-{version}-idindex"))),
             external_mongodb_url=mongodb_url,
             base_env=source,
+            bare=e.flag("BRIDGE_STACK_BARE", False),
         )

@@ -152,18 +152,19 @@ class Stack(Supervisor):
 
         mongodb_url = s.external_mongodb_url or f"mongodb://{host}:{ports['mongodb']}/"
         redis_url = f"redis://{host}:{ports['redis']}/0"
-        first = [services.redis(s), services.dovecot(s)]
-        if s.external_mongodb_url is None:
+        first = [services.dovecot(s)] if s.bare else [services.redis(s), services.dovecot(s)]
+        if s.external_mongodb_url is None and not s.bare:
             first.append(services.ferretdb(s, mongodb_url))
         for service in first:
             self._spawn(service)
         self._wait_ready(first)
 
-        env = services.bridge_env(s, stack_secrets, redis_url, mongodb_url)
-        content_filter, bridge = services.content_filter(s, env), services.bridge(s, env, stack_secrets)
-        self._spawn(content_filter)
-        self._spawn(bridge)
-        self._wait_ready([content_filter, bridge])
+        if not s.bare:
+            env = services.bridge_env(s, stack_secrets, redis_url, mongodb_url)
+            content_filter, bridge = services.content_filter(s, env), services.bridge(s, env, stack_secrets)
+            self._spawn(content_filter)
+            self._spawn(bridge)
+            self._wait_ready([content_filter, bridge])
 
         postfix = services.postfix(s)
         self._spawn(postfix)

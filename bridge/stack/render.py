@@ -123,7 +123,10 @@ def render_all(settings: StackSettings, stack_secrets: StackSecrets, mail_uid: i
     }
     dovecot = state / "dovecot"
     for name in ("90-mail-bridge.conf", "91-mail-bridge-master.conf", "92-mail-bridge-dedupe.conf"):
-        _write(dovecot / name, render_text((repo / "dovecot-conf" / name).read_text(), values))
+        text = render_text((repo / "dovecot-conf" / name).read_text(), values)
+        if settings.bare and name != "91-mail-bridge-master.conf":  # the master user costs no delivery
+            text = "# BRIDGE_STACK_BARE: without mail-bridge\n"
+        _write(dovecot / name, text)
     _write(
         dovecot / "dovecot.conf",
         render_text((repo / "dovecot-conf" / "stack" / "dovecot.conf.in").read_text(), values),
@@ -142,9 +145,10 @@ def render_all(settings: StackSettings, stack_secrets: StackSecrets, mail_uid: i
 
     etc = state / "postfix" / "etc"
     main_cf = render_text((repo / "postfix-conf" / "stack" / "main.cf.in").read_text(), values)
-    main_cf += "\n" + render_text((repo / "postfix-conf" / "main.cf.snippet").read_text(), values)
     master_cf = render_text((repo / "postfix-conf" / "stack" / "master.cf.in").read_text(), values)
-    master_cf += "\n" + render_text((repo / "postfix-conf" / "master.cf.snippet").read_text(), values)
+    if not settings.bare:
+        main_cf += "\n" + render_text((repo / "postfix-conf" / "main.cf.snippet").read_text(), values)
+        master_cf += "\n" + render_text((repo / "postfix-conf" / "master.cf.snippet").read_text(), values)
     _write(etc / "main.cf", main_cf)
     _write(etc / "master.cf", master_cf)
     _write(etc / "vmailbox.regexp", "/@example\\.test$/ ok\n")
