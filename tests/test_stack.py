@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from dataclasses import replace
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from bridge.settings import StackSettings, suite_state_dir
 from bridge.stack.launcher import Stack, StackError, StackInfo, free_ports
 from bridge.stack.render import world_traversable
 from tests.common import REPO, stack_ports_env
+from tests.mailtools import imap_message_ids, send_smtp
 
 pytestmark = pytest.mark.e2e
 
@@ -120,3 +122,33 @@ def test_run_command_stops_everything_it_started(
     assert _processes_mentioning(str(state)) == []
     assert not (state / "stack.json").exists()
     shutil.rmtree(state, ignore_errors=True)
+
+
+def test_a_bare_stack_is_dovecot_and_postfix_alone(stack_settings: StackSettings) -> None:
+    """BRIDGE_STACK_BARE (the benchmark's baseline): mail goes Postfix → LMTP → Dovecot as before
+    mail-bridge, with no content filter, push hook or dedupe script, and no Redis, store or bridge."""
+    state = stack_settings.state_dir.parent / f"test-bare-{uuid.uuid4().hex[:8]}"
+    ports = dict(zip(stack_settings.ports, free_ports(len(stack_settings.ports)), strict=True))
+    settings = replace(stack_settings, ports=ports, state_dir=state, bare=True)
+    launcher = Stack(settings)
+    try:
+        info = launcher.start()
+        assert sorted(s.name for s in launcher.services) == ["dovecot", "postfix"]
+        main_cf = (state / "postfix" / "etc" / "main.cf").read_text()
+        master_cf = (state / "postfix" / "etc" / "master.cf").read_text()
+        assert "content_filter" not in main_cf and "mail-bridge" not in master_cf
+        dovecot_conf = "".join(p.read_text() for p in (state / "dovecot").glob("9*.conf"))
+        assert "push_notification" not in dovecot_conf and "sieve" not in dovecot_conf
+        user = info.users[0]
+        message_id = f"<bare-{uuid.uuid4().hex}@outside.test>"
+        m = EmailMessage()
+        m["From"], m["To"], m["Subject"], m["Message-ID"] = "carol@outside.test", user["email"], "bare", message_id
+        m.set_content("delivered without mail-bridge\n")
+        send_smtp(info, [m])
+        deadline = time.monotonic() + 30
+        while message_id not in imap_message_ids(info, user["email"], user["password"]):
+            assert time.monotonic() < deadline, "not delivered"
+            time.sleep(0.2)
+    finally:
+        launcher.stop()
+        shutil.rmtree(state, ignore_errors=True)
