@@ -12,6 +12,12 @@ Checked against python-socketio 5.18.1 (python-engineio 4.15.1); look again on a
 * `is_connected` calls the manager's `is_connected`, which the server does not expose: it tells a
   connected socket's *event* named "connect" or "disconnect" from the connection itself.
 
+* `RoomManager.emit` replaces the manager's emit for events without an acknowledgement: the stock
+  one encodes the packet once but starts a task per socket to queue it, and a task per delivery
+  was most of the relay's cost (bench, relay ceiling). Here the one encoded packet is queued to each
+  socket in turn through the server's `_send_eio_packet` (queuing does not wait: engine.io's queues
+  are unbounded; bridge.slow_sockets bounds them), in the order the room lists them.
+
 (bridge.slow_sockets reads engine.io's per-socket queues for the same reason: no public API.)
 """
 
@@ -20,6 +26,8 @@ from __future__ import annotations
 import logging
 
 import socketio
+from engineio import packet as eio_packet
+from engineio.exceptions import SocketIsClosedError
 from socketio import packet as sio_packet
 
 log = logging.getLogger(__name__)
@@ -61,6 +69,43 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]  # python-socket
         await super()._handle_eio_message(eio_sid, data)
 
 
+class RoomManager(socketio.AsyncManager):  # type: ignore[misc]
+    """python-socketio's manager, queuing one encoded packet to each socket of a room without a
+    task per socket (see the module's docstring)."""
+
+    async def emit(  # noqa: PLR0917 - python-socketio's signature
+        self,
+        event: str,
+        data: object,
+        namespace: str,
+        room: object = None,
+        skip_sid: object = None,
+        callback: object = None,
+        to: object = None,
+        **kwargs: object,
+    ) -> None:
+        if callback is not None:
+            await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, to=to, **kwargs)
+            return
+        room = to or room
+        if namespace not in self.rooms:
+            return
+        args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
+        skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
+        encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args]).encode()
+        packets = [
+            eio_packet.Packet(eio_packet.MESSAGE, p) for p in (encoded if isinstance(encoded, list) else [encoded])
+        ]
+        for sid, eio_sid in list(self.get_participants(namespace, room)):
+            if sid in skip:
+                continue
+            for pkt in packets:
+                try:
+                    await self.server._send_eio_packet(eio_sid, pkt)
+                except SocketIsClosedError:
+                    break  # closing: its disconnect is under way, the others still get theirs
+
+
 async def _not_ready(_sid: str, *_args: object) -> None:
     raise socketio.exceptions.ConnectionRefusedError("starting, try again")
 
@@ -75,6 +120,7 @@ def make_server(cors_origins: tuple[str, ...]) -> SocketServer:
         # None keeps python-socketio's same-origin check; a list allows exactly those origins.
         cors_allowed_origins=list(cors_origins) if cors_origins else None,
         max_http_buffer_size=1 << 20,
+        client_manager=RoomManager(),
         logger=False,
         engineio_logger=False,
     )
