@@ -634,11 +634,18 @@ local function resolve(cfg, host, deadline)
   return nil, why
 end
 
--- A connected socket whose every later call is bounded by `deadline`; `remaining` re-arms it.
-local function connect(cfg, host, port, deadline)
+-- The address of `host` within the deadline, or nil and why (a bug in resolving costs the publish,
+-- not the events).
+local function address_of(cfg, host, deadline)
   local resolved, addr, rerr = pcall(resolve, cfg, host, deadline)
-  if not resolved then addr, rerr = nil, addr end -- a bug here must cost the publish, not the events
+  if not resolved then addr, rerr = nil, addr end
   if not addr then return nil, string.format("cannot resolve %s: %s", host, tostring(rerr)) end
+  return addr
+end
+
+-- A socket connected to `addr` whose every later call is bounded by `deadline`; `remaining`
+-- re-arms it.
+local function connect_to(addr, port, deadline)
   local sock = socket.tcp()
   local function remaining()
     local r = deadline - socket.gettime()
@@ -652,12 +659,18 @@ local function connect(cfg, host, port, deadline)
   return sock, remaining
 end
 
+local function connect(cfg, host, port, deadline)
+  local addr, why = address_of(cfg, host, deadline)
+  if not addr then return nil, why end
+  return connect_to(addr, port, deadline)
+end
+
 -- One connection per Redis address is kept open between transactions, in this process (an lmtp or
 -- imap process serves many): a TCP connect per transaction cost Dovecot and Redis CPU on every
 -- delivery. Keyed by everything the connection was set up with (per-user settings may differ).
 
-local function kept_key(cfg, host, port)
-  return table.concat({ host, tostring(port), cfg.password or "", tostring(cfg.db or 0) }, "\0")
+local function kept_key(cfg, addr, port)
+  return table.concat({ addr, tostring(port), cfg.password or "", tostring(cfg.db or 0) }, "\0")
 end
 
 -- The kept connection for `key`, if it is still usable: one that reads as ready holds an EOF
@@ -714,9 +727,12 @@ end
 -- Sends every payload to host:port; returns how many were confirmed in order (all or fewer) and an
 -- error. A kept connection that fails before any reply (Redis closed it since) is replaced once by
 -- a new one within the same deadline; anything sent twice that way has the same keys (at least
--- once: docs/events.md, "Duplicates").
+-- once: docs/events.md, "Duplicates"). The name is resolved first (from the per-process cache,
+-- within its TTL), so a name that moves to another address gets a connection there.
 local function publish_to(cfg, host, port, payloads, deadline)
-  local key = kept_key(cfg, host, port)
+  local addr, why = address_of(cfg, host, deadline)
+  if not addr then return 0, why end
+  local key = kept_key(cfg, addr, port)
   local sock = take_kept(key)
   local confirmed, err
   if sock then
@@ -727,7 +743,7 @@ local function publish_to(cfg, host, port, payloads, deadline)
     if confirmed > 0 or not dropped then return confirmed, err end
   end
   local remaining
-  sock, remaining = connect(cfg, host, port, deadline)
+  sock, remaining = connect_to(addr, port, deadline)
   if not sock then return 0, remaining end
   confirmed, err = exchange(cfg, sock, remaining, payloads, true)
   if confirmed == #payloads then kept[key] = sock; return confirmed, nil end

@@ -115,7 +115,8 @@ def bridge(s: StackSettings, env: dict[str, str], secrets: StackSecrets) -> Serv
 def postfix(s: StackSettings) -> Service:
     """Postfix's master in the foreground (`-s`), with the stack's own config directory."""
     etc = s.state_dir / "postfix" / "etc"
-    listeners = ("smtp", "submission", "reinject")
+    # reinject: where the content filter hands mail back (master.cf.snippet), absent from a bare stack.
+    listeners = ("smtp", "submission") if s.bare else ("smtp", "submission", "reinject")
     return Service(
         "postfix",
         [str(POSTFIX_MASTER), "-c", str(etc), "-s"],
