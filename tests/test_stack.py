@@ -136,7 +136,8 @@ def test_a_bare_stack_is_dovecot_and_postfix_alone(stack_settings: StackSettings
         assert sorted(s.name for s in launcher.services) == ["dovecot", "postfix"]
         main_cf = (state / "postfix" / "etc" / "main.cf").read_text()
         master_cf = (state / "postfix" / "etc" / "master.cf").read_text()
-        assert "content_filter" not in main_cf and "mail-bridge" not in master_cf
+        assert "content_filter" not in main_cf and "_destination_recipient_limit" not in main_cf
+        assert "mail-bridge unix" not in master_cf and "mail-bridge-cleanup" not in master_cf
         dovecot_conf = "".join(p.read_text() for p in (state / "dovecot").glob("9*.conf"))
         assert "push_notification" not in dovecot_conf and "sieve" not in dovecot_conf
         user = info.users[0]
