@@ -14,8 +14,9 @@
 --   * With Redis Sentinel (mail_bridge_redis_sentinels), publishes to the master the sentinels name,
 --     remembered for the life of the process and asked again when a publish fails (a failover),
 --     within the same time bound; while no master is known, events are spooled as above.
---   * Keeps one Redis connection per address open between transactions in each lmtp/imap process;
---     one Redis closed meanwhile is replaced within the same time bound.
+--   * Keeps one Redis connection per address open between transactions in each lmtp process (imap
+--     processes, one per client, connect per transaction); one Redis closed meanwhile is replaced
+--     within the same time bound.
 --   * Host names (of Redis, the sentinels, the masters they name) are resolved by the hook itself
 --     (/etc/hosts, then DNS) within the same time bound and cached per process: a slow or dead
 --     resolver never stalls a delivery.
@@ -251,6 +252,7 @@ function dovecot_lua_notify_begin_txn(user)
       master = setting(user, "redis_master", "mymaster"),
       sentinel_password = setting(user, "redis_sentinel_password", nil),
       dns_servers = setting(user, "dns_servers", nil),
+      service = tostring(select(2, pcall(function() return user.service end)) or "dovecot"),
     },
   }
 end
@@ -665,8 +667,8 @@ local function connect(cfg, host, port, deadline)
   return connect_to(addr, port, deadline)
 end
 
--- One connection per Redis address is kept open between transactions, in this process (an lmtp or
--- imap process serves many): a TCP connect per transaction cost Dovecot and Redis CPU on every
+-- One connection per Redis address is kept open between transactions in an lmtp process (one
+-- serves many deliveries): a TCP connect per transaction cost Dovecot and Redis CPU on every
 -- delivery. Keyed by everything the connection was set up with (per-user settings may differ).
 
 local function kept_key(cfg, addr, port)
@@ -705,6 +707,13 @@ local function exchange(cfg, sock, remaining, payloads, new)
     commands[#commands + 1] = resp({ "SELECT", tostring(cfg.db) })
     expected = expected + 1
   end
+  local named = 0 -- the reply to CLIENT SETNAME, which may be refused (an ACL): not an error here
+  if new then -- named, so an admin tells ours apart in CLIENT LIST
+    local name = "mail-bridge-hook-" .. (cfg.service:gsub("[^%w_-]", "_"))
+    commands[#commands + 1] = resp({ "CLIENT", "SETNAME", name })
+    expected = expected + 1
+    named = expected
+  end
   local preamble = expected
   for _, p in ipairs(payloads) do
     commands[#commands + 1] = resp({ "XADD", cfg.stream, "MAXLEN", "~", cfg.maxlen, "*", "e", p })
@@ -717,7 +726,7 @@ local function exchange(cfg, sock, remaining, payloads, new)
   for i = 1, expected do
     if not remaining() then err = "timeout"; break end
     local good, rerr = read_reply(sock)
-    if not good then err = rerr; break end
+    if not good and (i ~= named or rerr == "closed" or rerr == "timeout") then err = rerr; break end
     if i > preamble then confirmed = confirmed + 1 end
   end
   if confirmed == #payloads then return confirmed, nil end
@@ -746,8 +755,11 @@ local function publish_to(cfg, host, port, payloads, deadline)
   sock, remaining = connect_to(addr, port, deadline)
   if not sock then return 0, remaining end
   confirmed, err = exchange(cfg, sock, remaining, payloads, true)
-  if confirmed == #payloads then kept[key] = sock; return confirmed, nil end
+  -- Only LMTP keeps it: a few processes deliver every mail, while IMAP has a process per client
+  -- (thousands of connections for Redis to hold, each used now and then).
+  if confirmed == #payloads and cfg.service == "lmtp" then kept[key] = sock; return confirmed, nil end
   sock:close()
+  if confirmed == #payloads then return confirmed, nil end
   return confirmed, err
 end
 
