@@ -14,9 +14,6 @@
 --   * With Redis Sentinel (mail_bridge_redis_sentinels), publishes to the master the sentinels name,
 --     remembered for the life of the process and asked again when a publish fails (a failover),
 --     within the same time bound; while no master is known, events are spooled as above.
---   * Keeps one Redis connection per address open between transactions in each lmtp process (imap
---     processes, one per client, connect per transaction); one Redis closed meanwhile is replaced
---     within the same time bound.
 --   * Host names (of Redis, the sentinels, the masters they name) are resolved by the hook itself
 --     (/etc/hosts, then DNS) within the same time bound and cached per process: a slow or dead
 --     resolver never stalls a delivery.
@@ -216,18 +213,11 @@ local function setting(user, key, default)
   return value
 end
 
--- Redis connections kept between transactions, by address (see publish_to).
-local kept = {}
-
 function script_init()
   return 0
 end
 
 function script_deinit()
-  for key, sock in pairs(kept) do
-    sock:close()
-    kept[key] = nil
-  end
 end
 
 function dovecot_lua_notify_begin_txn(user)
@@ -252,7 +242,6 @@ function dovecot_lua_notify_begin_txn(user)
       master = setting(user, "redis_master", "mymaster"),
       sentinel_password = setting(user, "redis_sentinel_password", nil),
       dns_servers = setting(user, "dns_servers", nil),
-      service = tostring(select(2, pcall(function() return user.service end)) or "dovecot"),
     },
   }
 end
@@ -636,18 +625,11 @@ local function resolve(cfg, host, deadline)
   return nil, why
 end
 
--- The address of `host` within the deadline, or nil and why (a bug in resolving costs the publish,
--- not the events).
-local function address_of(cfg, host, deadline)
+-- A connected socket whose every later call is bounded by `deadline`; `remaining` re-arms it.
+local function connect(cfg, host, port, deadline)
   local resolved, addr, rerr = pcall(resolve, cfg, host, deadline)
-  if not resolved then addr, rerr = nil, addr end
+  if not resolved then addr, rerr = nil, addr end -- a bug here must cost the publish, not the events
   if not addr then return nil, string.format("cannot resolve %s: %s", host, tostring(rerr)) end
-  return addr
-end
-
--- A socket connected to `addr` whose every later call is bounded by `deadline`; `remaining`
--- re-arms it.
-local function connect_to(addr, port, deadline)
   local sock = socket.tcp()
   local function remaining()
     local r = deadline - socket.gettime()
@@ -661,106 +643,39 @@ local function connect_to(addr, port, deadline)
   return sock, remaining
 end
 
-local function connect(cfg, host, port, deadline)
-  local addr, why = address_of(cfg, host, deadline)
-  if not addr then return nil, why end
-  return connect_to(addr, port, deadline)
-end
-
--- One connection per Redis address is kept open between transactions in an lmtp process (one
--- serves many deliveries): a TCP connect per transaction cost Dovecot and Redis CPU on every
--- delivery. Keyed by everything the connection was set up with (per-user settings may differ).
-
-local function kept_key(cfg, addr, port)
-  return table.concat({ addr, tostring(port), cfg.password or "", tostring(cfg.db or 0) }, "\0")
-end
-
--- The kept connection for `key`, if it is still usable: one that reads as ready holds an EOF
--- (Redis closed it: a restart, its idle `timeout`) or a reply nobody asked for.
-local function take_kept(key)
-  local sock = kept[key]
-  kept[key] = nil
-  if not sock then return nil end
-  local readable = socket.select({ sock }, nil, 0)
-  if readable and #readable > 0 then sock:close(); return nil end
-  return sock
-end
-
-local function armed(sock, deadline)
-  return function()
-    local r = deadline - socket.gettime()
-    if r <= 0 then return nil end
-    sock:settimeout(r)
-    return r
-  end
-end
-
--- Sends the payloads over `sock` (with AUTH and SELECT first on a new connection); returns how many
--- were confirmed in order and an error.
-local function exchange(cfg, sock, remaining, payloads, new)
+-- Sends every payload to host:port; returns how many were confirmed in order (all or fewer) and an
+-- error.
+local function publish_to(cfg, host, port, payloads, deadline)
+  local sock, remaining = connect(cfg, host, port, deadline)
+  if not sock then return 0, remaining end
+  local ok, err
   local commands, expected = {}, 0
-  if new and cfg.password then
+  if cfg.password then
     commands[#commands + 1] = resp({ "AUTH", cfg.password })
     expected = expected + 1
   end
-  if new and cfg.db and cfg.db ~= 0 then
+  if cfg.db and cfg.db ~= 0 then
     commands[#commands + 1] = resp({ "SELECT", tostring(cfg.db) })
     expected = expected + 1
-  end
-  local named = 0 -- the reply to CLIENT SETNAME, which may be refused (an ACL): not an error here
-  if new then -- named, so an admin tells ours apart in CLIENT LIST
-    local name = "mail-bridge-hook-" .. (cfg.service:gsub("[^%w_-]", "_"))
-    commands[#commands + 1] = resp({ "CLIENT", "SETNAME", name })
-    expected = expected + 1
-    named = expected
   end
   local preamble = expected
   for _, p in ipairs(payloads) do
     commands[#commands + 1] = resp({ "XADD", cfg.stream, "MAXLEN", "~", cfg.maxlen, "*", "e", p })
   end
   expected = expected + #payloads
-  if not remaining() then return 0, "timeout" end
-  local ok, err = sock:send(table.concat(commands))
-  if not ok then return 0, "send: " .. tostring(err) end
+  if not remaining() then sock:close(); return 0, "timeout" end
+  ok, err = sock:send(table.concat(commands))
+  if not ok then sock:close(); return 0, "send: " .. tostring(err) end
   local confirmed = 0
   for i = 1, expected do
     if not remaining() then err = "timeout"; break end
     local good, rerr = read_reply(sock)
-    if not good and (i ~= named or rerr == "closed" or rerr == "timeout") then err = rerr; break end
+    if not good then err = rerr; break end
     if i > preamble then confirmed = confirmed + 1 end
   end
-  if confirmed == #payloads then return confirmed, nil end
-  return confirmed, err or "short reply"
-end
-
--- Sends every payload to host:port; returns how many were confirmed in order (all or fewer) and an
--- error. A kept connection that fails before any reply (Redis closed it since) is replaced once by
--- a new one within the same deadline; anything sent twice that way has the same keys (at least
--- once: docs/events.md, "Duplicates"). The name is resolved first (from the per-process cache,
--- within its TTL), so a name that moves to another address gets a connection there.
-local function publish_to(cfg, host, port, payloads, deadline)
-  local addr, why = address_of(cfg, host, deadline)
-  if not addr then return 0, why end
-  local key = kept_key(cfg, addr, port)
-  local sock = take_kept(key)
-  local confirmed, err
-  if sock then
-    confirmed, err = exchange(cfg, sock, armed(sock, deadline), payloads, false)
-    if confirmed == #payloads then kept[key] = sock; return confirmed, nil end
-    sock:close()
-    local dropped = err == "closed" or tostring(err):match("^send: ")
-    if confirmed > 0 or not dropped then return confirmed, err end
-  end
-  local remaining
-  sock, remaining = connect_to(addr, port, deadline)
-  if not sock then return 0, remaining end
-  confirmed, err = exchange(cfg, sock, remaining, payloads, true)
-  -- Only LMTP keeps it: a few processes deliver every mail, while IMAP has a process per client
-  -- (thousands of connections for Redis to hold, each used now and then).
-  if confirmed == #payloads and cfg.service == "lmtp" then kept[key] = sock; return confirmed, nil end
   sock:close()
   if confirmed == #payloads then return confirmed, nil end
-  return confirmed, err
+  return confirmed, err or "short reply"
 end
 
 -- The payloads after the first `n` (those a node confirmed before it failed).

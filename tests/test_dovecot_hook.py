@@ -264,37 +264,3 @@ def test_events_go_to_redis_when_the_spool_is_pending_but_cannot_be_written(
         assert (Path(stack.log_dir) / "dovecot.log").read_text().count("mail-bridge: LOST") == lost_before
     finally:
         shutil.rmtree(spool, ignore_errors=True)
-
-
-def hook_clients(client: redis.Redis, service: str) -> set[int]:
-    """Ids of the Redis connections the hook opened in Dovecot's `service` processes, open now."""
-    return {int(c["id"]) for c in client.client_list() if c.get("name") == f"mail-bridge-hook-{service}"}
-
-
-def test_lmtp_keeps_its_redis_connection_and_imap_does_not(
-    stack: StackInfo, account: Account, sync_redis: redis.Redis, imap: imaplib.IMAP4
-) -> None:
-    """An lmtp process delivers many mails: its connection to Redis stays open between them (a
-    connect per delivery cost CPU on both sides). An imap process serves one client: it connects
-    per transaction and keeps nothing, or Redis would hold a connection per IMAP client."""
-    watch = StreamWatch(sync_redis, account.email)
-    before = hook_clients(sync_redis, "lmtp")
-    with smtplib.LMTP(stack.lmtp["host"], stack.lmtp["port"], timeout=10) as lmtp:  # one lmtp process
-        for n in range(3):
-            lmtp.send_message(sample_message(subject=f"kept {n}"), to_addrs=[account.email])
-            watch.expect(2 if n == 0 else 1)  # the first delivery also creates INBOX
-            held = hook_clients(sync_redis, "lmtp")
-            assert held, "the lmtp process holds its connection after a delivery"
-            if n == 0:
-                first = held - before or held
-            else:
-                assert held - before <= first, "a later delivery opened a connection of its own"
-    ok(imap.login(account.email, account.password))
-    ok(imap.select("INBOX"))
-    ok(imap.uid("STORE", "1", "+FLAGS", "(\\Flagged)"))
-    (flagged,) = watch.expect(1)
-    assert isinstance(flagged, FlagsSet)
-    deadline = time.monotonic() + 5  # closed by the hook; Redis drops it from its list promptly
-    while hook_clients(sync_redis, "imap") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert hook_clients(sync_redis, "imap") == set()
