@@ -12,11 +12,13 @@
 --   * On Redis Cluster, follows a MOVED reply to the node that holds the stream's slot (and
 --     remembers it); the stream name must carry the bridge's hash tag ({mail}:dovecot).
 --   * With Redis Sentinel (mail_bridge_redis_sentinels), publishes to the master the sentinels name,
---     remembered for the life of the process and asked again when a publish fails (a failover),
+--     remembered while this script lives and asked again when a publish fails (a failover),
 --     within the same time bound; while no master is known, events are spooled as above.
 --   * Host names (of Redis, the sentinels, the masters they name) are resolved by the hook itself
---     (/etc/hosts, then DNS) within the same time bound and cached per process: a slow or dead
---     resolver never stalls a delivery.
+--     (/etc/hosts, then DNS) within the same time bound and cached while this script lives: a slow
+--     or dead resolver never stalls a delivery.
+--   * "While this script lives": push_notification_lua loads the script once per mail user, so what
+--     it remembers lasts an IMAP session, and one delivery in LMTP (not the process).
 -- Settings (plugin { } block): mail_bridge_redis_host, mail_bridge_redis_port,
 -- mail_bridge_redis_password, mail_bridge_redis_db, mail_bridge_redis_sentinels (host:port list,
 -- space or comma separated; replaces host and port), mail_bridge_redis_master (the sentinels'
@@ -402,7 +404,7 @@ end
 -- mDNS waits on a daemon) and knows nothing of our deadline: every delivery would stall. So names
 -- are resolved here, from /etc/hosts and then by asking the DNS servers (mail_bridge_dns_servers,
 -- else those of /etc/resolv.conf, all at once, over UDP: RFC 1035) within the transaction's time
--- bound, and remembered per process for the answer's TTL (1 s to 5 min). When the name cannot be
+-- bound, and remembered while this script lives (see the top) for the answer's TTL (1 s to 5 min). When the name cannot be
 -- resolved again, the address it had stays in use, and it is asked again 5 s later at the soonest;
 -- a name never resolved is not asked again for 5 s either (its events are spooled meanwhile).
 -- Addresses (IPv4, IPv6) are used as they are. Other name services of nsswitch.conf (mDNS, LDAP) are
@@ -687,8 +689,8 @@ end
 
 -- ---------------------------------------------------------------- Redis Cluster
 
--- The node that took this stream last, per process and configured address: on Redis Cluster the
--- configured node may not hold the stream's slot, and says so with "MOVED <slot> <host>:<port>"
+-- The node that took this stream last, per configured address, while this script lives: on Redis
+-- Cluster the configured node may not hold the stream's slot, and says so with "MOVED <slot> <host>:<port>"
 -- (Redis Cluster specification, "Redirection and resharding").
 local redirects = {}
 
@@ -711,8 +713,8 @@ end
 
 -- ---------------------------------------------------------------- Redis Sentinel
 
--- The master each sentinel set named last, per process: one lmtp or imap process serves many
--- transactions, and asking on each would double the round trips.
+-- The master each sentinel set named last, while this script lives (see the top): an IMAP session
+-- makes many transactions, and asking on each would double the round trips.
 local masters = {}
 
 -- One RESP reply that is an array of bulk strings (or null), as SENTINEL GET-MASTER-ADDR-BY-NAME
