@@ -26,7 +26,7 @@ from typing import Any
 from bench.capacity import KEEP_UP_S
 from bench.cpu import BRIDGE, INFRASTRUCTURE, MACHINE
 from bench.idle_watch import IdleFleet
-from bench.latency import percentiles
+from bench.latency import idle_caught_up, percentiles
 from bench.smtp_load import Plan, Sent, run_open_loop
 from bench.stack import BenchStack, User
 from bench.window import StepWindow
@@ -82,15 +82,7 @@ async def bare_step(stack: BenchStack, users: list[User], *, rate: float, second
         async with StepWindow(stack, tag) as window:
             mails = await asyncio.to_thread(run_open_loop, stack.info.smtp["host"], stack.info.smtp["port"], plan)
             ok = [m for m in mails if not m.error]
-            wanted: dict[str, int] = defaultdict(int)
-            for mail in ok:
-                wanted[mail.recipient] += 1
-            deadline = time.monotonic() + DRAIN_TIMEOUT_S
-            while time.monotonic() < deadline:
-                counts = idle.exists
-                if all(counts.get(email, 0) >= initial.get(email, 0) + n for email, n in wanted.items()):
-                    break
-                await asyncio.sleep(0.1)
+            await idle_caught_up(idle, initial, ok, DRAIN_TIMEOUT_S)
         latencies, missing = visible_latencies(ok, initial, list(idle.arrivals))
     stats = percentiles(latencies)
     step = {

@@ -127,7 +127,7 @@ async def latency_run(
                 # The fleet is this run's own: every new_email it counts is one of these mails.
                 expected = len(ok) * sockets_per_user
                 await fleet.wait_for(lambda: fleet.counts.get("new_email", 0) >= expected, 60)
-                await _idle_caught_up(idle, initial, ok)
+                await idle_caught_up(idle, initial, ok)
             step_end = time.time()
             delivered = await deliveries(redis, since_ms, {m.message_id for m in ok})
     finally:
@@ -150,7 +150,7 @@ async def latency_run(
     return run
 
 
-async def _idle_caught_up(idle: IdleFleet, initial: dict[str, int], mails: list[Sent], timeout: float = 40) -> None:
+async def idle_caught_up(idle: IdleFleet, initial: dict[str, int], mails: list[Sent], timeout: float = 40) -> None:
     """IDLE coalesces: mails delivered within Dovecot's notify delay share one EXISTS. Wait until
     each mailbox's count covers its mails (what is still missing then is reported)."""
     wanted: dict[str, int] = defaultdict(int)

@@ -690,8 +690,8 @@ end
 -- ---------------------------------------------------------------- Redis Cluster
 
 -- The node that took this stream last, per configured address, while this script lives: on Redis
--- Cluster the configured node may not hold the stream's slot, and says so with "MOVED <slot> <host>:<port>"
--- (Redis Cluster specification, "Redirection and resharding").
+-- Cluster the configured node may not hold the stream's slot, and says so with
+-- "MOVED <slot> <host>:<port>" (Redis Cluster specification, "Redirection and resharding").
 local redirects = {}
 
 local function publish_direct(cfg, payloads, deadline)

@@ -29,6 +29,7 @@ from playwright.async_api import Browser
 
 from bridge.settings import StackSettings
 from bridge.stack.launcher import Stack, StackInfo
+from bridge.store import Store
 from tests.browser import chromium
 from tests.common import (
     HOST_ISSUER,
@@ -215,6 +216,15 @@ async def browser() -> AsyncIterator[Browser]:
     """Debian's Chromium, headless (tests/browser.py)."""
     async with chromium() as launched:
         yield launched
+
+
+@pytest.fixture
+async def store(stack: StackInfo) -> AsyncIterator[Store]:
+    """The metadata store of the session's stack, opened for one test."""
+    store = Store(stack.mongodb_url, "mailbridge")
+    await store.open()
+    yield store
+    await store.close()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import contextlib
 import smtplib
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -25,14 +24,6 @@ from bridge.store import BULK_CHUNK, MailboxCounts, Store
 from tests.common import Account
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def store(stack: StackInfo) -> AsyncIterator[Store]:
-    store = Store(stack.mongodb_url, "mailbridge")
-    await store.open()
-    yield store
-    await store.close()
 
 
 async def test_a_cancelled_index_write_clears_its_marks(store: Store, redis_client: aioredis.Redis) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -14,19 +14,10 @@ import pytest
 from bridge.errors import InvalidInput, Unavailable
 from bridge.events import MessageExpunge, MessageNew
 from bridge.search_query import parse_search
-from bridge.stack.launcher import StackInfo
 from bridge.store import BULK_CHUNK, Store
 from tests.common import free_port
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def store(stack: StackInfo) -> AsyncIterator[Store]:
-    store = Store(stack.mongodb_url, "mailbridge")
-    await store.open()
-    yield store
-    await store.close()
 
 
 def fresh_account() -> str:
