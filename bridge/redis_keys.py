@@ -93,17 +93,18 @@ def _mail_digest(account: str, message_id: str) -> str:
 
 
 def mail_facts(prefix: str, account: str, message_id: str) -> str:
-    """String, per account and Message-ID: the content filter's summary of that mail (msgpack map
-    hasAttachments, size, category), read by the relay and the index; TTL 1 day. Named `index:`
-    because the index kept it first: the index of a node of the previous version (during a rolling
-    upgrade) reads and writes the same key, in the same encoding."""
-    return f"{prefix}:index:facts:{_mail_digest(account, message_id)}"
+    """Hash, per account and Message-ID: the content filter's summaries of the mails with that id
+    (msgpack maps hasAttachments, size, category) and which delivery claimed which
+    (bridge.mail_facts says how), read by the relay and the index; TTL 1 day. Not the `index:facts:`
+    string of earlier versions, which kept one summary per id: during a rolling upgrade a mail whose
+    summary and delivery are read by nodes of different versions is shown without its facts."""
+    return f"{prefix}:facts:{_mail_digest(account, message_id)}"
 
 
 def facts_waiting(prefix: str, account: str, message_id: str) -> str:
-    """Set, per account and Message-ID: the index document ids of deliveries indexed before their
-    summary came, taken by the summary when it comes; TTL 1 day."""
-    return f"{prefix}:index:wait:{_mail_digest(account, message_id)}"
+    """List, per account and Message-ID: the index's deliveries (kind, mailbox, claim, document id)
+    indexed before their summary came, completed by the summary when it comes; TTL 1 day."""
+    return f"{prefix}:facts:wait:{_mail_digest(account, message_id)}"
 
 
 # ------------------------------------------------------------------ index counts (bridge.index_cache)

@@ -2,7 +2,7 @@
 published to the fan-out, once per event key.
 
 Each read costs two round trips to Redis: the mails' facts (bridge.mail_facts: the filter's
-summaries stored, the deliveries' read), then the publish script (bridge.fanout_publish) with one
+summaries kept, each delivery matched with its own), then the publish script (bridge.fanout_publish) with one
 marker per ingest event key (bridge.redis_keys.relayed). A re-delivered ingest entry (a crash or a
 lost reply before XACK, an entry claimed from a dead node, the spool drained twice) is therefore
 shown once. The key's marker is written by the same script as the events it stands for, never

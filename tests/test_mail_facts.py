@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from bridge.events import Attachment, Direction, MessageNew, MtaAccepted
+from bridge.browser_events import MtaFacts
+from bridge.events import Attachment, Direction, MessageAppend, MessageNew, MtaAccepted
 from bridge.mail_facts import MailFacts, summary_accounts, summary_facts
 from bridge.store import message_doc_id
 
@@ -41,12 +42,14 @@ def accepted(
     )
 
 
-def delivered(account: str, uid: int, message_id: str = "<m@outside.test>", **fields: object) -> MessageNew:
+def delivered(
+    account: str, uid: int, message_id: str = "<m@outside.test>", mailbox: str = "INBOX", **fields: object
+) -> MessageNew:
     return MessageNew(
-        key=f"dovecot:{account}:{uid}:{message_id}",
+        key=f"dovecot:{account}:{mailbox}:{uid}:{message_id}",
         ts=TS,
         account=account,
-        mailbox="INBOX",
+        mailbox=mailbox,
         uidvalidity=1,
         uid=uid,
         message_id=message_id,
@@ -97,8 +100,8 @@ async def test_a_delivery_before_its_summary_waits_for_it_and_one_after_finds_it
     facts, early = await index.meet([summary])
     assert facts == {}
     assert early == [(message_doc_id(ALICE, "INBOX", 1, 1), summary_facts(summary))]
-    # The same Message-ID delivered again (a second copy): its facts are known at once.
-    facts, early = await index.meet([delivered(ALICE, 2)])
+    # A copy of the same mail into another mailbox (Sieve fileinto :copy): its facts are known at once.
+    facts, early = await index.meet([delivered(ALICE, 1, mailbox="Work")])
     assert (facts, early) == ({0: {"hasAttachments": False, "size": 777, "category": "promotions"}}, [])
     # Whoever waited was told once: a repeated summary finds no one waiting.
     assert await index.meet([summary]) == ({}, [])
@@ -136,9 +139,62 @@ async def test_a_submitted_mail_describes_the_submitters_sent_copy(mail_facts: M
     assert facts == {0: summary_facts(summary)}
 
 
-async def test_mail_without_a_message_id_meets_nothing(
-    mail_facts: MailFacts, redis_client: aioredis.Redis
-) -> None:
+async def test_mail_without_a_message_id_meets_nothing(mail_facts: MailFacts, redis_client: aioredis.Redis) -> None:
     index = mail_facts
     assert await index.meet([accepted((ALICE,), ""), delivered(ALICE, 1, "")]) == ({}, [])
     assert [key async for key in redis_client.scan_iter(f"{index.prefix}:*")] == []  # and leaves nothing waiting
+
+
+def relay_facts(summary: MtaAccepted) -> MtaFacts:
+    facts = summary_facts(summary)
+    return MtaFacts(facts["hasAttachments"], facts["size"], facts["category"])
+
+
+async def test_a_second_mail_with_the_same_message_id_is_not_given_the_first_ones_facts(
+    mail_facts: MailFacts,
+) -> None:
+    """A sender reuses a Message-ID the account already received: the second mail, delivered
+    before its own summary came, waits for it instead of taking the first one's (the relay shows it
+    without facts meanwhile), and the first mail keeps its own."""
+    index, relay = mail_facts, mail_facts
+    first = accepted((ALICE,), size=10)
+    assert await index.meet([first, delivered(ALICE, 1)]) == ({1: summary_facts(first)}, [])
+    assert await relay.remember_and_read([first, delivered(ALICE, 1)]) == [None, relay_facts(first)]
+
+    assert await relay.remember_and_read([delivered(ALICE, 2)]) == [None]
+    assert await index.meet([delivered(ALICE, 2)]) == ({}, [])
+    copycat = accepted(
+        (ALICE,), size=99, attachments=(Attachment(filename="a.pdf", content_type="application/pdf", size=10),)
+    )
+    assert await index.meet([copycat]) == ({}, [(message_doc_id(ALICE, "INBOX", 1, 2), summary_facts(copycat))])
+    # Read again, each delivery finds what it claimed, whichever reader asks.
+    assert await relay.remember_and_read([delivered(ALICE, 2), delivered(ALICE, 1)]) == [
+        relay_facts(copycat),
+        relay_facts(first),
+    ]
+
+
+async def test_the_relay_and_the_index_agree_whichever_reads_first(mail_facts: MailFacts) -> None:
+    """Two mails under one Message-ID, the relay ahead of a lagging index: the index gives each
+    delivery the summary the relay matched it with, not the newest one."""
+    index, relay = mail_facts, mail_facts
+    first, second = accepted((ALICE,), size=10), accepted((ALICE,), size=20)
+    read = [first, delivered(ALICE, 1), second, delivered(ALICE, 2)]
+    assert await relay.remember_and_read(read) == [None, relay_facts(first), None, relay_facts(second)]
+    assert await index.meet(read[:2]) == ({1: summary_facts(first)}, [])
+    assert await index.meet(read[2:]) == ({1: summary_facts(second)}, [])
+
+
+async def test_an_append_takes_the_newest_summary_and_claims_nothing(mail_facts: MailFacts) -> None:
+    """A Sent copy or a moved copy (message.append) is the mail a summary describes, wherever it
+    lands; it does not use up the summary for a delivery into the same mailbox."""
+    index = mail_facts
+    first, second = accepted((ALICE,), size=10), accepted((ALICE,), size=20)
+    appended = MessageAppend(
+        key="append", ts=TS, account=ALICE, mailbox="Sent", uidvalidity=1, uid=5, message_id="<m@outside.test>"
+    )
+    await index.meet([first])
+    assert await index.meet([appended]) == ({0: summary_facts(first)}, [])
+    await index.meet([second])
+    assert await index.meet([appended]) == ({0: summary_facts(second)}, [])
+    assert await index.meet([delivered(ALICE, 1, mailbox="Sent")]) == ({0: summary_facts(first)}, [])
