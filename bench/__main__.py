@@ -2,7 +2,8 @@
 
 Stages (each bounded in count and time, loopback only):
 0. the bare server (bench.baseline): the same Postfix and Dovecot without mail-bridge, under the same
-   load, first, on a stack of its own; our figures are divided by its;
+   load, first, on a stack of its own; our figures are divided by its; then one step at 50 mails/s
+   on a bare stack with each of our Dovecot-side parts alone (the push hook, the dedupe script);
 1. latency at 10, 50, 100, 200 mails/s with 100 and 1,000 sockets, IMAP IDLE watching the same mails,
    with the cores each process group used per step and a py-spy profile of the bridge at 100/s x 1,000;
 2. cost of 10 / 100 / 1,000 watched users: IDLE's connections and Dovecot processes against ours;
@@ -35,7 +36,7 @@ from typing import Any, TypeVar
 from pymongo import MongoClient
 
 from bench import report
-from bench.baseline import bare_stage, compare
+from bench.baseline import PARTS_RATE, bare_stage, bare_step, compare
 from bench.capacity import sustained_rate
 from bench.cpu import BRIDGE, MACHINE, service_group
 from bench.idle_watch import idle_cost
@@ -45,6 +46,7 @@ from bench.relay import relay_ceiling, resume_replay, socket_memory
 from bench.smtp_load import Plan, run_open_loop
 from bench.socket_load import SocketFleet
 from bench.stack import REPO, STATE, BenchStack, User, running_stack
+from bridge.settings import BARE_PARTS
 
 _N = TypeVar("_N", int, float)
 
@@ -423,6 +425,16 @@ async def run_bare(stack: BenchStack, options: Options) -> dict[str, Any]:
     )
 
 
+async def run_bare_part(stack: BenchStack, options: Options, part: str) -> dict[str, Any]:
+    """One step at PARTS_RATE on a bare stack that keeps one part of ours (bench.baseline)."""
+    users = _mail_users(stack, options.quick)
+    await warm_up(stack, users, index=False)
+    seconds = 4 if options.quick else 10
+    step = await bare_step(stack, users, rate=PARTS_RATE, seconds=seconds, tag=f"bare-{part}")
+    print(f"bare with {part} {PARTS_RATE:g}/s: {step}", flush=True)
+    return step
+
+
 async def run(stack: BenchStack, options: Options, bare: dict[str, Any] | None = None) -> dict[str, Any]:
     started = time.monotonic()
     quick, stages = options.quick, options.stages
@@ -530,6 +542,11 @@ def main() -> int:
     if "bare" in options.stages:
         with running_stack(args.state.with_name(args.state.name + "-bare"), bare=True) as stack:
             bare = asyncio.run(run_bare(stack, options))
+        bare["parts"] = {}
+        for part in BARE_PARTS:  # each of our Dovecot-side parts priced alone
+            state = args.state.with_name(f"{args.state.name}-bare-{part}")
+            with running_stack(state, bare=True, bare_with=(part,)) as stack:
+                bare["parts"][part] = asyncio.run(run_bare_part(stack, options, part))
     with running_stack(args.state) as stack:
         results = asyncio.run(run(stack, options, bare))
     if args.no_report or not options.complete:

@@ -116,7 +116,7 @@ def write(results: dict[str, Any]) -> Path:
         "",
     ]
     if "against_bare" in results:
-        out += report_lines(results["against_bare"], results["bare"], results.get("relay", {}))
+        out += report_lines(results)
     out += _goals(results)
     out += _latency_section(results["latency"])
     out += _cost_section(results["cost"])

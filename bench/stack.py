@@ -112,8 +112,9 @@ class BenchStack:
 
 
 @contextmanager
-def running_stack(state: Path = STATE, *, bare: bool = False) -> Iterator[BenchStack]:
-    """The stack in `state`; `bare`: Dovecot and Postfix alone (bench.baseline)."""
+def running_stack(state: Path = STATE, *, bare: bool = False, bare_with: tuple[str, ...] = ()) -> Iterator[BenchStack]:
+    """The stack in `state`; `bare`: Dovecot and Postfix alone (bench.baseline), keeping the parts
+    of ours named in `bare_with` (StackSettings.bare_with)."""
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True, exist_ok=True)  # a dying service may have re-created a subfolder
     ports = free_ports(len(DEFAULT_PORTS))
@@ -121,6 +122,7 @@ def running_stack(state: Path = STATE, *, bare: bool = False) -> Iterator[BenchS
     env["BRIDGE_STATE_DIR"] = str(state)
     if bare:
         env["BRIDGE_STACK_BARE"] = "1"
+        env["BRIDGE_STACK_BARE_WITH"] = ",".join(bare_with)
     settings = StackSettings.from_env({**os.environ, **BENCH_ENV, **env}, repo_dir=REPO)
     launcher = Stack(settings)
     started = time.monotonic()

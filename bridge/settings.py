@@ -289,6 +289,16 @@ def default_state_dir(repo: Path) -> Path:
     return repo / "var"
 
 
+BARE_PARTS = ("hook", "dedupe")
+
+
+def _bare_parts(names: tuple[str, ...]) -> frozenset[str]:
+    unknown = sorted(set(names) - set(BARE_PARTS))
+    if unknown:
+        raise ConfigError(f"BRIDGE_STACK_BARE_WITH: unknown part {unknown[0]!r} (known: {', '.join(BARE_PARTS)})")
+    return frozenset(names)
+
+
 def suite_state_dir(repo: Path) -> Path:
     """The test suite's stack: beside `make run`'s state, in the same reachable place."""
     return default_state_dir(repo) / "test-stack"
@@ -308,6 +318,9 @@ class StackSettings:
     # Dovecot and Postfix alone, as a mail server was before mail-bridge (no content filter, push
     # hook or dedupe script; no Redis, store or bridge): the benchmark's baseline.
     bare: bool = False
+    # Parts of mail-bridge's Dovecot side a bare stack keeps, to price each alone (the benchmark):
+    # "hook" (the push hook, with Redis for it to write to), "dedupe" (the dedupe Sieve script).
+    bare_with: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, repo_dir: Path | None = None) -> StackSettings:
@@ -337,4 +350,5 @@ class StackSettings:
             external_mongodb_url=mongodb_url,
             base_env=source,
             bare=e.flag("BRIDGE_STACK_BARE", False),
+            bare_with=_bare_parts(e.items("BRIDGE_STACK_BARE_WITH")),
         )

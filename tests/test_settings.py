@@ -137,3 +137,10 @@ def test_production_urls_are_accepted(name: str, url: str) -> None:
 def test_each_node_names_its_consumer() -> None:
     s = Settings.from_env({**GOOD, "BRIDGE_CONSUMER_NAME": "bridge-2", "BRIDGE_SOCKET_MAX_QUEUED": "500"})
     assert (s.consumer_name, s.socket_max_queued) == ("bridge-2", 500)
+
+
+def test_a_bare_stack_keeps_only_known_parts_of_ours(tmp_path: Path) -> None:
+    s = StackSettings.from_env({"BRIDGE_STACK_BARE": "1", "BRIDGE_STACK_BARE_WITH": "hook, dedupe"}, repo_dir=tmp_path)
+    assert s.bare and s.bare_with == {"hook", "dedupe"}
+    with pytest.raises(ConfigError, match="BRIDGE_STACK_BARE_WITH: unknown part 'filter' \\(known: hook, dedupe\\)"):
+        StackSettings.from_env({"BRIDGE_STACK_BARE_WITH": "hook,filter"}, repo_dir=tmp_path)

@@ -11,11 +11,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+import redis
 
 from bridge.settings import StackSettings, suite_state_dir
 from bridge.stack.launcher import Stack, StackError, StackInfo, free_ports
@@ -124,15 +127,32 @@ def test_run_command_stops_everything_it_started(
     shutil.rmtree(state, ignore_errors=True)
 
 
+@contextmanager
+def bare_stack(stack_settings: StackSettings, *parts: str) -> Iterator[tuple[Stack, StackInfo, Path]]:
+    """A bare stack (BRIDGE_STACK_BARE) of its own, keeping `parts` of ours; removed afterwards."""
+    state = stack_settings.state_dir.parent / f"test-bare-{uuid.uuid4().hex[:8]}"
+    ports = dict(zip(stack_settings.ports, free_ports(len(stack_settings.ports)), strict=True))
+    settings = replace(stack_settings, ports=ports, state_dir=state, bare=True, bare_with=frozenset(parts))
+    launcher = Stack(settings)
+    try:
+        yield launcher, launcher.start(), state
+    finally:
+        launcher.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def plain_mail(to: str, subject: str) -> tuple[EmailMessage, str]:
+    message_id = f"<{subject}-{uuid.uuid4().hex}@outside.test>"
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"], m["Message-ID"] = "carol@outside.test", to, subject, message_id
+    m.set_content(f"delivered by a {subject} stack\n")
+    return m, message_id
+
+
 def test_a_bare_stack_is_dovecot_and_postfix_alone(stack_settings: StackSettings) -> None:
     """BRIDGE_STACK_BARE (the benchmark's baseline): mail goes Postfix → LMTP → Dovecot as before
     mail-bridge, with no content filter, push hook or dedupe script, and no Redis, store or bridge."""
-    state = stack_settings.state_dir.parent / f"test-bare-{uuid.uuid4().hex[:8]}"
-    ports = dict(zip(stack_settings.ports, free_ports(len(stack_settings.ports)), strict=True))
-    settings = replace(stack_settings, ports=ports, state_dir=state, bare=True)
-    launcher = Stack(settings)
-    try:
-        info = launcher.start()
+    with bare_stack(stack_settings) as (launcher, info, state):
         assert sorted(s.name for s in launcher.services) == ["dovecot", "postfix"]
         main_cf = (state / "postfix" / "etc" / "main.cf").read_text()
         master_cf = (state / "postfix" / "etc" / "master.cf").read_text()
@@ -141,15 +161,36 @@ def test_a_bare_stack_is_dovecot_and_postfix_alone(stack_settings: StackSettings
         dovecot_conf = "".join(p.read_text() for p in (state / "dovecot").glob("9*.conf"))
         assert "push_notification" not in dovecot_conf and "sieve" not in dovecot_conf
         user = info.users[0]
-        message_id = f"<bare-{uuid.uuid4().hex}@outside.test>"
-        m = EmailMessage()
-        m["From"], m["To"], m["Subject"], m["Message-ID"] = "carol@outside.test", user["email"], "bare", message_id
-        m.set_content("delivered without mail-bridge\n")
+        m, message_id = plain_mail(user["email"], "bare")
         send_smtp(info, [m])
         deadline = time.monotonic() + 30
         while message_id not in imap_message_ids(info, user["email"], user["password"]):
             assert time.monotonic() < deadline, "not delivered"
             time.sleep(0.2)
-    finally:
-        launcher.stop()
-        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_a_bare_stack_can_keep_our_push_hook_alone(stack_settings: StackSettings) -> None:
+    """BRIDGE_STACK_BARE_WITH=hook (the benchmark prices each part of ours alone): Redis and the
+    hook, which writes each delivery's event to a stream; no filter, dedupe script or bridge."""
+    with bare_stack(stack_settings, "hook") as (launcher, info, state):
+        assert sorted(s.name for s in launcher.services) == ["dovecot", "postfix", "redis"]
+        assert "push_notification" in (state / "dovecot" / "90-mail-bridge.conf").read_text()
+        assert "sieve" not in (state / "dovecot" / "92-mail-bridge-dedupe.conf").read_text()
+        assert "content_filter" not in (state / "postfix" / "etc" / "main.cf").read_text()
+        m, message_id = plain_mail(info.users[0]["email"], "hook")
+        send_smtp(info, [m])
+        client = redis.Redis.from_url(info.redis_url)
+        deadline = time.monotonic() + 30
+        while not any(message_id.encode() in entry for entry in _stream_entries(client)):
+            assert time.monotonic() < deadline, "no event on a stream"
+            time.sleep(0.2)
+        client.close()
+
+
+def _stream_entries(client: redis.Redis) -> list[bytes]:
+    """Every entry of every stream in Redis, its fields and values joined."""
+    return [
+        b"".join([*fields.keys(), *fields.values()])
+        for stream in client.scan_iter(_type="stream")
+        for _entry_id, fields in client.xrange(stream)
+    ]

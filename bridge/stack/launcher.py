@@ -152,7 +152,10 @@ class Stack(Supervisor):
 
         mongodb_url = s.external_mongodb_url or f"mongodb://{host}:{ports['mongodb']}/"
         redis_url = f"redis://{host}:{ports['redis']}/0"
-        first = [services.dovecot(s)] if s.bare else [services.redis(s), services.dovecot(s)]
+        # A bare stack keeps Redis only for a push hook it keeps (BRIDGE_STACK_BARE_WITH=hook).
+        first = (
+            [services.redis(s), services.dovecot(s)] if not s.bare or "hook" in s.bare_with else [services.dovecot(s)]
+        )
         if s.external_mongodb_url is None and not s.bare:
             first.append(services.ferretdb(s, mongodb_url))
         for service in first:

@@ -124,8 +124,8 @@ def render_all(settings: StackSettings, stack_secrets: StackSecrets, mail_uid: i
     dovecot = state / "dovecot"
     for name in ("90-mail-bridge.conf", "91-mail-bridge-master.conf", "92-mail-bridge-dedupe.conf"):
         text = render_text((repo / "dovecot-conf" / name).read_text(), values)
-        if settings.bare and name != "91-mail-bridge-master.conf":  # the master user costs no delivery
-            text = "# BRIDGE_STACK_BARE: without mail-bridge\n"
+        if settings.bare and name != "91-mail-bridge-master.conf" and BARE_PART.get(name) not in settings.bare_with:
+            text = "# BRIDGE_STACK_BARE: without mail-bridge\n"  # the master user (91) costs no delivery
         _write(dovecot / name, text)
     _write(
         dovecot / "dovecot.conf",
@@ -154,6 +154,10 @@ def render_all(settings: StackSettings, stack_secrets: StackSecrets, mail_uid: i
     _write(etc / "vmailbox.regexp", "/@example\\.test$/ ok\n")
     # Submission: the envelope sender must be the login itself (reject_sender_login_mismatch).
     _write(etc / "sender_logins.regexp", "/^(.+)$/ ${1}\n")
+
+
+# Which part of a bare stack (StackSettings.bare_with) each Dovecot file is.
+BARE_PART = {"90-mail-bridge.conf": "hook", "92-mail-bridge-dedupe.conf": "dedupe"}
 
 
 def user_home(state: Path, email: str) -> Path:
