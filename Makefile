@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBS := dovecot-imapd dovecot-lmtpd dovecot-sieve postfix redis-server lua-socket
+DEBS := dovecot-imapd dovecot-lmtpd dovecot-sieve postfix redis-server lua-socket lua5.4
 # The browser the web client's tests drive (headless), a font for the emoji it shows, and systemd-analyze
 # (from systemd; nothing is started) that checks the shipped units; libnss-mdns (its mdns4_minimal on the
 # hosts line) gives the hook's name-lookup test a C-library resolver that can be made to hang.

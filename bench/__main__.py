@@ -103,18 +103,28 @@ Fixed from earlier runs' profiles (each change measured with this benchmark's st
   mail waited 9 s for a slot; now 50.
 - **The Dovecot hook gave Redis 100 ms**: on the saturated machine deliveries hit it and spooled
   (and everyone spools while the spool drains); now 250 ms, and the spool drains every 0.1 s.
+- **Dovecot parsed the hook for every delivery**: push_notification_lua starts a Lua state per mail
+  user, which in LMTP is per delivery. Priced on the bare stack with only the hook, 50 mails/s, two
+  runs each: Dovecot 6.0-6.5 ms of CPU per mail with the hook's source, 4.2-4.6 with the same hook
+  precompiled (`bridge/hook_bytecode.py`), 3.4 with an empty script; its Redis connection and XADD
+  cost under 0.1 ms. The installer and the stack now precompile it with the compiler of the Lua that
+  Dovecot links.
 
-Next, from the profiles: (1) the spool. At 200 mails/s the filter and the bridge's spool drainer
-spend about a fifth of their samples on it: once one delivery's hook misses its 250 ms (a busy
-machine), every producer writes to the spool until it is drained (that keeps the stream in order),
-and events wait for the drainer, which is most of Dovecot → socket under load. Keep the hook's Redis
-connection open between transactions, and keep order per producer rather than globally. (2) The
-relay's ceiling is python-socketio's per-socket fan-out (a task and a queue per socket per event), so
-one process tops out below 20,000 deliveries/s: several bridge processes behind one Redis (issue 8),
-or writing each encoded packet to the sockets directly. (3) At 100 mails/s Postfix and Dovecot take
-about half a core each and the machine is saturated: Postfix passes each mail through its queue twice
-(an after-queue filter, by design: it never loses or bounces mail), and the benchmark's own clients
-and the IDLE baseline run on the same cores.
+Tried and left out: keeping the hook's Redis connection between transactions (a new Lua state per
+delivery holds none: it only helped IMAP sessions, where it should not); Postfix caching its
+connections to the content filter (`smtp_connection_cache_destinations`: connections were reused,
+CPU unchanged within noise, two runs each); a plugin list per user to price Dovecot's parts
+(Dovecot 2.3.19 cannot serve users with different plugin lists from one lmtp process).
+
+Next, from the profiles and the parts table: (1) the content filter and Postfix's second queue pass
+(an after-queue filter, by design: it never loses or bounces mail). A before-queue mode (Postfix's
+smtpd_proxy_filter to the same filter) would pass each mail through the queue once, at the cost of
+holding the client's SMTP session while the filter runs. (2) The bridge's CPU per mail is mostly
+socket writes and Redis round trips per event (the profile's aiohttp, asyncio and redis shares):
+coalescing a read's events per socket into one frame. (3) What is left of the hook: a Lua state per
+delivery, which only Dovecot's own plugin could keep (a C push driver, or Dovecot 2.4's Lua API).
+(4) The spool under saturation: once one delivery's hook misses its 250 ms, every producer writes to
+the spool until it is drained (that keeps the stream in order); keep order per producer instead.
 """
 
 

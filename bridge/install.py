@@ -53,6 +53,7 @@ from bridge.install_state import (
     read_file,
     save_state,
     spool_owned,
+    write_bytes,
     write_file,
 )
 
@@ -78,6 +79,13 @@ def _plan(o: Options) -> tuple[Plan, ServerFacts]:
         previous_entries=previous,
     )
     return plan, facts
+
+
+def _bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _diff(path: Path, old: str | None, new: str | None, secret: bool) -> list[str]:
@@ -133,6 +141,9 @@ def install(o: Options, *, assume_yes: bool, reload: bool, out: TextIO, answer: 
         for name in ("main.cf", "master.cf"):
             diff += _diff(r.postfix_dir / name, read_file(r.postfix_dir / name), read_file(postfix / name), False)
         _validate_scratch(dovecot, postfix, Path(tmp))
+    for target, bytecode in plan.compiled.items():
+        if _bytes(target) != bytecode:
+            diff.append(f"+ {target}: the push hook, precompiled ({len(bytecode)} bytes)\n")
     for target in list(plan.binaries):
         if plan.binaries[target] == target and not target.exists():
             plan.binaries[target] = build_ferretdb(out)
@@ -169,7 +180,7 @@ def install(o: Options, *, assume_yes: bool, reload: bool, out: TextIO, answer: 
     for path in plan.files:
         # Files with secrets are not copied into the state: uninstall removes them.
         state["files"].setdefault(str(path), None if path in plan.secret_files else read_file(path))
-    for target in plan.binaries:
+    for target in [*plan.binaries, *plan.compiled]:
         state["files"].setdefault(str(target), None)
     state["options"] = r.remembered()
     state["chained_filter"] = plan.chained_filter
@@ -179,6 +190,8 @@ def install(o: Options, *, assume_yes: bool, reload: bool, out: TextIO, answer: 
     for target, source in plan.binaries.items():
         if source != target:
             copy_program(source, target, state)
+    for target, bytecode in plan.compiled.items():
+        write_bytes(target, bytecode, 0o644)
     save_state(r.state_file, state)
     apply_postfix(r.postfix_dir, plan)
     make_spool(r, state)
@@ -268,6 +281,12 @@ def check(o: Options, *, out: TextIO) -> int:
     for target in plan.binaries:
         if not target.exists():
             problems.append(f"missing: {target}")
+    for target, bytecode in plan.compiled.items():
+        found = _bytes(target)
+        if found is None:
+            problems.append(f"missing: {target}")
+        elif found != bytecode:
+            problems.append(f"differs from this version's: {target}")
     if not spool_owned(r):
         problems.append(f"spool: {r.spool_dir} missing or not owned by {r.mail_user}")
     for problem in problems:

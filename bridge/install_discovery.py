@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.errors import BridgeError
+from bridge.hook_bytecode import DEBIAN_MODULE_DIR, lua_compiler
 
 # Pigeonhole reads sieve_before, sieve_before2, sieve_before3, ... and stops at the first unset one
 # (Pigeonhole "Sieve interpreter settings"); the push_notification plugin numbers its drivers the
@@ -101,6 +102,8 @@ class ServerFacts:
     submission_tls: bool  # the submission smtpd demands STARTTLS before AUTH
     inet_ports: dict[int, str] = field(default_factory=dict)  # port -> master.cf service/type
     receive_override_options: str | None = None
+    # luac of the Lua that Dovecot's push_notification_lua links (bridge.hook_bytecode), if installed.
+    lua_compiler: Path | None = None
 
 
 def _plugin_sequence(dovecot_dir: Path, base: str) -> dict[str, str]:
@@ -154,4 +157,5 @@ def discover(dovecot_dir: Path, postfix_dir: Path) -> ServerFacts:
         submission_tls=submission_tls,
         inet_ports=ports,
         receive_override_options=postconf_value(postfix_dir, "receive_override_options"),
+        lua_compiler=lua_compiler(Path(doveconf_value(dovecot_dir, "mail_plugin_dir") or DEBIAN_MODULE_DIR)),
     )

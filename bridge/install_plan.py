@@ -1,6 +1,7 @@
 """What `mail-bridge install` would write, decided from its options and the server's facts.
 
-Contract: pure apart from reading the shipped templates and the existing env file. Given the
+Contract: pure apart from reading the shipped templates and the existing env file, and running the
+Lua compiler the facts name on the push hook (bridge.hook_bytecode). Given the
 resolved options (`bridge.install_options`) and the `ServerFacts` found by
 `bridge.install_discovery`, it decides every value the install writes and returns a `Plan`: files
 (content, mode, group: Dovecot's snippets, the hooks, the master user, the bridge's env file, the
@@ -20,6 +21,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bridge.hook_bytecode import HOOK_BYTECODE, HOOK_SOURCE, compile_hook
 from bridge.install_discovery import ServerFacts, numbered_slot
 from bridge.install_options import InstallError, Options, redis_url, stream_prefix
 from bridge.install_postfix import OUTBOUND_HEADERS, OUTBOUND_HEADERS_TEXT, chained_filter, plan_postfix
@@ -42,6 +44,7 @@ class Plan:
 
     files: dict[Path, FileSpec] = field(default_factory=dict)
     binaries: dict[Path, Path] = field(default_factory=dict)  # target -> source (the store's program)
+    compiled: dict[Path, bytes] = field(default_factory=dict)  # the push hook's bytecode (bridge.hook_bytecode)
     units: list[str] = field(default_factory=list)  # systemd units to enable, in start order
     secret_files: set[Path] = field(default_factory=set)  # never printed
     main_cf: dict[str, str] = field(default_factory=dict)
@@ -93,11 +96,11 @@ def env_text(o: Options, facts: ServerFacts, kept: dict[str, str], master_passwo
     return "\n".join(lines)
 
 
-def _template_values(o: Options, facts: ServerFacts, chained: str) -> dict[str, str]:
+def _template_values(o: Options, facts: ServerFacts, chained: str, hook: Path) -> dict[str, str]:
     """The `@NAME@` values of the shipped Dovecot and Postfix snippets (bridge.stack.render)."""
     overrides = "no_unknown_recipient_checks,no_header_body_checks,no_milters"
     return {
-        "HOOK": str(o.hook_dir / "mail-bridge-push.lua"),
+        "HOOK": str(hook),
         "REDIS_HOST": (o.redis_cluster[0] if o.redis_cluster else (o.redis_host, o.redis_port))[0],
         "REDIS_PORT": str((o.redis_cluster[0] if o.redis_cluster else (o.redis_host, o.redis_port))[1]),
         "SENTINEL": "" if o.redis_sentinels else "#",
@@ -135,13 +138,29 @@ def make_plan(
     plan = Plan(resolved=o)
     chained = chained_filter(o, current_main, previous_chain)
     plan.chained_filter = chained
-    values = _template_values(o, facts, chained)
+    hook = o.hook_dir / HOOK_SOURCE
+    hook_source = shipped(f"hooks/{HOOK_SOURCE}").read_text()
+    if facts.lua_compiler is not None:
+        hook = o.hook_dir / HOOK_BYTECODE
+        plan.compiled[hook] = compile_hook(hook_source, facts.lua_compiler)
+        plan.notes.append(
+            f"The push hook is precompiled by {facts.lua_compiler} into {hook} (Dovecot loads it for every"
+            " delivery: bytecode skips the parse); the source beside it is what it was made from"
+        )
+    else:
+        plan.notes.append(
+            "The push hook is used as Lua source: Dovecot parses it for every delivery. Install the compiler"
+            " of the Lua Dovecot links (Debian 12: apt-get install lua5.4) and run install again to have it"
+            " precompiled, which saves Dovecot about 2 ms of CPU per delivery"
+        )
+    values = _template_values(o, facts, chained, hook)
     for name in DOVECOT_FILES:
         plan.files[o.dovecot_dir / "conf.d" / name] = FileSpec(
             render_text(shipped(f"dovecot-conf/{name}").read_text(), values), 0o644
         )
-    for hook in ("mail-bridge-push.lua", "mail-bridge-dedupe.sieve"):
-        plan.files[o.hook_dir / hook] = FileSpec(shipped(f"hooks/{hook}").read_text(), 0o644)
+    plan.files[o.hook_dir / HOOK_SOURCE] = FileSpec(hook_source, 0o644)
+    sieve = "mail-bridge-dedupe.sieve"
+    plan.files[o.hook_dir / sieve] = FileSpec(shipped(f"hooks/{sieve}").read_text(), 0o644)
     kept = existing_secrets(o.env_file)
     users = o.dovecot_dir / "mail-bridge-master-users"
     master_password = kept.get("BRIDGE_IMAP_MASTER_PASSWORD") if users.exists() else None

@@ -65,6 +65,14 @@ def write_file(path: Path, text: str, mode: int, group: str | None, state: dict[
     os.replace(tmp, path)
 
 
+def write_bytes(path: Path, data: bytes, mode: int) -> None:
+    """A binary file in a directory the plan's files made (the push hook's bytecode beside its source)."""
+    tmp = path.with_name(path.name + ".mail-bridge-tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
 def copy_program(source: Path, target: Path, state: dict[str, Any]) -> None:
     for parent in reversed(target.parents):
         if not parent.exists():

@@ -95,7 +95,10 @@ def test_install_check_and_uninstall_round_trip_on_stock_debian_configs(stock: P
     config = subprocess.run(
         ["doveconf", "-c", str(stock / "dovecot" / "dovecot.conf"), "-n"], capture_output=True, text=True, check=True
     ).stdout
-    assert f"push_notification_driver = lua:file={stock / 'lib' / 'mail-bridge-push.lua'}" in config
+    # The hook precompiled for Dovecot's Lua (bridge.hook_bytecode), its source beside it.
+    assert f"push_notification_driver = lua:file={stock / 'lib' / 'mail-bridge-push.luac'}" in config
+    assert (stock / "lib" / "mail-bridge-push.luac").read_bytes().startswith(b"\x1bLua")
+    assert "precompiled (" in installed.stdout
     assert f"mail_bridge_spool_dir = {stock / 'spool'}" in config
     assert postconf(stock, "-h", "content_filter") == "mail-bridge:[127.0.0.1]:10025"
     assert "hopcount_limit=51" in postconf(stock, "-M", "mail-bridge-cleanup/unix")
@@ -114,6 +117,12 @@ def test_install_check_and_uninstall_round_trip_on_stock_debian_configs(stock: P
     )
     again = run(stock, "--yes")
     assert (again.returncode, again.stdout.strip()) == (0, "mail-bridge is already installed: nothing to change.")
+    bytecode = stock / "lib" / "mail-bridge-push.luac"
+    made = bytecode.read_bytes()
+    bytecode.write_bytes(made[:-8])  # not what this version's source compiles to
+    stale = run(stock, "--check")
+    assert stale.returncode == 1 and f"differs from this version's: {bytecode}" in stale.stdout
+    assert run(stock, "--yes").returncode == 0 and bytecode.read_bytes() == made
 
     removed = run(stock, "--uninstall")
     assert removed.returncode == 0, removed.stderr
@@ -359,7 +368,7 @@ def test_the_admins_own_settings_stay_and_ours_go_beside_them(stock: Path) -> No
     assert f"sieve_before = {stock / 'admin.sieve'}" in config
     assert f"sieve_before2 = {stock / 'lib' / 'mail-bridge-dedupe.sieve'}" in config
     assert "push_notification_driver = ox:url=http://127.0.0.1:1/" in config
-    assert f"push_notification_driver2 = lua:file={stock / 'lib' / 'mail-bridge-push.lua'}" in config
+    assert f"push_notification_driver2 = lua:file={stock / 'lib' / 'mail-bridge-push.luac'}" in config
     # Chained before amavis: ours first, then the re-injection hands the mail on to amavis.
     assert postconf(stock, "-h", "content_filter").startswith("mail-bridge:[127.0.0.1]:")
     # amavis's re-injection holds 10025: ours moved to the next free ports.

@@ -102,7 +102,8 @@ def test_install_writes_the_hooks_and_snippets_from_inside_the_wheel(installed: 
     for name in ("mail-bridge-push.lua", "mail-bridge-dedupe.sieve"):
         assert (stock / "lib" / name).read_bytes() == (share / "hooks" / name).read_bytes()
     conf = (stock / "dovecot" / "conf.d" / "90-mail-bridge.conf").read_text()
-    assert f"lua:file={stock / 'lib' / 'mail-bridge-push.lua'}" in conf
+    assert f"lua:file={stock / 'lib' / 'mail-bridge-push.luac'}" in conf
+    assert (stock / "lib" / "mail-bridge-push.luac").read_bytes().startswith(b"\x1bLua")
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.errors import ConfigError
+from bridge.hook_bytecode import DEBIAN_MODULE_DIR, HOOK_BYTECODE, HOOK_SOURCE, compile_hook, lua_compiler
 from bridge.settings import StackSettings
 
 DEMO_USERS = ("alice@example.test", "bob@example.test")
@@ -89,6 +90,19 @@ def render_all(settings: StackSettings, stack_secrets: StackSecrets, mail_uid: i
     # Password files are read by Dovecot's auth process, which runs as the dovecot user.
     auth_gid = grp.getgrnam("dovecot").gr_gid
     repo, state, ports = settings.repo_dir, settings.state_dir, settings.ports
+    dovecot = state / "dovecot"
+    # The hook runs inside lmtp/imap as the mail user: it must be readable from the state dir.
+    # Precompiled when the compiler of Dovecot's Lua is there (bridge.hook_bytecode; `make setup`
+    # installs it), as the installer does on a mail server.
+    hook_source = (repo / "hooks" / HOOK_SOURCE).read_text()
+    _write(dovecot / HOOK_SOURCE, hook_source)
+    hook = dovecot / HOOK_SOURCE
+    compiler = lua_compiler(DEBIAN_MODULE_DIR)  # the stack runs Debian's Dovecot
+    if compiler is not None:
+        hook = dovecot / HOOK_BYTECODE
+        hook.parent.mkdir(parents=True, exist_ok=True)
+        hook.write_bytes(compile_hook(hook_source, compiler))
+        hook.chmod(0o644)
     values = {
         "STATE": str(state),
         "HOST": settings.host,
@@ -111,7 +125,7 @@ def render_all(settings: StackSettings, stack_secrets: StackSecrets, mail_uid: i
         "REDIS_MASTER": "mymaster",
         "STREAM": "mail:dovecot",
         "SPOOL": str(state / "spool"),
-        "HOOK": str(state / "dovecot" / "mail-bridge-push.lua"),
+        "HOOK": str(hook),
         "MASTER_USERS": str(state / "dovecot" / "master-users"),
         "SIEVE_DIR": str(state / "dovecot" / "sieve"),
         # The stack's Dovecot has no Sieve or push settings of its own: the first slots are free.
@@ -121,7 +135,6 @@ def render_all(settings: StackSettings, stack_secrets: StackSecrets, mail_uid: i
         "NEXT_FILTER": "",
         "REINJECT_OVERRIDES": "no_unknown_recipient_checks,no_header_body_checks,no_milters",
     }
-    dovecot = state / "dovecot"
     for name in ("90-mail-bridge.conf", "91-mail-bridge-master.conf", "92-mail-bridge-dedupe.conf"):
         text = render_text((repo / "dovecot-conf" / name).read_text(), values)
         if settings.bare and name != "91-mail-bridge-master.conf" and BARE_PART.get(name) not in settings.bare_with:
@@ -131,8 +144,6 @@ def render_all(settings: StackSettings, stack_secrets: StackSecrets, mail_uid: i
         dovecot / "dovecot.conf",
         render_text((repo / "dovecot-conf" / "stack" / "dovecot.conf.in").read_text(), values),
     )
-    # The hook runs inside lmtp/imap as the mail user: it must be readable from the state dir.
-    _write(dovecot / "mail-bridge-push.lua", (repo / "hooks" / "mail-bridge-push.lua").read_text())
     # Pigeonhole compiles the script next to itself, as the mail user: the directory is theirs.
     sieve = dovecot / "sieve"
     _write(sieve / "mail-bridge-dedupe.sieve", (repo / "hooks" / "mail-bridge-dedupe.sieve").read_text())
