@@ -22,6 +22,7 @@ from bridge.auth import Identity
 from bridge.errors import AuthError, InvalidInput, RateLimited, TooLarge
 from bridge.http_api import read_json
 from bridge.mail_service import owned_account, owned_ref
+from bridge.mailbox_order import STANDARD_NAMES
 from bridge.search_query import parse_search
 from bridge.uploads import MAX_UPLOAD_BYTES
 
@@ -159,7 +160,10 @@ async def flags(request: web.Request) -> web.Response:
 async def move(request: web.Request) -> web.Response:
     ref = owned_ref(identity_of(request), request.match_info["id"])
     body = await read_json(request)
-    return web.json_response({"ok": True, **await request.app[keys.MAIL].move(ref, body.get("mailbox"))})
+    target = body.get("mailbox")
+    # The standard folders are always listed (bridge.mailbox_order): moving into one makes it.
+    create = target in STANDARD_NAMES
+    return web.json_response({"ok": True, **await request.app[keys.MAIL].move(ref, target, create=create)})
 
 
 async def archive(request: web.Request) -> web.Response:
@@ -169,8 +173,8 @@ async def archive(request: web.Request) -> web.Response:
 
 async def delete(request: web.Request) -> web.Response:
     ref = owned_ref(identity_of(request), request.match_info["id"])
-    await request.app[keys.MAIL].delete(ref)
-    return web.json_response({"ok": True})
+    moved = await request.app[keys.MAIL].delete(ref)
+    return web.json_response({"ok": True, **(moved or {"newEmailId": None})})
 
 
 async def send(request: web.Request) -> web.Response:

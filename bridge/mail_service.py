@@ -35,6 +35,7 @@ from bridge.errors import Forbidden, InvalidInput, NotFound, RateLimited, Unavai
 from bridge.imap import ImapGateway, MailboxInfo
 from bridge.index_cache import IndexCache
 from bridge.mail_headers import decode_text
+from bridge.mailbox_order import ordered_mailboxes
 from bridge.message_parse import extract_part, parse_message
 from bridge.metrics import Metrics
 from bridge.rate_limit import RateLimiter
@@ -159,7 +160,8 @@ class MailService:
                     "countsVersion": counts.version,
                 }
             )
-        return out
+        # The special-use folders always there and first, in one order (bridge.mailbox_order).
+        return ordered_mailboxes(out, boxes[0].delimiter if boxes else "/")
 
     async def listing(
         self,
@@ -290,13 +292,14 @@ class MailService:
         await self.publish(BrowserEvent("email_moved", ref.account, payload))
         return payload
 
-    async def delete(self, ref: EmailRef) -> None:
-        """Into Trash; from Trash itself, for good (\\Deleted, then MOVE's sibling: UID EXPUNGE)."""
+    async def delete(self, ref: EmailRef) -> dict[str, Any] | None:
+        """Into Trash, saying where it went (as `move` does: what an undo moves back); from Trash
+        itself, for good (\\Deleted, then MOVE's sibling: UID EXPUNGE), and None."""
         if ref.mailbox.lower() == "trash":
             await self.imap.store_flags(ref, ("\\Deleted",), add=True)
             await self.imap.expunge_uid(ref)
-        else:
-            await self.move(ref, "Trash", create=True)
+            return None
+        return await self.move(ref, "Trash", create=True)
 
     @staticmethod
     def check_upload(filename: object, content_type: object) -> None:

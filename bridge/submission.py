@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 
 import aiosmtplib
 
@@ -23,6 +24,18 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+_ENHANCED_CODE = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}(\s+|$)")
+
+
+def reply_text(message: str, recipient: str = "") -> str:
+    """An SMTP reply's text as a person reads it: without the enhanced status code (RFC 3463) and,
+    for a recipient, without Postfix's "<address>: " that repeats whom it is about."""
+    text = _ENHANCED_CODE.sub("", " ".join(message.split()))
+    if recipient:
+        text = text.removeprefix(f"<{recipient}>: ")
+    return text or "no reason given"
 
 
 class Submission:
@@ -58,11 +71,12 @@ class Submission:
                 await client.login(f"{account}*{self.master_user}", self.master_password)
                 errors, _reply = await client.sendmail(account, list(outgoing.recipients), outgoing.message)
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            raise InvalidInput("no recipient was accepted: " + "; ".join(str(e) for e in exc.recipients)) from None
+            refused = "; ".join(f"{e.recipient}: {reply_text(e.message, e.recipient)}" for e in exc.recipients)
+            raise InvalidInput(f"no recipient was accepted ({refused})") from None
         except aiosmtplib.SMTPResponseException as exc:
             if 500 <= exc.code < 600:
-                raise InvalidInput(f"the mail server refused the message: {exc.code} {exc.message}") from None
-            raise Unavailable(f"the mail server deferred the message: {exc.code} {exc.message}") from None
+                raise InvalidInput(f"the mail server refused the message: {reply_text(exc.message)}") from None
+            raise Unavailable(f"the mail server deferred the message: {reply_text(exc.message)}") from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise Unavailable(f"submission failed: {exc}") from None
         if errors:

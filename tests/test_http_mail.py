@@ -209,18 +209,29 @@ async def test_move_and_delete_report_back_as_events(
     await client.connect(stack.web_url, headers["Authorization"][7:])
     emails = {e["subject"]: e for e in (await get_json(http, "/api/v1/email/inbox", headers))["emails"]}
     async with http.post(
-        f"/api/v1/email/{emails['move me']['id']}/move", headers=headers, json={"mailbox": "Archive"}
+        f"/api/v1/email/{emails['move me']['id']}/move", headers=headers, json={"mailbox": "Projects"}
     ) as r:
-        assert r.status == 404  # no Archive yet: a clear error, nothing moved
+        assert r.status == 404  # no such folder: a clear error, nothing moved
     await client.sio.call("mark_read", {"emailId": emails["move me"]["id"]}, timeout=15)
     async with http.delete(f"/api/v1/email/{emails['delete me']['id']}", headers=headers) as r:
         assert r.status == 200, await r.text()
+        deleted = await r.json()
     trashed = await client.wait_for("new_email", lambda e: e["mailbox"] == "Trash")
     assert trashed["subject"] == "delete me"
+    # Where it went, for an undo to move it back.
+    assert (deleted["fromMailbox"], deleted["toMailbox"], deleted["newEmailId"]) == ("INBOX", "Trash", trashed["id"])
     await client.wait_for("email_deleted", lambda e: e["emailId"] == emails["delete me"]["id"])
     async with http.delete(f"/api/v1/email/{trashed['id']}", headers=headers) as r:
         assert r.status == 200, await r.text()
+        assert (await r.json()) == {"ok": True, "newEmailId": None}  # gone for good: nothing to undo
     await client.wait_for("email_deleted", lambda e: e["emailId"] == trashed["id"])
+    # A standard folder not made yet (every client lists it: bridge.mailbox_order) is made by a move.
+    async with http.post(
+        f"/api/v1/email/{emails['move me']['id']}/move", headers=headers, json={"mailbox": "Junk"}
+    ) as r:
+        assert r.status == 200, await r.text()
+        assert (await r.json())["toMailbox"] == "Junk"
+    await client.wait_for("new_email", lambda e: e["mailbox"] == "Junk" and e["subject"] == "move me")
     await client.close()
 
 

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
+import re
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from playwright.async_api import Browser, expect
+from playwright.async_api import Browser, Route, expect
 
 from bridge.browser_events import BrowserEvent
 from bridge.fanout_publish import FanoutPublisher
 from bridge.metrics import Metrics
 from bridge.stack.launcher import StackInfo
 from tests.browser import signed_in, wait_live
-from tests.common import Account, host_token
+from tests.common import Account, AccountPool, host_token
 from tests.mailtools import send_smtp
 from tests.test_e2e_mail import message
 
@@ -84,6 +85,10 @@ async def test_compose_sends_and_the_sent_mail_arrives(browser: Browser, stack: 
     await page.get_by_role("button", name="Send", exact=True).click()
     await expect(page.get_by_role("status").filter(has_text="Sent").first).to_be_visible(timeout=15_000)
     await expect(page.get_by_role("button", name=subject)).to_be_visible(timeout=15_000)
+    # In Sent, a row names whom it went to, not the sender (always oneself there).
+    await page.get_by_role("navigation", name="Mailboxes").get_by_role("button", name="Sent").click()
+    sent = page.get_by_role("list", name="Messages").locator("li.item").filter(has_text=subject)
+    await expect(sent.locator(".from")).to_have_text(f"To: {account.email}", timeout=15_000)
     await page.close()
 
 
@@ -118,11 +123,94 @@ async def test_search_tabs_keyboard_and_delete(browser: Browser, stack: StackInf
     await expect(page.get_by_role("button", name=f"Beta {tag}")).to_be_visible()
 
     await page.locator("body").click()
-    await page.keyboard.press("j")  # opens the newest message
-    await expect(page.get_by_role("region", name="Message")).to_be_visible()
+    await page.keyboard.press("j")  # the cursor on the newest message: nothing opened, nothing read
+    newest = page.get_by_role("list", name="Messages").locator("li.item").first
+    await expect(newest.locator(".open")).to_be_focused()
+    await expect(page.get_by_role("region", name="Message")).to_have_text("Select a message")
+    await expect(newest).to_have_class("item unread")
+    await page.keyboard.press("Enter")  # opens it
+    await expect(page.get_by_role("region", name="Message").get_by_role("heading")).to_be_visible()
     subject = await page.get_by_role("region", name="Message").get_by_role("heading").inner_text()
     await page.get_by_role("button", name="Delete", exact=True).click()
     await expect(page.get_by_role("button", name=subject)).to_have_count(0, timeout=15_000)
+    await page.close()
+
+
+async def test_archive_and_delete_can_be_undone(browser: Browser, stack: StackInfo, account: Account) -> None:
+    tag = uuid.uuid4().hex[:6]
+    await asyncio.to_thread(
+        send_smtp,
+        stack,
+        [
+            message("carol@outside.test", account.email, f"Keep {tag}"),
+            message("dan@outside.test", account.email, f"Bin {tag}"),
+        ],
+    )
+    page = await signed_in(browser, stack, account)
+    listing = page.get_by_role("list", name="Messages")
+    for subject in (f"Keep {tag}", f"Bin {tag}"):
+        await expect(listing.get_by_role("button", name=subject)).to_be_visible(timeout=15_000)
+
+    await listing.get_by_role("button", name=f"Keep {tag}").click()
+    await page.get_by_role("region", name="Message").get_by_role("button", name="Archive", exact=True).click()
+    await expect(listing.get_by_role("button", name=f"Keep {tag}")).to_have_count(0, timeout=15_000)
+    await page.get_by_role("status").filter(has_text="Archived").get_by_role("button", name="Undo").click()
+    await expect(listing.get_by_role("button", name=f"Keep {tag}")).to_be_visible(timeout=15_000)
+
+    # From the keyboard: # moves it to Trash, z puts it back.
+    await listing.get_by_role("button", name=f"Bin {tag}").click()
+    await page.locator("body").press("#")
+    await expect(listing.get_by_role("button", name=f"Bin {tag}")).to_have_count(0, timeout=15_000)
+    await expect(page.get_by_role("status").filter(has_text="Moved to Trash")).to_be_visible()
+    await page.locator("body").press("z")
+    await expect(listing.get_by_role("button", name=f"Bin {tag}")).to_be_visible(timeout=15_000)
+    await page.get_by_role("navigation", name="Mailboxes").get_by_role("button", name="Trash").click()
+    await expect(page.get_by_role("list", name="Messages").get_by_role("button", name=f"Bin {tag}")).to_have_count(0)
+    await page.close()
+
+
+async def test_the_standard_folders_are_there_in_order_and_report_spam_moves_to_junk(
+    browser: Browser, stack: StackInfo, account: Account
+) -> None:
+    subject = f"Cheap pills {uuid.uuid4().hex[:6]}"
+    await asyncio.to_thread(send_smtp, stack, [message("spammer@outside.test", account.email, subject)])
+    page = await signed_in(browser, stack, account)
+    nav = page.get_by_role("navigation", name="Mailboxes")
+    # A fresh account: every standard folder listed at once, in the usual order.
+    await expect(nav.get_by_role("button")).to_have_text(
+        [re.compile(r"^INBOX"), "Drafts", "Sent", "Archive", "Junk", "Trash"], timeout=15_000
+    )
+    listing = page.get_by_role("list", name="Messages")
+    await listing.get_by_role("button", name=subject).click()
+    await page.get_by_role("region", name="Message").get_by_role("button", name="Report spam").click()
+    await expect(listing.get_by_role("button", name=subject)).to_have_count(0, timeout=15_000)
+    await nav.get_by_role("button", name="Junk").click()
+    await expect(listing.get_by_role("button", name=subject)).to_be_visible(timeout=15_000)
+    await listing.get_by_role("button", name=subject).click()
+    await page.get_by_role("region", name="Message").get_by_role("button", name="Not spam").click()
+    await expect(listing.get_by_role("button", name=subject)).to_have_count(0, timeout=15_000)
+    await nav.get_by_role("button", name=re.compile(r"^INBOX")).click()
+    await expect(listing.get_by_role("button", name=subject)).to_be_visible(timeout=15_000)
+    await page.close()
+
+
+async def test_reply_all_answers_everyone_but_oneself(
+    browser: Browser, stack: StackInfo, account: Account, other_account: Account, account_pool: AccountPool
+) -> None:
+    subject = f"Team {uuid.uuid4().hex[:6]}"
+    copied = account_pool.take()
+    team = message("carol@outside.test", account.email, subject)
+    team.replace_header("To", f"{account.email}, {other_account.email}")
+    team["Cc"] = copied.email
+    await asyncio.to_thread(send_smtp, stack, [team])
+    page = await signed_in(browser, stack, account)
+    await page.get_by_role("list", name="Messages").get_by_role("button", name=subject).click()
+    await page.get_by_role("region", name="Message").get_by_role("button", name="Reply all").click()
+    composer = page.get_by_role("form", name="Compose")
+    await expect(composer.get_by_label("To", exact=True)).to_have_value(re.compile("carol@outside.test"))
+    cc = await composer.get_by_label("Cc", exact=True).input_value()
+    assert sorted(a.strip() for a in cc.split(",")) == sorted([other_account.email, copied.email])
+    await expect(composer.get_by_label("Subject")).to_have_value(f"Re: {subject}")
     await page.close()
 
 
@@ -170,7 +258,7 @@ async def test_replying_shows_on_the_users_other_device(browser: Browser, stack:
     await phone.close()
 
 
-async def test_a_label_added_on_one_device_shows_on_the_other(
+async def test_a_label_added_or_removed_on_one_device_shows_on_the_other(
     browser: Browser, stack: StackInfo, account: Account
 ) -> None:
     subject = f"Label me {uuid.uuid4().hex[:6]}"
@@ -182,6 +270,9 @@ async def test_a_label_added_on_one_device_shows_on_the_other(
     await laptop.get_by_label("Add label").press("Enter")
     # An IMAP keyword set through the bridge: Dovecot's event brings it to every session.
     await expect(phone.get_by_role("button", name=subject).get_by_label("Labels")).to_have_text("work", timeout=15_000)
+    # And taken off again, from the message's own label.
+    await laptop.get_by_role("region", name="Message").get_by_role("button", name="Remove label work").click()
+    await expect(phone.get_by_role("button", name=subject).get_by_label("Labels")).to_have_count(0, timeout=15_000)
     await laptop.close()
     await phone.close()
 
@@ -209,7 +300,8 @@ async def test_hostile_html_renders_inert_and_remote_images_wait_until_asked(
     page.on("dialog", lambda d: dialogs.append(d.message))
     await page.get_by_role("button", name=subject).click()
     frame_element = page.locator('iframe[title="Message body"]')
-    await expect(frame_element).to_have_attribute("sandbox", "")  # no script, no forms, no top navigation
+    # No script, no forms, no top navigation: only links may open, in a tab of their own.
+    await expect(frame_element).to_have_attribute("sandbox", "allow-popups allow-popups-to-escape-sandbox")
     body = page.frame_locator('iframe[title="Message body"]').locator("body")
     await expect(body).to_contain_text("Quarterly update", timeout=15_000)
     html = await body.inner_html()
@@ -223,6 +315,37 @@ async def test_hostile_html_renders_inert_and_remote_images_wait_until_asked(
     await expect(page.get_by_role("note")).to_have_count(0)
     assert "pwned" not in await page.title()
     assert dialogs == []
+    await page.close()
+
+
+async def test_a_link_in_html_mail_opens_in_a_new_tab_without_opener_or_referrer(
+    browser: Browser, stack: StackInfo, account: Account
+) -> None:
+    subject = f"Link {uuid.uuid4().hex[:6]}"
+    mail = message("carol@outside.test", account.email, subject, "plain part")
+    mail.add_alternative('<p>Read <a href="https://example.invalid/report">the report</a>.</p>', subtype="html")
+    await asyncio.to_thread(send_smtp, stack, [mail])
+    page = await signed_in(browser, stack, account)
+    await page.get_by_role("button", name=subject).click()
+    link = page.frame_locator('iframe[title="Message body"]').get_by_role("link", name="the report")
+    await expect(link).to_have_attribute("target", "_blank", timeout=15_000)
+    await expect(link).to_have_attribute("rel", "noopener noreferrer")
+    asked: list[dict[str, str]] = []
+
+    async def report(route: Route) -> None:  # stands in for the web site (the machine is loopback only)
+        asked.append(route.request.headers)
+        await route.fulfill(body="<title>The report</title>", content_type="text/html")
+
+    await page.context.route("https://example.invalid/**", report)
+    async with page.context.expect_page() as opened:
+        await link.click()
+    tab = await opened.value
+    await tab.wait_for_load_state()
+    assert tab.url == "https://example.invalid/report" and await tab.title() == "The report"
+    assert await tab.evaluate("() => [window.opener === null, document.referrer]") == [True, ""]
+    assert [h for h in asked if "referer" in h] == []
+    assert page.url.startswith(stack.web_url)  # the client stays where it was
+    await tab.close()
     await page.close()
 
 

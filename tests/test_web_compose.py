@@ -120,3 +120,34 @@ async def test_a_refused_send_keeps_the_message_and_says_why(
     await expect(page.get_by_role("textbox", name="Message text")).to_have_text("keep me")
     await expect(page.get_by_label("Subject")).to_have_value("Will not go")
     await page.close()
+
+
+async def test_the_composer_opens_ready_to_type_sends_with_ctrl_enter_and_closes_with_esc(
+    browser: Browser, stack: StackInfo, account: Account, other_account: Account
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    page = await signed_in(browser, stack, account)
+    await page.locator("body").press("c")
+    to = page.get_by_label("To", exact=True)
+    await expect(to).to_be_focused()  # typing starts at once
+    await page.keyboard.type(other_account.email)
+    await page.get_by_label("Subject").fill(f"Esc {tag}")
+    await page.get_by_label("Subject").press("Escape")  # closed, what was written kept in Drafts
+    await expect(page.get_by_role("form", name="Compose")).to_have_count(0)
+    await expect(page.get_by_role("status").filter(has_text="Saved to Drafts")).to_be_visible(timeout=15_000)
+    nav = page.get_by_role("navigation", name="Mailboxes")
+    await nav.get_by_role("button", name="Drafts").click()
+    draft = page.get_by_role("list", name="Messages").locator("li.item").filter(has_text=f"Esc {tag}")
+    await expect(draft.locator(".from")).to_have_text(f"To: {other_account.email}", timeout=15_000)  # as typed
+    await nav.get_by_role("button", name="INBOX").click()
+
+    await page.locator("body").press("c")
+    await page.keyboard.type(account.email)
+    await page.get_by_label("Subject").fill(f"Keys {tag}")
+    await page.get_by_role("textbox", name="Message text").fill("sent from the keyboard")
+    await page.get_by_role("textbox", name="Message text").press("Control+Enter")
+    await expect(page.get_by_role("status").filter(has_text="Sent").first).to_be_visible(timeout=15_000)
+    await expect(page.get_by_role("list", name="Messages").get_by_role("button", name=f"Keys {tag}")).to_be_visible(
+        timeout=15_000
+    )
+    await page.close()

@@ -40,7 +40,7 @@ export function AddressInput({ label, value, onChange, token, account, required 
     if (e.key === "ArrowDown") { e.preventDefault(); setActive((a) => (a + 1) % options.length); }
     else if (e.key === "ArrowUp") { e.preventDefault(); setActive((a) => (a <= 0 ? options.length - 1 : a - 1)); }
     else if ((e.key === "Enter" || e.key === "Tab") && active >= 0) { e.preventDefault(); take(options[active]); }
-    else if (e.key === "Escape") setOptions([]);
+    else if (e.key === "Escape") { e.preventDefault(); setOptions([]); } // the composer then stays open
   };
   const shown = open && options.length > 0;
   return (

@@ -129,9 +129,37 @@ export function Compose({ token, accounts, account: initialAccount, socket, init
     onClose("Draft discarded");
   };
 
+  // Focus goes where writing starts: the To field, or the text when replying (To is filled).
+  const form = useRef(null);
+  useEffect(() => {
+    const f = form.current;
+    if (!f) return;
+    const start = initial.to ? f.querySelector("[contenteditable]") : f.elements.namedItem("to");
+    start?.focus();
+  }, []); // eslint-disable-line react-hooks/exhaustive-deps
+
+  // Ctrl+Enter (⌘+Enter) sends; Esc closes, keeping what was written in Drafts. An open list of
+  // address suggestions takes Esc first.
+  const onKeyDown = (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+      e.preventDefault();
+      if (!sending && !uploading) form.current?.requestSubmit();
+    } else if (e.key === "Escape" && !e.defaultPrevented) {
+      e.preventDefault();
+      close();
+    }
+  };
+  const close = () => saveNow().then(() => onClose(draftId.current ? "Saved to Drafts" : ""));
+
+  // A refusal shows above the buttons, scrolled into view however long the message is.
+  const errorRef = useRef(null);
+  useEffect(() => {
+    if (error) errorRef.current?.scrollIntoView({ block: "nearest" });
+  }, [error]);
+
   const uploading = files.some((f) => !f.uploadId && !f.error);
   return (
-    <form className="compose" onSubmit={send} aria-label="Compose">
+    <form className="compose" onSubmit={send} aria-label="Compose" ref={form} onKeyDown={onKeyDown}>
       {accounts.length > 1 && (
         <label>From{" "}
           <select value={account} onChange={(e) => { setAccount(e.target.value); touch(); }}>
@@ -158,13 +186,13 @@ export function Compose({ token, accounts, account: initialAccount, socket, init
           ))}
         </ul>
       </div>
+      {error && <p role="alert" className="error" ref={errorRef}>{error}</p>}
       <div className="compose-actions">
-        <button type="submit" disabled={sending || uploading}>Send</button>
-        <button type="button" onClick={() => saveNow().then(() => onClose(draftId.current ? "Saved to Drafts" : ""))}>Close</button>
+        <button type="submit" disabled={sending || uploading} title="Send (Ctrl+Enter)">Send</button>
+        <button type="button" onClick={close} title="Close (Esc): kept in Drafts">Close</button>
         <button type="button" onClick={discard}>Discard</button>
       </div>
       {status && <p role="status">{status}</p>}
-      {error && <p role="alert" className="error">{error}</p>}
     </form>
   );
 }

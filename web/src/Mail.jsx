@@ -26,6 +26,7 @@ const TABS = {
 const matches = (view, m) => !view.q && FILTERS[view.filter](m) && TABS[view.tab](m);
 
 const INDEX_LAG_MS = 10_000;
+const PAGE = 100; // messages per listing request; further pages load as the list is scrolled
 const isDefaultView = (v) => !v.q && !v.filter && !v.tab;
 
 /**
@@ -34,19 +35,39 @@ const isDefaultView = (v) => !v.q && !v.filter && !v.tab;
  * live copy wins if it changed after `since` (give or take the index's lag), else the listing's; a message the listing lacks stays
  * only if it arrived live after `since` (else it was deleted or moved meanwhile).
  */
-function merge(fetched, current, where, view, gone, since, changedAt) {
+function merge(fetched, current, where, view, gone, since, changedAt, partial = false) {
   const byId = new Map();
   // The index may answer before it has applied a deletion the socket already reported.
   for (const m of fetched) if (!gone.has(m.id)) byId.set(m.id, m);
+  // A first page (more follow) says nothing of what sorts after its last message: pages loaded
+  // further down stay as they are.
+  const last = partial && fetched.length ? fetched[fetched.length - 1] : null;
   for (const m of current) {
     if (m.account !== where.account || m.mailbox !== where.mailbox) continue;
+    if (last && !byId.has(m.id) && !gone.has(m.id) && newestFirst(m, last) > 0) {
+      byId.set(m.id, m);
+      continue;
+    }
     // The index applies the same events in its own consumer group and may lag the live relay a
     // little: a live change from just before the listing was asked for still beats it.
     const newer = (changedAt.get(m.id) || 0) > since - INDEX_LAG_MS;
     if (byId.has(m.id)) byId.set(m.id, newer ? { ...byId.get(m.id), ...m } : { ...m, ...byId.get(m.id) });
     else if (newer && matches(view, m)) byId.set(m.id, m);
   }
-  return [...byId.values()].sort((a, b) => new Date(b.timestamp) - new Date(a.timestamp) || b.uid - a.uid);
+  return [...byId.values()].sort(newestFirst);
+}
+
+// The listing's order (the server's too, which its cursor resumes): newest first, ties by UID.
+const newestFirst = (a, b) => new Date(b.timestamp) - new Date(a.timestamp) || b.uid - a.uid;
+
+// The listing's query for a view of a mailbox, from `cursor` on when given.
+function listingQuery(acct, box, v, cursor) {
+  const params = new URLSearchParams({ account: acct, mailbox: box, limit: String(PAGE) });
+  const filters = [v.filter, v.tab].filter(Boolean).join(",");
+  if (filters) params.set("filter", filters);
+  if (v.q) params.set("q", v.q);
+  if (cursor) params.set("cursor", cursor);
+  return `/api/v1/email/inbox?${params}`;
 }
 
 function quoted(body) {
@@ -70,16 +91,19 @@ export function Mail({ session, onLogout }) {
   const [emails, setEmails] = useState([]);
   const [selected, setSelected] = useState(null);
   const [live, setLive] = useState(false);
+  const [everLive, setEverLive] = useState(false); // before the first connection it is not "Reconnecting"
   const [online, setOnline] = useState(navigator.onLine);
   const [composing, setComposing] = useState(null);
   const [toasts, setToasts] = useState([]);
-  // Toasts stack up (at most three) and each leaves after a while: one never hides another.
-  const setToast = useCallback((text) => {
+  // Toasts stack up (at most three) and each leaves after a while: one never hides another. One
+  // may carry an action (Undo), offered as long as the toast shows.
+  const setToast = useCallback((text, action = null) => {
     if (!text) return;
     const id = crypto.randomUUID();
-    setToasts((ts) => [...ts.slice(-2), { id, text }]);
-    setTimeout(() => setToasts((ts) => ts.filter((t) => t.id !== id)), 6000);
+    setToasts((ts) => [...ts.slice(-2), { id, text, action }]);
+    setTimeout(() => setToasts((ts) => ts.filter((t) => t.id !== id)), action ? 8000 : 6000);
   }, []);
+  const lastUndo = useRef(null); // what `z` undoes: the latest archive, delete or move
   const [view, setView] = useState({ q: "", filter: "", tab: "" });
   const [query, setQuery] = useState("");
   const [typing, setTyping] = useState({});
@@ -143,23 +167,56 @@ export function Mail({ session, onLogout }) {
     if (inbox && fresh.has("INBOX")) setInboxUnread((u) => ({ ...u, [acct]: inbox.unread }));
   }, [token]);
 
+  // Where the next page starts ("" when the list is complete, null before the first answer), for
+  // the view it was listed for: a page never lands in another view's list.
+  const [paging, setPaging] = useState({ next: null, key: "" });
+  const pagingRef = useRef(paging);
+  pagingRef.current = paging;
+  const loadingMore = useRef(false);
+  const viewKey = (acct, box, v) => JSON.stringify([acct, box, v.q, v.filter, v.tab]);
+
   const reload = useCallback(async () => {
     const { account: acct, mailbox: box } = where.current;
     if (!acct) return;
     const v = viewRef.current;
     const since = performance.now();
-    const params = new URLSearchParams({ account: acct, mailbox: box, limit: "100" });
-    const filters = [v.filter, v.tab].filter(Boolean).join(",");
-    if (filters) params.set("filter", filters);
-    if (v.q) params.set("q", v.q);
-    const [list] = await Promise.all([api(token, `/api/v1/email/inbox?${params}`), reloadBoxes()]);
+    const [list] = await Promise.all([api(token, listingQuery(acct, box, v)), reloadBoxes()]);
     if (where.current.account !== acct || where.current.mailbox !== box || viewRef.current !== v) return; // switched meanwhile
-    setEmails((current) => merge(list.emails, current, { account: acct, mailbox: box }, v, gone.current, since, changedAt.current));
+    const partial = Boolean(list.nextCursor);
+    setEmails((current) => merge(list.emails, current, { account: acct, mailbox: box }, v, gone.current, since, changedAt.current, partial));
+    // Pages already loaded below the first stay, and so does where the next one starts.
+    setPaging((p) => {
+      const key = viewKey(acct, box, v);
+      return p.key === key && p.next !== null && partial ? p : { next: list.nextCursor || "", key };
+    });
   }, [token, reloadBoxes]);
+
+  // The next page of the view on screen, appended below what is listed.
+  const loadMore = useCallback(async () => {
+    const { account: acct, mailbox: box } = where.current;
+    const v = viewRef.current;
+    const key = viewKey(acct, box, v);
+    const { next, key: listed } = pagingRef.current;
+    if (!acct || !next || listed !== key || loadingMore.current) return;
+    loadingMore.current = true;
+    try {
+      const page = await api(token, listingQuery(acct, box, v, next));
+      if (viewKey(where.current.account, where.current.mailbox, viewRef.current) !== key) return; // switched meanwhile
+      setEmails((current) => {
+        const known = new Set(current.map((m) => m.id));
+        const added = page.emails.filter((m) => !known.has(m.id) && !gone.current.has(m.id));
+        return [...current, ...added].sort(newestFirst);
+      });
+      setPaging({ next: page.nextCursor || "", key });
+    } finally {
+      loadingMore.current = false;
+    }
+  }, [token]);
 
   // The list last seen for this mailbox shows at once (and offline), then the listing updates it.
   useEffect(() => {
     setEmails(account && isDefaultView(view) ? rememberedList(account, mailbox) : []);
+    setPaging({ next: null, key: "" }); // not listed yet: the list says so rather than "No messages"
   }, [account, mailbox, view]);
   useEffect(() => {
     if (account && isDefaultView(viewRef.current)) rememberList(account, mailbox, emails.filter((m) => m.account === account && m.mailbox === mailbox));
@@ -207,6 +264,7 @@ export function Mail({ session, onLogout }) {
     // live (and merge() keeps both), so nothing falls between the two.
     socket.on("connect", () => {
       setLive(true);
+      setEverLive(true);
       reload().catch(() => {});
       flushOutbox(socket, accounts, {
         onSent: (m) => setToast(`Sent from the outbox: ${m.subject || "(no subject)"}`),
@@ -281,16 +339,27 @@ export function Mail({ session, onLogout }) {
 
   const act = async (action, mail = selected, body = null) => {
     if (!mail) return;
-    if (action === "label" || action === "star" || action === "unstar") {
+    if (action === "label" || action === "unlabel" || action === "star" || action === "unstar") {
       // The change comes back as email_flags from Dovecot, to this device and every other.
-      const change = action === "label" ? { add: [body] } : action === "star" ? { add: ["\\Flagged"] } : { remove: ["\\Flagged"] };
+      const change = {
+        label: { add: [body] },
+        unlabel: { remove: [body] },
+        star: { add: ["\\Flagged"] },
+        unstar: { remove: ["\\Flagged"] },
+      }[action];
       await post(token, `/api/v1/email/${mail.id}/flags`, change).catch((err) => setToast(err.message));
       return;
     }
-    if (action === "reply" || action === "forward" || action === "edit") {
+    if (action === "reply" || action === "replyall" || action === "forward" || action === "edit") {
       const subject = body.subject || "";
+      const re = /^re:/i.test(subject) ? subject : `Re: ${subject}`;
       if (action === "reply") {
-        setComposing({ to: body.from, subject: /^re:/i.test(subject) ? subject : `Re: ${subject}`, body: quoted(body), inReplyTo: body.messageId, emailId: mail.id });
+        setComposing({ to: body.from, subject: re, body: quoted(body), inReplyTo: body.messageId, emailId: mail.id });
+      } else if (action === "replyall") {
+        // Everyone it was to and copied to, but not oneself (the account that received it).
+        const me = mail.account.toLowerCase();
+        const others = [...(body.to || []), ...(body.cc || [])].filter((a) => !a.toLowerCase().includes(me) && a !== body.from);
+        setComposing({ to: body.from, cc: others.join(", "), subject: re, body: quoted(body), inReplyTo: body.messageId, emailId: mail.id });
       } else if (action === "forward") setComposing({ subject: /^fwd:/i.test(subject) ? subject : `Fwd: ${subject}`, body: quoted(body) });
       else setComposing({ to: (body.to || []).join(", "), cc: (body.cc || []).join(", "), subject, body: body.text, draftId: mail.id });
       return;
@@ -300,39 +369,93 @@ export function Mail({ session, onLogout }) {
       if (!ack || !ack.ok) setToast(`Not changed: ${ack ? ack.error : "no answer from the bridge"}`);
       return;
     }
+    if (action === "spam" || action === "notspam") {
+      // Report spam moves it to Junk (made on first use); Not spam, back to the inbox.
+      const target = action === "spam" ? "Junk" : "INBOX";
+      try {
+        const moved = await post(token, `/api/v1/email/${mail.id}/move`, { mailbox: target });
+        if (selected && selected.id === mail.id) setSelected(null);
+        setToast(action === "spam" ? "Reported as spam: moved to Junk" : "Not spam: moved to the inbox", undoOf(moved));
+      } catch (err) {
+        setToast(err.message);
+      }
+      return;
+    }
     try {
       const path = action === "archive" ? `/api/v1/email/${mail.id}/archive` : `/api/v1/email/${mail.id}`;
-      await api(token, path, { method: action === "archive" ? "POST" : "DELETE" });
+      const moved = await api(token, path, { method: action === "archive" ? "POST" : "DELETE" });
       if (selected && selected.id === mail.id) setSelected(null);
-      setToast(action === "archive" ? "Archived" : "Deleted");
+      const done = action === "archive" ? "Archived" : moved.newEmailId ? "Moved to Trash" : "Deleted for good";
+      setToast(done, undoOf(moved));
     } catch (err) {
       setToast(err.message);
     }
   };
 
-  // Keyboard: j/k next/previous, o or Enter open, e archive, # delete, r reply, u unread, s star,
-  // c compose, / search.
+  // Undo of a move (archive and delete are moves too): move it back to where it was. Nothing to undo
+  // when it is gone for good.
+  const undoOf = (moved) => {
+    if (!moved || !moved.newEmailId) return null;
+    const undo = {
+      label: "Undo",
+      run: async () => {
+        if (lastUndo.current === undo) lastUndo.current = null;
+        try {
+          await post(token, `/api/v1/email/${moved.newEmailId}/move`, { mailbox: moved.fromMailbox });
+          setToast(`Back in ${moved.fromMailbox}`);
+        } catch (err) {
+          setToast(`Not undone: ${err.message}`);
+        }
+      },
+    };
+    lastUndo.current = undo;
+    return undo;
+  };
+
+  // The list's keyboard cursor is the focused row: j/k move it without opening anything.
+  const rows = () => [...document.querySelectorAll(".list .item .open")];
+  const cursorIndex = () => rows().indexOf(document.activeElement);
+  const moveCursor = (step) => {
+    const all = rows();
+    const next = all[Math.min(all.length - 1, Math.max(0, cursorIndex() + step))];
+    next?.focus();
+    next?.scrollIntoView({ block: "nearest" });
+  };
+
+  // Keyboard: j/k next/previous, o or Enter open, e archive, # delete, ! spam, z undo, r reply,
+  // a reply all, u unread, s star, c compose, / search.
   const keys = useRef({});
-  keys.current = { emails, selected, open, act };
+  keys.current = { emails, selected, open, act, loadMore };
   useEffect(() => {
     const onKey = (e) => {
       if (e.target.closest && e.target.closest("input, textarea, select, [contenteditable], .compose")) return;
       if (e.ctrlKey || e.metaKey || e.altKey) return;
       const { emails: list, selected: current, open: openMail, act: doAct } = keys.current;
       const index = current ? list.findIndex((m) => m.id === current.id) : -1;
-      if (e.key === "j" && list.length) openMail(list[Math.min(list.length - 1, index + 1)]);
-      else if (e.key === "k" && list.length) openMail(list[Math.max(0, index - 1)]);
+      if ((e.key === "j" || e.key === "k") && list.length) {
+        const step = e.key === "j" ? 1 : -1;
+        if (current) openMail(list[Math.min(list.length - 1, Math.max(0, index + step))]); // reading: the next one
+        else moveCursor(step); // in the list: a cursor that opens (and marks read) nothing
+        const at = current ? index : cursorIndex();
+        if (step > 0 && at + 1 >= list.length - 5) keys.current.loadMore().catch((err) => setToast(err.message));
+      }
       else if ((e.key === "o" || (e.key === "Enter" && !e.target.closest("button"))) && list.length && !current) openMail(list[0]);
       else if (e.key === "e") doAct("archive");
       else if (e.key === "#") doAct("delete");
+      else if (e.key === "!" && current) doAct(current.mailbox === "Junk" ? "notspam" : "spam");
       else if (e.key === "u") doAct("unread");
       else if (e.key === "s" && current) {
         const fresh = list.find((m) => m.id === current.id) || current;
         doAct((fresh.flags || []).includes("\\Flagged") ? "unstar" : "star", fresh);
       }
-      else if (e.key === "r" && current) {
-        api(token, `/api/v1/email/${current.id}`).then((body) => doAct("reply", current, body), (err) => setToast(err.message));
-      } else if (e.key === "c") setComposing({});
+      else if ((e.key === "r" || e.key === "a") && current) {
+        const how = e.key === "r" ? "reply" : "replyall";
+        api(token, `/api/v1/email/${current.id}`).then((body) => doAct(how, current, body), (err) => setToast(err.message));
+      } else if (e.key === "z" && lastUndo.current) lastUndo.current.run();
+      else if (e.key === "c") {
+        e.preventDefault(); // the composer takes the focus at once: the "c" must not land in its To field
+        setComposing({});
+      }
       else if (e.key === "/") { e.preventDefault(); searchRef.current?.focus(); }
     };
     window.addEventListener("keydown", onKey);
@@ -340,7 +463,7 @@ export function Mail({ session, onLogout }) {
   }, [token]);
 
   const queued = outbox().length;
-  const status = live ? "● Live" : online ? "○ Reconnecting…" : "○ Offline";
+  const status = live ? "● Live" : !online ? "○ Offline" : everLive ? "○ Reconnecting…" : "○ Connecting…";
   const switchTo = (a) => { setSelected(null); setMailbox("INBOX"); setAccount(a); };
   const toggleSound = () => {
     const sound = settings.sound === false;
@@ -369,7 +492,7 @@ export function Mail({ session, onLogout }) {
       </header>
       <nav aria-label="Mailboxes">
         {(mailboxes.length ? mailboxes : [{ name: "INBOX", unread: 0 }]).map((b) => (
-          <button key={b.name} className={b.name === mailbox ? "box current" : "box"} aria-current={b.name === mailbox ? "page" : undefined} onClick={() => { setMailbox(b.name); setSelected(null); }}>
+          <button key={b.name} className={b.name === mailbox ? "box current" : "box"} aria-current={b.name === mailbox ? "page" : undefined} onClick={() => { setMailbox(b.name); setSelected(null); if (b.name !== "INBOX" && view.tab) setView({ ...view, tab: "" }); }}>
             {b.name}{b.unread ? ` (${b.unread})` : ""}
           </button>
         ))}
@@ -378,17 +501,27 @@ export function Mail({ session, onLogout }) {
         <form role="search" className="search" onSubmit={(e) => { e.preventDefault(); setView({ ...view, q: query.trim() }); }}>
           <input ref={searchRef} type="search" aria-label="Search mail" placeholder="Search (from: subject: is:unread …)" value={query} onChange={(e) => setQuery(e.target.value)} />
         </form>
+        {mailbox === "INBOX" && (
         <div role="tablist" aria-label="Categories" className="tabs">
           {[["", "All"], ["primary", "Primary"], ["social", "Social"], ["promotions", "Promotions"]].map(([key, label]) => (
             <button key={key} role="tab" aria-selected={view.tab === key} onClick={() => setView({ ...view, tab: key })}>{label}</button>
           ))}
         </div>
+        )}
         <div className="filters" role="group" aria-label="Quick filters">
           {[["unread", "Unread"], ["starred", "Starred"], ["attachments", "Attachments"]].map(([key, label]) => (
             <button key={key} aria-pressed={view.filter === key} onClick={() => setView({ ...view, filter: view.filter === key ? "" : key })}>{label}</button>
           ))}
         </div>
-        <MessageList emails={emails} selectedId={selected?.id} onOpen={open} onAction={(a, m) => act(a, m)} />
+        <MessageList
+          emails={emails}
+          selectedId={selected?.id}
+          onOpen={open}
+          onAction={(a, m) => act(a, m)}
+          listed={paging.next !== null}
+          more={Boolean(paging.next)}
+          onMore={() => loadMore().catch((err) => setToast(err.message))}
+        />
       </main>
       {selected ? (
         <Preview
@@ -413,9 +546,19 @@ export function Mail({ session, onLogout }) {
         />
       )}
       <div className="toasts">
-        {toasts.map((t) => (
-          <div key={t.id} className="toast" role="status" onClick={() => setToasts((ts) => ts.filter((x) => x.id !== t.id))}>{t.text}</div>
-        ))}
+        {toasts.map((t) => {
+          const dismiss = () => setToasts((ts) => ts.filter((x) => x.id !== t.id));
+          return (
+            <div key={t.id} className="toast" role="status" onClick={dismiss}>
+              {t.text}
+              {t.action && (
+                <button className="toast-action" onClick={(e) => { e.stopPropagation(); dismiss(); t.action.run(); }}>
+                  {t.action.label}
+                </button>
+              )}
+            </div>
+          );
+        })}
       </div>
     </div>
   );

@@ -1,21 +1,40 @@
+import { useEffect, useRef } from "react";
 import { colour, initials } from "./avatar.js";
 import { Labels } from "./Labels.jsx";
 import { shortDate, longDate } from "./dates.js";
 
+const OUTGOING = ["Sent", "Drafts"];
+
 // The listing: one row per message, newest first, with quick actions shown on hover or focus
-// (named "… this message": the row they sit in says which).
-export function MessageList({ emails, selectedId, onOpen, onAction }) {
+// (named "… this message": the row they sit in says which). `listed`: the bridge has answered for
+// this view (before that an empty list is "Loading…", not "No messages"); `more`: older messages
+// follow, loaded by `onMore` when the end of the list scrolls into view or its button is pressed.
+export function MessageList({ emails, selectedId, onOpen, onAction, listed = true, more = false, onMore = () => {} }) {
+  const end = useRef(null);
+  const onMoreRef = useRef(onMore);
+  onMoreRef.current = onMore;
+  useEffect(() => {
+    if (!more || !end.current || typeof IntersectionObserver === "undefined") return undefined;
+    // Asked a screenful ahead, so scrolling down does not wait at the bottom.
+    const seen = new IntersectionObserver((entries) => entries.some((e) => e.isIntersecting) && onMoreRef.current(), {
+      rootMargin: "0px 0px 600px 0px",
+    });
+    seen.observe(end.current);
+    return () => seen.disconnect();
+  }, [more, emails.length]);
   return (
-    <ul className="list" aria-label="Messages">
-      {emails.length === 0 && <li className="empty">No messages</li>}
+    <ul className="list" aria-label="Messages" aria-busy={!listed}>
+      {emails.length === 0 && <li className="empty">{listed ? "No messages" : "Loading…"}</li>}
       {emails.map((m) => {
-        const from = m.fromName || m.fromAddress;
+        // Sent and Drafts hold one's own mail: the row names whom it is to.
+        const outgoing = OUTGOING.includes(m.mailbox);
+        const from = outgoing ? `To: ${m.to || "(no recipient)"}` : m.fromName || m.fromAddress;
         const subject = m.subject || "(no subject)";
         const starred = (m.flags || []).includes("\\Flagged");
         return (
           <li key={m.id} className={m.unread ? "item unread" : "item"}>
             <button className="open" onClick={() => onOpen(m)} aria-current={selectedId === m.id ? "true" : undefined}>
-              <span className="avatar" style={{ background: colour(m.fromAddress) }} aria-hidden="true">{initials(from)}</span>
+              <span className="avatar" style={{ background: colour(outgoing ? m.to : m.fromAddress) }} aria-hidden="true">{initials(outgoing ? m.to || "?" : from)}</span>
               <span className="from">
                 {starred && <span className="star" title="Starred">★<span className="sr-only"> (starred)</span> </span>}
                 {from}{m.unread && <span className="sr-only"> (unread)</span>}
@@ -38,6 +57,11 @@ export function MessageList({ emails, selectedId, onOpen, onAction }) {
           </li>
         );
       })}
+      {more && (
+        <li className="more" ref={end}>
+          <button onClick={() => onMoreRef.current()}>Load older messages</button>
+        </li>
+      )}
     </ul>
   );
 }

@@ -4,8 +4,18 @@ import { api, download } from "./api.js";
 import { Labels } from "./Labels.jsx";
 import { longDate } from "./dates.js";
 
-// One message: its sanitised body in a frame that may run nothing (sandbox=""), remote images
-// blocked by the bridge until the reader asks, attachments, and the actions on it.
+// Every link of a mail opens in a new tab that learns nothing of us: no opener, no referrer (the
+// bridge's sanitiser says so too; this holds whatever it sent).
+DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+  if (node.tagName === "A") {
+    node.setAttribute("target", "_blank");
+    node.setAttribute("rel", "noopener noreferrer");
+  }
+});
+
+// One message: its sanitised body in a frame that may run nothing (no scripts, forms or top
+// navigation; only its links may open, in a new tab outside the sandbox), remote images blocked by
+// the bridge until the reader asks, attachments, and the actions on it.
 export function Preview({ token, email, typing, onAction, onBack, onError }) {
   const [body, setBody] = useState(null);
   const [error, setError] = useState("");
@@ -32,14 +42,20 @@ export function Preview({ token, email, typing, onAction, onBack, onError }) {
       <button className="back" onClick={onBack}>← Back to list</button>
       <h2>{body.subject || "(no subject)"}</h2>
       {typing && <p className="typing" role="status">{typing} is replying…</p>}
-      <Labels flags={email.flags} />
+      <Labels flags={email.flags} onRemove={(label) => onAction("unlabel", label)} />
       <div className="actions">
         {isDraft && <button onClick={() => onAction("edit", body)}>Edit draft</button>}
         <button onClick={() => onAction("reply", body)} title="Reply (r)">Reply</button>
+        <button onClick={() => onAction("replyall", body)} title="Reply all (a)">Reply all</button>
         <button onClick={() => onAction("forward", body)}>Forward</button>
         <button onClick={() => onAction(starred ? "unstar" : "star")} title="Star (s)" aria-pressed={starred}>{starred ? "★ Starred" : "☆ Star"}</button>
         <button onClick={() => onAction("archive")} title="Archive (e)">Archive</button>
         <button onClick={() => onAction("delete")} title="Delete (#)">Delete</button>
+        {email.mailbox === "Junk" ? (
+          <button onClick={() => onAction("notspam")}>Not spam</button>
+        ) : (
+          <button onClick={() => onAction("spam")} title="Report spam (!)">Report spam</button>
+        )}
         <button onClick={() => onAction("unread")} title="Mark unread (u)">Mark unread</button>
         <form className="add-label" onSubmit={(e) => { e.preventDefault(); const v = e.target.label.value.trim(); if (v) onAction("label", v); e.target.reset(); }}>
           <input name="label" aria-label="Add label" placeholder="Add label" pattern="[A-Za-z0-9_.\-]{1,64}" title="Letters, digits, _ . -" />
@@ -53,7 +69,7 @@ export function Preview({ token, email, typing, onAction, onBack, onError }) {
         </p>
       )}
       {html ? (
-        <iframe title="Message body" sandbox="" srcDoc={html} className="body-frame" referrerPolicy="no-referrer" />
+        <iframe title="Message body" sandbox="allow-popups allow-popups-to-escape-sandbox" srcDoc={html} className="body-frame" referrerPolicy="no-referrer" />
       ) : (
         <pre className="body-text" data-testid="body-text">{body.text}</pre>
       )}

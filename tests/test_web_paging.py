@@ -1,0 +1,124 @@
+"""The web client reaches every message of a mailbox, not only the first page: the list loads older
+pages as it is scrolled (or its "Load older messages" button is pressed), in the listing, the quick
+filters and search alike (issue 20, "Every message reachable")."""
+
+from __future__ import annotations
+
+import asyncio
+import imaplib
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser, Page, expect
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
+
+from bridge.stack.launcher import StackInfo
+from tests.browser import signed_in
+from tests.common import Account, login
+
+pytestmark = pytest.mark.e2e
+
+MAILS = 250  # two and a half pages of the client's 100
+
+
+def append_mails(stack: StackInfo, account: Account, tag: str) -> None:
+    """MAILS messages straight into the account's INBOX over IMAP, one minute apart, oldest first."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    imap = imaplib.IMAP4(stack.imap["host"], stack.imap["port"])
+    try:
+        imap.login(account.email, account.password)
+        for n in range(MAILS):
+            m = EmailMessage()
+            m["From"], m["To"] = "carol@outside.test", account.email
+            m["Subject"] = f"Paged {n:03d} {tag}"
+            m["Date"] = format_datetime(start + timedelta(minutes=n))
+            m["Message-ID"] = f"<paged-{n}-{tag}@outside.test>"
+            m.set_content(f"message {n} of the paging test\n")
+            imap.append("INBOX", "", imaplib.Time2Internaldate(time.time()), m.as_bytes())
+    finally:
+        imap.logout()
+
+
+async def indexed(stack: StackInfo, account: Account) -> None:
+    """Until the index holds every appended message (the client lists from it)."""
+    async with aiohttp.ClientSession(base_url=stack.web_url) as http:
+        headers = {"Authorization": f"Bearer {await login(http, account)}"}
+        deadline = time.monotonic() + 90  # a ceiling against hangs, not a speed check
+        while time.monotonic() < deadline:
+            async with http.get("/api/v1/mailboxes", params={"account": account.email}, headers=headers) as r:
+                boxes = (await r.json())["mailboxes"]
+            if any(b["name"] == "INBOX" and b["total"] >= MAILS for b in boxes):
+                return
+            await asyncio.sleep(0.3)
+    raise AssertionError("the index never held every appended message")
+
+
+async def scroll_to_the_end(page: Page) -> None:
+    """Scroll down to the end of the list until it has no older page left to load: the list loads
+    a page when its end comes into view (nothing here presses its button)."""
+    more = page.get_by_role("button", name="Load older messages")
+    for _ in range(20):
+        if await more.count() == 0:
+            return
+        try:
+            await more.scroll_into_view_if_needed(timeout=5_000)
+        except PlaywrightTimeoutError:
+            continue  # the last page came in meanwhile and took the button away
+        await page.wait_for_timeout(300)
+    raise AssertionError("the list kept offering older messages")
+
+
+@pytest.fixture
+async def paged(stack: StackInfo, account: Account) -> str:
+    tag = uuid.uuid4().hex[:6]
+    await asyncio.to_thread(append_mails, stack, account, tag)
+    await indexed(stack, account)
+    return tag
+
+
+async def test_scrolling_reaches_the_oldest_message_of_a_long_mailbox(
+    browser: Browser, stack: StackInfo, account: Account, paged: str
+) -> None:
+    page = await signed_in(browser, stack, account)
+    rows = page.get_by_role("list", name="Messages").locator("li.item")
+    await expect(page.get_by_role("button", name=f"Paged {MAILS - 1:03d} {paged}")).to_be_visible(timeout=15_000)
+    await expect(rows).to_have_count(100)  # one page first
+    await expect(page.get_by_role("button", name="Load older messages")).to_be_visible()
+    await scroll_to_the_end(page)
+    await expect(page.get_by_role("button", name=f"Paged 000 {paged}")).to_be_attached()
+    await expect(rows).to_have_count(MAILS)
+    subjects = await rows.locator(".subject").all_inner_texts()
+    assert subjects == [f"Paged {n:03d} {paged}" for n in reversed(range(MAILS))]  # newest first, none twice
+    await page.close()
+
+
+async def test_the_keyboard_loads_older_pages_and_filters_and_search_page_too(
+    browser: Browser, stack: StackInfo, account: Account, paged: str
+) -> None:
+    page = await signed_in(browser, stack, account)
+    rows = page.get_by_role("list", name="Messages").locator("li.item")
+    await expect(rows).to_have_count(100, timeout=15_000)
+    more = page.get_by_role("button", name="Load older messages")
+    await more.focus()
+    await page.keyboard.press("Enter")
+    await expect(rows).to_have_count(200)
+
+    # Every appended message is unread: the Unread filter pages over all of them as well.
+    await page.get_by_role("button", name="Unread", exact=True).click()
+    await expect(rows).to_have_count(100, timeout=15_000)
+    await scroll_to_the_end(page)
+    await expect(rows).to_have_count(MAILS)
+
+    await page.get_by_role("button", name="Unread", exact=True).click()
+    await page.get_by_label("Search mail").fill(f"subject:{paged}")
+    await page.get_by_label("Search mail").press("Enter")
+    await expect(rows).to_have_count(100, timeout=15_000)
+    await scroll_to_the_end(page)
+    await expect(page.get_by_role("button", name=f"Paged 000 {paged}")).to_be_attached()
+    await expect(rows).to_have_count(MAILS)
+    await page.close()
