@@ -72,6 +72,14 @@ async def mailboxes(request: web.Request) -> web.Response:
     return web.json_response({"account": account, "mailboxes": await request.app[keys.MAIL].mailboxes(account)})
 
 
+async def mark_all_read(request: web.Request) -> web.Response:
+    identity = identity_of(request)
+    body = await read_json(request)
+    account = owned_account(identity, body.get("account"))
+    await request.app[keys.MAIL].mark_all_read(account, body.get("mailbox"))
+    return web.json_response({"ok": True})
+
+
 async def inbox(request: web.Request) -> web.Response:
     identity = identity_of(request)
     account = owned_account(identity, request.query.get("account"))
@@ -222,6 +230,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/contacts", contacts)
     app.router.add_post("/api/v1/uploads", upload)
     app.router.add_get("/api/v1/mailboxes", mailboxes)
+    app.router.add_post("/api/v1/mailboxes/read", mark_all_read)
     app.router.add_get("/api/v1/email/inbox", inbox)
     app.router.add_get("/api/v1/email/search", search)
     app.router.add_post("/api/v1/email/send", send)

@@ -31,6 +31,16 @@ LOGIN_TIMEOUT_S = 20.0
 _COPYUID = re.compile(rb"\[COPYUID (\d+) (\d+) (\d+)\]")
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]")
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
+_EXISTS = re.compile(rb"^\* (\d+) EXISTS")
+
+
+def _has_messages(lines: list[bytes | bytearray | str]) -> bool:
+    """Whether a SELECT's untagged responses count any message (RFC 3501 7.3.1)."""
+    for line in lines:
+        found = _EXISTS.match(line.encode() if isinstance(line, str) else bytes(line))
+        if found is not None:
+            return int(found.group(1)) > 0
+    return True  # no count given: let the STORE find out
 _FLAG = re.compile(r"^\\?[A-Za-z0-9$_.-]{1,64}$")  # system flags and atom keywords (RFC 3501 9)
 
 
@@ -161,6 +171,18 @@ class ImapGateway:
             )
             if response.result != "OK" or not any(b"FETCH" in bytes(line) for line in response.lines[:-1]):
                 raise NotFound("no such email")
+
+    async def mark_all_read(self, account: str, mailbox: str) -> None:
+        """\\Seen on every message of the mailbox in one command (UID STORE 1:* +FLAGS.SILENT,
+        RFC 3501 6.4.6): Dovecot changes only the unread ones, and its hook tells every device of
+        each. A mailbox that does not exist has nothing to mark."""
+        async with self._session(account, "STORE") as client:
+            selected = await client.select(encode_mailbox(mailbox))
+            if selected.result != "OK" or not _has_messages(selected.lines):
+                return  # nothing to mark (and "1:*" names no message of an empty mailbox)
+            response = await client.uid("store", "1:*", "+FLAGS.SILENT", "(\\Seen)")
+            if response.result != "OK":
+                raise Unavailable("IMAP STORE failed")
 
     async def list_mailboxes(self, account: str) -> list[MailboxInfo]:
         """Every mailbox of the account, with its special use (RFC 6154) where the server names one."""

@@ -275,6 +275,13 @@ class MailService:
         if remove:
             await self.imap.store_flags(ref, tuple(remove), add=False)
 
+    async def mark_all_read(self, account: str, mailbox: object) -> None:
+        """Every message of `mailbox` read, over IMAP (the hook's events bring the index and every
+        device up to date, as for one message)."""
+        if not isinstance(mailbox, str) or not mailbox or len(mailbox) > 1024 or "\r" in mailbox or "\n" in mailbox:
+            raise InvalidInput("mailbox must be a mailbox name")
+        await self.imap.mark_all_read(account, mailbox)
+
     async def move(self, ref: EmailRef, mailbox: object, *, create: bool = False) -> dict[str, Any]:
         if not isinstance(mailbox, str) or not mailbox or len(mailbox) > 1024 or "\r" in mailbox or "\n" in mailbox:
             raise InvalidInput("mailbox must be a mailbox name")

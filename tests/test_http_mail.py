@@ -81,6 +81,19 @@ async def test_listing_pages_newest_first_and_filters(
     boxes = await get_json(http, "/api/v1/mailboxes", headers)
     inbox = next(b for b in boxes["mailboxes"] if b["name"] == "INBOX")
     assert (inbox["total"], inbox["unread"]) == (3, 2)
+    async with http.post("/api/v1/mailboxes/read", headers=headers, json={"mailbox": "INBOX"}) as r:
+        assert (r.status, await r.json()) == (200, {"ok": True})
+    for _ in range(100):
+        unread = await get_json(http, "/api/v1/email/inbox", headers, filter="unread")
+        if not unread["emails"]:
+            break
+        await asyncio.sleep(0.1)
+    assert unread["emails"] == []
+    # A standard folder not made yet has nothing to mark; a name that is no mailbox name is refused.
+    async with http.post("/api/v1/mailboxes/read", headers=headers, json={"mailbox": "Junk"}) as r:
+        assert r.status == 200, await r.text()
+    async with http.post("/api/v1/mailboxes/read", headers=headers, json={"mailbox": ""}) as r:
+        assert r.status == 400
 
 
 async def test_one_message_with_sanitised_html_and_attachments(

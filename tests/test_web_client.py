@@ -214,6 +214,60 @@ async def test_reply_all_answers_everyone_but_oneself(
     await page.close()
 
 
+async def test_mark_all_read_reads_the_whole_folder_on_every_device(
+    browser: Browser, stack: StackInfo, account: Account
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    await asyncio.to_thread(
+        send_smtp, stack, [message("carol@outside.test", account.email, f"Unread {n} {tag}") for n in range(3)]
+    )
+    laptop, phone = await signed_in(browser, stack, account), await signed_in(browser, stack, account)
+    inbox = phone.get_by_role("navigation", name="Mailboxes").get_by_role("button", name=re.compile("^INBOX"))
+    await expect(inbox).to_have_text("INBOX (3)", timeout=15_000)
+    await laptop.get_by_role("button", name="Mark all read").click()
+    await expect(inbox).to_have_text("INBOX", timeout=15_000)
+    await expect(phone.get_by_role("list", name="Messages").locator("li.item.unread")).to_have_count(0)
+    await expect(laptop.get_by_role("button", name="Mark all read")).to_have_count(0)
+    await laptop.close()
+    await phone.close()
+
+
+async def test_question_mark_lists_the_shortcuts_and_back_returns_to_the_list(
+    browser: Browser, stack: StackInfo, account: Account
+) -> None:
+    subject = f"Back {uuid.uuid4().hex[:6]}"
+    await asyncio.to_thread(send_smtp, stack, [message("carol@outside.test", account.email, subject)])
+    context = await browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True)  # a phone
+    page = await signed_in(context, stack, account)
+    listing = page.get_by_role("list", name="Messages")
+    await expect(listing.get_by_role("button", name=subject)).to_be_visible(timeout=15_000)
+    # One header row on a phone, and every control there and in the folder bar a 44 px target.
+    boxes = [await b.bounding_box() for b in await page.locator("header button, nav button").all()]
+    assert boxes and all(box is not None and box["height"] >= 44 for box in boxes), boxes
+    header_tops = {
+        round(box["y"]) for box in [await b.bounding_box() for b in await page.locator("header button").all()] if box
+    }
+    assert len(header_tops) == 1, header_tops
+
+    await listing.get_by_role("button", name=subject).focus()
+    await page.keyboard.press("?")
+    dialog = page.get_by_role("dialog", name="Keyboard shortcuts")
+    await expect(dialog).to_contain_text("Undo the last archive")
+    await expect(dialog.get_by_role("button", name="Close")).to_be_focused()  # focus moved into it
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_have_count(0)
+    await expect(listing.get_by_role("button", name=subject)).to_be_focused()  # and back where it was
+
+    # The system Back gesture walks back from the message to the list, not out of the app.
+    await listing.get_by_role("button", name=subject).click()
+    await expect(page.get_by_role("heading", name=subject)).to_be_visible(timeout=15_000)
+    await page.go_back()
+    await expect(page.get_by_role("heading", name=subject)).to_have_count(0)
+    await expect(listing.get_by_role("button", name=subject)).to_be_visible()
+    assert page.url.startswith(stack.web_url)
+    await context.close()
+
+
 async def test_reply_and_attachment_download(
     browser: Browser, stack: StackInfo, account: Account, other_account: Account
 ) -> None:

@@ -5,6 +5,7 @@ import { announce, mayAskToNotify, withdraw } from "./notify.js";
 import { flushOutbox, outbox, registerServiceWorker, rememberList, rememberedList } from "./offline.js";
 import { forgetEvents, lastEventIds, rememberEvent, rememberPoint, saveSession } from "./session.js";
 import { Compose } from "./Compose.jsx";
+import { KeyboardHelp } from "./KeyboardHelp.jsx";
 import { MessageList } from "./MessageList.jsx";
 import { Preview } from "./Preview.jsx";
 import { longDate } from "./dates.js";
@@ -94,6 +95,7 @@ export function Mail({ session, onLogout }) {
   const [everLive, setEverLive] = useState(false); // before the first connection it is not "Reconnecting"
   const [online, setOnline] = useState(navigator.onLine);
   const [composing, setComposing] = useState(null);
+  const [help, setHelp] = useState(false); // the keyboard shortcuts dialog (`?`)
   const [toasts, setToasts] = useState([]);
   // Toasts stack up (at most three) and each leaves after a while: one never hides another. One
   // may carry an action (Undo), offered as long as the toast shows.
@@ -332,7 +334,27 @@ export function Mail({ session, onLogout }) {
     document.title = `${unread ? `(${unread}) ` : ""}${mailbox} — mail-bridge`;
   }, [unread, mailbox]);
 
+  // Every message of the folder on screen read: one request; the counts and rows follow from the
+  // events every device gets.
+  // Back to the list: through the history when the message pushed an entry, so Back stays in step.
+  const closeMessage = () => (opened() ? history.back() : setSelected(null));
+  useEffect(() => {
+    const onPop = () => setSelected(null);
+    window.addEventListener("popstate", onPop);
+    return () => window.removeEventListener("popstate", onPop);
+  }, []);
+
+  const markAllRead = () =>
+    post(token, "/api/v1/mailboxes/read", { account, mailbox }).then(
+      () => setToast(`All of ${mailbox} marked read`),
+      (err) => setToast(`Not marked read: ${err.message}`),
+    );
+
+  // An open message is a history entry of its own: the phone's Back gesture (or the browser's Back)
+  // returns to the list instead of leaving the app.
+  const opened = () => history.state && history.state.mailBridge === "message";
   const open = (mail) => {
+    if (!opened()) history.pushState({ mailBridge: "message" }, "");
     setSelected(mail);
     if (mail.unread) socketRef.current?.emit("mark_read", { emailId: mail.id }, () => {});
   };
@@ -374,7 +396,7 @@ export function Mail({ session, onLogout }) {
       const target = action === "spam" ? "Junk" : "INBOX";
       try {
         const moved = await post(token, `/api/v1/email/${mail.id}/move`, { mailbox: target });
-        if (selected && selected.id === mail.id) setSelected(null);
+        if (selected && selected.id === mail.id) closeMessage();
         setToast(action === "spam" ? "Reported as spam: moved to Junk" : "Not spam: moved to the inbox", undoOf(moved));
       } catch (err) {
         setToast(err.message);
@@ -384,7 +406,7 @@ export function Mail({ session, onLogout }) {
     try {
       const path = action === "archive" ? `/api/v1/email/${mail.id}/archive` : `/api/v1/email/${mail.id}`;
       const moved = await api(token, path, { method: action === "archive" ? "POST" : "DELETE" });
-      if (selected && selected.id === mail.id) setSelected(null);
+      if (selected && selected.id === mail.id) closeMessage();
       const done = action === "archive" ? "Archived" : moved.newEmailId ? "Moved to Trash" : "Deleted for good";
       setToast(done, undoOf(moved));
     } catch (err) {
@@ -422,15 +444,17 @@ export function Mail({ session, onLogout }) {
     next?.scrollIntoView({ block: "nearest" });
   };
 
-  // Keyboard: j/k next/previous, o or Enter open, e archive, # delete, ! spam, z undo, r reply,
-  // a reply all, u unread, s star, c compose, / search.
+  // Keyboard: the shortcuts KeyboardHelp.jsx lists (`?` shows them); keep the two alike.
   const keys = useRef({});
-  keys.current = { emails, selected, open, act, loadMore };
+  keys.current = { emails, selected, open, act, loadMore, closeMessage, help };
   useEffect(() => {
     const onKey = (e) => {
       if (e.target.closest && e.target.closest("input, textarea, select, [contenteditable], .compose")) return;
       if (e.ctrlKey || e.metaKey || e.altKey) return;
-      const { emails: list, selected: current, open: openMail, act: doAct } = keys.current;
+      const { emails: list, selected: current, open: openMail, act: doAct, help: helping } = keys.current;
+      if (helping) return; // the dialog has the keyboard
+      if (e.key === "?") { e.preventDefault(); setHelp(true); return; }
+      if (e.key === "Escape" && current) { keys.current.closeMessage(); return; }
       const index = current ? list.findIndex((m) => m.id === current.id) : -1;
       if ((e.key === "j" || e.key === "k") && list.length) {
         const step = e.key === "j" ? 1 : -1;
@@ -512,6 +536,8 @@ export function Mail({ session, onLogout }) {
           {[["unread", "Unread"], ["starred", "Starred"], ["attachments", "Attachments"]].map(([key, label]) => (
             <button key={key} aria-pressed={view.filter === key} onClick={() => setView({ ...view, filter: view.filter === key ? "" : key })}>{label}</button>
           ))}
+          <span className="spacer" />
+          {unread > 0 && <button className="mark-all" onClick={markAllRead}>Mark all read</button>}
         </div>
         <MessageList
           emails={emails}
@@ -529,12 +555,13 @@ export function Mail({ session, onLogout }) {
           email={emails.find((m) => m.id === selected.id) || selected}
           typing={typing[selected.id]}
           onAction={(a, body) => act(a, selected, body)}
-          onBack={() => setSelected(null)}
+          onBack={closeMessage}
           onError={setToast}
         />
       ) : (
         <section className="preview empty" aria-label="Message">Select a message</section>
       )}
+      {help && <KeyboardHelp onClose={() => setHelp(false)} />}
       {composing && account && (
         <Compose
           token={token}

@@ -1,0 +1,54 @@
+import { useEffect, useRef } from "react";
+
+// The keyboard shortcuts, as `?` shows them. The list is the handler's in Mail.jsx: keep both alike.
+export const SHORTCUTS = [
+  ["j / k", "Next / previous message (in the list: move without opening)"],
+  ["o or Enter", "Open"],
+  ["Esc", "Back to the list; in the composer, close it (kept in Drafts)"],
+  ["e", "Archive"],
+  ["#", "Delete (to Trash)"],
+  ["!", "Report spam (in Junk: not spam)"],
+  ["z", "Undo the last archive, delete or move"],
+  ["r / a", "Reply / reply all"],
+  ["u", "Mark unread"],
+  ["s", "Star or unstar"],
+  ["c", "Compose"],
+  ["Ctrl+Enter", "Send (in the composer)"],
+  ["/", "Search"],
+  ["?", "This list"],
+];
+
+// A modal dialog: focus moves into it when it opens and back where it was when it closes (Esc or
+// the button).
+export function KeyboardHelp({ onClose }) {
+  const close = useRef(null);
+  useEffect(() => {
+    const before = document.activeElement;
+    close.current?.focus();
+    return () => before?.focus?.();
+  }, []);
+  const onKeyDown = (e) => {
+    if (e.key === "Escape") {
+      e.preventDefault();
+      e.stopPropagation();
+      onClose();
+    } else if (e.key === "Tab") {
+      e.preventDefault(); // one control inside: focus stays in the dialog
+    }
+  };
+  return (
+    <div className="dialog-backdrop" onClick={onClose}>
+      <div role="dialog" aria-modal="true" aria-labelledby="keys-title" className="dialog" onClick={(e) => e.stopPropagation()} onKeyDown={onKeyDown}>
+        <h2 id="keys-title">Keyboard shortcuts</h2>
+        <table className="shortcuts">
+          <tbody>
+            {SHORTCUTS.map(([keys, what]) => (
+              <tr key={keys}><th scope="row"><kbd>{keys}</kbd></th><td>{what}</td></tr>
+            ))}
+          </tbody>
+        </table>
+        <button ref={close} onClick={onClose}>Close</button>
+      </div>
+    </div>
+  );
+}
