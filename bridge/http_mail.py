@@ -72,11 +72,31 @@ async def mailboxes(request: web.Request) -> web.Response:
     return web.json_response({"account": account, "mailboxes": await request.app[keys.MAIL].mailboxes(account)})
 
 
+async def create_folder(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    account = owned_account(identity_of(request), body.get("account"))
+    name = await request.app[keys.MAIL].folders.create(account, body.get("name"))
+    return web.json_response({"ok": True, "name": name})
+
+
+async def rename_folder(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    account = owned_account(identity_of(request), body.get("account"))
+    name = await request.app[keys.MAIL].folders.rename(account, body.get("name"), body.get("newName"))
+    return web.json_response({"ok": True, "name": name})
+
+
+async def delete_folder(request: web.Request) -> web.Response:
+    account = owned_account(identity_of(request), request.query.get("account"))
+    await request.app[keys.MAIL].folders.delete(account, request.query.get("name"))
+    return web.json_response({"ok": True})
+
+
 async def mark_all_read(request: web.Request) -> web.Response:
     identity = identity_of(request)
     body = await read_json(request)
     account = owned_account(identity, body.get("account"))
-    await request.app[keys.MAIL].mark_all_read(account, body.get("mailbox"))
+    await request.app[keys.MAIL].folders.mark_all_read(account, body.get("mailbox"))
     return web.json_response({"ok": True})
 
 
@@ -230,6 +250,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/contacts", contacts)
     app.router.add_post("/api/v1/uploads", upload)
     app.router.add_get("/api/v1/mailboxes", mailboxes)
+    app.router.add_post("/api/v1/mailboxes", create_folder)
+    app.router.add_patch("/api/v1/mailboxes", rename_folder)
+    app.router.add_delete("/api/v1/mailboxes", delete_folder)
     app.router.add_post("/api/v1/mailboxes/read", mark_all_read)
     app.router.add_get("/api/v1/email/inbox", inbox)
     app.router.add_get("/api/v1/email/search", search)

@@ -41,11 +41,20 @@ def _has_messages(lines: list[bytes | bytearray | str]) -> bool:
         if found is not None:
             return int(found.group(1)) > 0
     return True  # no count given: let the STORE find out
+
+
 _FLAG = re.compile(r"^\\?[A-Za-z0-9$_.-]{1,64}$")  # system flags and atom keywords (RFC 3501 9)
 
 
 def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _reason(lines: list[bytes | bytearray | str]) -> str:
+    """The text of an IMAP NO or BAD (its last line), without the response code (RFC 3501 7.1)."""
+    last = lines[-1] if lines else b""
+    text = (last.encode() if isinstance(last, str) else bytes(last)).decode("utf-8", "replace")
+    return re.sub(r"^\[[^\]]*\]\s*", "", text).strip() or "refused"
 
 
 def encode_mailbox(name: str) -> str:
@@ -242,6 +251,27 @@ class ImapGateway:
                     flags = tuple(match.group("flags").decode("ascii", "replace").split())
                     pending = (int(match.group("uid")), flags, int(match.group("size") or 0))
             return validity, found
+
+    async def create_mailbox(self, account: str, mailbox: str) -> None:
+        """CREATE (RFC 3501 6.3.3); a name that exists is refused."""
+        async with self._session(account, "CREATE") as client:
+            response = await client.create(encode_mailbox(mailbox))
+            if response.result != "OK":
+                raise InvalidInput(f"{mailbox!r} could not be made: {_reason(response.lines)}")
+
+    async def rename_mailbox(self, account: str, mailbox: str, new_name: str) -> None:
+        """RENAME (RFC 3501 6.3.5): the messages go with it, UIDs and UIDVALIDITY kept (Dovecot)."""
+        async with self._session(account, "RENAME") as client:
+            response = await client.rename(encode_mailbox(mailbox), encode_mailbox(new_name))
+            if response.result != "OK":
+                raise InvalidInput(f"{mailbox!r} could not be renamed: {_reason(response.lines)}")
+
+    async def delete_mailbox(self, account: str, mailbox: str) -> None:
+        """DELETE (RFC 3501 6.3.4): the mailbox and every message in it."""
+        async with self._session(account, "DELETE") as client:
+            response = await client.delete(encode_mailbox(mailbox))
+            if response.result != "OK":
+                raise InvalidInput(f"{mailbox!r} could not be deleted: {_reason(response.lines)}")
 
     async def ensure_mailbox(self, account: str, mailbox: str) -> None:
         """CREATE unless it exists (RFC 3501 6.3.3: creating an existing name is a NO)."""

@@ -32,10 +32,11 @@ from bridge import compose, redis_keys
 from bridge.auth import Identity
 from bridge.browser_events import BrowserEvent, EmailRef, email_id, iso_time, parse_email_id
 from bridge.errors import Forbidden, InvalidInput, NotFound, RateLimited, Unavailable
+from bridge.folders import Folders
 from bridge.imap import ImapGateway, MailboxInfo
 from bridge.index_cache import IndexCache
 from bridge.mail_headers import decode_text
-from bridge.mailbox_order import ordered_mailboxes
+from bridge.mailbox_order import mailbox_name, ordered_mailboxes
 from bridge.message_parse import extract_part, parse_message
 from bridge.metrics import Metrics
 from bridge.rate_limit import RateLimiter
@@ -57,6 +58,7 @@ MAX_CONTACT_QUERY = 100
 CONTACT_SCAN = 2000
 # Senders of mail in these are not people the user corresponds with.
 _NOT_CORRESPONDENTS = ("Sent", "Drafts", "Junk", "Spam")
+
 
 def owned_account(identity: Identity, account: object) -> str:
     """The account to act on: the one asked for if the token grants it, else the token's first."""
@@ -139,6 +141,7 @@ class MailService:
         self.send_limit = send_limit
         self.uploads = Uploads(redis, prefix)
         self.counts = counts
+        self.folders = Folders(imap)
 
     # -- reads
 
@@ -275,16 +278,8 @@ class MailService:
         if remove:
             await self.imap.store_flags(ref, tuple(remove), add=False)
 
-    async def mark_all_read(self, account: str, mailbox: object) -> None:
-        """Every message of `mailbox` read, over IMAP (the hook's events bring the index and every
-        device up to date, as for one message)."""
-        if not isinstance(mailbox, str) or not mailbox or len(mailbox) > 1024 or "\r" in mailbox or "\n" in mailbox:
-            raise InvalidInput("mailbox must be a mailbox name")
-        await self.imap.mark_all_read(account, mailbox)
-
     async def move(self, ref: EmailRef, mailbox: object, *, create: bool = False) -> dict[str, Any]:
-        if not isinstance(mailbox, str) or not mailbox or len(mailbox) > 1024 or "\r" in mailbox or "\n" in mailbox:
-            raise InvalidInput("mailbox must be a mailbox name")
+        mailbox = mailbox_name(mailbox)
         if create:
             await self.imap.ensure_mailbox(ref.account, mailbox)
         moved = await self.imap.move(ref, mailbox)

@@ -11,8 +11,11 @@ under another name (RFC 6154 special use, e.g. "Sent Messages" marked \\Sent) ta
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
+
+from bridge.errors import InvalidInput
 
 # (name the bridge creates, RFC 6154 special use), in the order shown.
 STANDARD: tuple[tuple[str, str], ...] = (
@@ -25,6 +28,34 @@ STANDARD: tuple[tuple[str, str], ...] = (
 )
 
 STANDARD_NAMES = frozenset(name for name, _use in STANDARD)
+_BAD_NAME = re.compile(r"[\x00-\x1f\x7f*%]")
+
+
+def mailbox_name(value: object) -> str:
+    """The name of a mailbox that may exist (a move's target, a folder to mark read): any the server
+    may have, up to 1024 characters, on one line."""
+    if not isinstance(value, str) or not value or len(value) > 1024 or "\r" in value or "\n" in value:
+        raise InvalidInput("mailbox must be a mailbox name")
+    return value
+
+
+def folder_name(value: object, what: str = "name") -> str:
+    """A folder name a user may give: 1 to 200 characters, no control characters, no IMAP LIST
+    wildcard (* %, RFC 3501 6.3.8), not starting or ending with the hierarchy delimiter "/"."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 200 or _BAD_NAME.search(value):
+        raise InvalidInput(f"{what} must be a folder name of 1 to 200 characters, without control characters, * or %")
+    name = value.strip()
+    if name.startswith("/") or name.endswith("/"):
+        raise InvalidInput(f"{what} must not start or end with /")
+    return name
+
+
+def own_folder(value: object) -> str:
+    """A folder of the user's own, which may be renamed or deleted: not one of the standard ones."""
+    name = folder_name(value)
+    if name.upper() == "INBOX" or name in STANDARD_NAMES:
+        raise InvalidInput(f"{name} is a standard folder: it stays (Inbox, Drafts, Sent, Archive, Junk, Trash)")
+    return name
 
 
 def _standard_place(box: dict[str, Any]) -> int | None:

@@ -542,3 +542,45 @@ async def test_autosave_replaces_the_previous_draft(
     async with http.post("/api/v1/email/send", headers=headers, json={**payload, "subject": "again"}) as r:
         assert r.status == 200, await r.text()
     assert await asyncio.to_thread(imap_subjects, stack, account, "Drafts") == ["v2"]
+
+
+async def test_folders_are_made_renamed_and_deleted_and_the_standard_ones_stay(
+    stack: StackInfo, http: aiohttp.ClientSession, account: Account
+) -> None:
+    await deliver_and_wait(stack, http, account, "file me")
+    headers = await authed(http, account)
+
+    async def names() -> list[str]:
+        return [b["name"] for b in (await get_json(http, "/api/v1/mailboxes", headers))["mailboxes"]]
+
+    async with http.post("/api/v1/mailboxes", headers=headers, json={"name": "Projects"}) as r:
+        assert (r.status, await r.json()) == (200, {"ok": True, "name": "Projects"})
+    assert (await names())[6:] == ["Projects"]  # after the six standard folders
+    async with http.post("/api/v1/mailboxes", headers=headers, json={"name": "Projects"}) as r:
+        assert r.status == 400 and "could not be made" in (await r.json())["error"]
+    mail = (await get_json(http, "/api/v1/email/inbox", headers))["emails"][0]
+    async with http.post(f"/api/v1/email/{mail['id']}/move", headers=headers, json={"mailbox": "Projects"}) as r:
+        assert r.status == 200, await r.text()
+
+    async with http.patch("/api/v1/mailboxes", headers=headers, json={"name": "Projects", "newName": "Work/2026"}) as r:
+        assert (r.status, await r.json()) == (200, {"ok": True, "name": "Work/2026"})
+    assert "Work/2026" in await names() and "Projects" not in await names()
+    for _ in range(100):  # the rename's event moves the index's documents
+        moved = (await get_json(http, "/api/v1/email/inbox", headers, mailbox="Work/2026"))["emails"]
+        if moved:
+            break
+        await asyncio.sleep(0.1)
+    assert [m["subject"] for m in moved] == ["file me"]
+
+    for bad, why in (
+        ({"name": "Trash", "newName": "Bin"}, "standard folder"),
+        ({"name": "Work/2026", "newName": "Sent"}, "standard folder's name"),
+        ({"name": "Work/2026", "newName": "a*b"}, "without control characters"),
+    ):
+        async with http.patch("/api/v1/mailboxes", headers=headers, json=bad) as r:
+            assert r.status == 400 and why in (await r.json())["error"], bad
+    async with http.delete("/api/v1/mailboxes", headers=headers, params={"name": "INBOX"}) as r:
+        assert r.status == 400
+    async with http.delete("/api/v1/mailboxes", headers=headers, params={"name": "Work/2026"}) as r:
+        assert (r.status, await r.json()) == (200, {"ok": True})
+    assert "Work/2026" not in await names()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.mailbox_order import ordered_mailboxes
+import pytest
+
+from bridge.errors import InvalidInput
+from bridge.mailbox_order import folder_name, ordered_mailboxes, own_folder
 
 
 def box(name: str, use: str = "", unread: int = 0) -> dict[str, Any]:
@@ -55,3 +58,16 @@ def test_the_users_folders_follow_by_name_and_a_special_use_under_another_name_t
         "work",
     ]
     assert [b["exists"] for b in listed] == [True, False, True, True, False, True, True, True]
+
+
+def test_a_folder_name_is_checked_and_the_standard_folders_are_not_ones_own() -> None:
+    assert folder_name("  Clients/2026 ") == "Clients/2026"
+    for bad in ("", "   ", "a*b", "50%", "tab\there", "x" * 201, None, 7):
+        with pytest.raises(InvalidInput, match="folder name"):
+            folder_name(bad)
+    with pytest.raises(InvalidInput, match="must not start or end with /"):
+        folder_name("/top")
+    assert own_folder("Clients") == "Clients"
+    for standard in ("INBOX", "inbox", "Trash", "Junk"):
+        with pytest.raises(InvalidInput, match="is a standard folder"):
+            own_folder(standard)

@@ -268,6 +268,41 @@ async def test_question_mark_lists_the_shortcuts_and_back_returns_to_the_list(
     await context.close()
 
 
+async def test_a_folder_is_made_filled_renamed_and_deleted(
+    browser: Browser, stack: StackInfo, account: Account
+) -> None:
+    subject = f"File me {uuid.uuid4().hex[:6]}"
+    await asyncio.to_thread(send_smtp, stack, [message("carol@outside.test", account.email, subject)])
+    page = await signed_in(browser, stack, account)
+    nav = page.get_by_role("navigation", name="Mailboxes")
+    listing = page.get_by_role("list", name="Messages")
+    await expect(listing.get_by_role("button", name=subject)).to_be_visible(timeout=15_000)
+
+    await nav.get_by_role("button", name="+ New folder").click()
+    await page.get_by_label("New folder name").fill("Projects")
+    await page.get_by_label("New folder name").press("Enter")
+    await expect(nav.get_by_role("button", name="Projects")).to_have_attribute("aria-current", "page", timeout=15_000)
+
+    await nav.get_by_role("button", name=re.compile("^INBOX")).click()
+    await listing.get_by_role("button", name=subject).click()
+    await page.get_by_role("region", name="Message").get_by_label("Move to folder").select_option("Projects")
+    await expect(page.get_by_role("status").filter(has_text="Moved to Projects")).to_be_visible(timeout=15_000)
+    await nav.get_by_role("button", name="Projects").click()
+    await expect(listing.get_by_role("button", name=subject)).to_be_visible(timeout=15_000)
+
+    await page.get_by_role("button", name="Rename folder").click()
+    await page.get_by_label("New name for Projects").fill("Clients")
+    await page.get_by_label("New name for Projects").press("Enter")
+    await expect(nav.get_by_role("button", name="Clients")).to_have_attribute("aria-current", "page", timeout=15_000)
+    await expect(listing.get_by_role("button", name=subject)).to_be_visible(timeout=15_000)
+
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.get_by_role("button", name="Delete folder").click()
+    await expect(nav.get_by_role("button", name="Clients")).to_have_count(0, timeout=15_000)
+    await expect(nav.get_by_role("button", name=re.compile("^INBOX"))).to_have_attribute("aria-current", "page")
+    await page.close()
+
+
 async def test_reply_and_attachment_download(
     browser: Browser, stack: StackInfo, account: Account, other_account: Account
 ) -> None:

@@ -5,6 +5,7 @@ import { announce, mayAskToNotify, withdraw } from "./notify.js";
 import { flushOutbox, outbox, registerServiceWorker, rememberList, rememberedList } from "./offline.js";
 import { forgetEvents, lastEventIds, rememberEvent, rememberPoint, saveSession } from "./session.js";
 import { Compose } from "./Compose.jsx";
+import { FolderForm } from "./FolderForm.jsx";
 import { KeyboardHelp } from "./KeyboardHelp.jsx";
 import { MessageList } from "./MessageList.jsx";
 import { Preview } from "./Preview.jsx";
@@ -27,6 +28,7 @@ const TABS = {
 const matches = (view, m) => !view.q && FILTERS[view.filter](m) && TABS[view.tab](m);
 
 const INDEX_LAG_MS = 10_000;
+const STANDARD = ["INBOX", "Drafts", "Sent", "Archive", "Junk", "Trash"]; // bridge/mailbox_order.py
 const PAGE = 100; // messages per listing request; further pages load as the list is scrolled
 const isDefaultView = (v) => !v.q && !v.filter && !v.tab;
 
@@ -334,6 +336,37 @@ export function Mail({ session, onLogout }) {
     document.title = `${unread ? `(${unread}) ` : ""}${mailbox} — mail-bridge`;
   }, [unread, mailbox]);
 
+  // Folders of one's own: made, renamed, deleted (the standard ones stay). Dovecot's events bring the
+  // new list to every device (mailbox_updated); this one goes to the folder at once.
+  const [folderForm, setFolderForm] = useState(null); // null, {mode: "new"} or {mode: "rename", name}
+  const submitFolder = async (name) => {
+    const form = folderForm;
+    setFolderForm(null);
+    if (!form || !name.trim()) return;
+    try {
+      const done = form.mode === "new"
+        ? await post(token, "/api/v1/mailboxes", { account, name })
+        : await api(token, "/api/v1/mailboxes", { method: "PATCH", body: JSON.stringify({ account, name: form.name, newName: name }) });
+      await reloadBoxes();
+      setSelected(null);
+      setMailbox(done.name);
+    } catch (err) {
+      setToast(err.message);
+    }
+  };
+  const deleteFolder = async () => {
+    if (!window.confirm(`Delete the folder ${mailbox} and every message in it?`)) return;
+    try {
+      await api(token, `/api/v1/mailboxes?${new URLSearchParams({ account, name: mailbox })}`, { method: "DELETE" });
+      setSelected(null);
+      setMailbox("INBOX");
+      setToast(`Folder ${mailbox} deleted`);
+    } catch (err) {
+      setToast(err.message);
+    }
+  };
+  const ownFolder = !STANDARD.includes(mailbox);
+
   // Every message of the folder on screen read: one request; the counts and rows follow from the
   // events every device gets.
   // Back to the list: through the history when the message pushed an entry, so Back stays in step.
@@ -391,13 +424,14 @@ export function Mail({ session, onLogout }) {
       if (!ack || !ack.ok) setToast(`Not changed: ${ack ? ack.error : "no answer from the bridge"}`);
       return;
     }
-    if (action === "spam" || action === "notspam") {
+    if (action === "spam" || action === "notspam" || action === "move") {
       // Report spam moves it to Junk (made on first use); Not spam, back to the inbox.
-      const target = action === "spam" ? "Junk" : "INBOX";
+      const target = action === "move" ? body : action === "spam" ? "Junk" : "INBOX";
       try {
         const moved = await post(token, `/api/v1/email/${mail.id}/move`, { mailbox: target });
         if (selected && selected.id === mail.id) closeMessage();
-        setToast(action === "spam" ? "Reported as spam: moved to Junk" : "Not spam: moved to the inbox", undoOf(moved));
+        const said = { spam: "Reported as spam: moved to Junk", notspam: "Not spam: moved to the inbox", move: `Moved to ${target}` };
+        setToast(said[action], undoOf(moved));
       } catch (err) {
         setToast(err.message);
       }
@@ -520,6 +554,16 @@ export function Mail({ session, onLogout }) {
             {b.name}{b.unread ? ` (${b.unread})` : ""}
           </button>
         ))}
+        {folderForm ? (
+          <FolderForm
+            label={folderForm.mode === "new" ? "New folder name" : `New name for ${folderForm.name}`}
+            initial={folderForm.mode === "new" ? "" : folderForm.name}
+            onSubmit={submitFolder}
+            onCancel={() => setFolderForm(null)}
+          />
+        ) : (
+          <button className="box new-folder" onClick={() => setFolderForm({ mode: "new" })}>+ New folder</button>
+        )}
       </nav>
       <main className="listing">
         <form role="search" className="search" onSubmit={(e) => { e.preventDefault(); setView({ ...view, q: query.trim() }); }}>
@@ -538,6 +582,8 @@ export function Mail({ session, onLogout }) {
           ))}
           <span className="spacer" />
           {unread > 0 && <button className="mark-all" onClick={markAllRead}>Mark all read</button>}
+          {ownFolder && <button onClick={() => setFolderForm({ mode: "rename", name: mailbox })}>Rename folder</button>}
+          {ownFolder && <button onClick={deleteFolder}>Delete folder</button>}
         </div>
         <MessageList
           emails={emails}
@@ -556,6 +602,7 @@ export function Mail({ session, onLogout }) {
           typing={typing[selected.id]}
           onAction={(a, body) => act(a, selected, body)}
           onBack={closeMessage}
+          folders={mailboxes.map((b) => b.name)}
           onError={setToast}
         />
       ) : (

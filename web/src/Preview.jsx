@@ -16,7 +16,7 @@ DOMPurify.addHook("afterSanitizeAttributes", (node) => {
 // One message: its sanitised body in a frame that may run nothing (no scripts, forms or top
 // navigation; only its links may open, in a new tab outside the sandbox), remote images blocked by
 // the bridge until the reader asks, attachments, and the actions on it.
-export function Preview({ token, email, typing, onAction, onBack, onError }) {
+export function Preview({ token, email, typing, onAction, onBack, onError, folders = [] }) {
   const [body, setBody] = useState(null);
   const [error, setError] = useState("");
   const [remote, setRemote] = useState(false);
@@ -57,6 +57,13 @@ export function Preview({ token, email, typing, onAction, onBack, onError }) {
           <button onClick={() => onAction("spam")} title="Report spam (!)">Report spam</button>
         )}
         <button onClick={() => onAction("unread")} title="Mark unread (u)">Mark unread</button>
+        <label className="move-to">
+          <span className="sr-only">Move to folder</span>
+          <select value="" onChange={(e) => e.target.value && onAction("move", e.target.value)}>
+            <option value="">Move to…</option>
+            {folders.filter((f) => f !== email.mailbox).map((f) => <option key={f} value={f}>{f}</option>)}
+          </select>
+        </label>
         <form className="add-label" onSubmit={(e) => { e.preventDefault(); const v = e.target.label.value.trim(); if (v) onAction("label", v); e.target.reset(); }}>
           <input name="label" aria-label="Add label" placeholder="Add label" pattern="[A-Za-z0-9_.\-]{1,64}" title="Letters, digits, _ . -" />
         </form>
