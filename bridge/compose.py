@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.utils import formataddr, formatdate, getaddresses, make_msgid
+from email.utils import formataddr, formatdate, getaddresses, make_msgid, quote
 from typing import Any
 
 from bridge.errors import InvalidInput, TooLarge
@@ -88,16 +88,24 @@ def _address_items(data: dict[str, Any], key: str) -> list[str]:
     return raw
 
 
-def _addresses(raw: list[str], key: str) -> list[tuple[str, str]]:
+def _addresses(raw: list[str], key: str, *, draft: bool = False) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (name, address) pairs of `raw`, and, for a draft, the items that are no address yet (a
+    half-typed "bo"), kept as written: a draft is saved whatever state its fields are in. Sending
+    refuses them. Line breaks and control characters are refused either way (header injection)."""
     out: list[tuple[str, str]] = []
+    unfinished: list[str] = []
     for item in raw:
         if _CONTROL.search(item) or len(item) > 998:
             raise InvalidInput(f"{key}: invalid address")
-        for name, address in getaddresses([item]):
-            if not _ADDRESS.match(address):
-                raise InvalidInput(f"{key}: invalid address {address or item!r}")
-            out.append((name, address))
-    return out
+        pairs = getaddresses([item])
+        bad = next((address or item for _name, address in pairs if not _ADDRESS.match(address)), None)
+        if bad is None:
+            out.extend(pairs)
+        elif draft:
+            unfinished.append(item.strip())
+        else:
+            raise InvalidInput(f"{key}: invalid address {bad!r}")
+    return out, [u for u in unfinished if u]
 
 
 def check_filename(value: object) -> str:
@@ -153,15 +161,24 @@ def build(
     listed = sum(len(v) for v in items.values())
     if listed > MAX_RECIPIENTS:
         raise _too_many_recipients(listed)
-    to, cc, bcc = (_addresses(items[key], key) for key in ("to", "cc", "bcc"))
+    (to, to_unfinished), (cc, cc_unfinished), (bcc, _bcc_unfinished) = (
+        _addresses(items[key], key, draft=draft) for key in ("to", "cc", "bcc")
+    )
     recipients = tuple(dict.fromkeys(address for _name, address in to + cc + bcc))
     if not recipients and not draft:
         raise InvalidInput("at least one recipient is required")
     if len(recipients) > MAX_RECIPIENTS:
         raise _too_many_recipients(len(recipients))
     try:
-        return _message(account, data, to, cc, recipients=recipients, uploads=uploads or {})
-    except ValueError as exc:
+        return _message(
+            account,
+            data,
+            _header(to, to_unfinished),
+            _header(cc, cc_unfinished),
+            recipients=recipients,
+            uploads=uploads or {},
+        )
+    except (ValueError, IndexError) as exc:
         # The checks above should leave nothing the email package refuses; should one slip
         # through, it is still the client's input, answered as such (not an internal error).
         raise InvalidInput(f"the message cannot be built: {exc}") from None
@@ -170,8 +187,8 @@ def build(
 def _message(
     account: str,
     data: dict[str, Any],
-    to: list[tuple[str, str]],
-    cc: list[tuple[str, str]],
+    to: str,
+    cc: str,
     *,
     recipients: tuple[str, ...],
     uploads: Mapping[str, Attachment],
@@ -186,9 +203,9 @@ def _message(
     message = EmailMessage()
     message["From"] = account
     if to:
-        message["To"] = _joined(to)
+        message["To"] = to
     if cc:
-        message["Cc"] = _joined(cc)
+        message["Cc"] = cc
     # Bcc recipients are on the envelope only (RFC 5322 3.6.3): never in the header.
     message["Subject"] = subject
     message["Date"] = formatdate(localtime=False, usegmt=True)
@@ -204,8 +221,12 @@ def _message(
     return Outgoing(message.as_bytes(), message_id, recipients, subject)
 
 
-def _joined(addresses: list[tuple[str, str]]) -> str:
-    return ", ".join(formataddr((name, address)) for name, address in addresses)
+def _header(addresses: list[tuple[str, str]], unfinished: list[str]) -> str:
+    """An address header's value: the addresses, then a draft's items that are none yet, each as a
+    quoted string (RFC 5322 3.2.4): the header parses, and reads back as the text typed."""
+    return ", ".join(
+        [*(formataddr((name, address)) for name, address in addresses), *(f'"{quote(u)}"' for u in unfinished)]
+    )
 
 
 def _attach(message: EmailMessage, attachments: object, uploads: Mapping[str, Attachment]) -> None:

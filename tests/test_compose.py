@@ -66,6 +66,18 @@ def test_refuses_injection_and_bad_shapes(data: object) -> None:
 
 def test_drafts_may_lack_recipients() -> None:
     assert build("alice@example.test", {"subject": "later"}, draft=True).recipients == ()
+
+
+def test_a_draft_keeps_a_half_typed_address_as_written_and_a_send_refuses_it() -> None:
+    data = {"to": ["bob@example.test", "ca"], "cc": ["Dan <dan@", "eve@example.test"], "subject": "later"}
+    draft = build("alice@example.test", data, draft=True)
+    assert draft.recipients == ("bob@example.test", "eve@example.test")  # only whole addresses
+    headers = draft.message.split(b"\n\n", 1)[0].decode()
+    assert 'To: bob@example.test, "ca"' in headers and 'Cc: eve@example.test, "Dan <dan@"' in headers
+    with pytest.raises(InvalidInput, match="to: invalid address 'ca'"):
+        build("alice@example.test", data)
+    with pytest.raises(InvalidInput, match="to: invalid address"):  # injection stays refused in drafts
+        build("alice@example.test", {"to": ["bo\r\nBcc: x@evil.test"]}, draft=True)
     with pytest.raises(InvalidInput, match="at least one recipient"):
         build("alice@example.test", {"subject": "later"})
 

@@ -151,3 +151,21 @@ async def test_the_composer_opens_ready_to_type_sends_with_ctrl_enter_and_closes
         timeout=15_000
     )
     await page.close()
+
+
+async def test_a_half_typed_address_does_not_stop_the_draft_from_being_saved(
+    browser: Browser, stack: StackInfo, account: Account
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    page = await signed_in(browser, stack, account)
+    await page.get_by_role("button", name="Compose").click()
+    await page.get_by_label("To", exact=True).fill("bo")
+    await page.get_by_label("Subject").fill(f"Half {tag}")
+    await page.get_by_role("textbox", name="Message text").fill("to finish later")
+    await expect(page.get_by_role("status").filter(has_text="Draft saved")).to_be_visible(timeout=15_000)
+    await page.get_by_role("button", name="Close").click()
+    await page.get_by_role("navigation", name="Mailboxes").get_by_role("button", name="Drafts").click()
+    await expect(page.get_by_role("list", name="Messages").get_by_role("button", name=f"Half {tag}")).to_be_visible(
+        timeout=15_000
+    )
+    await page.close()
