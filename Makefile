@@ -92,7 +92,7 @@ dist: venv web
 
 # The README's screenshots: the web client on the stack, captured by its accessibility test.
 screenshots: setup test-debs
-	MAIL_BRIDGE_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_web_a11y.py -k main_screens
+	MAIL_BRIDGE_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_web_a11y.py -k "main_screens or dark_theme"
 
 # MongoDB-compatible store: only needed when MONGODB_URL is not set.
 ferretdb:

@@ -129,3 +129,38 @@ async def test_every_control_is_reachable_by_keyboard(browser: Browser, stack: S
     assert any("Archive this message" in r for r in reached if r)
     assert "Search mail" in reached
     await page.close()
+
+
+async def test_the_dark_theme_follows_the_system_keeps_aa_contrast_and_can_be_chosen(
+    browser: Browser, stack: StackInfo, stack_secrets: dict[str, Any]
+) -> None:
+    account = Account("alice@example.test", stack_secrets["passwords"]["alice@example.test"])
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:4]
+    await asyncio.to_thread(send_smtp, stack, demo_mail(account.email, tag))
+    dark = await browser.new_context(viewport={"width": 1280, "height": 760}, bypass_csp=True, color_scheme="dark")
+    page = await signed_in(dark, stack, account)
+    assert await page.evaluate("document.documentElement.dataset.theme") == "dark"  # as the system is
+    await page.get_by_role("button", name=f"Quarterly figures {tag}").click()
+    await expect(page.get_by_role("list", name="Attachments")).to_be_visible(timeout=15_000)
+    assert await violations(page) == []
+    await page.screenshot(path=SHOTS / "inbox-dark.png")
+    await page.get_by_role("button", name="Compose").click()
+    await page.keyboard.press("Escape")  # closed again: nothing written, nothing saved
+    await page.get_by_role("button", name="Compose").click()
+    assert await violations(page) == []
+    await dark.close()
+
+    # On a light system, the button chooses dark, and the choice outlives a reload.
+    light = await browser.new_context(color_scheme="light")
+    page = await signed_in(light, stack, account)
+    theme = page.get_by_role("button", name="Theme: System")
+    assert await page.evaluate("document.documentElement.dataset.theme") == "light"
+    await theme.click()  # System → Light
+    await page.get_by_role("button", name="Theme: Light").click()  # Light → Dark
+    await expect(page.get_by_role("button", name="Theme: Dark")).to_be_visible()
+    assert await page.evaluate("document.documentElement.dataset.theme") == "dark"
+    await page.reload()
+    await expect(page.get_by_role("button", name="Theme: Dark")).to_be_visible(timeout=15_000)
+    assert await page.evaluate("document.documentElement.dataset.theme") == "dark"
+    await light.close()

@@ -178,7 +178,7 @@ async def test_the_standard_folders_are_there_in_order_and_report_spam_moves_to_
     nav = page.get_by_role("navigation", name="Mailboxes")
     # A fresh account: every standard folder listed at once, in the usual order.
     await expect(nav.get_by_role("button")).to_have_text(
-        [re.compile(r"^INBOX"), "Drafts", "Sent", "Archive", "Junk", "Trash"], timeout=15_000
+        [re.compile(r"^INBOX"), "Drafts", "Sent", "Archive", "Junk", "Trash", "+ New folder"], timeout=15_000
     )
     listing = page.get_by_role("list", name="Messages")
     await listing.get_by_role("button", name=subject).click()

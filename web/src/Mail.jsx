@@ -7,6 +7,7 @@ import { forgetEvents, lastEventIds, rememberEvent, rememberPoint, saveSession }
 import { Compose } from "./Compose.jsx";
 import { FolderForm } from "./FolderForm.jsx";
 import { KeyboardHelp } from "./KeyboardHelp.jsx";
+import { THEMES, chooseTheme, storedTheme } from "./theme.js";
 import { MessageList } from "./MessageList.jsx";
 import { Preview } from "./Preview.jsx";
 import { longDate } from "./dates.js";
@@ -98,6 +99,12 @@ export function Mail({ session, onLogout }) {
   const [online, setOnline] = useState(navigator.onLine);
   const [composing, setComposing] = useState(null);
   const [help, setHelp] = useState(false); // the keyboard shortcuts dialog (`?`)
+  const [theme, setTheme] = useState(storedTheme);
+  const nextTheme = () => {
+    const next = THEMES[(THEMES.indexOf(theme) + 1) % THEMES.length];
+    chooseTheme(next);
+    setTheme(next);
+  };
   const [toasts, setToasts] = useState([]);
   // Toasts stack up (at most three) and each leaves after a while: one never hides another. One
   // may carry an action (Undo), offered as long as the toast shows.
@@ -545,6 +552,7 @@ export function Mail({ session, onLogout }) {
         <span className="spacer" />
         <button onClick={() => setComposing({})}>Compose</button>
         <button onClick={toggleSound} aria-pressed={settings.sound !== false}>Sound</button>
+        <button onClick={nextTheme} title="Light, dark, or as the system is">Theme: {theme[0].toUpperCase() + theme.slice(1)}</button>
         {mayAskToNotify() && <button onClick={() => Notification.requestPermission().then(() => setToasts((ts) => [...ts]))}>Enable notifications</button>}
         <button onClick={onLogout}>Sign out</button>
       </header>
