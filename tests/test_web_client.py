@@ -303,6 +303,26 @@ async def test_a_folder_is_made_filled_renamed_and_deleted(
     await page.close()
 
 
+async def test_a_new_tab_is_signed_in_by_the_open_one_and_signing_out_signs_out_both(
+    browser: Browser, stack: StackInfo, account: Account
+) -> None:
+    context = await browser.new_context()
+    first = await signed_in(context, stack, account)
+    second = await context.new_page()  # another tab of the same browser
+    await second.goto(stack.web_url)
+    await wait_live(second)  # no sign-in form: the open tab shared its session
+    await expect(second.get_by_text(account.email)).to_be_visible()
+    await second.get_by_role("button", name="Sign out").click()
+    for tab in (first, second):
+        await expect(tab.get_by_role("button", name="Sign in")).to_be_visible(timeout=15_000)
+    third = await context.new_page()  # nobody signed in any more: the form, as for a first visit
+    await third.goto(stack.web_url)
+    await expect(third.get_by_role("button", name="Sign in")).to_be_visible()
+    await third.wait_for_timeout(500)
+    await expect(third.get_by_role("button", name="Sign in")).to_be_visible()
+    await context.close()
+
+
 async def test_reply_and_attachment_download(
     browser: Browser, stack: StackInfo, account: Account, other_account: Account
 ) -> None:

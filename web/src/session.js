@@ -50,3 +50,34 @@ export function forgetEvents(account) {
   if (account) delete ids[account];
   sessionStorage.setItem(LAST_EVENT, JSON.stringify(account ? ids : {}));
 }
+
+// Tabs of one browser share the sign-in: a new tab asks the open ones (BroadcastChannel reaches this
+// origin's tabs only) and takes a session one of them answers with; signing out in one signs out
+// all. Without an answer (no other tab signed in), the new tab shows the sign-in form.
+const CHANNEL = "mail-bridge-session";
+
+export function shareSession({ onShared, onSignedOut }) {
+  if (typeof BroadcastChannel === "undefined") return () => {};
+  const channel = new BroadcastChannel(CHANNEL);
+  channel.onmessage = ({ data }) => {
+    const mine = JSON.parse(sessionStorage.getItem(SESSION) || "null");
+    if (data === "ask" && mine) channel.postMessage({ session: mine });
+    else if (data && data.session && !mine) onShared(data.session);
+    else if (data === "signed-out" && mine) onSignedOut();
+  };
+  return () => channel.close();
+}
+
+export function askOtherTabs() {
+  if (typeof BroadcastChannel === "undefined") return;
+  const channel = new BroadcastChannel(CHANNEL);
+  channel.postMessage("ask");
+  channel.close();
+}
+
+export function tellSignedOut() {
+  if (typeof BroadcastChannel === "undefined") return;
+  const channel = new BroadcastChannel(CHANNEL);
+  channel.postMessage("signed-out");
+  channel.close();
+}
