@@ -22,6 +22,7 @@ from email.utils import formataddr, formatdate, getaddresses, make_msgid, quote
 from typing import Any
 
 from bridge.errors import InvalidInput, TooLarge
+from bridge.message_parse import is_part_id
 
 MAX_RECIPIENTS = 100
 MAX_SUBJECT = 998  # RFC 5322 2.1.1 line limit
@@ -110,7 +111,7 @@ def _addresses(raw: list[str], key: str, *, draft: bool = False) -> tuple[list[t
 
 def check_filename(value: object) -> str:
     """An attachment's file name: 1 to 255 characters, no control characters, no path separators."""
-    if not isinstance(value, str) or not value or len(value) > 255 or _FILENAME_BAD.search(value):
+    if not isinstance(value, str) or not _filename_ok(value):
         raise InvalidInput("attachment filename is missing or invalid")
     return value
 
@@ -141,6 +142,28 @@ def upload_ids(data: object) -> tuple[str, ...]:
     return tuple(ids)
 
 
+def forwarded_parts(data: object) -> tuple[tuple[str, str], ...]:
+    """The attachments of other mails `data` forwards ({forwardOf: email id, part: part id}), each
+    once, in order; what `build` will need resolved (the caller checks the mail is the sender's)."""
+    attachments = data.get("attachments") if isinstance(data, dict) else None
+    if not isinstance(attachments, list):
+        return ()
+    found: dict[tuple[str, str], None] = {}
+    for item in attachments:
+        if isinstance(item, dict) and "forwardOf" in item:
+            found[_forwarded_key(item)] = None
+    return tuple(found)
+
+
+def _forwarded_key(item: dict[str, Any]) -> tuple[str, str]:
+    email, part = item.get("forwardOf"), item.get("part")
+    if not isinstance(email, str) or not email or len(email) > 1024:
+        raise InvalidInput("attachment forwardOf must be an email id")
+    if not is_part_id(part):
+        raise InvalidInput("attachment part must be a part id such as 2 or 1.2")
+    return email, str(part)
+
+
 def _upload_id(value: object) -> str:
     if not isinstance(value, str) or not UPLOAD_ID.match(value):
         raise InvalidInput("attachment uploadId is invalid")
@@ -148,11 +171,17 @@ def _upload_id(value: object) -> str:
 
 
 def build(
-    account: str, data: object, *, draft: bool = False, uploads: Mapping[str, Attachment] | None = None
+    account: str,
+    data: object,
+    *,
+    draft: bool = False,
+    uploads: Mapping[str, Attachment] | None = None,
+    forwarded: Mapping[tuple[str, str], Attachment] | None = None,
 ) -> Outgoing:
     """The message to send (or, with `draft`, to save in Drafts: recipients may then be missing).
 
-    `uploads` holds the staged uploads the caller resolved (see `upload_ids`), by id."""
+    `uploads` holds the staged uploads the caller resolved (see `upload_ids`), by id; `forwarded`
+    the forwarded mails' attachments it resolved (see `forwarded_parts`), by (email id, part)."""
     if not isinstance(data, dict):
         raise InvalidInput("send takes an object {to, cc, bcc, subject, body, html, attachments, inReplyTo}")
     items = {key: _address_items(data, key) for key in ("to", "cc", "bcc")}
@@ -177,6 +206,7 @@ def build(
             _header(cc, cc_unfinished),
             recipients=recipients,
             uploads=uploads or {},
+            forwarded=forwarded or {},
         )
     except (ValueError, IndexError) as exc:
         # The checks above should leave nothing the email package refuses; should one slip
@@ -192,6 +222,7 @@ def _message(
     *,
     recipients: tuple[str, ...],
     uploads: Mapping[str, Attachment],
+    forwarded: Mapping[tuple[str, str], Attachment],
 ) -> Outgoing:
     subject = _text(data, "subject", MAX_SUBJECT, header=True)
     body = _text(data, "body", MAX_BODY_BYTES, header=False)
@@ -217,7 +248,7 @@ def _message(
     message.set_content(body or "")
     if html:
         message.add_alternative(html, subtype="html")
-    _attach(message, data.get("attachments"), uploads)
+    _attach(message, data.get("attachments"), uploads, forwarded)
     return Outgoing(message.as_bytes(), message_id, recipients, subject)
 
 
@@ -229,7 +260,12 @@ def _header(addresses: list[tuple[str, str]], unfinished: list[str]) -> str:
     )
 
 
-def _attach(message: EmailMessage, attachments: object, uploads: Mapping[str, Attachment]) -> None:
+def _attach(
+    message: EmailMessage,
+    attachments: object,
+    uploads: Mapping[str, Attachment],
+    forwarded: Mapping[tuple[str, str], Attachment],
+) -> None:
     if attachments in (None, []):
         return
     if not isinstance(attachments, list) or len(attachments) > MAX_ATTACHMENTS:
@@ -237,8 +273,15 @@ def _attach(message: EmailMessage, attachments: object, uploads: Mapping[str, At
     total = 0
     for item in attachments:
         if not isinstance(item, dict):
-            raise InvalidInput("an attachment is {filename, contentType, content (base64)} or {uploadId}")
-        attachment = _staged(item, uploads) if "uploadId" in item else _inline(item)
+            raise InvalidInput(
+                "an attachment is {filename, contentType, content (base64)}, {uploadId} or {forwardOf, part}"
+            )
+        if "uploadId" in item:
+            attachment = _staged(item, uploads)
+        elif "forwardOf" in item:
+            attachment = _forwarded(item, forwarded)
+        else:
+            attachment = _inline(item)
         total += len(attachment.data)
         if total > MAX_ATTACHMENT_BYTES:
             raise TooLarge(f"attachments larger than {MAX_ATTACHMENT_BYTES} bytes")
@@ -253,6 +296,21 @@ def _staged(item: dict[str, Any], uploads: Mapping[str, Attachment]) -> Attachme
         raise InvalidInput(f"attachment upload {upload_id} not found or expired")
     # Checked when it was staged; checked again so that a stored value cannot bypass the rules.
     return Attachment(check_filename(found.filename), check_content_type(found.content_type), found.data)
+
+
+def _filename_ok(value: str) -> bool:
+    return bool(value) and len(value) <= 255 and not _FILENAME_BAD.search(value)
+
+
+def _forwarded(item: dict[str, Any], forwarded: Mapping[tuple[str, str], Attachment]) -> Attachment:
+    key = _forwarded_key(item)
+    found = forwarded.get(key)
+    if found is None:
+        raise InvalidInput(f"attachment {key[1]} of the forwarded mail was not found")
+    # As the sender sent them, within what this module sends: odd names and types are tamed.
+    filename = found.filename if _filename_ok(found.filename) else "attachment"
+    content_type = found.content_type if _CONTENT_TYPE.match(found.content_type) else DEFAULT_CONTENT_TYPE
+    return Attachment(filename, content_type, found.data)
 
 
 def _inline(item: dict[str, Any]) -> Attachment:

@@ -316,17 +316,29 @@ class MailService:
         )
         return await self.uploads.stage(account, attachment)
 
-    async def _compose(self, account: str, data: object, *, draft: bool) -> tuple[compose.Outgoing, tuple[str, ...]]:
-        """The message, with its staged uploads read from Redis for this account; and their ids."""
+    async def _compose(
+        self, identity: Identity, account: str, data: object, *, draft: bool
+    ) -> tuple[compose.Outgoing, tuple[str, ...]]:
+        """The message, with its staged uploads read from Redis for this account and the attachments
+        it forwards read over IMAP (only from mail the caller may read); and the uploads' ids."""
         ids = compose.upload_ids(data)
         resolved = await self.uploads.resolve(account, ids) if ids else {}
-        return compose.build(account, data, draft=draft, uploads=resolved), ids
+        forwarded: dict[tuple[str, str], compose.Attachment] = {}
+        raw_of: dict[str, bytes] = {}
+        for email, part in compose.forwarded_parts(data):
+            if email not in raw_of:
+                raw_of[email] = await self.imap.fetch_raw(owned_ref(identity, email))
+            found = extract_part(raw_of[email], part)
+            if found is not None:
+                filename, content_type, payload = found
+                forwarded[(email, part)] = compose.Attachment(filename, content_type, payload)
+        return compose.build(account, data, draft=draft, uploads=resolved, forwarded=forwarded), ids
 
     async def send(self, identity: Identity, account: str, data: object) -> dict[str, Any]:
         draft_id = data.get("draftId") if isinstance(data, dict) else None
         # Checked before anything is sent: only a draft of this account may be removed afterwards.
         draft = draft_ref(identity, account, draft_id, "draftId") if draft_id is not None else None
-        outgoing, upload_ids = await self._compose(account, data, draft=False)
+        outgoing, upload_ids = await self._compose(identity, account, data, draft=False)
         # Counted once the message is one Postfix will be handed: a refused, malformed send costs
         # the account nothing of its sending allowance.
         if not self.send_limit.allow(account):
@@ -358,7 +370,7 @@ class MailService:
         """APPEND to Drafts; with `replaces`, then remove that earlier draft (autosave)."""
         replaces = data.get("replaces") if isinstance(data, dict) else None
         old = draft_ref(identity, account, replaces, "replaces") if replaces is not None else None
-        outgoing, _upload_ids = await self._compose(account, data, draft=True)
+        outgoing, _upload_ids = await self._compose(identity, account, data, draft=True)
         new = await self.imap.append(account, DRAFTS, outgoing.message, ("\\Draft", "\\Seen"))
         if old is not None:
             await self._remove_draft(old, outgoing.message_id)

@@ -93,6 +93,11 @@ def parse_message(raw: bytes, *, allow_remote_images: bool = False) -> ParsedMes
         return ParsedMessage("", "", (), (), None, "", "", (), "", None, 0, ())
 
 
+def is_part_id(value: object) -> bool:
+    """Whether `value` is a part id as `parse_message` gives them ("2", "1.2")."""
+    return isinstance(value, str) and _PART_ID.fullmatch(value) is not None
+
+
 def extract_part(raw: bytes, part_id: str) -> tuple[str, str, bytes] | None:
     """Return (filename, content_type, decoded bytes) of the attachment `part_id`, else None.
 

@@ -13,6 +13,7 @@ from bridge.compose import (
     build,
     check_content_type,
     check_filename,
+    forwarded_parts,
     upload_ids,
 )
 from bridge.errors import InvalidInput
@@ -139,3 +140,28 @@ def test_names_and_types_are_checked_whichever_the_form() -> None:
     staged = {"u" * 24: Attachment("../x", "text/plain", b"")}  # a stored value is checked again
     with pytest.raises(InvalidInput, match="filename"):
         build("alice@example.test", {"to": ["b@example.test"], "attachments": [{"uploadId": "u" * 24}]}, uploads=staged)
+
+
+def test_a_forwarded_mails_attachments_go_with_it_as_the_caller_resolved_them() -> None:
+    data = {
+        "to": ["bob@example.test"],
+        "subject": "Fwd: figures",
+        "attachments": [
+            {"forwardOf": "e1", "part": "2"},
+            {"forwardOf": "e1", "part": "2"},
+            {"forwardOf": "e1", "part": "3"},
+        ],
+    }
+    assert forwarded_parts(data) == (("e1", "2"), ("e1", "3"))  # each once, in order
+    resolved = {
+        ("e1", "2"): Attachment("q3.csv", "text/csv", b"q,revenue\n"),
+        ("e1", "3"): Attachment("bad\x00name", "not a type", b"x"),  # as some sender wrote it: tamed
+    }
+    message = message_from_bytes(build("alice@example.test", data, forwarded=resolved).message, policy=default)
+    parts = [(p.get_filename(), p.get_content_type()) for p in message.iter_attachments()]
+    assert parts == [("q3.csv", "text/csv"), ("q3.csv", "text/csv"), ("attachment", "application/octet-stream")]
+    with pytest.raises(InvalidInput, match="attachment 9 of the forwarded mail was not found"):
+        build("alice@example.test", {**data, "attachments": [{"forwardOf": "e1", "part": "9"}]}, forwarded=resolved)
+    for bad in ({"forwardOf": "", "part": "2"}, {"forwardOf": "e1", "part": "../2"}, {"forwardOf": 5, "part": "2"}):
+        with pytest.raises(InvalidInput, match=r"forwardOf|part"):
+            forwarded_parts({"attachments": [bad]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from email.message import EmailMessage
 
 import pytest
 from playwright.async_api import Browser, expect
@@ -11,7 +12,7 @@ from playwright.async_api import Browser, expect
 from bridge.stack.launcher import StackInfo
 from tests.browser import signed_in
 from tests.common import Account
-from tests.mailtools import imap_message_ids, send_smtp
+from tests.mailtools import imap_message_ids, imap_messages, send_smtp
 from tests.test_e2e_mail import message
 
 pytestmark = pytest.mark.e2e
@@ -168,4 +169,42 @@ async def test_a_half_typed_address_does_not_stop_the_draft_from_being_saved(
     await expect(page.get_by_role("list", name="Messages").get_by_role("button", name=f"Half {tag}")).to_be_visible(
         timeout=15_000
     )
+    await page.close()
+
+
+async def test_forward_sends_the_html_part_and_the_attachments_on(
+    browser: Browser, stack: StackInfo, account: Account, other_account: Account
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    original = message("dana@partner.example", account.email, f"Figures {tag}", "plain version")
+    original.add_alternative("<p>The <b>quarterly</b> figures.</p>", subtype="html")
+    original.add_attachment(b"q,revenue\n3,1200\n", maintype="text", subtype="csv", filename="q3.csv")
+    await asyncio.to_thread(send_smtp, stack, [original])
+    page = await signed_in(browser, stack, account)
+    await page.get_by_role("list", name="Messages").get_by_role("button", name=f"Figures {tag}").click()
+    await page.get_by_role("region", name="Message").get_by_role("button", name="Forward").click()
+    composer = page.get_by_role("form", name="Compose")
+    await expect(composer.get_by_role("list", name="Attached files")).to_contain_text("q3.csv")
+    await expect(composer.get_by_role("list", name="Attached files")).to_contain_text("forwarded")
+    await expect(composer.get_by_role("textbox", name="Message text").locator("b")).to_have_text("quarterly")
+    await composer.get_by_label("To", exact=True).fill(other_account.email)
+    await composer.get_by_role("button", name="Send", exact=True).click()
+    await expect(page.get_by_role("status").filter(has_text="Sent").first).to_be_visible(timeout=15_000)
+
+    def forwarded() -> list[EmailMessage]:
+        return [
+            m
+            for m in imap_messages(stack, other_account.email, other_account.password)
+            if m["Subject"] == f"Fwd: Figures {tag}"
+        ]
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while not (found := await asyncio.to_thread(forwarded)):
+        assert asyncio.get_running_loop().time() < deadline, "the forwarded mail never arrived"
+        await asyncio.sleep(0.3)
+    (mail,) = found
+    files = [(p.get_filename(), p.get_content()) for p in mail.iter_attachments()]
+    assert files == [("q3.csv", "q,revenue\n3,1200\n")]
+    html = mail.get_body(("html",))
+    assert html is not None and "<b>quarterly</b>" in html.get_content()
     await page.close()

@@ -18,7 +18,11 @@ export function Compose({ token, accounts, account: initialAccount, socket, init
   const [cc, setCc] = useState(initial.cc || "");
   const [bcc, setBcc] = useState("");
   const [subject, setSubject] = useState(initial.subject || "");
-  const [files, setFiles] = useState([]);
+  // Files attached here (uploaded) and, when forwarding, the forwarded mail's own (read by the bridge
+  // from that mail when it sends: nothing is uploaded again).
+  const [files, setFiles] = useState(() =>
+    (initial.forwardAttachments || []).map((a) => ({ key: `${a.emailId}/${a.part}`, name: a.filename, size: a.size, forward: a })),
+  );
   const [status, setStatus] = useState("");
   const [error, setError] = useState("");
   const [sending, setSending] = useState(false);
@@ -37,7 +41,9 @@ export function Compose({ token, accounts, account: initialAccount, socket, init
       subject,
       body: content.current.text,
       html: content.current.html,
-      attachments: files.filter((f) => f.uploadId).map((f) => ({ uploadId: f.uploadId })),
+      attachments: files
+        .filter((f) => f.uploadId || f.forward)
+        .map((f) => (f.forward ? { forwardOf: f.forward.emailId, part: f.forward.part } : { uploadId: f.uploadId })),
     };
     if (initial.inReplyTo) m.inReplyTo = initial.inReplyTo;
     return m;
@@ -157,7 +163,7 @@ export function Compose({ token, accounts, account: initialAccount, socket, init
     if (error) errorRef.current?.scrollIntoView({ block: "nearest" });
   }, [error]);
 
-  const uploading = files.some((f) => !f.uploadId && !f.error);
+  const uploading = files.some((f) => !f.uploadId && !f.forward && !f.error);
   return (
     <form className="compose" onSubmit={send} aria-label="Compose" ref={form} onKeyDown={onKeyDown}>
       {accounts.length > 1 && (
@@ -171,7 +177,7 @@ export function Compose({ token, accounts, account: initialAccount, socket, init
       <AddressInput label="Cc" value={cc} onChange={(v) => { setCc(v); touch(); }} token={token} account={account} />
       <AddressInput label="Bcc" value={bcc} onChange={(v) => { setBcc(v); touch(); }} token={token} account={account} />
       <label>Subject <input name="subject" value={subject} onChange={(e) => { setSubject(e.target.value); touch(); }} /></label>
-      <RichEditor initialText={initial.body} onInput={onEditor} />
+      <RichEditor initialText={initial.body} initialHtml={initial.html} onInput={onEditor} />
       <div className="files">
         <label className="attach">Attach files <input type="file" multiple onChange={(e) => { attach([...e.target.files]); e.target.value = ""; }} /></label>
         <ul aria-label="Attached files">
@@ -179,6 +185,7 @@ export function Compose({ token, accounts, account: initialAccount, socket, init
             <li key={f.key}>
               {f.name} <span className="size">{formatSize(f.size)}</span>{" "}
               {f.error ? <span role="alert" className="error">{f.error}</span>
+                : f.forward ? <span className="done">forwarded</span>
                 : !f.uploadId ? <progress aria-label={`Uploading ${f.name}`} value={f.progress} max={1} />
                 : <span className="done">uploaded</span>}{" "}
               <button type="button" aria-label={`Remove ${f.name}`} onClick={() => { setFiles((fs) => fs.filter((x) => x.key !== f.key)); touch(); }}>×</button>

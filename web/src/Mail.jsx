@@ -74,6 +74,8 @@ function listingQuery(acct, box, v, cursor) {
   return `/api/v1/email/inbox?${params}`;
 }
 
+const escapeHtml = (text) => text.replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+
 function quoted(body) {
   const lines = (body.text || "").split("\n").map((l) => `> ${l}`).join("\n");
   return `\n\nOn ${longDate(body.date)}, ${body.from} wrote:\n${lines}`;
@@ -422,7 +424,18 @@ export function Mail({ session, onLogout }) {
         const me = mail.account.toLowerCase();
         const others = [...(body.to || []), ...(body.cc || [])].filter((a) => !a.toLowerCase().includes(me) && a !== body.from);
         setComposing({ to: body.from, cc: others.join(", "), subject: re, body: quoted(body), inReplyTo: body.messageId, emailId: mail.id });
-      } else if (action === "forward") setComposing({ subject: /^fwd:/i.test(subject) ? subject : `Fwd: ${subject}`, body: quoted(body) });
+      } else if (action === "forward") {
+        // The whole mail goes on: its HTML under a forwarding note, and its attachments.
+        const note = `---------- Forwarded message ----------\nFrom: ${body.from}\nDate: ${longDate(body.date)}\nSubject: ${subject}\n`;
+        setComposing({
+          subject: /^fwd:/i.test(subject) ? subject : `Fwd: ${subject}`,
+          body: `\n\n${note}\n${body.text || ""}`,
+          html: body.html ? `<p><br></p><p>${escapeHtml(note).replaceAll("\n", "<br>")}</p>${body.html}` : undefined,
+          forwardAttachments: (body.attachments || [])
+            .filter((a) => !a.inline)
+            .map((a) => ({ emailId: mail.id, part: a.part_id, filename: a.filename, size: a.size })),
+        });
+      }
       else setComposing({ to: (body.to || []).join(", "), cc: (body.cc || []).join(", "), subject, body: body.text, draftId: mail.id });
       return;
     }

@@ -1,3 +1,4 @@
+import DOMPurify from "dompurify";
 import { useEffect, useRef, useState } from "react";
 
 // The message body: a contenteditable area with a small formatting toolbar and an emoji picker.
@@ -13,12 +14,14 @@ const EMOJI = [
   ["📅", "calendar"], ["☕", "coffee"], ["🚀", "rocket"], ["💡", "light bulb"],
 ];
 
-export function RichEditor({ initialText, onInput }) {
+// `initialHtml` (a forwarded mail's HTML, sanitised again here) wins over `initialText`.
+export function RichEditor({ initialText, initialHtml, onInput }) {
   const ref = useRef(null);
   const [emoji, setEmoji] = useState(false);
   useEffect(() => {
     // Set once: React must not own the editable content, or it would reset the caret on every key.
-    ref.current.innerText = initialText || "";
+    if (initialHtml) ref.current.innerHTML = DOMPurify.sanitize(initialHtml);
+    else ref.current.innerText = initialText || "";
     onInput(ref.current, false);
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, []);
