@@ -323,6 +323,35 @@ async def test_a_new_tab_is_signed_in_by_the_open_one_and_signing_out_signs_out_
     await context.close()
 
 
+async def test_several_messages_are_picked_and_archived_together_and_put_back(
+    browser: Browser, stack: StackInfo, account: Account
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    subjects = [f"Batch {n} {tag}" for n in range(3)]
+    await asyncio.to_thread(send_smtp, stack, [message("carol@outside.test", account.email, s) for s in subjects])
+    page = await signed_in(browser, stack, account)
+    listing = page.get_by_role("list", name="Messages")
+    for subject in subjects:
+        await expect(listing.get_by_role("button", name=subject)).to_be_visible(timeout=15_000)
+    await listing.get_by_role("checkbox", name=f"Select {subjects[0]}").check()
+    await listing.get_by_role("button", name=subjects[1]).focus()
+    await page.keyboard.press("x")  # the keyboard picks the row it is on
+    bar = page.get_by_role("toolbar", name="Selected messages")
+    await expect(bar).to_contain_text("2 selected")
+    await bar.get_by_role("button", name="Mark read").click()
+    await expect(listing.locator("li.item.unread")).to_have_count(1, timeout=15_000)  # only the third
+    for subject in subjects[:2]:
+        await listing.get_by_role("checkbox", name=f"Select {subject}").check()
+    await page.get_by_role("toolbar", name="Selected messages").get_by_role("button", name="Archive").click()
+    await expect(page.get_by_role("status").filter(has_text="2 messages archived")).to_be_visible(timeout=15_000)
+    for subject in subjects[:2]:
+        await expect(listing.get_by_role("button", name=subject)).to_have_count(0, timeout=15_000)
+    await page.get_by_role("status").filter(has_text="2 messages archived").get_by_role("button", name="Undo").click()
+    for subject in subjects:
+        await expect(listing.get_by_role("button", name=subject)).to_be_visible(timeout=15_000)
+    await page.close()
+
+
 async def test_reply_and_attachment_download(
     browser: Browser, stack: StackInfo, account: Account, other_account: Account
 ) -> None:

@@ -5,6 +5,7 @@ export const SHORTCUTS = [
   ["j / k", "Next / previous message (in the list: move without opening)"],
   ["o or Enter", "Open"],
   ["Esc", "Back to the list; in the composer, close it (kept in Drafts)"],
+  ["x", "Select the message (for a bulk action)"],
   ["e", "Archive"],
   ["#", "Delete (to Trash)"],
   ["!", "Report spam (in Junk: not spam)"],

@@ -101,6 +101,8 @@ export function Mail({ session, onLogout }) {
   const [online, setOnline] = useState(navigator.onLine);
   const [composing, setComposing] = useState(null);
   const [help, setHelp] = useState(false); // the keyboard shortcuts dialog (`?`)
+  const [picked, setPicked] = useState(() => new Set()); // ids chosen for a bulk action
+  const pick = (id) => setPicked((p) => { const next = new Set(p); if (next.has(id)) next.delete(id); else next.add(id); return next; });
   const [theme, setTheme] = useState(storedTheme);
   const nextTheme = () => {
     const next = THEMES[(THEMES.indexOf(theme) + 1) % THEMES.length];
@@ -230,6 +232,7 @@ export function Mail({ session, onLogout }) {
   useEffect(() => {
     setEmails(account && isDefaultView(view) ? rememberedList(account, mailbox) : []);
     setPaging({ next: null, key: "" }); // not listed yet: the list says so rather than "No messages"
+    setPicked(new Set());
   }, [account, mailbox, view]);
   useEffect(() => {
     if (account && isDefaultView(viewRef.current)) rememberList(account, mailbox, emails.filter((m) => m.account === account && m.mailbox === mailbox));
@@ -376,6 +379,31 @@ export function Mail({ session, onLogout }) {
   };
   const ownFolder = !STANDARD.includes(mailbox);
 
+  // One action on every picked message, a few requests at a time; moves (archive, delete, move) can
+  // be undone together. What failed is said, and stays picked.
+  const bulk = async (action, target) => {
+    const chosen = emails.filter((m) => picked.has(m.id));
+    if (!chosen.length) return;
+    const one = (m) => {
+      if (action === "read" || action === "unread") {
+        return post(token, `/api/v1/email/${m.id}/flags`, action === "read" ? { add: ["\\Seen"] } : { remove: ["\\Seen"] });
+      }
+      if (action === "archive") return post(token, `/api/v1/email/${m.id}/archive`, {});
+      if (action === "delete") return api(token, `/api/v1/email/${m.id}`, { method: "DELETE" });
+      return post(token, `/api/v1/email/${m.id}/move`, { mailbox: target });
+    };
+    const results = [];
+    for (let i = 0; i < chosen.length; i += 4) results.push(...(await Promise.allSettled(chosen.slice(i, i + 4).map(one))));
+    const failed = chosen.filter((_m, i) => results[i].status === "rejected");
+    setPicked(new Set(failed.map((m) => m.id)));
+    if (selected && chosen.some((m) => m.id === selected.id) && action !== "read" && action !== "unread") closeMessage();
+    const moved = results.filter((r) => r.status === "fulfilled" && r.value && r.value.newEmailId).map((r) => r.value);
+    const done = chosen.length - failed.length;
+    const said = { archive: "archived", delete: "moved to Trash", read: "marked read", unread: "marked unread", move: `moved to ${target}` }[action];
+    const undo = undoOf(moved);
+    setToast(`${done} message${done === 1 ? "" : "s"} ${said}${failed.length ? `; ${failed.length} not: ${results.find((r) => r.status === "rejected").reason.message}` : ""}`, undo);
+  };
+
   // Every message of the folder on screen read: one request; the counts and rows follow from the
   // events every device gets.
   // Back to the list: through the history when the message pushed an entry, so Back stays in step.
@@ -471,14 +499,15 @@ export function Mail({ session, onLogout }) {
   // Undo of a move (archive and delete are moves too): move it back to where it was. Nothing to undo
   // when it is gone for good.
   const undoOf = (moved) => {
-    if (!moved || !moved.newEmailId) return null;
+    const all = (Array.isArray(moved) ? moved : [moved]).filter((m) => m && m.newEmailId);
+    if (!all.length) return null;
     const undo = {
       label: "Undo",
       run: async () => {
         if (lastUndo.current === undo) lastUndo.current = null;
         try {
-          await post(token, `/api/v1/email/${moved.newEmailId}/move`, { mailbox: moved.fromMailbox });
-          setToast(`Back in ${moved.fromMailbox}`);
+          for (const one of all) await post(token, `/api/v1/email/${one.newEmailId}/move`, { mailbox: one.fromMailbox });
+          setToast(`Back in ${all[0].fromMailbox}`);
         } catch (err) {
           setToast(`Not undone: ${err.message}`);
         }
@@ -530,6 +559,10 @@ export function Mail({ session, onLogout }) {
         const how = e.key === "r" ? "reply" : "replyall";
         api(token, `/api/v1/email/${current.id}`).then((body) => doAct(how, current, body), (err) => setToast(err.message));
       } else if (e.key === "z" && lastUndo.current) lastUndo.current.run();
+      else if (e.key === "x") {
+        const at = current ? index : cursorIndex();
+        if (list[at]) pick(list[at].id);
+      }
       else if (e.key === "c") {
         e.preventDefault(); // the composer takes the focus at once: the "c" must not land in its To field
         setComposing({});
@@ -606,7 +639,27 @@ export function Mail({ session, onLogout }) {
           {ownFolder && <button onClick={() => setFolderForm({ mode: "rename", name: mailbox })}>Rename folder</button>}
           {ownFolder && <button onClick={deleteFolder}>Delete folder</button>}
         </div>
+        {picked.size > 0 && (
+          <div className="bulk" role="toolbar" aria-label="Selected messages">
+            <span>{picked.size} selected</span>
+            <button onClick={() => setPicked(new Set(emails.map((m) => m.id)))}>Select all {emails.length}</button>
+            <button onClick={() => bulk("archive")}>Archive</button>
+            <button onClick={() => bulk("delete")}>Delete</button>
+            <button onClick={() => bulk("read")}>Mark read</button>
+            <button onClick={() => bulk("unread")}>Mark unread</button>
+            <label>
+              <span className="sr-only">Move selected to folder</span>
+              <select value="" onChange={(e) => e.target.value && bulk("move", e.target.value)}>
+                <option value="">Move to…</option>
+                {mailboxes.filter((b) => b.name !== mailbox).map((b) => <option key={b.name} value={b.name}>{b.name}</option>)}
+              </select>
+            </label>
+            <button onClick={() => setPicked(new Set())}>Clear</button>
+          </div>
+        )}
         <MessageList
+          picked={picked}
+          onPick={pick}
           emails={emails}
           selectedId={selected?.id}
           onOpen={open}

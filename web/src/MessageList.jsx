@@ -9,7 +9,19 @@ const OUTGOING = ["Sent", "Drafts"];
 // (named "… this message": the row they sit in says which). `listed`: the bridge has answered for
 // this view (before that an empty list is "Loading…", not "No messages"); `more`: older messages
 // follow, loaded by `onMore` when the end of the list scrolls into view or its button is pressed.
-export function MessageList({ emails, selectedId, onOpen, onAction, listed = true, more = false, onMore = () => {} }) {
+// `picked` (a Set of ids) and `onPick` make the rows selectable for bulk actions: a checkbox over the
+// avatar, shown on hover or focus, and on every row once one is picked.
+export function MessageList({
+  emails,
+  selectedId,
+  onOpen,
+  onAction,
+  listed = true,
+  more = false,
+  onMore = () => {},
+  picked = new Set(),
+  onPick = () => {},
+}) {
   const end = useRef(null);
   const onMoreRef = useRef(onMore);
   onMoreRef.current = onMore;
@@ -23,7 +35,7 @@ export function MessageList({ emails, selectedId, onOpen, onAction, listed = tru
     return () => seen.disconnect();
   }, [more, emails.length]);
   return (
-    <ul className="list" aria-label="Messages" aria-busy={!listed}>
+    <ul className={picked.size ? "list picking" : "list"} aria-label="Messages" aria-busy={!listed}>
       {emails.length === 0 && <li className="empty">{listed ? "No messages" : "Loading…"}</li>}
       {emails.map((m) => {
         // Sent and Drafts hold one's own mail: the row names whom it is to.
@@ -32,7 +44,8 @@ export function MessageList({ emails, selectedId, onOpen, onAction, listed = tru
         const subject = m.subject || "(no subject)";
         const starred = (m.flags || []).includes("\\Flagged");
         return (
-          <li key={m.id} className={m.unread ? "item unread" : "item"}>
+          <li key={m.id} className={`item${m.unread ? " unread" : ""}${picked.has(m.id) ? " picked" : ""}`}>
+            <input type="checkbox" className="pick" aria-label={`Select ${subject}`} checked={picked.has(m.id)} onChange={() => onPick(m.id)} />
             <button className="open" onClick={() => onOpen(m)} aria-current={selectedId === m.id ? "true" : undefined}>
               <span className="avatar" style={{ background: colour(outgoing ? m.to : m.fromAddress) }} aria-hidden="true">{initials(outgoing ? m.to || "?" : from)}</span>
               <span className="from">
