@@ -44,7 +44,7 @@ from bench.latency import latency_run
 from bench.profile import headline
 from bench.relay import relay_ceiling, resume_replay, socket_memory
 from bench.smtp_load import Plan, run_open_loop
-from bench.socket_floor import socket_floor
+from bench.socket_floor import memory_note, socket_floor
 from bench.socket_load import SocketFleet
 from bench.stack import REPO, STATE, BenchStack, User, running_stack
 from bridge.settings import BARE_PARTS
@@ -296,7 +296,7 @@ def shortfalls(results: dict[str, Any]) -> list[str]:
             f"cores used: {_load_text(relay.get('cpu_cores', {}), cpus)}."
             + _profile_note("relay-ceiling window", relay.get("profile"))
         )
-    notes += _memory_note(results.get("memory", {}))
+    notes += memory_note(results.get("memory", {}))
     resume = results["resume"]
     if resume["median_ms"] > 50:
         runs = resume.get("runs", [])
@@ -316,29 +316,6 @@ def shortfalls(results: dict[str, Any]) -> list[str]:
             + "Next: profile the connect path, and encode the replay's packets without python-socketio's per-emit work."
         )
     return notes
-
-
-def _memory_note(memory: Mapping[str, Any]) -> list[str]:
-    """10,000 sockets over 300 MiB: how much of a socket is the bridge's, and how much the floor of
-    python-socketio, engine.io and aiohttp themselves (bench.socket_floor)."""
-    tenk = next((row for row in memory.get("rows", []) if row["n"] >= 10_000), None)
-    floor = memory.get("framework_floor") or {}
-    if tenk is None or tenk["rss_bytes"] <= 300 * 2**20:
-        return []
-    where = ", ".join(f"{name} {size / 1024:.1f} KiB" for name, size in floor.get("by_file", [])[:6])
-    return [
-        f"Memory: 10,000 idle sockets take {tenk['rss_bytes'] / 2**20:.0f} MiB, "
-        f"{tenk['per_socket_bytes'] / 1024:.1f} KiB each. "
-        + (
-            f"python-socketio, engine.io and aiohttp alone, with nothing of ours, allocate "
-            f"{floor['traced_bytes_per_socket'] / 1024:.1f} KiB per idle socket (tracemalloc, "
-            f"{floor['sockets']} sockets, bench/socket_floor.py): {where}; the bridge's RSS per socket is "
-            f"{(tenk['per_socket_bytes'] - floor['traced_bytes_per_socket']) / 1024:.1f} KiB over that floor. "
-            "Next: a transport without engine.io's per-socket task and queue."
-            if floor.get("traced_bytes_per_socket")
-            else ""
-        )
-    ]
 
 
 # ============================================================================ stages

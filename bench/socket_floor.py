@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import tracemalloc
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -90,6 +91,29 @@ async def measure(sockets: int) -> dict[str, Any]:
         "traced_bytes_per_socket": round(sum(stat.size_diff for stat in stats) / per),
         "by_file": by_file[:12],
     }
+
+
+def memory_note(memory: Mapping[str, Any]) -> list[str]:
+    """10,000 sockets over 300 MiB: how much of a socket is the bridge's, and how much the floor of
+    python-socketio, engine.io and aiohttp themselves (bench.socket_floor)."""
+    tenk = next((row for row in memory.get("rows", []) if row["n"] >= 10_000), None)
+    floor = memory.get("framework_floor") or {}
+    if tenk is None or tenk["rss_bytes"] <= 300 * 2**20:
+        return []
+    where = ", ".join(f"{name} {size / 1024:.1f} KiB" for name, size in floor.get("by_file", [])[:6])
+    return [
+        f"Memory: 10,000 idle sockets take {tenk['rss_bytes'] / 2**20:.0f} MiB, "
+        f"{tenk['per_socket_bytes'] / 1024:.1f} KiB each. "
+        + (
+            f"python-socketio, engine.io and aiohttp alone, with nothing of ours, allocate "
+            f"{floor['traced_bytes_per_socket'] / 1024:.1f} KiB per idle socket (tracemalloc, "
+            f"{floor['sockets']} sockets, bench/socket_floor.py): {where}; the bridge's RSS per socket is "
+            f"{(tenk['per_socket_bytes'] - floor['traced_bytes_per_socket']) / 1024:.1f} KiB over that floor. "
+            "Next: a transport without engine.io's per-socket task and queue."
+            if floor.get("traced_bytes_per_socket")
+            else ""
+        )
+    ]
 
 
 async def socket_floor(sockets: int = 2000) -> dict[str, Any]:

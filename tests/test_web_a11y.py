@@ -164,3 +164,35 @@ async def test_the_dark_theme_follows_the_system_keeps_aa_contrast_and_can_be_ch
     await expect(page.get_by_role("button", name="Theme: Dark")).to_be_visible(timeout=15_000)
     assert await page.evaluate("document.documentElement.dataset.theme") == "dark"
     await light.close()
+
+
+async def test_the_list_is_one_tab_stop_and_the_arrows_move_within_it(
+    browser: Browser, stack: StackInfo, account: Account
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    await asyncio.to_thread(
+        send_smtp, stack, [message("carol@outside.test", account.email, f"Row {n} {tag}") for n in range(5)]
+    )
+    page = await signed_in(browser, stack, account)
+    listing = page.get_by_role("list", name="Messages")
+    await expect(listing.locator("li.item")).to_have_count(5, timeout=15_000)
+    tabbable = (
+        "(ul) => [...ul.querySelectorAll('button, input, select, a[href]')].filter((e) => e.tabIndex >= 0).length"
+    )
+    # One row's controls (its checkbox, the row, its four quick actions), however long the list.
+    assert await listing.evaluate(tabbable) == 6
+    await page.get_by_label("Search mail").focus()
+    for _ in range(12):  # Tab walks from the search box into the list, through the filters
+        await page.keyboard.press("Tab")
+        if await page.evaluate("document.activeElement.classList.contains('open')"):
+            break
+    newest = listing.locator("li.item .open").nth(0)
+    await expect(newest).to_be_focused()
+    await page.keyboard.press("ArrowDown")
+    await expect(listing.locator("li.item .open").nth(1)).to_be_focused()
+    assert await listing.evaluate(tabbable) == 6  # the tab stop moved with the focus
+    await page.keyboard.press("End")
+    await expect(listing.locator("li.item .open").nth(4)).to_be_focused()
+    await page.keyboard.press("Home")
+    await expect(newest).to_be_focused()
+    await page.close()

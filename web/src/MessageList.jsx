@@ -1,4 +1,4 @@
-import { useEffect, useRef } from "react";
+import { useEffect, useRef, useState } from "react";
 import { colour, initials } from "./avatar.js";
 import { Labels } from "./Labels.jsx";
 import { shortDate, longDate } from "./dates.js";
@@ -23,6 +23,22 @@ export function MessageList({
   onPick = () => {},
 }) {
   const end = useRef(null);
+  // One tab stop for the whole list (a roving tabindex): the row the keyboard is on, with its
+  // checkbox and quick actions; the arrows, Home and End move between rows (as j/k do).
+  const [cursorId, setCursorId] = useState(null);
+  const ids = emails.map((m) => m.id);
+  const current = ids.includes(cursorId) ? cursorId : ids.includes(selectedId) ? selectedId : ids[0];
+  const onKeyDown = (e) => {
+    const step = { ArrowDown: 1, ArrowUp: -1 }[e.key];
+    if (step === undefined && e.key !== "Home" && e.key !== "End") return;
+    if (!e.target.closest || !e.target.closest(".item")) return;
+    e.preventDefault();
+    const rows = [...e.currentTarget.querySelectorAll(".item .open")];
+    const at = rows.indexOf(e.target.closest(".item").querySelector(".open"));
+    const to = e.key === "Home" ? 0 : e.key === "End" ? rows.length - 1 : Math.min(rows.length - 1, Math.max(0, at + step));
+    rows[to]?.focus();
+    rows[to]?.scrollIntoView({ block: "nearest" });
+  };
   const onMoreRef = useRef(onMore);
   onMoreRef.current = onMore;
   useEffect(() => {
@@ -35,7 +51,7 @@ export function MessageList({
     return () => seen.disconnect();
   }, [more, emails.length]);
   return (
-    <ul className={picked.size ? "list picking" : "list"} aria-label="Messages" aria-busy={!listed}>
+    <ul className={picked.size ? "list picking" : "list"} aria-label="Messages" aria-busy={!listed} onKeyDown={onKeyDown}>
       {emails.length === 0 && <li className="empty">{listed ? "No messages" : "Loading…"}</li>}
       {emails.map((m) => {
         // Sent and Drafts hold one's own mail: the row names whom it is to.
@@ -43,10 +59,11 @@ export function MessageList({
         const from = outgoing ? `To: ${m.to || "(no recipient)"}` : m.fromName || m.fromAddress;
         const subject = m.subject || "(no subject)";
         const starred = (m.flags || []).includes("\\Flagged");
+        const tab = m.id === current ? 0 : -1;
         return (
-          <li key={m.id} className={`item${m.unread ? " unread" : ""}${picked.has(m.id) ? " picked" : ""}`}>
-            <input type="checkbox" className="pick" aria-label={`Select ${subject}`} checked={picked.has(m.id)} onChange={() => onPick(m.id)} />
-            <button className="open" onClick={() => onOpen(m)} aria-current={selectedId === m.id ? "true" : undefined}>
+          <li key={m.id} className={`item${m.unread ? " unread" : ""}${picked.has(m.id) ? " picked" : ""}`} onFocus={() => setCursorId(m.id)}>
+            <input type="checkbox" className="pick" tabIndex={tab} aria-label={`Select ${subject}`} checked={picked.has(m.id)} onChange={() => onPick(m.id)} />
+            <button className="open" tabIndex={tab} onClick={() => onOpen(m)} aria-current={selectedId === m.id ? "true" : undefined}>
               <span className="avatar" style={{ background: colour(outgoing ? m.to : m.fromAddress) }} aria-hidden="true">{initials(outgoing ? m.to || "?" : from)}</span>
               <span className="from">
                 {starred && <span className="star" title="Starred">★<span className="sr-only"> (starred)</span> </span>}
@@ -58,12 +75,12 @@ export function MessageList({
               <Labels flags={m.flags} />
             </button>
             <span className="quick">
-              <button title={starred ? "Unstar" : "Star"} onClick={() => onAction(starred ? "unstar" : "star", m)}>
+              <button tabIndex={tab} title={starred ? "Unstar" : "Star"} onClick={() => onAction(starred ? "unstar" : "star", m)}>
                 <span aria-hidden="true">{starred ? "★" : "☆"}</span><span className="sr-only">{starred ? "Unstar this message" : "Star this message"}</span>
               </button>
-              <button title="Archive" onClick={() => onAction("archive", m)}><span aria-hidden="true">🗄</span><span className="sr-only">Archive this message</span></button>
-              <button title="Delete" onClick={() => onAction("delete", m)}><span aria-hidden="true">🗑</span><span className="sr-only">Delete this message</span></button>
-              <button title={m.unread ? "Mark read" : "Mark unread"} onClick={() => onAction(m.unread ? "read" : "unread", m)}>
+              <button tabIndex={tab} title="Archive" onClick={() => onAction("archive", m)}><span aria-hidden="true">🗄</span><span className="sr-only">Archive this message</span></button>
+              <button tabIndex={tab} title="Delete" onClick={() => onAction("delete", m)}><span aria-hidden="true">🗑</span><span className="sr-only">Delete this message</span></button>
+              <button tabIndex={tab} title={m.unread ? "Mark read" : "Mark unread"} onClick={() => onAction(m.unread ? "read" : "unread", m)}>
                 <span aria-hidden="true">{m.unread ? "✉" : "📩"}</span><span className="sr-only">{m.unread ? "Mark this message read" : "Mark this message unread"}</span>
               </button>
             </span>

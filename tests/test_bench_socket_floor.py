@@ -1,9 +1,8 @@
-"""bench.__main__'s notes on missed goals: memory against python-socketio's own floor, and the replay."""
+"""bench.socket_floor: the floor under the bridge's memory per socket, and the note set against it."""
 
 from __future__ import annotations
 
-from bench.__main__ import _memory_note
-from bench.socket_floor import measure
+from bench.socket_floor import measure, memory_note
 
 
 def test_memory_over_the_goal_is_set_against_the_frameworks_floor() -> None:
@@ -15,11 +14,11 @@ def test_memory_over_the_goal_is_set_against_the_frameworks_floor() -> None:
             "by_file": [["aiohttp/web_ws.py", 2048]],
         },
     }
-    (note,) = _memory_note(memory)
+    (note,) = memory_note(memory)
     assert "10,000 idle sockets take 400 MiB, 31.0 KiB each" in note
     assert "allocate 29.0 KiB per idle socket" in note and "aiohttp/web_ws.py 2.0 KiB" in note
     assert "2.0 KiB over that floor" in note
-    assert _memory_note({"rows": [{"n": 10_000, "rss_bytes": 200 * 2**20, "per_socket_bytes": 1}]}) == []
+    assert memory_note({"rows": [{"n": 10_000, "rss_bytes": 200 * 2**20, "per_socket_bytes": 1}]}) == []
 
 
 async def test_the_floor_is_measured_on_a_real_python_socketio_server() -> None:
