@@ -190,7 +190,7 @@ async def move(request: web.Request) -> web.Response:
     body = await read_json(request)
     target = body.get("mailbox")
     # The standard folders are always listed (bridge.mailbox_order): moving into one makes it.
-    create = target in STANDARD_NAMES
+    create = isinstance(target, str) and target in STANDARD_NAMES
     return web.json_response({"ok": True, **await request.app[keys.MAIL].move(ref, target, create=create)})
 
 

@@ -520,6 +520,34 @@ async def test_counts_that_arrive_late_do_not_replace_newer_ones(
     await page.close()
 
 
+async def test_mail_that_arrived_live_in_another_folder_shows_when_it_is_opened(
+    browser: Browser, stack: StackInfo, account: Account, redis_client: aioredis.Redis
+) -> None:
+    """The list of a folder comes from the index, which may trail the live events: a mail the socket
+    announced in another folder shows there as soon as that folder is opened."""
+    page = await signed_in(browser, stack, account)
+    publisher = FanoutPublisher(redis_client, "mail", resume_log_len=10_000, metrics=Metrics())
+    subject = f"Filed live {uuid.uuid4().hex[:6]}"
+    # Announced only (the index never hears of it): what a lagging index looks like to the client.
+    payload = {
+        "id": f"live-{uuid.uuid4().hex}",
+        "account": account.email,
+        "mailbox": "Archive",
+        "uid": 1,
+        "subject": subject,
+        "fromAddress": "carol@outside.test",
+        "timestamp": "2026-12-04T10:00:00Z",
+        "flags": [],
+        "unread": True,
+    }
+    await publisher.publish(BrowserEvent("new_email", account.email, payload))
+    received = "(acct) => Boolean(JSON.parse(sessionStorage.getItem('mail-bridge-last-event') || '{}')[acct])"
+    await page.wait_for_function(received, arg=account.email, timeout=15_000)
+    await page.get_by_role("navigation", name="Mailboxes").get_by_role("button", name="Archive").click()
+    await expect(page.get_by_role("list", name="Messages").get_by_role("button", name=subject)).to_be_visible()
+    await page.close()
+
+
 async def test_a_token_granting_two_accounts_switches_between_them(
     browser: Browser, stack: StackInfo, account: Account, other_account: Account
 ) -> None:

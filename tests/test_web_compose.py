@@ -208,3 +208,14 @@ async def test_forward_sends_the_html_part_and_the_attachments_on(
     html = mail.get_body(("html",))
     assert html is not None and "<b>quarterly</b>" in html.get_content()
     await page.close()
+
+
+async def test_cc_and_bcc_appear_on_demand(browser: Browser, stack: StackInfo, account: Account) -> None:
+    page = await signed_in(browser, stack, account)
+    await page.get_by_role("button", name="Compose").click()
+    composer = page.get_by_role("form", name="Compose")
+    await expect(composer.get_by_label("Cc", exact=True)).to_have_count(0)
+    await composer.get_by_role("button", name="Cc / Bcc").click()
+    await expect(composer.get_by_label("Cc", exact=True)).to_be_visible()
+    await expect(composer.get_by_label("Bcc", exact=True)).to_be_visible()
+    await page.close()

@@ -62,7 +62,10 @@ async def scroll_to_the_end(page: Page) -> None:
     """Scroll down to the end of the list until it has no older page left to load: the list loads
     a page when its end comes into view (nothing here presses its button)."""
     more = page.get_by_role("button", name="Load older messages")
+    listing = page.get_by_role("list", name="Messages")
     for _ in range(20):
+        # Only a listed view can say it has nothing older (before its first answer it has no button).
+        await expect(listing).to_have_attribute("aria-busy", "false", timeout=15_000)
         if await more.count() == 0:
             return
         try:

@@ -17,6 +17,7 @@ export function Compose({ token, accounts, account: initialAccount, socket, init
   const [to, setTo] = useState(initial.to || "");
   const [cc, setCc] = useState(initial.cc || "");
   const [bcc, setBcc] = useState("");
+  const [copies, setCopies] = useState(Boolean(initial.cc)); // Cc and Bcc shown on demand (or when filled)
   const [subject, setSubject] = useState(initial.subject || "");
   // Files attached here (uploaded) and, when forwarding, the forwarded mail's own (read by the bridge
   // from that mail when it sends: nothing is uploaded again).
@@ -174,8 +175,14 @@ export function Compose({ token, accounts, account: initialAccount, socket, init
         </label>
       )}
       <AddressInput label="To" value={to} onChange={(v) => { setTo(v); touch(); }} token={token} account={account} required />
-      <AddressInput label="Cc" value={cc} onChange={(v) => { setCc(v); touch(); }} token={token} account={account} />
-      <AddressInput label="Bcc" value={bcc} onChange={(v) => { setBcc(v); touch(); }} token={token} account={account} />
+      {copies ? (
+        <>
+          <AddressInput label="Cc" value={cc} onChange={(v) => { setCc(v); touch(); }} token={token} account={account} />
+          <AddressInput label="Bcc" value={bcc} onChange={(v) => { setBcc(v); touch(); }} token={token} account={account} />
+        </>
+      ) : (
+        <button type="button" className="link-button" onClick={() => setCopies(true)}>Cc / Bcc</button>
+      )}
       <label>Subject <input name="subject" value={subject} onChange={(e) => { setSubject(e.target.value); touch(); }} /></label>
       <RichEditor initialText={initial.body} initialHtml={initial.html} onInput={onEditor} />
       <div className="files">

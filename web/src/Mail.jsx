@@ -126,6 +126,9 @@ export function Mail({ session, onLogout }) {
   const socketRef = useRef(null);
   const searchRef = useRef(null);
   const gone = useRef(new Set());
+  // Mail that arrived live in a folder not on screen ("account\nmailbox" -> the latest 100): shown
+  // at once when that folder is opened, whether or not the index has caught up with it yet.
+  const offscreen = useRef(new Map());
   const changedAt = useRef(new Map()); // email id -> when a live event last changed it
   const changed = (id) => changedAt.current.set(id, performance.now());
   // "account\nmailbox" -> the highest countsVersion seen. Counts are taken by several writers on
@@ -230,7 +233,10 @@ export function Mail({ session, onLogout }) {
 
   // The list last seen for this mailbox shows at once (and offline), then the listing updates it.
   useEffect(() => {
-    setEmails(account && isDefaultView(view) ? rememberedList(account, mailbox) : []);
+    const arrived = (offscreen.current.get(`${account}\n${mailbox}`) || []).filter((m) => !gone.current.has(m.id) && matches(view, m));
+    const shown = account && isDefaultView(view) ? rememberedList(account, mailbox) : [];
+    const byId = new Map([...shown, ...arrived].map((m) => [m.id, m]));
+    setEmails([...byId.values()].sort(newestFirst));
     setPaging({ next: null, key: "" }); // not listed yet: the list says so rather than "No messages"
     setPicked(new Set());
   }, [account, mailbox, view]);
@@ -297,7 +303,12 @@ export function Mail({ session, onLogout }) {
         const line = announce(mail, { sound: settingsRef.current.sound !== false });
         if (line) setToast(line);
       }
-      if (!here(mail) || !matches(viewRef.current, mail)) return;
+      if (!here(mail)) {
+        const key = `${mail.account}\n${mail.mailbox}`;
+        offscreen.current.set(key, [mail, ...(offscreen.current.get(key) || [])].slice(0, 100));
+        return;
+      }
+      if (!matches(viewRef.current, mail)) return;
       setEmails((list) => (list.some((m) => m.id === mail.id) ? list : [mail, ...list]));
     });
     socket.on("email_read", (e) => {
@@ -596,7 +607,7 @@ export function Mail({ session, onLogout }) {
           <span className="who">{account}</span>
         )}
         <span className="spacer" />
-        <button onClick={() => setComposing({})}>Compose</button>
+        <button className="primary" onClick={() => setComposing({})}>Compose</button>
         <button onClick={toggleSound} aria-pressed={settings.sound !== false}>Sound</button>
         <button onClick={nextTheme} title="Light, dark, or as the system is">Theme: {theme[0].toUpperCase() + theme.slice(1)}</button>
         {mayAskToNotify() && <button onClick={() => Notification.requestPermission().then(() => setToasts((ts) => [...ts]))}>Enable notifications</button>}
