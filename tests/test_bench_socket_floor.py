@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 from bench.socket_floor import measure, memory_note
 
 
@@ -26,3 +28,4 @@ async def test_the_floor_is_measured_on_a_real_python_socketio_server() -> None:
     assert floor["sockets"] == 50
     files = [name for name, _size in floor["by_file"]]
     assert floor["traced_bytes_per_socket"] > 0 and any(name.startswith(("engineio/", "aiohttp/")) for name in files)
+    assert not tracemalloc.is_tracing()  # left as found: tracing would slow everything after it
