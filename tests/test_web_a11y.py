@@ -61,14 +61,20 @@ def demo_mail(to: str, tag: str) -> list[Any]:
     ]
 
 
-async def test_main_screens_are_accessible_work_on_a_phone_and_are_captured(
-    browser: Browser, stack: StackInfo, stack_secrets: dict[str, Any]
-) -> None:
-    # The demo login that `make run` prints, so the screenshots show what a newcomer sees.
+async def demo_inbox(stack: StackInfo, stack_secrets: dict[str, Any]) -> tuple[Account, str]:
+    """The demo login that `make run` prints (so the screenshots show what a newcomer sees), with
+    the demo mail just delivered under a fresh tag; the screenshot folder made."""
     account = Account("alice@example.test", stack_secrets["passwords"]["alice@example.test"])
     SHOTS.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:4]
     await asyncio.to_thread(send_smtp, stack, demo_mail(account.email, tag))
+    return account, tag
+
+
+async def test_main_screens_are_accessible_work_on_a_phone_and_are_captured(
+    browser: Browser, stack: StackInfo, stack_secrets: dict[str, Any]
+) -> None:
+    account, tag = await demo_inbox(stack, stack_secrets)
 
     # bypass_csp only so the test can add axe's script tag; the client's own CSP is tested elsewhere.
     context = await browser.new_context(viewport={"width": 1280, "height": 760}, bypass_csp=True)
@@ -134,10 +140,7 @@ async def test_every_control_is_reachable_by_keyboard(browser: Browser, stack: S
 async def test_the_dark_theme_follows_the_system_keeps_aa_contrast_and_can_be_chosen(
     browser: Browser, stack: StackInfo, stack_secrets: dict[str, Any]
 ) -> None:
-    account = Account("alice@example.test", stack_secrets["passwords"]["alice@example.test"])
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:4]
-    await asyncio.to_thread(send_smtp, stack, demo_mail(account.email, tag))
+    account, tag = await demo_inbox(stack, stack_secrets)
     dark = await browser.new_context(viewport={"width": 1280, "height": 760}, bypass_csp=True, color_scheme="dark")
     page = await signed_in(dark, stack, account)
     assert await page.evaluate("document.documentElement.dataset.theme") == "dark"  # as the system is
