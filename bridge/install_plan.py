@@ -25,6 +25,7 @@ from bridge.hook_bytecode import HOOK_BYTECODE, HOOK_SOURCE, compile_hook
 from bridge.install_discovery import ServerFacts, numbered_slot
 from bridge.install_options import InstallError, Options, redis_url, stream_prefix
 from bridge.install_postfix import OUTBOUND_HEADERS, OUTBOUND_HEADERS_TEXT, chained_filter, plan_postfix
+from bridge.redis_keys import dovecot_stream
 from bridge.resources import shipped
 from bridge.stack.render import MASTER_USER, render_text, ssha256
 
@@ -106,7 +107,7 @@ def _template_values(o: Options, facts: ServerFacts, chained: str, hook: Path) -
         "SENTINEL": "" if o.redis_sentinels else "#",
         "REDIS_SENTINELS": " ".join(f"{host}:{port}" for host, port in o.redis_sentinels) or "127.0.0.1:26379",
         "REDIS_MASTER": o.redis_master,
-        "STREAM": f"{stream_prefix(o)}:dovecot",
+        "STREAM": dovecot_stream(stream_prefix(o)),
         "SPOOL": str(o.spool_dir),
         "MASTER_USERS": str(o.dovecot_dir / "mail-bridge-master-users"),
         "SIEVE_DIR": str(o.hook_dir),

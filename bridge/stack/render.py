@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bridge.errors import ConfigError
 from bridge.hook_bytecode import DEBIAN_MODULE_DIR, HOOK_BYTECODE, HOOK_SOURCE, compile_hook, lua_compiler
+from bridge.redis_keys import dovecot_stream
 from bridge.settings import StackSettings
 
 DEMO_USERS = ("alice@example.test", "bob@example.test")
@@ -123,7 +124,7 @@ def render_all(settings: StackSettings, stack_secrets: StackSecrets, mail_uid: i
         "SENTINEL": "#",  # one Redis, no Sentinel: the lines stay commented out
         "REDIS_SENTINELS": "127.0.0.1:26379",
         "REDIS_MASTER": "mymaster",
-        "STREAM": "mail:dovecot",
+        "STREAM": dovecot_stream("mail"),  # the stack's bridges keep the default BRIDGE_STREAM_PREFIX
         "SPOOL": str(state / "spool"),
         "HOOK": str(hook),
         "MASTER_USERS": str(state / "dovecot" / "master-users"),
