@@ -20,7 +20,8 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from bridge.errors import BridgeError
-from bridge.imap import FetchedHeaders, ImapGateway
+from bridge.imap import ImapGateway
+from bridge.imap_syntax import FetchedHeaders
 from bridge.index_cache import IndexCache
 from bridge.mail_headers import believable_date, decode_text
 from bridge.store import SEEN, MailboxCounts, Store
@@ -42,8 +43,9 @@ def document(account: str, mailbox: str, uidvalidity: int, item: FetchedHeaders)
     except (TypeError, ValueError, IndexError, OverflowError):
         date = None
     # Year 10000 ("31 Dec 9999 ... -1200") reads fine here and formats nowhere. The mail arrived
-    # before now (IMAP's INTERNALDATE is not fetched): a Date it cannot have had counts as none.
-    date = believable_date(date, now)
+    # at its INTERNALDATE (or before now): a Date it cannot have had counts as none.
+    arrived = item.arrived if item.arrived is not None and item.arrived <= now else now
+    date = believable_date(date, arrived)
     flags = [f for f in item.flags if f.startswith("\\") and f != "\\Recent"]
     return {
         "account": account,
@@ -58,7 +60,8 @@ def document(account: str, mailbox: str, uidvalidity: int, item: FetchedHeaders)
         "subject": decode_text(str(headers.get("Subject") or "")),
         "snippet": "",
         "messageId": str(headers.get("Message-ID") or "").strip(),
-        "date": now if date is None else date,
+        "date": arrived if date is None else date,
+        "arrived": arrived,
         "flags": flags,
         "keywords": [f for f in item.flags if not f.startswith("\\")],
         "seen": SEEN in flags,

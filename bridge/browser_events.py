@@ -143,6 +143,7 @@ def new_email(event: MessageAdded, facts: MtaFacts | None = None) -> dict[str, A
         "preview": event.snippet,
         "messageId": event.message_id,
         "timestamp": iso_time(shown_date(event)),
+        "arrived": iso_time(event.ts // 1000, milliseconds=False),  # the listing's order (store_reads.NEWEST)
         "flags": list(event.flags) + list(event.keywords),
         "unread": SEEN not in event.flags,
         "source": "appended" if isinstance(event, MessageAppend) else "delivered",

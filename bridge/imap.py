@@ -6,17 +6,24 @@ reads go through the master user (`user*master`, Dovecot "Master users/passwords
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import aioimaplib
 
 from bridge.browser_events import EmailRef
 from bridge.errors import InvalidInput, NotFound, Unavailable
+from bridge.imap_syntax import (
+    FETCH_ITEM,
+    FetchedHeaders,
+    MailboxInfo,
+    encode_mailbox,
+    internal_date,
+    parse_list_line,
+    quoted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,36 +53,11 @@ def _has_messages(lines: list[bytes | bytearray | str]) -> bool:
 _FLAG = re.compile(r"^\\?[A-Za-z0-9$_.-]{1,64}$")  # system flags and atom keywords (RFC 3501 9)
 
 
-def _quoted(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def _reason(lines: list[bytes | bytearray | str]) -> str:
     """The text of an IMAP NO or BAD (its last line), without the response code (RFC 3501 7.1)."""
     last = lines[-1] if lines else b""
     text = (last.encode() if isinstance(last, str) else bytes(last)).decode("utf-8", "replace")
     return re.sub(r"^\[[^\]]*\]\s*", "", text).strip() or "refused"
-
-
-def encode_mailbox(name: str) -> str:
-    """A mailbox name in IMAP's modified UTF-7 (RFC 3501 5.1.3), quoted for a command."""
-    out: list[str] = []
-    pending: list[str] = []
-
-    def flush() -> None:
-        if pending:
-            raw = "".join(pending).encode("utf-16-be")
-            out.append("&" + base64.b64encode(raw).decode().rstrip("=").replace("/", ",") + "-")
-            pending.clear()
-
-    for char in name:
-        if 0x20 <= ord(char) <= 0x7E:
-            flush()
-            out.append("&-" if char == "&" else char)
-        else:
-            pending.append(char)
-    flush()
-    return _quoted("".join(out))
 
 
 def check_credentials_shape(email: object, password: object) -> tuple[str, str]:
@@ -117,7 +99,7 @@ class ImapGateway:
             if client is not None:
                 await self._identify(session, client)
             session.timeout = max(self.timeout_s, LOGIN_TIMEOUT_S)
-            response = await session.login(_quoted(email), password)
+            response = await session.login(quoted(email), password)
             session.timeout = self.timeout_s
             return bool(response.result == "OK")
         except (OSError, TimeoutError) as exc:
@@ -139,7 +121,7 @@ class ImapGateway:
         """A session logged in as `account` through the master user (Dovecot master users)."""
         client = await self._connect()
         try:
-            response = await client.login(_quoted(f"{account}*{self.master_user}"), self.master_password)
+            response = await client.login(quoted(f"{account}*{self.master_user}"), self.master_password)
         except (OSError, TimeoutError) as exc:
             await _close(client)
             raise Unavailable(f"IMAP login did not complete: {exc}") from None
@@ -237,19 +219,23 @@ class ImapGateway:
                 if match is not None:
                     validity = int(match.group(1))
             response = await client.uid(
-                "fetch", "1:*", "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE MESSAGE-ID)])"
+                "fetch",
+                "1:*",
+                "(UID FLAGS RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE MESSAGE-ID)])",
             )
             found: list[FetchedHeaders] = []
-            pending: tuple[int, tuple[str, ...], int] | None = None
+            pending: tuple[int, tuple[str, ...], int, int | None] | None = None
             for line in response.lines:
                 if isinstance(line, bytearray) and pending is not None:
-                    found.append(FetchedHeaders(pending[0], pending[1], pending[2], bytes(line)))
+                    uid, flags, size, arrived = pending
+                    found.append(FetchedHeaders(uid, flags, size, bytes(line), arrived))
                     pending = None
                     continue
-                match = _FETCH_ITEM.search(bytes(line))
+                match = FETCH_ITEM.search(bytes(line))
                 if match is not None:
                     flags = tuple(match.group("flags").decode("ascii", "replace").split())
-                    pending = (int(match.group("uid")), flags, int(match.group("size") or 0))
+                    arrived = internal_date(match.group("arrived") or b"")
+                    pending = (int(match.group("uid")), flags, int(match.group("size") or 0), arrived)
             return validity, found
 
     async def create_mailbox(self, account: str, mailbox: str) -> None:
@@ -302,78 +288,6 @@ class ImapGateway:
                 if match is not None:
                     return EmailRef(account, mailbox, int(match.group(1)), int(match.group(2)))
             return None
-
-
-@dataclass(frozen=True, slots=True)
-class FetchedHeaders:
-    uid: int
-    flags: tuple[str, ...]
-    size: int
-    header: bytes
-
-
-# "* 3 FETCH (UID 7 FLAGS (\\Seen) RFC822.SIZE 512 BODY[HEADER.FIELDS (...)] {123}" in any item order.
-_FETCH_ITEM = re.compile(
-    rb"FETCH \((?=.*\bUID (?P<uid>\d+))(?=.*\bFLAGS \((?P<flags>[^)]*)\))(?=(?:.*\bRFC822\.SIZE (?P<size>\d+))?)"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class MailboxInfo:
-    name: str
-    delimiter: str
-    special_use: str  # "\\Sent", "\\Trash", ... or ""
-    selectable: bool
-
-
-_LIST_LINE = re.compile(rb'^\((?P<flags>[^)]*)\) (?:"(?P<delim>(?:\\.|[^"])*)"|NIL) (?P<name>.+)$')
-_SPECIAL_USE = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash")
-
-
-def parse_list_line(line: bytes) -> MailboxInfo | None:
-    """One untagged LIST response (RFC 3501 7.2.2), without the leading '* LIST '."""
-    line = line.strip()
-    if line.startswith(b"LIST "):
-        line = line[5:]
-    match = _LIST_LINE.match(line)
-    if match is None:
-        return None
-    flags = match.group("flags").decode("ascii", "replace").split()
-    name = match.group("name").decode("utf-8", "replace")
-    if name.startswith('"') and name.endswith('"'):
-        name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-    special = next((f for f in flags if f in _SPECIAL_USE), "")
-    return MailboxInfo(
-        name=decode_mailbox(name),
-        delimiter=(match.group("delim") or b"").decode(),
-        special_use=special,
-        selectable="\\Noselect" not in flags and "\\NonExistent" not in flags,
-    )
-
-
-def decode_mailbox(name: str) -> str:
-    """Modified UTF-7 (RFC 3501 5.1.3) to text; a malformed name is returned as it is."""
-    out: list[str] = []
-    i = 0
-    while i < len(name):
-        if name[i] != "&":
-            out.append(name[i])
-            i += 1
-            continue
-        end = name.find("-", i)
-        if end == -1:
-            return name
-        chunk = name[i + 1 : end]
-        if not chunk:
-            out.append("&")
-        else:
-            try:
-                raw = base64.b64decode(chunk.replace(",", "/") + "=" * (-len(chunk) % 4))
-                out.append(raw.decode("utf-16-be"))
-            except (ValueError, UnicodeDecodeError):
-                return name
-        i = end + 1
-    return "".join(out)
 
 
 async def _close(client: aioimaplib.IMAP4) -> None:

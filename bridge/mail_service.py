@@ -33,7 +33,8 @@ from bridge.auth import Identity
 from bridge.browser_events import BrowserEvent, EmailRef, email_id, iso_time, parse_email_id
 from bridge.errors import Forbidden, InvalidInput, NotFound, RateLimited, Unavailable
 from bridge.folders import Folders
-from bridge.imap import ImapGateway, MailboxInfo
+from bridge.imap import ImapGateway
+from bridge.imap_syntax import MailboxInfo
 from bridge.index_cache import IndexCache
 from bridge.mail_headers import decode_text
 from bridge.mailbox_order import mailbox_name, ordered_mailboxes
@@ -109,6 +110,7 @@ def summary(doc: dict[str, Any]) -> dict[str, Any]:
         "preview": doc.get("snippet", ""),
         "messageId": doc.get("messageId", ""),
         "timestamp": iso_time(doc.get("date"), milliseconds=False),
+        "arrived": iso_time(doc.get("arrived", doc.get("date")), milliseconds=False),
         "flags": list(doc.get("flags", [])) + list(doc.get("keywords", [])),
         "unread": not doc.get("seen", False),
         "hasAttachments": bool(doc.get("hasAttachments")),

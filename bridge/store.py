@@ -60,9 +60,10 @@ MESSAGES = "messages"
 EARLY_FLAGS = "early_flags"
 OPERATION_TIMEOUT_MS = 30_000
 POOL_SIZE = 8
-# Version 2: message documents keyed by `message_doc_id`, summaries by Message-ID. An index of an
-# older format is dropped at start and rebuilt from IMAP by the backfill (bridge.backfill).
-INDEX_FORMAT = 2
+# Version 2: message documents keyed by `message_doc_id`, summaries by Message-ID. Version 3: each
+# document has `arrived`, the order of listings. An index of an older format is dropped at start and
+# rebuilt from IMAP by the backfill (bridge.backfill), which reads the arrival as INTERNALDATE.
+INDEX_FORMAT = 3
 PRUNE_EVERY_S = 3600.0
 
 
@@ -128,13 +129,13 @@ class Store:
                 [("account", ASCENDING), ("mailbox", ASCENDING), ("uidvalidity", ASCENDING), ("uid", ASCENDING)],
                 unique=True,
             )
-            # Listings: newest first per mailbox (ties by UID); unread counts.
+            # Listings: latest arrival first per mailbox (ties by UID); unread counts.
             await self.messages.create_index(
-                [("account", ASCENDING), ("mailbox", ASCENDING), ("date", DESCENDING), ("uid", DESCENDING)]
+                [("account", ASCENDING), ("mailbox", ASCENDING), ("arrived", DESCENDING), ("uid", DESCENDING)]
             )
             await self.messages.create_index([("account", ASCENDING), ("mailbox", ASCENDING), ("seen", ASCENDING)])
             # Contacts: the account's newest mail across mailboxes, read until the scan's bound.
-            await self.messages.create_index([("account", ASCENDING), ("date", DESCENDING), ("uid", DESCENDING)])
+            await self.messages.create_index([("account", ASCENDING), ("arrived", DESCENDING), ("uid", DESCENDING)])
         except PyMongoError as exc:
             # Start anyway: the index catches up once the store answers (health reports it).
             log.warning("store unavailable at start: %s", exc)

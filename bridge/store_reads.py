@@ -48,8 +48,10 @@ FILTERS: dict[str, dict[str, Any]] = {
     "social": {"category": "social"},
     "promotions": {"category": "promotions"},
 }
-# Listings and contacts: newest first, ties by UID (the order the cursor resumes in).
-NEWEST = [("date", -1), ("uid", -1)]
+# Listings and contacts: latest arrival first, ties by UID (the order the cursor resumes in). By
+# arrival, as IMAP's INTERNALDATE: a Date header is the sender's claim (a day late, or years ahead),
+# and a mail that came last must show first, as Gmail and Fastmail show it.
+NEWEST = [("arrived", -1), ("uid", -1)]
 
 # Which index fields each kind of text term looks in. The raw From header may still be RFC 2047 encoded, so
 # the decoded name and the address are searched too; a field a document lacks simply does not match.
@@ -99,26 +101,27 @@ async def listing(
             raise InvalidInput(f"unknown filter {name!r} (known: {', '.join(FILTERS)})")
         match.update(FILTERS[name])
     if cursor:
-        date, uid = decode_cursor(cursor)
-        match = {"$and": [match, {"$or": [{"date": {"$lt": date}}, {"date": date, "uid": {"$lt": uid}}]}]}
+        arrived, uid = decode_cursor(cursor)
+        after = {"$or": [{"arrived": {"$lt": arrived}}, {"arrived": arrived, "uid": {"$lt": uid}}]}
+        match = {"$and": [match, after]}
     docs = await messages.find(match).sort(NEWEST).limit(limit + 1).to_list()
     page = docs[:limit]
     return page, encode_cursor(page[-1]) if len(docs) > limit else None
 
 
 def encode_cursor(doc: Mapping[str, Any]) -> str:
-    """Where the next page starts: after this document, in the listing's order (date, then UID)."""
-    date = doc.get("date")
-    # decode_cursor takes integers only: a stored date of another type must not make page 2 a 400.
-    if isinstance(date, float) and math.isfinite(date):
-        date = int(date)
-    elif not isinstance(date, int) or isinstance(date, bool):
-        date = 0
-    return base64.urlsafe_b64encode(json.dumps([date, doc["uid"]]).encode()).decode()
+    """Where the next page starts: after this document, in the listing's order (arrival, then UID)."""
+    arrived = doc.get("arrived")
+    # decode_cursor takes integers only: a stored time of another type must not make page 2 a 400.
+    if isinstance(arrived, float) and math.isfinite(arrived):
+        arrived = int(arrived)
+    elif not isinstance(arrived, int) or isinstance(arrived, bool):
+        arrived = 0
+    return base64.urlsafe_b64encode(json.dumps([arrived, doc["uid"]]).encode()).decode()
 
 
 def decode_cursor(value: str) -> tuple[int, int]:
-    """(date, UID) of a cursor `encode_cursor` made; InvalidInput for anything else."""
+    """(arrival, UID) of a cursor `encode_cursor` made; InvalidInput for anything else."""
     try:
         date, uid = json.loads(base64.urlsafe_b64decode(value.encode()))
         if not (isinstance(date, int) and isinstance(uid, int)):

@@ -49,6 +49,9 @@ from bridge.store_flags import SEEN, Documents, now_ms
 FACTS = ("hasAttachments", "size", "category")
 STATE = ("flags", "keywords", "seen")
 IDENTITY = ("account", "mailbox", "uidvalidity", "uid")
+# When the message came into its mailbox (Unix seconds; listings sort by it): written by whoever
+# indexes it first, the event (its time) or the backfill (IMAP's INTERNALDATE), and never moved.
+ARRIVAL = ("arrived",)
 DEFAULT_FACTS: dict[str, Any] = {"hasAttachments": False, "size": 0, "category": "primary"}
 # How long a tombstone (and a flag change whose message never came) is kept: far longer than events
 # of different processes can be apart (a spooled event waits while Redis is down for its producer).
@@ -297,6 +300,7 @@ def _message_doc(event: MessageAdded) -> dict[str, Any]:
         "snippet": event.snippet,
         "messageId": event.message_id,
         "date": event.date if event.date is not None else event.ts // 1000,
+        "arrived": event.ts // 1000,
         "flags": list(event.flags),
         "keywords": list(event.keywords),
         "seen": SEEN in event.flags,
@@ -309,8 +313,8 @@ def _message_upsert(event: MessageAdded, summary: dict[str, Any] | None) -> Upda
     # backfill came first) the flag events since then hold the truth, and the counts with them.
     # The identity too: a tombstone (the message was expunged before this arrived) stays one.
     update: dict[str, Any] = {
-        "$set": {k: v for k, v in doc.items() if k not in STATE and k not in IDENTITY},
-        "$setOnInsert": {k: doc[k] for k in (*IDENTITY, *STATE)},
+        "$set": {k: v for k, v in doc.items() if k not in (*STATE, *IDENTITY, *ARRIVAL)},
+        "$setOnInsert": {k: doc[k] for k in (*IDENTITY, *STATE, *ARRIVAL)},
     }
     if summary is not None:
         update["$set"].update({k: summary[k] for k in FACTS})

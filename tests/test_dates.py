@@ -14,7 +14,8 @@ import smtplib
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import aiohttp
@@ -26,6 +27,7 @@ from bridge import codec
 from bridge.browser_events import iso_time, to_browser
 from bridge.errors import InvalidInput
 from bridge.events import MessageNew, MtaAccepted
+from bridge.imap_syntax import internal_date
 from bridge.mail_headers import DATE_SKEW_S, believable_date, summarize
 from bridge.mail_service import summary
 from bridge.stack.launcher import StackInfo
@@ -100,7 +102,7 @@ def test_time_formatting_is_total(seconds: Any, milliseconds: bool, expected: st
 
 
 def _doc(date: Any) -> dict[str, Any]:
-    return {"account": "a@example.test", "mailbox": "INBOX", "uidvalidity": 1, "uid": 7, "date": date}
+    return {"account": "a@example.test", "mailbox": "INBOX", "uidvalidity": 1, "uid": 7, "date": date, "arrived": date}
 
 
 @pytest.mark.parametrize("date", [253402343999, -(10**20), 10**400, 1e300, math.nan, None, "x", 1_796_000_000.5])
@@ -110,8 +112,8 @@ def test_a_listing_item_formats_any_stored_date(date: Any) -> None:
 
 @pytest.mark.parametrize("date", [1_796_000_000.5, math.nan, None, "x", True])
 def test_a_cursor_after_any_stored_date_reads_back(date: Any) -> None:
-    """The next page's cursor holds the last item's date: one the index should not hold (a float, a
-    string) still makes a cursor the next request takes."""
+    """The next page's cursor holds the last item's arrival: one the index should not hold (a float,
+    a string) still makes a cursor the next request takes."""
     assert decode_cursor(encode_cursor(_doc(date)))[1] == 7
 
 
@@ -199,8 +201,9 @@ async def listed_when_all_are(
 
 
 def assert_in_order_once(emails: list[dict[str, Any]]) -> None:
+    """Each listed once, latest arrival first (ties by UID)."""
     assert len({e["id"] for e in emails}) == len(emails)
-    keys = [(parse_iso(e["timestamp"]), e["uid"]) for e in emails]
+    keys = [(parse_iso(e["arrived"]), e["uid"]) for e in emails]
     assert keys == sorted(keys, reverse=True)
 
 
@@ -256,6 +259,7 @@ async def test_odd_dates_backfilled_are_listed(stack: StackInfo, http: aiohttp.C
     Python reads as such) must not make the inbox answer 500, nor sort above every later mail."""
     from pymongo import AsyncMongoClient  # noqa: PLC0415
 
+    sent_at = time.time()
     await asyncio.to_thread(send_raw, stack, account.email, {**ODD_DATES, "ordinary": "Mon, 2 Nov 2026 10:00:00 +0000"})
     await asyncio.to_thread(wait_for_messages, stack, account.email, account.password, len(ODD_DATES) + 1)
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongodb_url)
@@ -268,15 +272,15 @@ async def test_odd_dates_backfilled_are_listed(stack: StackInfo, http: aiohttp.C
         await messages.delete_many({"account": account.email})
     finally:
         await mongo.close()
-    started = time.time()
     headers = await authed(http, account)  # the first login starts the backfill
     emails = await listed_when_all_are(http, headers, {*ODD_DATES, "ordinary"})
     assert_in_order_once(emails)
     by_subject = {e["subject"]: parse_iso(e["timestamp"]).timestamp() for e in emails}
     assert by_subject["ordinary"] == datetime(2026, 11, 2, 10, tzinfo=UTC).timestamp()
     for subject in ("year-10000", "far-past", "absurd-offset", "absurd-offset-year-10000"):
-        # Not believed (Python reads no date at all in an offset of 99 hours): the backfill's time.
-        assert started - 1 <= by_subject[subject] <= time.time() + 1, (subject, by_subject[subject])
+        # Not believed (Python reads no date at all in an offset of 99 hours): the arrival, which
+        # the backfill reads as IMAP's INTERNALDATE (whole seconds).
+        assert int(sent_at) <= by_subject[subject] <= time.time() + 1, (subject, by_subject[subject])
 
     # A mail that arrives after them is listed first.
     await asyncio.sleep(1.1)
@@ -286,6 +290,43 @@ async def test_odd_dates_backfilled_are_listed(stack: StackInfo, http: aiohttp.C
     emails = await listed_when_all_are(http, headers, {*ODD_DATES, "ordinary", "later"})
     assert emails[0]["subject"] == "later"
     assert_in_order_once(emails)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("backfilled", [False, True], ids=["indexed-live", "backfilled"])
+async def test_the_mail_that_arrived_last_is_listed_first_whatever_its_date(
+    stack: StackInfo, http: aiohttp.ClientSession, account: Account, backfilled: bool
+) -> None:
+    """Listings are by arrival (IMAP's INTERNALDATE), not by the Date header: a mail dated three
+    days ago that arrives after one dated now is listed above it, live and after a backfill; each
+    item says when it arrived as well as its Date."""
+    from pymongo import AsyncMongoClient  # noqa: PLC0415
+
+    now = datetime.now(UTC)
+    await asyncio.to_thread(send_raw, stack, account.email, {"dated-now": format_datetime(now)})
+    await asyncio.to_thread(wait_for_messages, stack, account.email, account.password, 1)
+    await asyncio.sleep(1.1)  # a later second: INTERNALDATE has whole seconds
+    old = now - timedelta(days=3)
+    await asyncio.to_thread(send_raw, stack, account.email, {"dated-3-days-ago": format_datetime(old)})
+    await asyncio.to_thread(wait_for_messages, stack, account.email, account.password, 2)
+    if backfilled:
+        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongodb_url)
+        messages = mongo["mailbridge"]["messages"]
+        try:
+            for _ in range(150):  # let the index consumer finish, then forget what it wrote
+                if await messages.count_documents({"account": account.email}) == 2:
+                    break
+                await asyncio.sleep(0.1)
+            await messages.delete_many({"account": account.email})
+        finally:
+            await mongo.close()
+    headers = await authed(http, account)  # a first login: the backfill, when the index forgot
+    emails = await listed_when_all_are(http, headers, {"dated-now", "dated-3-days-ago"})
+    assert [e["subject"] for e in emails] == ["dated-3-days-ago", "dated-now"]
+    assert_in_order_once(emails)
+    late = emails[0]
+    assert parse_iso(late["timestamp"]).timestamp() == int(old.timestamp())  # the Date is still shown
+    assert parse_iso(late["arrived"]) > parse_iso(emails[1]["arrived"])
 
 
 @pytest.mark.e2e
@@ -308,3 +349,17 @@ async def test_an_event_with_a_date_past_year_9999_is_relayed_and_listed(
     assert relayed["timestamp"] == iso_time(ts_ms / 1000)
     (listed,) = await listed_when_all_are(http, headers, {"from a producer"})
     assert listed["timestamp"] == iso_time(ts_ms // 1000, milliseconds=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (b"17-Jul-1996 02:44:25 -0700", 837596665),
+        (b" 7-Jul-1996 02:44:25 +0000", 836707465),  # RFC 3501 9: date-day-fixed, space-padded
+        (b"31-Feb-1996 02:44:25 -0700", None),
+        (b"yesterday", None),
+        (b"", None),
+    ],
+)
+def test_internaldate_reads_as_unix_seconds(text: bytes, expected: int | None) -> None:
+    assert internal_date(text) == expected

@@ -24,7 +24,9 @@ def fresh_account() -> str:
     return f"reads-{uuid.uuid4().hex[:8]}@example.test"
 
 
-def doc(account: str, uid: int, *, mailbox: str = "INBOX", date: int = 0, **fields: Any) -> dict[str, Any]:
+def doc(
+    account: str, uid: int, *, mailbox: str = "INBOX", date: int = 0, arrived: int = 0, **fields: Any
+) -> dict[str, Any]:
     """An index document as the backfill writes it (bridge.backfill.document)."""
     return {
         "account": account,
@@ -33,6 +35,7 @@ def doc(account: str, uid: int, *, mailbox: str = "INBOX", date: int = 0, **fiel
         "uid": uid,
         "subject": f"mail {uid}",
         "date": date or 1_700_000_000 + uid,
+        "arrived": arrived or date or 1_700_000_000 + uid,
         "flags": [],
         "keywords": [],
         "seen": False,
@@ -76,6 +79,20 @@ async def test_listing_pages_newest_first_with_filters_and_search(store: Store) 
         await store.listing(account, "INBOX", limit=9, cursor=None, filters=["$where"])
     with pytest.raises(InvalidInput, match="invalid cursor"):
         await store.listing(account, "INBOX", limit=9, cursor="bm90IGEgY3Vyc29y")
+
+
+async def test_listing_is_by_arrival_not_by_the_date_header(store: Store) -> None:
+    """A mail dated long ago that arrived last is listed first, and one dated in the future that
+    arrived first is listed last, page by page."""
+    account = fresh_account()
+    await store.add_backfilled(
+        [
+            doc(account, 1, date=1_900_000_000, arrived=1_700_000_001),  # claims a date years ahead
+            doc(account, 2, date=1_700_000_002, arrived=1_700_000_002),
+            doc(account, 3, date=1_000_000_000, arrived=1_700_000_003),  # dated long ago, came last
+        ]
+    )
+    assert await all_pages(store, account, "INBOX", 1) == [[3], [2], [1]]
 
 
 async def test_backfilled_documents_never_replace_what_the_events_wrote(store: Store) -> None:

@@ -61,8 +61,10 @@ function merge(fetched, current, where, view, gone, since, changedAt, partial = 
   return [...byId.values()].sort(newestFirst);
 }
 
-// The listing's order (the server's too, which its cursor resumes): newest first, ties by UID.
-const newestFirst = (a, b) => new Date(b.timestamp) - new Date(a.timestamp) || b.uid - a.uid;
+// The listing's order (the server's too, which its cursor resumes): latest arrival first, ties by
+// UID. Not the Date header: that is the sender's claim, and a mail that came last shows first.
+const arrival = (m) => new Date(m.arrived || m.timestamp);
+const newestFirst = (a, b) => arrival(b) - arrival(a) || b.uid - a.uid;
 
 // The listing's query for a view of a mailbox, from `cursor` on when given.
 function listingQuery(acct, box, v, cursor) {
