@@ -72,6 +72,13 @@ async def mailboxes(request: web.Request) -> web.Response:
     return web.json_response({"account": account, "mailboxes": await request.app[keys.MAIL].mailboxes(account)})
 
 
+async def category_counts(request: web.Request) -> web.Response:
+    account = owned_account(identity_of(request), request.query.get("account"))
+    mailbox = request.query.get("mailbox", "INBOX")
+    unread = await request.app[keys.STORE].unread_by_category(account, mailbox)
+    return web.json_response({"account": account, "mailbox": mailbox, "unread": unread})
+
+
 async def create_folder(request: web.Request) -> web.Response:
     body = await read_json(request)
     account = owned_account(identity_of(request), body.get("account"))
@@ -254,6 +261,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_patch("/api/v1/mailboxes", rename_folder)
     app.router.add_delete("/api/v1/mailboxes", delete_folder)
     app.router.add_post("/api/v1/mailboxes/read", mark_all_read)
+    app.router.add_get("/api/v1/mailboxes/categories", category_counts)
     app.router.add_get("/api/v1/email/inbox", inbox)
     app.router.add_get("/api/v1/email/search", search)
     app.router.add_post("/api/v1/email/send", send)

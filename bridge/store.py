@@ -220,6 +220,11 @@ class Store:
         with _answered(bulk=True):
             await store_writes.add_backfilled(self.messages, docs)
 
+    async def unread_by_category(self, account: str, mailbox: str) -> dict[str, int]:
+        """Unread messages of a mailbox per category tab (bridge.store_reads.CATEGORIES)."""
+        with _answered():
+            return await store_reads.unread_by_category(self.messages, account, mailbox)
+
     async def counts(self, account: str, mailbox: str) -> tuple[int, int]:
         """(unread, total) of one mailbox, counted from its documents (a scan on FerretDB: the
         kept counts are in bridge.index_cache)."""

@@ -4,11 +4,12 @@ import { api, post } from "./api.js";
 import { announce, mayAskToNotify, withdraw } from "./notify.js";
 import { flushOutbox, outbox, registerServiceWorker, rememberList, rememberedList } from "./offline.js";
 import { forgetEvents, lastEventIds, rememberEvent, rememberPoint, saveSession } from "./session.js";
+import { CategoryTabs } from "./CategoryTabs.jsx";
 import { Compose } from "./Compose.jsx";
 import { FolderForm } from "./FolderForm.jsx";
 import { KeyboardHelp } from "./KeyboardHelp.jsx";
 import { THEMES, chooseTheme, storedTheme } from "./theme.js";
-import { MessageList } from "./MessageList.jsx";
+import { DRAGGED_MAIL, MessageList } from "./MessageList.jsx";
 import { Preview } from "./Preview.jsx";
 import { longDate } from "./dates.js";
 
@@ -392,10 +393,30 @@ export function Mail({ session, onLogout }) {
   };
   const ownFolder = !STANDARD.includes(mailbox);
 
-  // One action on every picked message, a few requests at a time; moves (archive, delete, move) can
-  // be undone together. What failed is said, and stays picked.
-  const bulk = async (action, target) => {
-    const chosen = emails.filter((m) => picked.has(m.id));
+  // Rows dropped on a folder move there: one row as "Move to…" moves it, several as the bulk move.
+  const [dropTarget, setDropTarget] = useState(null);
+  const dropOn = (name) => {
+    const carries = (e) => e.dataTransfer.types.includes(DRAGGED_MAIL) && name !== mailbox;
+    return {
+      onDragOver: (e) => { if (carries(e)) { e.preventDefault(); e.dataTransfer.dropEffect = "move"; setDropTarget(name); } },
+      onDragLeave: () => setDropTarget((t) => (t === name ? null : t)),
+      onDrop: (e) => {
+        setDropTarget(null);
+        if (!carries(e)) return;
+        e.preventDefault();
+        let ids;
+        try { ids = JSON.parse(e.dataTransfer.getData(DRAGGED_MAIL)); } catch { return; }
+        const rows = emails.filter((m) => ids.includes(m.id));
+        if (rows.length === 1) act("move", rows[0], name);
+        else if (rows.length > 1) bulk("move", name, rows);
+      },
+    };
+  };
+
+  // One action on every picked message (or on `rows` when given), a few requests at a time; moves
+  // (archive, delete, move) can be undone together. What failed is said, and stays picked.
+  const bulk = async (action, target, rows = null) => {
+    const chosen = rows || emails.filter((m) => picked.has(m.id));
     if (!chosen.length) return;
     const one = (m) => {
       if (action === "read" || action === "unread") {
@@ -617,7 +638,8 @@ export function Mail({ session, onLogout }) {
       </header>
       <nav aria-label="Mailboxes">
         {(mailboxes.length ? mailboxes : [{ name: "INBOX", unread: 0 }]).map((b) => (
-          <button key={b.name} className={b.name === mailbox ? "box current" : "box"} aria-current={b.name === mailbox ? "page" : undefined} onClick={() => { setMailbox(b.name); setSelected(null); if (b.name !== "INBOX" && view.tab) setView({ ...view, tab: "" }); }}>
+          <button key={b.name} className={`box${b.name === mailbox ? " current" : ""}${dropTarget === b.name ? " drop-target" : ""}`} aria-current={b.name === mailbox ? "page" : undefined} onClick={() => { setMailbox(b.name); setSelected(null); if (b.name !== "INBOX" && view.tab) setView({ ...view, tab: "" }); }}
+            {...dropOn(b.name)}>
             {b.name}{b.unread ? ` (${b.unread})` : ""}
           </button>
         ))}
@@ -637,11 +659,8 @@ export function Mail({ session, onLogout }) {
           <input ref={searchRef} type="search" aria-label="Search mail" placeholder="Search (from: subject: is:unread …)" value={query} onChange={(e) => setQuery(e.target.value)} />
         </form>
         {mailbox === "INBOX" && (
-        <div role="tablist" aria-label="Categories" className="tabs">
-          {[["", "All"], ["primary", "Primary"], ["social", "Social"], ["promotions", "Promotions"]].map(([key, label]) => (
-            <button key={key} role="tab" aria-selected={view.tab === key} onClick={() => setView({ ...view, tab: key })}>{label}</button>
-          ))}
-        </div>
+        <CategoryTabs token={token} account={account} tab={view.tab} onSelect={(tab) => setView({ ...view, tab })}
+          countsKey={(({ unread, countsVersion } = {}) => `${unread}/${countsVersion}`)(mailboxes.find((b) => b.name === "INBOX"))} />
         )}
         <div className="filters" role="group" aria-label="Quick filters">
           {[["unread", "Unread"], ["starred", "Starred"], ["attachments", "Attachments"]].map(([key, label]) => (

@@ -11,6 +11,16 @@ const OUTGOING = ["Sent", "Drafts"];
 // follow, loaded by `onMore` when the end of the list scrolls into view or its button is pressed.
 // `picked` (a Set of ids) and `onPick` make the rows selectable for bulk actions: a checkbox over the
 // avatar, shown on hover or focus, and on every row once one is picked.
+// A row dragged onto a folder moves there (with the other picked rows when it is one of them); the
+// keyboard and the "Move to…" menu do the same without a mouse.
+export const DRAGGED_MAIL = "application/x-mail-bridge-ids";
+
+function dragMail(event, ids, subject) {
+  event.dataTransfer.setData(DRAGGED_MAIL, JSON.stringify(ids));
+  event.dataTransfer.setData("text/plain", ids.length > 1 ? `${ids.length} messages` : subject);
+  event.dataTransfer.effectAllowed = "move";
+}
+
 export function MessageList({
   emails,
   selectedId,
@@ -61,7 +71,8 @@ export function MessageList({
         const starred = (m.flags || []).includes("\\Flagged");
         const tab = m.id === current ? 0 : -1;
         return (
-          <li key={m.id} className={`item${m.unread ? " unread" : ""}${picked.has(m.id) ? " picked" : ""}`} onFocus={() => setCursorId(m.id)}>
+          <li key={m.id} className={`item${m.unread ? " unread" : ""}${picked.has(m.id) ? " picked" : ""}`} onFocus={() => setCursorId(m.id)}
+            draggable onDragStart={(e) => dragMail(e, picked.has(m.id) ? [...picked] : [m.id], subject)}>
             <input type="checkbox" className="pick" tabIndex={tab} aria-label={`Select ${subject}`} checked={picked.has(m.id)} onChange={() => onPick(m.id)} />
             <button className="open" tabIndex={tab} onClick={() => onOpen(m)} aria-current={selectedId === m.id ? "true" : undefined}>
               <span className="avatar" style={{ background: colour(outgoing ? m.to : m.fromAddress) }} aria-hidden="true">{initials(outgoing ? m.to || "?" : from)}</span>

@@ -1,0 +1,41 @@
+import { useEffect, useState } from "react";
+import { api } from "./api.js";
+
+const TABS = [["", "All"], ["primary", "Primary"], ["social", "Social"], ["promotions", "Promotions"]];
+
+/**
+ * The Inbox's category tabs, each with its unread count. The counts come from the bridge's index
+ * (GET /api/v1/mailboxes/categories) and are asked again whenever the Inbox's own counts change
+ * (`countsKey`: its unread count and version, which every device hears of live), so they stay live
+ * without a request per event.
+ */
+export function CategoryTabs({ token, account, countsKey, tab, onSelect }) {
+  const [unread, setUnread] = useState({});
+  useEffect(() => {
+    if (!account) return undefined;
+    let current = true;
+    // A burst of deliveries changes the counts many times: ask once it settles.
+    const timer = setTimeout(() => {
+      api(token, `/api/v1/mailboxes/categories?${new URLSearchParams({ account, mailbox: "INBOX" })}`)
+        .then((r) => { if (current) setUnread(r.unread || {}); })
+        .catch(() => {}); // offline or a store outage: the tabs show no counts rather than old ones
+    }, 250);
+    return () => { current = false; clearTimeout(timer); };
+  }, [token, account, countsKey]);
+  useEffect(() => setUnread({}), [account]);
+
+  return (
+    <div role="tablist" aria-label="Categories" className="tabs">
+      {TABS.map(([key, label]) => {
+        const count = key ? unread[key] || 0 : 0;
+        return (
+          <button key={key} role="tab" aria-selected={tab === key} onClick={() => onSelect(key)}
+            aria-label={count > 0 ? `${label}, ${count} unread` : undefined}>
+            {label}
+            {count > 0 && <span className="tab-count" aria-hidden="true">{count}</span>}
+          </button>
+        );
+      })}
+    </div>
+  );
+}
