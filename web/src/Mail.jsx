@@ -8,6 +8,8 @@ import { CategoryTabs } from "./CategoryTabs.jsx";
 import { Compose } from "./Compose.jsx";
 import { FolderForm } from "./FolderForm.jsx";
 import { KeyboardHelp } from "./KeyboardHelp.jsx";
+import { NotificationButton, NotificationCenter } from "./NotificationCenter.jsx";
+import { addNotice, noticeGone, noticeMoved, noticeRead } from "./notices.js";
 import { THEMES, chooseTheme, storedTheme } from "./theme.js";
 import { DRAGGED_MAIL, MessageList } from "./MessageList.jsx";
 import { Preview } from "./Preview.jsx";
@@ -104,6 +106,7 @@ export function Mail({ session, onLogout }) {
   const [online, setOnline] = useState(navigator.onLine);
   const [composing, setComposing] = useState(null);
   const [help, setHelp] = useState(false); // the keyboard shortcuts dialog (`?`)
+  const [noticesOpen, setNoticesOpen] = useState(false); // the notification center
   const [picked, setPicked] = useState(() => new Set()); // ids chosen for a bulk action
   const pick = (id) => setPicked((p) => { const next = new Set(p); if (next.has(id)) next.delete(id); else next.add(id); return next; });
   const [theme, setTheme] = useState(storedTheme);
@@ -303,6 +306,7 @@ export function Mail({ session, onLogout }) {
       rememberEvent(mail);
       changed(mail.id);
       if (mail.unread && mail.source === "delivered") {
+        addNotice(mail);
         const line = announce(mail, { sound: settingsRef.current.sound !== false });
         if (line) setToast(line);
       }
@@ -318,22 +322,25 @@ export function Mail({ session, onLogout }) {
       rememberEvent(e);
       changed(e.emailId);
       withdraw(e.emailId); // read anywhere: its notification goes away on every device
+      noticeRead(e.emailId, true);
       setEmails((l) => l.map((m) => (m.id === e.emailId ? { ...m, unread: false } : m)));
     });
     socket.on("email_flags", (e) => {
       rememberEvent(e);
       changed(e.emailId);
       if (e.unread === false) withdraw(e.emailId);
+      if (typeof e.unread === "boolean") noticeRead(e.emailId, !e.unread);
       setEmails((l) => l.map((m) => (m.id === e.emailId ? withFlags(m, e) : m)));
     });
     socket.on("email_deleted", (e) => {
       rememberEvent(e);
       withdraw(e.emailId);
+      noticeGone(e.emailId);
       gone.current.add(e.emailId);
       setEmails((l) => l.filter((m) => m.id !== e.emailId));
       setSelected((s) => (s && s.id === e.emailId ? null : s));
     });
-    socket.on("email_moved", (e) => { rememberEvent(e); gone.current.add(e.emailId); setEmails((l) => l.filter((m) => m.id !== e.emailId)); });
+    socket.on("email_moved", (e) => { rememberEvent(e); noticeMoved(e.emailId, e.newEmailId, e.toMailbox); gone.current.add(e.emailId); setEmails((l) => l.filter((m) => m.id !== e.emailId)); });
     socket.on("unread_count", (e) => {
       rememberEvent(e);
       if (!newestCounts(e.account, e)) return; // taken before counts already shown
@@ -634,6 +641,7 @@ export function Mail({ session, onLogout }) {
         <button onClick={toggleSound} aria-pressed={settings.sound !== false}>Sound</button>
         <button onClick={nextTheme} title="Light, dark, or as the system is">Theme: {theme[0].toUpperCase() + theme.slice(1)}</button>
         {mayAskToNotify() && <button onClick={() => Notification.requestPermission().then(() => setToasts((ts) => [...ts]))}>Enable notifications</button>}
+        <NotificationButton onOpen={() => setNoticesOpen(true)} />
         <button onClick={onLogout}>Sign out</button>
       </header>
       <nav aria-label="Mailboxes">
@@ -715,6 +723,19 @@ export function Mail({ session, onLogout }) {
         <section className="preview empty" aria-label="Message">Select a message</section>
       )}
       {help && <KeyboardHelp onClose={() => setHelp(false)} />}
+      {noticesOpen && (
+        <NotificationCenter
+          onClose={() => setNoticesOpen(false)}
+          onMarkRead={(list) => { for (const n of list) socketRef.current?.emit("mark_read", { emailId: n.id }, () => {}); }}
+          onOpenMail={(n) => {
+            setNoticesOpen(false);
+            if (n.account !== account) setAccount(n.account);
+            setMailbox(n.mailbox);
+            setView({ q: "", filter: "", tab: "" });
+            open({ id: n.id, account: n.account, mailbox: n.mailbox, uid: n.uid, subject: n.subject, fromName: n.from, fromAddress: n.fromAddress, unread: n.unread });
+          }}
+        />
+      )}
       {composing && account && (
         <Compose
           token={token}
