@@ -1,4 +1,5 @@
-import { useEffect, useRef } from "react";
+import { useRef } from "react";
+import { dialogKeys, useDialogFocus } from "./dialog.js";
 
 // The keyboard shortcuts, as `?` shows them. The list is the handler's in Mail.jsx: keep both alike.
 export const SHORTCUTS = [
@@ -23,23 +24,10 @@ export const SHORTCUTS = [
 // the button).
 export function KeyboardHelp({ onClose }) {
   const close = useRef(null);
-  useEffect(() => {
-    const before = document.activeElement;
-    close.current?.focus();
-    return () => before?.focus?.();
-  }, []);
-  const onKeyDown = (e) => {
-    if (e.key === "Escape") {
-      e.preventDefault();
-      e.stopPropagation();
-      onClose();
-    } else if (e.key === "Tab") {
-      e.preventDefault(); // one control inside: focus stays in the dialog
-    }
-  };
+  useDialogFocus(close);
   return (
     <div className="dialog-backdrop" onClick={onClose}>
-      <div role="dialog" aria-modal="true" aria-labelledby="keys-title" className="dialog" onClick={(e) => e.stopPropagation()} onKeyDown={onKeyDown}>
+      <div role="dialog" aria-modal="true" aria-labelledby="keys-title" className="dialog" onClick={(e) => e.stopPropagation()} onKeyDown={dialogKeys(onClose)}>
         <h2 id="keys-title">Keyboard shortcuts</h2>
         <table className="shortcuts">
           <tbody>

@@ -1,4 +1,5 @@
-import { useEffect, useRef } from "react";
+import { useRef } from "react";
+import { dialogKeys, useDialogFocus } from "./dialog.js";
 import { clearNotices, useNotices } from "./notices.js";
 import { longDate, shortDate } from "./dates.js";
 
@@ -20,29 +21,12 @@ export function NotificationButton({ onOpen }) {
 export function NotificationCenter({ onOpenMail, onMarkRead, onClose }) {
   const notices = useNotices();
   const first = useRef(null);
-  useEffect(() => {
-    const before = document.activeElement;
-    first.current?.focus();
-    return () => before?.focus?.();
-  }, []);
+  useDialogFocus(first);
   const unread = notices.filter((n) => n.unread && !n.gone);
-  const onKeyDown = (e) => {
-    if (e.key === "Escape") {
-      e.preventDefault();
-      e.stopPropagation();
-      onClose();
-    } else if (e.key === "Tab") {
-      // Modal: Tab goes round the dialog's own controls, never to the page behind it.
-      const controls = [...e.currentTarget.querySelectorAll("button:not(:disabled)")];
-      const at = controls.indexOf(document.activeElement);
-      const next = e.shiftKey ? (at <= 0 ? controls.length - 1 : at - 1) : (at + 1) % controls.length;
-      e.preventDefault();
-      controls[next]?.focus();
-    }
-  };
+  const firstOpen = notices.findIndex((n) => !n.gone); // focus goes to it, else to Close
   return (
     <div className="dialog-backdrop" onClick={onClose}>
-      <div role="dialog" aria-modal="true" aria-labelledby="notices-title" className="dialog notices" onClick={(e) => e.stopPropagation()} onKeyDown={onKeyDown}>
+      <div role="dialog" aria-modal="true" aria-labelledby="notices-title" className="dialog notices" onClick={(e) => e.stopPropagation()} onKeyDown={dialogKeys(onClose)}>
         <h2 id="notices-title">Notifications</h2>
         {notices.length === 0 ? (
           <p>No notifications yet: new mail shows here as it arrives.</p>
@@ -50,7 +34,7 @@ export function NotificationCenter({ onOpenMail, onMarkRead, onClose }) {
           <ul aria-label="Recent notifications">
             {notices.map((n, i) => (
               <li key={n.id} className={n.unread && !n.gone ? "notice unread" : "notice"}>
-                <button ref={i === 0 ? first : undefined} disabled={n.gone} onClick={() => onOpenMail(n)}>
+                <button ref={i === firstOpen ? first : undefined} disabled={n.gone} onClick={() => onOpenMail(n)}>
                   <span className="from">{n.from}{n.unread && !n.gone && <span className="sr-only"> (unread)</span>}</span>
                   <span className="subject">{n.subject}</span>
                   <time dateTime={n.at} title={longDate(n.at)}>{shortDate(n.at)}</time>
@@ -64,7 +48,7 @@ export function NotificationCenter({ onOpenMail, onMarkRead, onClose }) {
         <div className="dialog-actions">
           {unread.length > 0 && <button onClick={() => onMarkRead(unread)}>Mark all read</button>}
           {notices.length > 0 && <button onClick={clearNotices}>Clear list</button>}
-          <button ref={notices.length === 0 ? first : undefined} onClick={onClose}>Close</button>
+          <button ref={firstOpen === -1 ? first : undefined} onClick={onClose}>Close</button>
         </div>
       </div>
     </div>
