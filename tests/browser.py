@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -47,3 +48,8 @@ async def signed_in(browser: Browser | BrowserContext, stack: StackInfo, account
     await page.get_by_role("button", name="Sign in").click()
     await wait_live(page)
     return page
+
+
+def unread(label: str, count: int) -> re.Pattern[str]:
+    """The accessible name of a control that shows an unread count after its label ("Social 3 unread")."""
+    return re.compile(rf"^{re.escape(label)}\s+{count} unread$")

@@ -13,7 +13,7 @@ import pytest
 from playwright.async_api import Browser, Locator, Page, expect
 
 from bridge.stack.launcher import StackInfo
-from tests.browser import signed_in
+from tests.browser import signed_in, unread
 from tests.common import Account, login
 from tests.mailtools import send_smtp
 from tests.test_e2e_mail import message
@@ -44,19 +44,19 @@ async def test_the_category_tabs_count_unread_mail_live(browser: Browser, stack:
     page = await signed_in(browser, stack, account)
     listing = page.get_by_role("list", name="Messages")
     await expect(listing.get_by_role("button", name=f"Social one {tag}")).to_be_visible(timeout=15_000)
-    await expect(tab(page, "Primary")).to_have_accessible_name("Primary, 2 unread", timeout=15_000)
-    await expect(tab(page, "Social")).to_have_accessible_name("Social, 1 unread", timeout=15_000)
+    await expect(tab(page, "Primary")).to_have_accessible_name(unread("Primary", 2), timeout=15_000)
+    await expect(tab(page, "Social")).to_have_accessible_name(unread("Social", 1), timeout=15_000)
     await expect(tab(page, "Promotions")).to_have_accessible_name("Promotions")  # none: no count
 
     # A new one arrives: its tab counts it without a reload.
     await asyncio.to_thread(send_smtp, stack, [social(account.email, f"Social two {tag}")])
-    await expect(tab(page, "Social")).to_have_accessible_name("Social, 2 unread", timeout=15_000)
+    await expect(tab(page, "Social")).to_have_accessible_name(unread("Social", 2), timeout=15_000)
 
     # Read on another device: the tab counts one fewer here.
     other = await signed_in(browser, stack, account)
     await other.get_by_role("list", name="Messages").get_by_role("button", name=f"Social one {tag}").click()
-    await expect(tab(page, "Social")).to_have_accessible_name("Social, 1 unread", timeout=15_000)
-    await expect(tab(page, "Primary")).to_have_accessible_name("Primary, 2 unread")
+    await expect(tab(page, "Social")).to_have_accessible_name(unread("Social", 1), timeout=15_000)
+    await expect(tab(page, "Primary")).to_have_accessible_name(unread("Primary", 2))
     await other.close()
     await page.close()
 

@@ -265,6 +265,24 @@ async def test_question_mark_lists_the_shortcuts_and_back_returns_to_the_list(
     await expect(page.get_by_role("heading", name=subject)).to_have_count(0)
     await expect(listing.get_by_role("button", name=subject)).to_be_visible()
     assert page.url.startswith(stack.web_url)
+
+    # Message -> list -> the folder before: archived, it is opened from Archive, and Back walks out.
+    nav = page.get_by_role("navigation", name="Mailboxes")
+    await listing.get_by_role("button", name=subject).click()
+    await expect(page.get_by_role("heading", name=subject)).to_be_visible(timeout=15_000)
+    await page.keyboard.press("e")  # archived from the message, which closes
+    await expect(page.get_by_role("heading", name=subject)).to_have_count(0, timeout=15_000)
+    await expect(listing.get_by_role("button", name=subject)).to_have_count(0, timeout=15_000)
+    await nav.get_by_role("button", name=re.compile("^Archive")).click()
+    await listing.get_by_role("button", name=subject).click()
+    await expect(page.get_by_role("heading", name=subject)).to_be_visible(timeout=15_000)
+    await page.go_back()  # the message -> Archive's list
+    await expect(listing.get_by_role("button", name=subject)).to_be_visible()
+    await expect(nav.get_by_role("button", name=re.compile("^Archive"))).to_have_attribute("aria-current", "page")
+    await page.go_back()  # Archive -> the Inbox it was opened from
+    await expect(nav.get_by_role("button", name=re.compile("^INBOX"))).to_have_attribute("aria-current", "page")
+    await expect(listing.get_by_role("button", name=subject)).to_have_count(0)
+    assert page.url.startswith(stack.web_url)
     await context.close()
 
 

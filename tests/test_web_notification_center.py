@@ -12,7 +12,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from bridge.stack.launcher import StackInfo
-from tests.browser import signed_in
+from tests.browser import signed_in, unread
 from tests.common import Account
 from tests.mailtools import send_smtp
 from tests.test_e2e_mail import message
@@ -38,7 +38,7 @@ async def test_notices_follow_their_mail_and_open_it(browser: Browser, stack: St
             message("dan@outside.test", account.email, f"Second {tag}"),
         ],
     )
-    await expect(bell).to_have_accessible_name("Notifications, 2 unread", timeout=15_000)
+    await expect(bell).to_have_accessible_name(unread("Notifications", 2), timeout=15_000)
 
     await open_center(page)
     center = page.get_by_role("dialog", name="Notifications")
@@ -54,7 +54,7 @@ async def test_notices_follow_their_mail_and_open_it(browser: Browser, stack: St
     # Read on another device: its notice is read here too.
     other = await signed_in(browser, stack, account)
     await other.get_by_role("list", name="Messages").get_by_role("button", name=f"First {tag}").click()
-    await expect(bell).to_have_accessible_name("Notifications, 1 unread", timeout=15_000)
+    await expect(bell).to_have_accessible_name(unread("Notifications", 1), timeout=15_000)
     await open_center(page)
     await expect(first).not_to_contain_text("(unread)")
     await expect(second).to_contain_text("(unread)")
@@ -88,7 +88,7 @@ async def test_mark_all_read_reads_the_mails_themselves(browser: Browser, stack:
     subjects = [f"Bulk notice {n} {tag}" for n in range(3)]
     await asyncio.to_thread(send_smtp, stack, [message("carol@outside.test", account.email, s) for s in subjects])
     bell = page.get_by_role("button", name=re.compile("^Notifications"))
-    await expect(bell).to_have_accessible_name("Notifications, 3 unread", timeout=15_000)
+    await expect(bell).to_have_accessible_name(unread("Notifications", 3), timeout=15_000)
     await open_center(page)
     await page.get_by_role("dialog", name="Notifications").get_by_role("button", name="Mark all read").click()
     await expect(bell).to_have_accessible_name("Notifications", timeout=15_000)

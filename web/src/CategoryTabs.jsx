@@ -29,10 +29,10 @@ export function CategoryTabs({ token, account, countsKey, tab, onSelect }) {
       {TABS.map(([key, label]) => {
         const count = key ? unread[key] || 0 : 0;
         return (
-          <button key={key} role="tab" aria-selected={tab === key} onClick={() => onSelect(key)}
-            aria-label={count > 0 ? `${label}, ${count} unread` : undefined}>
+          // The name is the visible text and what it means: "Social 3 unread" (WCAG 2.5.3).
+          <button key={key} role="tab" aria-selected={tab === key} onClick={() => onSelect(key)}>
             {label}
-            {count > 0 && <span className="tab-count" aria-hidden="true">{count}</span>}
+            {count > 0 && <span className="tab-count"> {count}<span className="sr-only"> unread</span></span>}
           </button>
         );
       })}

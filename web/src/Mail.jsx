@@ -449,11 +449,30 @@ export function Mail({ session, onLogout }) {
   // events every device gets.
   // Back to the list: through the history when the message pushed an entry, so Back stays in step.
   const closeMessage = () => (opened() ? history.back() : setSelected(null));
+  // Each folder opened from the list of folders is a history entry too, which says its folder: Back
+  // walks message -> list -> the folder before (on a phone, the system gesture).
   useEffect(() => {
-    const onPop = () => setSelected(null);
+    const onPop = () => {
+      setSelected(null);
+      const state = history.state;
+      setMailbox(state && state.mailBridge ? state.mailbox : "INBOX");
+    };
     window.addEventListener("popstate", onPop);
     return () => window.removeEventListener("popstate", onPop);
   }, []);
+  // The entry on screen always says its folder, however the folder was changed (a new folder, a
+  // notice, another account), so coming Back to it shows that folder.
+  useEffect(() => {
+    const state = history.state;
+    if (!state || state.mailBridge === "folder") history.replaceState({ mailBridge: "folder", mailbox }, "");
+  }, [mailbox]);
+  const goToFolder = (name) => {
+    setSelected(null);
+    if (name !== "INBOX" && view.tab) setView({ ...view, tab: "" });
+    if (name === mailbox) return;
+    history.pushState({ mailBridge: "folder", mailbox: name }, "");
+    setMailbox(name);
+  };
 
   const markAllRead = () =>
     post(token, "/api/v1/mailboxes/read", { account, mailbox }).then(
@@ -465,7 +484,7 @@ export function Mail({ session, onLogout }) {
   // returns to the list instead of leaving the app.
   const opened = () => history.state && history.state.mailBridge === "message";
   const open = (mail) => {
-    if (!opened()) history.pushState({ mailBridge: "message" }, "");
+    if (!opened()) history.pushState({ mailBridge: "message", mailbox }, "");
     setSelected(mail);
     if (mail.unread) socketRef.current?.emit("mark_read", { emailId: mail.id }, () => {});
   };
@@ -646,7 +665,7 @@ export function Mail({ session, onLogout }) {
       </header>
       <nav aria-label="Mailboxes">
         {(mailboxes.length ? mailboxes : [{ name: "INBOX", unread: 0 }]).map((b) => (
-          <button key={b.name} className={`box${b.name === mailbox ? " current" : ""}${dropTarget === b.name ? " drop-target" : ""}`} aria-current={b.name === mailbox ? "page" : undefined} onClick={() => { setMailbox(b.name); setSelected(null); if (b.name !== "INBOX" && view.tab) setView({ ...view, tab: "" }); }}
+          <button key={b.name} className={`box${b.name === mailbox ? " current" : ""}${dropTarget === b.name ? " drop-target" : ""}`} aria-current={b.name === mailbox ? "page" : undefined} onClick={() => goToFolder(b.name)}
             {...dropOn(b.name)}>
             {b.name}{b.unread ? ` (${b.unread})` : ""}
           </button>

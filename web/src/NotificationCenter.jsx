@@ -7,8 +7,8 @@ import { longDate, shortDate } from "./dates.js";
 export function NotificationButton({ onOpen }) {
   const unread = useNotices().filter((n) => n.unread && !n.gone).length;
   return (
-    <button onClick={onOpen} aria-haspopup="dialog" aria-label={unread ? `Notifications, ${unread} unread` : "Notifications"}>
-      Notifications{unread > 0 && <span className="tab-count" aria-hidden="true">{unread}</span>}
+    <button onClick={onOpen} aria-haspopup="dialog">
+      Notifications{unread > 0 && <span className="tab-count"> {unread}<span className="sr-only"> unread</span></span>}
     </button>
   );
 }
