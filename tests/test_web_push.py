@@ -1,0 +1,198 @@
+"""Web Push with the tab closed (RFC 8030, 8291, 8292), against the real stack and a local push
+service (tests/push_receiver.py) that checks and decrypts what the bridge sends."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from bridge.stack.launcher import StackInfo
+from bridge.store import Store
+from tests.common import Account, login
+from tests.mailtools import send_smtp
+from tests.push_receiver import BrowserKeys, PushReceiver, open_message, unb64url
+from tests.socket_client import RecordingClient
+from tests.test_e2e_mail import message
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+async def receiver() -> AsyncIterator[PushReceiver]:
+    service = PushReceiver()
+    await service.start()
+    yield service
+    await service.stop()
+
+
+async def vapid_key(http: aiohttp.ClientSession, token: str) -> str:
+    async with http.get("/api/v1/push/key", headers={"Authorization": f"Bearer {token}"}) as r:
+        assert r.status == 200, await r.text()
+        key: str = (await r.json())["publicKey"]
+    return key
+
+
+async def subscribe(http: aiohttp.ClientSession, token: str, body: dict[str, object]) -> tuple[int, dict[str, object]]:
+    async with http.post("/api/v1/push/subscriptions", json=body, headers={"Authorization": f"Bearer {token}"}) as r:
+        return r.status, await r.json()
+
+
+async def subscribed(http: aiohttp.ClientSession, token: str, receiver: PushReceiver) -> tuple[str, str, BrowserKeys]:
+    """A new browser subscription at the receiver: (its name there, the bridge's id, its keys)."""
+    name, keys = uuid.uuid4().hex, BrowserKeys()
+    status, body = await subscribe(http, token, keys.subscription(receiver.endpoint(name)))
+    assert status == 201, body
+    return name, str(body["id"]), keys
+
+
+async def pushes_counted(http: aiohttp.ClientSession, result: str) -> float:
+    async with http.get("/metrics") as r:
+        found = re.search(rf'^mailbridge_pushes_total{{result="{result}"}} (\S+)$', await r.text(), re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+async def mail(stack: StackInfo, account: Account, subject: str, body: str = "Hello there.") -> None:
+    await asyncio.to_thread(send_smtp, stack, [message("carol@outside.test", account.email, subject, body)])
+
+
+async def test_the_api_checks_subscriptions_strictly(
+    http: aiohttp.ClientSession, account: Account, other_account: Account
+) -> None:
+    async with http.get("/api/v1/push/key") as r:
+        assert r.status == 401
+    token = await login(http, account)
+    key = unb64url(await vapid_key(http, token))
+    assert len(key) == 65 and key[0] == 4  # an uncompressed P-256 point (RFC 8292 3.2)
+    keys = BrowserKeys()
+    good = keys.subscription("https://push.example.com/send/abc")
+    refused = {
+        "http, to an origin not allowed": {**good, "endpoint": "http://push.example.com/send/abc"},
+        "an address, not a push service": {**good, "endpoint": "https://10.0.0.7/send/abc"},
+        "a single-label host": {**good, "endpoint": "https://redis/send"},
+        "credentials in the URL": {**good, "endpoint": "https://user:pw@push.example.com/send"},
+        "no endpoint": {"keys": good["keys"]},
+        "no keys": {"endpoint": good["endpoint"]},
+        "a p256dh that is no point": {**good, "keys": {"p256dh": "AAAA", "auth": good["keys"]["auth"]}},
+        "a short auth": {**good, "keys": {"p256dh": keys.p256dh(), "auth": "AAAA"}},
+        "an account not granted": {**good, "account": other_account.email},
+    }
+    for what, body in refused.items():
+        status, answer = await subscribe(http, token, body)
+        assert status in (400, 403), (what, status, answer)
+        assert answer["error"], what
+    status, answer = await subscribe(http, token, good)
+    assert status == 201, answer
+    again_status, again = await subscribe(http, token, good)
+    assert again_status == 201 and again["id"] == answer["id"]  # the same browser: the same record
+    other = await login(http, other_account)
+    async with http.delete(
+        f"/api/v1/push/subscriptions/{answer['id']}", headers={"Authorization": f"Bearer {other}"}
+    ) as r:
+        assert r.status == 404  # not theirs
+    auth = {"Authorization": f"Bearer {token}"}
+    async with http.delete(f"/api/v1/push/subscriptions/{answer['id']}", headers=auth) as r:
+        assert r.status == 200, await r.text()
+    async with http.delete(f"/api/v1/push/subscriptions/{answer['id']}", headers=auth) as r:
+        assert r.status == 404
+
+
+async def test_an_account_keeps_its_newest_subscriptions_only(
+    http: aiohttp.ClientSession, account: Account, store: Store
+) -> None:
+    token = await login(http, account)
+    ids = []
+    for n in range(12):  # the stack's limit is the default, 10
+        status, body = await subscribe(http, token, BrowserKeys().subscription(f"https://push.example.com/s/{n}"))
+        assert status == 201, body
+        ids.append(body["id"])
+    kept = {sub_id for sub_id, _ in await store.push_subscriptions_of(account.email)}
+    assert kept == set(ids[2:])
+
+
+async def test_new_mail_is_pushed_encrypted_and_without_its_body(
+    http: aiohttp.ClientSession, stack: StackInfo, account: Account, receiver: PushReceiver
+) -> None:
+    token = await login(http, account)
+    name, _sub_id, keys = await subscribed(http, token, receiver)
+    sent_before = await pushes_counted(http, "sent")
+    subject, secret = f"Push {uuid.uuid4().hex[:6]}", f"body-secret-{uuid.uuid4().hex}"
+    await mail(stack, account, subject, f"Hello, {secret}.")
+    [received] = await receiver.wait_for(name)
+    assert secret.encode() not in received.body
+    notice = open_message(received, keys, await vapid_key(http, token), receiver.origin)
+    assert notice["subject"] == subject
+    assert notice["fromName"] == "Sender Person" and notice["fromAddress"] == "carol@outside.test"
+    assert notice["account"] == account.email and notice["mailbox"] == "INBOX"
+    assert secret not in str(notice) and "preview" not in notice
+    async with http.get(f"/api/v1/email/{notice['id']}", headers={"Authorization": f"Bearer {token}"}) as r:
+        assert r.status == 200 and (await r.json())["subject"] == subject  # the id opens that mail
+    assert await pushes_counted(http, "sent") > sent_before
+
+
+async def test_a_subscription_the_push_service_calls_gone_is_dropped(
+    http: aiohttp.ClientSession, stack: StackInfo, account: Account, receiver: PushReceiver, store: Store
+) -> None:
+    token = await login(http, account)
+    name, sub_id, _keys = await subscribed(http, token, receiver)
+    kept_name, kept_id, _ = await subscribed(http, token, receiver)
+    receiver.status[name] = 410
+    gone_before = await pushes_counted(http, "gone")
+    await mail(stack, account, "To a browser that left")
+    await receiver.wait_for(name)
+    await receiver.wait_for(kept_name)
+
+    for _ in range(150):  # a ceiling against hangs: the drop follows the 410 at once
+        ids = {i for i, _ in await store.push_subscriptions_of(account.email)}
+        if sub_id not in ids:
+            break
+        await asyncio.sleep(0.1)
+    assert ids == {kept_id}
+    assert await pushes_counted(http, "gone") > gone_before
+
+
+async def test_a_browser_with_a_tab_open_gets_no_push_until_it_closes(
+    http: aiohttp.ClientSession, stack: StackInfo, account: Account, receiver: PushReceiver
+) -> None:
+    token = await login(http, account)
+    name, sub_id, keys = await subscribed(http, token, receiver)
+    other_name, _, _ = await subscribed(http, token, receiver)  # another browser, no tab open
+    tab = RecordingClient()
+    await tab.sio.connect(
+        stack.web_url, auth={"token": token, "push": sub_id}, transports=["websocket"], wait_timeout=5
+    )
+    try:
+        await mail(stack, account, "While the tab is open")
+        await tab.wait_for("new_email", lambda m: m["subject"] == "While the tab is open", timeout=30)
+        await receiver.wait_for(other_name)  # the open tab's notice was decided with this one
+    finally:
+        await tab.close()
+    await mail(stack, account, "After the tab closed")
+    await receiver.wait_for(other_name, 2)
+    received = await receiver.wait_for(name)
+    key = await vapid_key(http, token)
+    assert [open_message(m, keys, key, receiver.origin)["subject"] for m in receiver.to(name)] == [
+        "After the tab closed"
+    ]
+    assert len(received) == 1
+
+
+async def test_a_push_service_that_fails_for_a_while_gets_the_notice_again(
+    http: aiohttp.ClientSession, stack: StackInfo, account: Account, receiver: PushReceiver
+) -> None:
+    token = await login(http, account)
+    name, _sub_id, keys = await subscribed(http, token, receiver)
+    receiver.status[name] = 503
+    retried_before = await pushes_counted(http, "retried")
+    await mail(stack, account, "Through a hiccup")
+    await receiver.wait_for(name)
+    receiver.status[name] = 201
+    first, second = await receiver.wait_for(name, 2)
+    assert first.body != second.body  # encrypted afresh (a new salt and key: RFC 8291 3.4)
+    notice = open_message(second, keys, await vapid_key(http, token), receiver.origin)
+    assert notice["subject"] == "Through a hiccup"
+    assert await pushes_counted(http, "retried") > retried_before
