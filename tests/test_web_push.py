@@ -4,15 +4,18 @@ service (tests/push_receiver.py) that checks and decrypts what the bridge sends.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from playwright.async_api import Browser, expect
 
 from bridge.stack.launcher import StackInfo
 from bridge.store import Store
+from tests.browser import signed_in
 from tests.common import Account, login
 from tests.mailtools import send_smtp
 from tests.push_receiver import BrowserKeys, PushReceiver, open_message, unb64url
@@ -196,3 +199,52 @@ async def test_a_push_service_that_fails_for_a_while_gets_the_notice_again(
     notice = open_message(second, keys, await vapid_key(http, token), receiver.origin)
     assert notice["subject"] == "Through a hiccup"
     assert await pushes_counted(http, "retried") > retried_before
+
+
+NOTIFICATIONS = """() => navigator.serviceWorker.ready
+    .then((r) => r.getNotifications())
+    .then((shown) => shown.map((n) => ({ title: n.title, body: n.body, tag: n.tag })))"""
+
+# What a click on the notification does, dispatched in the real service worker (headless Chromium
+# shows no notification to click, and CDP has no way to click one).
+CLICK = """() => self.registration.getNotifications().then(([n]) =>
+    self.dispatchEvent(new NotificationEvent("notificationclick", { notification: n })))"""
+
+
+async def test_the_service_worker_shows_the_pushed_notice_and_a_click_opens_the_mail(
+    browser: Browser, http: aiohttp.ClientSession, stack: StackInfo, account: Account, receiver: PushReceiver
+) -> None:
+    context = await browser.new_context(permissions=["notifications"])
+    page = await signed_in(context, stack, account)
+    await page.evaluate("() => navigator.serviceWorker.ready.then(() => true)")
+    # Headless Chromium has no push service to subscribe at: this browser's subscription is the
+    # test's own, at the local receiver, and what the receiver decrypts is delivered to the page's
+    # real service worker through the DevTools protocol, as Chromium's push service would.
+    cdp = await context.new_cdp_session(page)
+    registrations: list[dict[str, object]] = []
+    cdp.on("ServiceWorker.workerRegistrationUpdated", lambda e: registrations.extend(e["registrations"]))
+    await cdp.send("ServiceWorker.enable")
+    token = await login(http, account)
+    name, _sub_id, keys = await subscribed(http, token, receiver)
+    subject = f"Pushed {uuid.uuid4().hex[:6]}"
+    await mail(stack, account, subject)
+    [received] = await receiver.wait_for(name)
+    notice = open_message(received, keys, await vapid_key(http, token), receiver.origin)
+    [registration] = [r for r in registrations if r["scopeURL"] == stack.web_url + "/" and not r["isDeleted"]]
+    await cdp.send(
+        "ServiceWorker.deliverPushMessage",
+        {"origin": stack.web_url, "registrationId": registration["registrationId"], "data": json.dumps(notice)},
+    )
+    for _ in range(100):  # a ceiling against hangs
+        if shown := await page.evaluate(NOTIFICATIONS):
+            break
+        await asyncio.sleep(0.1)
+    assert shown == [{"title": "Sender Person", "body": subject, "tag": notice["id"]}]
+    [worker] = context.service_workers
+    await worker.evaluate(CLICK)
+    await expect(page.get_by_role("heading", name=subject)).to_be_visible(timeout=15_000)
+    # With no tab to tell, the worker opens one at /#open=<id>: that address opens the mail too.
+    other = await context.new_page()
+    await other.goto(f"{stack.web_url}/#open={notice['id']}")
+    await expect(other.get_by_role("heading", name=subject)).to_be_visible(timeout=15_000)
+    await context.close()
