@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, expect
 
-from bridge.stack.launcher import StackInfo
+from bridge.stack.launcher import Stack, StackInfo
 from bridge.store import Store
 from tests.browser import signed_in
 from tests.common import Account, login
@@ -248,3 +248,35 @@ async def test_the_service_worker_shows_the_pushed_notice_and_a_click_opens_the_
     await other.goto(f"{stack.web_url}/#open={notice['id']}")
     await expect(other.get_by_role("heading", name=subject)).to_be_visible(timeout=15_000)
     await context.close()
+
+
+async def test_two_nodes_push_each_mail_once_and_share_which_tabs_are_open(
+    http: aiohttp.ClientSession, stack: StackInfo, stack_launcher: Stack, account: Account, receiver: PushReceiver
+) -> None:
+    """The relay's consumer group gives each mail to one node, and the tab marks are in Redis: the
+    tab open on the second node keeps its browser's pushes away whichever node relays a mail."""
+    node = await asyncio.to_thread(stack_launcher.add_bridge_node, 71)
+    try:
+        token = await login(http, account)
+        open_name, open_id, keys = await subscribed(http, token, receiver)
+        closed_name, _, closed_keys = await subscribed(http, token, receiver)
+        tab = RecordingClient()
+        await tab.sio.connect(node, auth={"token": token, "push": open_id}, transports=["websocket"], wait_timeout=5)
+        try:
+            subjects = [f"Node mail {n}" for n in range(6)]
+            for subject in subjects:
+                await mail(stack, account, subject)
+            await receiver.wait_for(closed_name, len(subjects))
+        finally:
+            await tab.close()
+        await mail(stack, account, "Once the tab closed")
+        await receiver.wait_for(open_name)
+        await receiver.wait_for(closed_name, len(subjects) + 1)
+    finally:
+        await asyncio.to_thread(stack_launcher.remove_service, "bridge-71")
+    key = await vapid_key(http, token)
+    assert [open_message(m, keys, key, receiver.origin)["subject"] for m in receiver.to(open_name)] == [
+        "Once the tab closed"
+    ]
+    pushed = [open_message(m, closed_keys, key, receiver.origin)["subject"] for m in receiver.to(closed_name)]
+    assert sorted(pushed) == sorted([*subjects, "Once the tab closed"])  # each once
