@@ -28,7 +28,7 @@ async def subscribe(request: web.Request) -> web.Response:
     account = owned_account(identity, body.get("account"))
     settings = request.app[keys.SETTINGS]
     sub = parse_subscription(body, settings.push_allowed_origins)
-    sub_id = subscription_id(account, sub.endpoint)
+    sub_id = subscription_id(sub.endpoint)
     await request.app[keys.STORE].add_push_subscription(sub_id, account, sub, settings.push_max_subscriptions)
     return web.json_response({"id": sub_id, "account": account}, status=201)
 

@@ -17,7 +17,6 @@ BRIDGE_PUSH_ALLOWED_ORIGINS names; redirects are not followed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import socket
@@ -85,7 +84,8 @@ class PublicResolver(AbstractResolver):
         found = await self._inner.resolve(host, port, family)
         if (host.lower(), port) in self._allowed:
             return found
-        public = [r for r in found if ipaddress.ip_address(r["host"]).is_global]
+        # A scoped IPv6 address ("fe80::1%eth0") is link-local: never public.
+        public = [r for r in found if "%" not in r["host"] and ipaddress.ip_address(r["host"]).is_global]
         if not public:
             raise OSError(f"{host} has no public address")
         return public
@@ -263,10 +263,10 @@ class PushSender:
     def _later(self, delay: float, job: Job) -> None:
         def fire() -> None:
             self._timers.discard(handle)
-            with contextlib.suppress(asyncio.QueueFull):
+            try:
                 self.queue.put_nowait(job)
-                return
-            self.metrics.pushes.labels("dropped").inc()
+            except asyncio.QueueFull:
+                self.metrics.pushes.labels("dropped").inc()
 
         handle = asyncio.get_running_loop().call_later(delay, fire)
         self._timers.add(handle)

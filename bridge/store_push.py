@@ -2,9 +2,9 @@
 bridge made for itself (when BRIDGE_VAPID_PRIVATE_KEY_FILE names none).
 
 Part of the store (bridge.store is its only entry point, and maps the store's errors). A
-subscription document is keyed by bridge.webpush.subscription_id (account and endpoint), so a
-browser that subscribes again replaces its own; an account keeps at most `limit`, the oldest
-dropped first.
+subscription document is keyed by its account and its browser's id (bridge.webpush.subscription_id,
+field `browser`), so a browser that subscribes again replaces its own; an account keeps at most
+`limit`, the oldest dropped first.
 """
 
 from __future__ import annotations
@@ -31,8 +31,15 @@ async def vapid_key(meta: Documents, new_pem: str) -> str:
 
 async def add(subscriptions: Documents, sub_id: str, account: str, sub: Subscription, limit: int) -> None:
     now = int(time.time() * 1000)
-    doc = {"account": account, "endpoint": sub.endpoint, "p256dh": sub.p256dh, "auth": sub.auth, "created": now}
-    await subscriptions.replace_one({"_id": sub_id}, doc, upsert=True)
+    doc = {
+        "account": account,
+        "browser": sub_id,
+        "endpoint": sub.endpoint,
+        "p256dh": sub.p256dh,
+        "auth": sub.auth,
+        "created": now,
+    }
+    await subscriptions.replace_one({"_id": f"{account} {sub_id}"}, doc, upsert=True)
     kept = subscriptions.find({"account": account}, {"_id": 1}).sort([("created", DESCENDING), ("_id", DESCENDING)])
     extra = [doc["_id"] async for doc in kept.skip(limit)]
     if extra:
@@ -40,15 +47,15 @@ async def add(subscriptions: Documents, sub_id: str, account: str, sub: Subscrip
 
 
 async def remove(subscriptions: Documents, sub_id: str, accounts: tuple[str, ...]) -> bool:
-    """Drop one subscription if it belongs to one of `accounts`; whether there was one."""
-    done = await subscriptions.delete_one({"_id": sub_id, "account": {"$in": list(accounts)}})
+    """Drop a browser's subscription for those of `accounts` it has one for; whether it had any."""
+    done = await subscriptions.delete_many({"browser": sub_id, "account": {"$in": list(accounts)}})
     return bool(done.deleted_count)
 
 
 async def of_account(subscriptions: Documents, account: str) -> list[tuple[str, Subscription]]:
     found: list[tuple[str, Subscription]] = []
     async for doc in subscriptions.find({"account": account}):
-        found.append((doc["_id"], _subscription(doc)))
+        found.append((doc["browser"], _subscription(doc)))
     return found
 
 

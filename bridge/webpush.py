@@ -112,9 +112,10 @@ def parse_subscription(body: dict[str, Any], allowed: tuple[str, ...]) -> Subscr
     return Subscription(endpoint, p256dh.rstrip("="), auth.rstrip("="))
 
 
-def subscription_id(account: str, endpoint: str) -> str:
-    """32 hex digits naming one browser's subscription for one account."""
-    return hashlib.sha256(f"{account.lower()}\0{endpoint}".encode()).hexdigest()[:32]
+def subscription_id(endpoint: str) -> str:
+    """32 hex digits naming one browser's subscription (the same for each account it is kept for:
+    the id its sockets send, whichever accounts their token grants)."""
+    return hashlib.sha256(endpoint.encode()).hexdigest()[:32]
 
 
 def is_subscription_id(value: object) -> bool:

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from bridge.errors import ConfigError, InvalidInput
+from bridge.push_sender import PublicResolver
 from bridge.settings import Settings
 from bridge.webpush import (
     application_server_key,
@@ -117,3 +118,21 @@ def test_push_settings_are_checked_at_start(tmp_path: Path) -> None:
     good = tmp_path / "vapid.pem"
     good.write_bytes(new_vapid_pem())
     assert Settings.from_env({**BASE, "BRIDGE_VAPID_PRIVATE_KEY_FILE": str(good)}).vapid_private_key_file == good
+
+
+@pytest.mark.parametrize(
+    ("allowed", "port", "reached"),
+    [((), 443, False), (("http://localhost:8999",), 8999, True), (("http://localhost:8999",), 9000, False)],
+)
+async def test_the_sender_reaches_no_local_address_but_an_allowed_origin(
+    allowed: tuple[str, ...], port: int, reached: bool
+) -> None:
+    resolver = PublicResolver(allowed)
+    try:
+        if reached:
+            assert await resolver.resolve("localhost", port)
+        else:
+            with pytest.raises(OSError, match="no public address"):
+                await resolver.resolve("localhost", port)
+    finally:
+        await resolver.close()
