@@ -16,7 +16,7 @@ from playwright.async_api import Browser, expect
 from bridge.stack.launcher import Stack, StackInfo
 from bridge.store import Store
 from tests.browser import signed_in
-from tests.common import Account, login
+from tests.common import Account, host_token, login
 from tests.mailtools import send_smtp
 from tests.push_receiver import BrowserKeys, PushReceiver, open_message, unb64url
 from tests.socket_client import RecordingClient
@@ -280,3 +280,41 @@ async def test_two_nodes_push_each_mail_once_and_share_which_tabs_are_open(
     ]
     pushed = [open_message(m, closed_keys, key, receiver.origin)["subject"] for m in receiver.to(closed_name)]
     assert sorted(pushed) == sorted([*subjects, "Once the tab closed"])  # each once
+
+
+async def test_one_tab_of_a_token_with_several_accounts_keeps_each_accounts_pushes_away(
+    http: aiohttp.ClientSession, stack: StackInfo, account: Account, other_account: Account, receiver: PushReceiver
+) -> None:
+    token = host_token("person-1", [account.email, other_account.email])
+    name, keys = uuid.uuid4().hex, BrowserKeys()
+    ids = set()
+    for owner in (account, other_account):
+        status, body = await subscribe(
+            http, token, {**keys.subscription(receiver.endpoint(name)), "account": owner.email}
+        )
+        assert status == 201 and body["account"] == owner.email, body
+        ids.add(body["id"])
+    [browser_id] = ids  # one browser: one id, whichever account
+    witness = {}
+    for owner in (account, other_account):  # another browser of each account, with no tab open
+        witness[owner.email] = uuid.uuid4().hex
+        status, body = await subscribe(
+            http, token, {**BrowserKeys().subscription(receiver.endpoint(witness[owner.email])), "account": owner.email}
+        )
+        assert status == 201, body
+    tab = RecordingClient()
+    await tab.sio.connect(
+        stack.web_url, auth={"token": token, "push": browser_id}, transports=["websocket"], wait_timeout=5
+    )
+    try:
+        for owner in (account, other_account):
+            await mail(stack, owner, f"While open, to {owner.email}")
+        for owner in (account, other_account):
+            await receiver.wait_for(witness[owner.email])
+    finally:
+        await tab.close()
+    await mail(stack, other_account, "Closed now")
+    [received] = await receiver.wait_for(name)
+    await receiver.wait_for(witness[other_account.email], 2)
+    assert len(receiver.to(name)) == 1
+    assert open_message(received, keys, await vapid_key(http, token), receiver.origin)["subject"] == "Closed now"
