@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 from playwright.async_api import Browser, expect
 
+from bridge import redis_keys
 from bridge.stack.launcher import Stack, StackInfo
 from bridge.store import Store
 from tests.browser import signed_in
@@ -318,3 +320,77 @@ async def test_one_tab_of_a_token_with_several_accounts_keeps_each_accounts_push
     await receiver.wait_for(witness[other_account.email], 2)
     assert len(receiver.to(name)) == 1
     assert open_message(received, keys, await vapid_key(http, token), receiver.origin)["subject"] == "Closed now"
+
+
+# Headless Chromium cannot subscribe (a Playwright context is incognito, where Chrome has no Push
+# API): the page's PushManager gives the subscription a push service would, at the local receiver,
+# and everything else is the real client's: it posts the subscription, sends its id with the socket
+# and drops it at sign-out.
+FAKE_PUSH_SERVICE = """(() => {
+  const subscription = %s;
+  let current = null;
+  PushManager.prototype.subscribe = async function (options) {
+    current = {
+      endpoint: subscription.endpoint,
+      options: { applicationServerKey: options.applicationServerKey },
+      toJSON: () => subscription,
+      unsubscribe: async () => { current = null; return true; },
+    };
+    return current;
+  };
+  PushManager.prototype.getSubscription = async function () { return current; };
+})();"""
+
+
+async def marks(redis_client: aioredis.Redis, account: Account, browser_id: str) -> int:
+    count: int = await redis_client.zcard(redis_keys.push_open("mail", account.email, browser_id))
+    return count
+
+
+async def test_the_client_subscribes_is_quiet_while_open_pushed_once_closed_and_unsubscribes_at_sign_out(
+    browser: Browser,
+    http: aiohttp.ClientSession,
+    stack: StackInfo,
+    *,
+    account: Account,
+    receiver: PushReceiver,
+    redis_client: aioredis.Redis,
+    store: Store,
+) -> None:
+    name, keys = uuid.uuid4().hex, BrowserKeys()
+    context = await browser.new_context(permissions=["notifications"])
+    await context.add_init_script(FAKE_PUSH_SERVICE % json.dumps(keys.subscription(receiver.endpoint(name))))
+    page = await signed_in(context, stack, account)
+    for _ in range(150):  # ceilings against hangs: subscribing, then the socket's reconnect with the id
+        browser_id = await page.evaluate("localStorage.getItem('mail-bridge-push')")
+        if browser_id and await marks(redis_client, account, browser_id):
+            break
+        await asyncio.sleep(0.1)
+    assert browser_id and await marks(redis_client, account, browser_id) == 1
+    assert [i for i, _ in await store.push_subscriptions_of(account.email)] == [browser_id]
+    token = await login(http, account)
+    witness, _, _ = await subscribed(http, token, receiver)
+    await mail(stack, account, "Seen in the tab")
+    await expect(page.get_by_role("button", name="Seen in the tab")).to_be_visible(timeout=15_000)
+    await receiver.wait_for(witness)
+    await page.close()  # the tab closes: its socket's mark goes
+    for _ in range(150):
+        if not await marks(redis_client, account, browser_id):
+            break
+        await asyncio.sleep(0.1)
+    await mail(stack, account, "While closed")
+    [received] = await receiver.wait_for(name)
+    await receiver.wait_for(witness, 2)
+    assert len(receiver.to(name)) == 1
+    assert open_message(received, keys, await vapid_key(http, token), receiver.origin)["subject"] == "While closed"
+    again = await signed_in(context, stack, account)
+    await again.get_by_role("button", name="Sign out").click()
+    await expect(again.get_by_label("Email")).to_be_visible()
+    for _ in range(150):
+        left = [i for i, _ in await store.push_subscriptions_of(account.email)]
+        if browser_id not in left:
+            break
+        await asyncio.sleep(0.1)
+    assert browser_id not in left
+    assert await again.evaluate("localStorage.getItem('mail-bridge-push')") is None
+    await context.close()
