@@ -2,7 +2,7 @@
 
 `create_app(settings)` owns the bridge process's long-lived resources. Each is opened and closed in
 an aiohttp cleanup context, in order (Redis, store, IMAP gateway, the mail service with the index
-cache and the fan-out publisher, the Socket.IO edge with the fan-out reader, consumers and spool
+cache and the fan-out publisher, Web Push, the Socket.IO edge with the fan-out reader, consumers and spool
 drainer, SMTP filter), each object made whole once what it needs is open, and reached by handlers
 through the typed keys in bridge.keys. Only the Socket.IO server itself is made with the app (its
 routes must be added before the app starts); its handlers are registered by the edge's context.
@@ -39,11 +39,14 @@ from bridge.fanout import FanoutReader
 from bridge.fanout_publish import FanoutPublisher
 from bridge.http_api import add_routes, add_web_client, cors_middleware, errors_middleware
 from bridge.http_mail import add_routes as add_mail_routes
+from bridge.http_push import add_routes as add_push_routes
 from bridge.imap import ImapGateway
 from bridge.index_cache import IndexCache
 from bridge.mail_facts import MailFacts
 from bridge.mail_service import MailService
 from bridge.metrics import Metrics
+from bridge.push_presence import PushPresence
+from bridge.push_sender import PushSender, VapidKey
 from bridge.rate_limit import RateLimiter
 from bridge.realtime import Realtime
 from bridge.redis_text import text
@@ -256,6 +259,7 @@ def create_app(settings: Settings) -> web.Application:
     sio.attach(app)
     add_routes(app)
     add_mail_routes(app)
+    add_push_routes(app)
     add_web_client(app, settings.web_dir)
 
     async def metrics_page(request: web.Request) -> web.Response:
@@ -319,6 +323,24 @@ def create_app(settings: Settings) -> web.Application:
         yield
         await backfill.close()
 
+    async def push_ctx(app: web.Application) -> AsyncIterator[None]:
+        """Web Push: which browsers have a tab open, and the sender the relay hands new mail to."""
+        app[keys.VAPID] = vapid = VapidKey(app[keys.STORE], settings.vapid_private_key_file)
+        app[keys.PUSH_PRESENCE] = presence = PushPresence(
+            app[keys.REDIS], settings.stream_prefix, settings.consumer_name
+        )
+        app[keys.PUSH] = sender = PushSender(
+            app[keys.STORE],
+            presence,
+            vapid,
+            subject=settings.vapid_subject,
+            allowed_origins=settings.push_allowed_origins,
+            metrics=metrics,
+        )
+        tasks = [_supervised("push", sender.run()), _supervised("push-presence", presence.run())]
+        yield
+        await _cancel(tasks)
+
     async def realtime_ctx(app: web.Application) -> AsyncIterator[None]:
         """The Socket.IO edge, its client actions and the fan-out reader that feeds its rooms."""
         reader = FanoutReader(app[keys.REDIS], sio, settings.stream_prefix, metrics)
@@ -329,6 +351,7 @@ def create_app(settings: Settings) -> web.Application:
             max_sockets_per_user=settings.max_sockets_per_user,
             metrics=metrics,
             on_accounts=app[keys.BACKFILL].start_all,
+            presence=app[keys.PUSH_PRESENCE],
         )
         SocketActions(sio, realtime.identity, app[keys.FANOUT_PUBLISHER], app[keys.IMAP], app[keys.MAIL])
         tasks = [_supervised("fanout", reader.run())]
@@ -347,7 +370,9 @@ def create_app(settings: Settings) -> web.Application:
             counts = await index_cache.apply([d.event for d in deliveries])
             await publisher.publish_many([unread_count_event(c) for c in counts])
 
-        relay = Relay(publisher, MailFacts(redis, prefix), prefix=prefix, metrics=metrics)
+        relay = Relay(
+            publisher, MailFacts(redis, prefix), prefix=prefix, metrics=metrics, on_new_mail=app[keys.PUSH].offer
+        )
         # The filter's stream first: a read holding a mail's summary and its delivery must store
         # the summary before the delivery is relayed (the filter publishes before re-injecting).
         relayer = Consumer(
@@ -365,5 +390,6 @@ def create_app(settings: Settings) -> web.Application:
         yield
         await _cancel(tasks)
 
-    app.cleanup_ctx.extend([redis_ctx, store_ctx, imap_ctx, mail_ctx, realtime_ctx, background_ctx, filter_ctx])
+    contexts = [redis_ctx, store_ctx, imap_ctx, mail_ctx, push_ctx, realtime_ctx, background_ctx, filter_ctx]
+    app.cleanup_ctx.extend(contexts)
     return app

@@ -12,6 +12,8 @@ from bridge.imap import ImapGateway
 from bridge.index_cache import IndexCache
 from bridge.mail_service import MailService
 from bridge.metrics import Metrics
+from bridge.push_presence import PushPresence
+from bridge.push_sender import PushSender, VapidKey
 from bridge.rate_limit import RateLimiter
 from bridge.realtime import Realtime
 from bridge.settings import Settings
@@ -31,3 +33,6 @@ METRICS = web.AppKey("metrics", Metrics)
 BACKFILL = web.AppKey("backfill", Backfill)
 INDEX_CACHE = web.AppKey("index_cache", IndexCache)
 FANOUT_PUBLISHER = web.AppKey("fanout_publisher", FanoutPublisher)
+VAPID = web.AppKey("vapid", VapidKey)
+PUSH = web.AppKey("push", PushSender)
+PUSH_PRESENCE = web.AppKey("push_presence", PushPresence)

@@ -67,4 +67,11 @@ class Metrics:
             "1 when Dovecot's statistics (the hook's lost events) answered this scrape",
             registry=self.registry,
         )
+        self.pushes = Counter(
+            "mailbridge_pushes_total",
+            "Web Push notices, by result: sent, gone (the push service said 404/410: dropped), failed"
+            " (given up), retried, dropped (the queue was full)",
+            ["result"],
+            registry=self.registry,
+        )
         self.sends = Counter("mailbridge_sends_total", "Mails submitted, by result", ["result"], registry=self.registry)

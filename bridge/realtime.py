@@ -15,6 +15,9 @@ connects without a `lastEventId` for an account gets `resume_point` (the newest 
 live, or "0-0"), taken under the same lock as its join, so it can resume even if no event reached
 it before it dropped.
 
+A socket that connects with `auth.push` (its browser's Web Push subscription id) marks that
+browser as having a tab open while it stays (bridge.push_presence): its new mail comes live, not pushed.
+
 Client actions (bridge.socket_actions) are registered on the same server.
 """
 
@@ -34,6 +37,7 @@ from bridge.auth import Identity, TokenIssuer
 from bridge.errors import AuthError
 from bridge.fanout import FanoutReader, account_room
 from bridge.metrics import Metrics
+from bridge.push_presence import PushPresence
 from bridge.sio_server import is_connected
 
 log = logging.getLogger(__name__)
@@ -58,15 +62,18 @@ class Realtime:
         max_sockets_per_user: int,
         metrics: Metrics,
         on_accounts: Callable[[tuple[str, ...]], None],
+        presence: PushPresence | None = None,
     ) -> None:
         """Registers the connect and disconnect handlers on `sio`. `on_accounts` is called with the
-        accounts of every new connection (the app starts their backfill)."""
+        accounts of every new connection (the app starts their backfill); `presence` learns which
+        browsers (`auth.push`) have a tab open, to keep Web Push away from them."""
         self.sio = sio
         self.issuer = issuer
         self.fanout = fanout
         self.max_sockets_per_user = max_sockets_per_user
         self.metrics = metrics
         self.on_accounts = on_accounts
+        self.presence = presence
         self._tasks: set[asyncio.Task[None]] = set()
         self._sockets_by_user: dict[str, set[str]] = {}
         self._user_of: dict[str, str] = {}
@@ -142,6 +149,8 @@ class Realtime:
             # forgets the half-made connection (and its rooms) instead of leaving both hanging.
             raise socketio.exceptions.ConnectionRefusedError("temporarily unavailable, try again") from None
         self.on_accounts(identity.accounts)
+        if self.presence is not None and isinstance(auth, dict):
+            await self.presence.opened(sid, identity.accounts, auth.get("push"))
         log.info("[sid %s] connected as %s (%d account(s))", sid, identity.subject, len(identity.accounts))
         if last_event_id is None:
             self._spawn(self._send_resume_points(sid, points), f"points-{sid}")
@@ -189,6 +198,8 @@ class Realtime:
         if refused is not None:
             return refused
         self._unregister(sid)
+        if self.presence is not None:
+            await self.presence.closed(sid)
         log.debug("[sid %s] disconnected (%s)", sid, reason)
         return None
 

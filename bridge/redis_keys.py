@@ -170,3 +170,13 @@ def login_known(prefix: str, account: str) -> str:
     """Sorted set: the client addresses the account last signed in from (at most 20), scored by
     when; TTL 30 days."""
     return f"{prefix}:login:known:{account}"
+
+
+# ------------------------------------------------------------------ Web Push (bridge.push_presence)
+
+
+def push_open(prefix: str, account: str, subscription_id: str) -> str:
+    """Sorted set, per account and push subscription: the sockets ("<node> <sid>") of that browser
+    that are connected, scored by when their mark lapses (Unix milliseconds), refreshed by their
+    node while they stay; TTL that of the newest mark. A subscription with a live mark gets no push."""
+    return f"{prefix}:push:open:{account.lower()}:{subscription_id}"

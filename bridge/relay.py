@@ -8,14 +8,16 @@ lost reply before XACK, an entry claimed from a dead node, the spool drained twi
 shown once. The key's marker is written by the same script as the events it stands for, never
 before: a publish that failed (a Redis error, a dropped connection, a node killed) leaves no marker
 and the entry's retry publishes it, and one that succeeded unheard (a lost reply) is not published
-again.
+again. The same holds for Web Push: a mail's notice is handed to the sender (`on_new_mail`) by the
+one relay whose script published its events first.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from bridge import redis_keys
 from bridge.browser_events import to_browser
@@ -31,12 +33,27 @@ log = logging.getLogger(__name__)
 RELAYED_TTL_S = 86400
 
 
+NewMail = Callable[[str, dict[str, Any]], None]
+
+
 class Relay:
-    def __init__(self, publisher: FanoutPublisher, facts: MailFacts, *, prefix: str, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        publisher: FanoutPublisher,
+        facts: MailFacts,
+        *,
+        prefix: str,
+        metrics: Metrics,
+        on_new_mail: NewMail | None = None,
+    ) -> None:
+        """`on_new_mail(account, payload)` is called once per new_email this relay published first
+        (not for a re-delivered entry whose events were published already): Web Push's hand-off
+        (bridge.push_sender), which must not block."""
         self.publisher = publisher
         self.facts = facts
         self.prefix = prefix
         self.metrics = metrics
+        self.on_new_mail = on_new_mail
 
     async def relay(self, deliveries: Sequence[Delivery]) -> None:
         """Relay one read of ingest events (a bridge.streams.Handler), once per key."""
@@ -68,3 +85,5 @@ class Relay:
         for item, new in zip(outgoing, fresh, strict=True):
             if new:
                 self.metrics.events_relayed.labels(item.name).inc()
+                if item.name == "new_email" and self.on_new_mail is not None:
+                    self.on_new_mail(item.account, item.payload)

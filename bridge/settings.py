@@ -20,6 +20,7 @@ from bridge.auth import HOST_ALGORITHMS, SHARED_SECRET_ALGORITHMS
 from bridge.errors import ConfigError
 from bridge.redis_url import CLUSTER_SCHEME, SENTINEL_SCHEME, hash_tag, parse_cluster_url, parse_sentinel_url
 from bridge.resources import web_client_dir
+from bridge.webpush import load_vapid_key, origin_of
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -165,6 +166,13 @@ class Settings:
     consumer_group: str = "bridge"
     consumer_name: str = "bridge-1"
     log_level: str = "INFO"
+    # Web Push (bridge.push_sender): the VAPID key (RFC 8292) from this PEM file, or else one made
+    # once and kept in the store, shared by every node; the contact the push services are given.
+    vapid_private_key_file: Path | None = None
+    vapid_subject: str = "mailto:postmaster@localhost"
+    # Push service origins allowed besides public https ones (a local test receiver).
+    push_allowed_origins: tuple[str, ...] = ()
+    push_max_subscriptions: int = 10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -222,6 +230,12 @@ class Settings:
             consumer_group=e.text("BRIDGE_CONSUMER_GROUP", d.consumer_group),
             consumer_name=e.text("BRIDGE_CONSUMER_NAME", d.consumer_name),
             log_level=e.text("BRIDGE_LOG_LEVEL", d.log_level).upper(),
+            vapid_private_key_file=_optional_path(e.optional("BRIDGE_VAPID_PRIVATE_KEY_FILE")),
+            vapid_subject=e.text("BRIDGE_VAPID_SUBJECT", d.vapid_subject),
+            push_allowed_origins=e.items("BRIDGE_PUSH_ALLOWED_ORIGINS"),
+            push_max_subscriptions=e.integer(
+                "BRIDGE_PUSH_MAX_SUBSCRIPTIONS", d.push_max_subscriptions, low=1, high=100
+            ),
         )
         settings.validate()
         return settings
@@ -272,6 +286,27 @@ class Settings:
                 ) from None
         if "*" in self.cors_origins:
             raise ConfigError("BRIDGE_CORS_ORIGINS must list origins explicitly; '*' is refused")
+        self._validate_push()
+
+    def _validate_push(self) -> None:
+        # RFC 8292 2.1: the `sub` claim is a mailto: or an https: URI of the sender's contact.
+        subject = urlsplit(self.vapid_subject)
+        if not (
+            (subject.scheme == "mailto" and "@" in subject.path) or (subject.scheme == "https" and subject.hostname)
+        ):
+            raise ConfigError(f"BRIDGE_VAPID_SUBJECT must be a mailto: or https: URI, got {self.vapid_subject!r}")
+        if self.vapid_private_key_file is not None:
+            try:
+                load_vapid_key(self.vapid_private_key_file.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(
+                    f"BRIDGE_VAPID_PRIVATE_KEY_FILE must name a readable PEM file of a P-256 private key: {exc}"
+                ) from None
+        for origin in self.push_allowed_origins:
+            if origin_of(origin) != origin:
+                raise ConfigError(
+                    f"BRIDGE_PUSH_ALLOWED_ORIGINS: {origin!r} is not an origin (such as http://127.0.0.1:8999)"
+                )
 
     @property
     def web_url(self) -> str:

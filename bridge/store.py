@@ -6,8 +6,9 @@ and starts anyway).
 
 It holds the message metadata index, one document per message keyed by (account, mailbox,
 UIDVALIDITY, UID), kept current by its own consumer group from the same events the browsers get,
-so listings, counts and search never poll IMAP; per-user settings; and which accounts the backfill
-indexed. Only metadata: bodies stay in Dovecot.
+so listings, counts and search never poll IMAP; per-user settings; which accounts the backfill
+indexed; and Web Push subscriptions with the bridge's VAPID key (bridge.store_push). Only metadata:
+bodies stay in Dovecot.
 
 This module opens the connection, makes the indexes and upgrades the index's format, prunes
 tombstones in the background and reports the store's health. What the index does with events is
@@ -28,7 +29,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.errors import PyMongoError
 
-from bridge import store_reads, store_writes
+from bridge import store_push, store_reads, store_writes
 from bridge.errors import Unavailable
 from bridge.events import Event
 from bridge.search_query import SearchQuery
@@ -41,6 +42,7 @@ from bridge.store_writes import (
     MailboxCounts,
     message_doc_id,
 )
+from bridge.webpush import Subscription
 
 # What the rest of the bridge (and the tests) take from the store, wherever it is defined.
 __all__ = [
@@ -111,6 +113,7 @@ class Store:
         self.early_flags = self.db[EARLY_FLAGS]
         self.settings = self.db["settings"]
         self.accounts = self.db["accounts"]  # which accounts the backfill indexed
+        self.push_subscriptions = self.db["push_subscriptions"]  # bridge.store_push
         self._next_prune = time.monotonic() + 60.0  # not in the catch-up at start
         self._prune_task: asyncio.Task[None] | None = None
 
@@ -283,3 +286,23 @@ class Store:
         """Remember that the backfill indexed the account's mail: events keep it current from now on."""
         with _answered():
             await store_reads.mark_indexed(self.accounts, account)
+
+    async def vapid_key(self, new_pem: str) -> str:
+        """The bridge's VAPID key (PEM) kept in the store: `new_pem` if there was none yet."""
+        with _answered():
+            return await store_push.vapid_key(self.db["meta"], new_pem)
+
+    async def add_push_subscription(self, sub_id: str, account: str, sub: Subscription, limit: int) -> None:
+        """Keep a browser's push subscription for the account (at most `limit`, the oldest dropped)."""
+        with _answered():
+            await store_push.add(self.push_subscriptions, sub_id, account, sub, limit)
+
+    async def remove_push_subscription(self, sub_id: str, accounts: tuple[str, ...]) -> bool:
+        """Drop a push subscription of one of `accounts`; whether there was one."""
+        with _answered():
+            return await store_push.remove(self.push_subscriptions, sub_id, accounts)
+
+    async def push_subscriptions_of(self, account: str) -> list[tuple[str, Subscription]]:
+        """(id, subscription) of every browser subscribed for the account's pushes."""
+        with _answered():
+            return await store_push.of_account(self.push_subscriptions, account)

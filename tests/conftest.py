@@ -41,6 +41,7 @@ from tests.common import (
     remove_suite_state,
     stack_ports_env,
 )
+from tests.push_receiver import receiver_origin
 
 # The reliability suite's table and its --reliability-* options (tests/reliability.py); the wheel,
 # installed once per session for the tests that use it as an admin would (tests/wheel_install.py).
@@ -161,6 +162,8 @@ def stack_settings(pytestconfig: pytest.Config) -> StackSettings:
     env["BRIDGE_HOST_JWT_ISSUER"] = HOST_ISSUER
     env["BRIDGE_HOST_JWT_KEY_FILE"] = str(state / "host-website.pem")
     env["BRIDGE_HOST_JWT_ALGORITHM"] = "RS256"
+    # Web Push may reach the tests' local push service (tests/push_receiver.py), and nothing else local.
+    env["BRIDGE_PUSH_ALLOWED_ORIGINS"] = receiver_origin()
     return StackSettings.from_env({**os.environ, **env}, repo_dir=REPO)
 
 

@@ -9,12 +9,14 @@ from aiohttp import web
 from bridge.http_api import OPENAPI
 from bridge.http_api import add_routes as add_api_routes
 from bridge.http_mail import add_routes as add_mail_routes
+from bridge.http_push import add_routes as add_push_routes
 
 
 def test_every_route_is_documented() -> None:
     app = web.Application()
     add_api_routes(app)
     add_mail_routes(app)
+    add_push_routes(app)
     served = {
         (route.method.lower(), route.resource.canonical)
         for route in app.router.routes()

@@ -68,3 +68,42 @@ self.addEventListener("fetch", (event) => {
     event.respondWith(networkFirst(request, DATA));
   }
 });
+
+// Web Push (the bridge's bridge/push_sender.py): new mail while no tab is open. The notice holds the
+// mail's id, account, mailbox, sender and subject, never its body; shown as the page shows new mail
+// (src/notify.js: the sender as title, the subject as body, tagged by the mail's id).
+self.addEventListener("push", (event) => {
+  let mail = {};
+  try {
+    mail = event.data ? event.data.json() : {};
+  } catch {
+    // Not a notice of ours: still shown, as a push must be (userVisibleOnly).
+  }
+  const from = mail.fromName || mail.fromAddress || "someone";
+  event.waitUntil(
+    self.registration.showNotification(from, {
+      body: mail.subject || "(no subject)",
+      tag: mail.id || "mail-bridge",
+      data: { id: mail.id || null },
+      icon: "/icon.svg",
+    }),
+  );
+});
+
+// A click opens the mail: in an open tab (told by a message, src/Mail.jsx), or in a new one at
+// /#open=<id>, which opens it once signed in.
+async function openMail(id) {
+  const windows = await self.clients.matchAll({ type: "window", includeUncontrolled: true });
+  const tab = windows.find((c) => new URL(c.url).origin === self.location.origin);
+  if (tab) {
+    tab.postMessage({ type: "open-email", id });
+    await tab.focus().catch(() => {});
+    return;
+  }
+  await self.clients.openWindow(id ? `/#open=${encodeURIComponent(id)}` : "/");
+}
+
+self.addEventListener("notificationclick", (event) => {
+  event.notification.close();
+  event.waitUntil(openMail(event.notification.data && event.notification.data.id));
+});

@@ -3,6 +3,7 @@ import { io } from "socket.io-client";
 import { api, post } from "./api.js";
 import { announce, mayAskToNotify, withdraw } from "./notify.js";
 import { flushOutbox, outbox, registerServiceWorker, rememberList, rememberedList } from "./offline.js";
+import { disablePush, enablePush, pushId } from "./push.js";
 import { forgetEvents, lastEventIds, rememberEvent, rememberPoint, saveSession } from "./session.js";
 import { CategoryTabs } from "./CategoryTabs.jsx";
 import { Compose } from "./Compose.jsx";
@@ -130,6 +131,7 @@ export function Mail({ session, onLogout }) {
   const [typing, setTyping] = useState({});
   const [settings, setSettings] = useState({ sound: true });
   const socketRef = useRef(null);
+  const sentPush = useRef(undefined); // the Web Push id the socket connected with (src/push.js)
   const searchRef = useRef(null);
   const gone = useRef(new Set());
   // Mail that arrived live in a folder not on screen ("account\nmailbox" -> the latest 100): shown
@@ -283,7 +285,8 @@ export function Mail({ session, onLogout }) {
       reconnectionDelayMax: 10_000, // backoff from 1 s up to 10 s, with jitter
       auth: (cb) => {
         const ids = lastEventIds();
-        cb({ token, lastEventId: Object.keys(ids).length ? ids : undefined });
+        sentPush.current = pushId();
+        cb({ token, lastEventId: Object.keys(ids).length ? ids : undefined, push: sentPush.current });
       },
     });
     socketRef.current = socket;
@@ -363,6 +366,21 @@ export function Mail({ session, onLogout }) {
     socket.on("resync", (e) => { forgetEvents(e && e.account); reload().catch(() => {}); });
     return () => socket.disconnect();
   }, [token, accounts, onLogout, reload]);
+
+  // Web Push once notifications are allowed; a socket that connected before this browser had an
+  // id connects again with it, or its new mail would be pushed while this tab is open.
+  const subscribePush = useCallback(() => {
+    enablePush(token, accounts).then(
+      (id) => {
+        const socket = socketRef.current;
+        if (id && socket && socket.connected && sentPush.current !== id) socket.disconnect().connect();
+      },
+      () => {}, // no push service here (or refused): notifications still come while a tab is open
+    );
+  }, [token, accounts]);
+  useEffect(() => {
+    if (accounts.length && "Notification" in window && Notification.permission === "granted") subscribePush();
+  }, [accounts, subscribePush]);
 
   const unread = (mailboxes.find((b) => b.name === mailbox) || {}).unread ?? emails.filter((m) => m.unread).length;
   useEffect(() => {
@@ -590,6 +608,20 @@ export function Mail({ session, onLogout }) {
   // Keyboard: the shortcuts KeyboardHelp.jsx lists (`?` shows them); keep the two alike.
   const keys = useRef({});
   keys.current = { emails, selected, open, act, loadMore, closeMessage, help };
+
+  // A notification's click (public/sw.js) opens its mail: told by a message when a tab is open, or
+  // in a new tab at /#open=<id> (kept through the sign-in).
+  useEffect(() => {
+    const openId = (id) => id && keys.current.open(keys.current.emails.find((m) => m.id === id) || { id, unread: true });
+    const asked = new URLSearchParams(window.location.hash.slice(1)).get("open");
+    if (asked) {
+      history.replaceState(null, "", window.location.pathname + window.location.search);
+      openId(asked);
+    }
+    const onMessage = (e) => e.data && e.data.type === "open-email" && openId(e.data.id);
+    navigator.serviceWorker?.addEventListener("message", onMessage);
+    return () => navigator.serviceWorker?.removeEventListener("message", onMessage);
+  }, []);
   useEffect(() => {
     const onKey = (e) => {
       if (e.target.closest && e.target.closest("input, textarea, select, [contenteditable], .compose")) return;
@@ -659,9 +691,9 @@ export function Mail({ session, onLogout }) {
         <button className="primary" onClick={() => setComposing({})}>Compose</button>
         <button onClick={toggleSound} aria-pressed={settings.sound !== false}>Sound</button>
         <button onClick={nextTheme} title="Light, dark, or as the system is">Theme: {theme[0].toUpperCase() + theme.slice(1)}</button>
-        {mayAskToNotify() && <button onClick={() => Notification.requestPermission().then(() => setToasts((ts) => [...ts]))}>Enable notifications</button>}
+        {mayAskToNotify() && <button onClick={() => Notification.requestPermission().then((p) => { setToasts((ts) => [...ts]); if (p === "granted") subscribePush(); })}>Enable notifications</button>}
         <NotificationButton onOpen={() => setNoticesOpen(true)} />
-        <button onClick={onLogout}>Sign out</button>
+        <button onClick={() => { disablePush(token); onLogout(); }}>Sign out</button>
       </header>
       <nav aria-label="Mailboxes">
         {(mailboxes.length ? mailboxes : [{ name: "INBOX", unread: 0 }]).map((b) => (

@@ -36,4 +36,9 @@ export function announce(mail, { sound }) {
 export function withdraw(emailId) {
   open.get(emailId)?.close();
   open.delete(emailId);
+  // One the service worker showed for a push (public/sw.js) while no tab was open.
+  navigator.serviceWorker?.getRegistration().then((r) => r && r.getNotifications({ tag: emailId })).then(
+    (shown) => (shown || []).forEach((n) => n.close()),
+    () => {},
+  );
 }
