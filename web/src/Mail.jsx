@@ -7,7 +7,8 @@ import { forgetEvents, lastEventIds, rememberEvent, rememberPoint, saveSession }
 import { Compose } from "./Compose.jsx";
 import { FolderForm } from "./FolderForm.jsx";
 import { KeyboardHelp } from "./KeyboardHelp.jsx";
-import { THEMES, chooseTheme, storedTheme } from "./theme.js";
+import { Appearance } from "./Appearance.jsx";
+import { FolderPlus, LogOut, SquarePen, Volume2, VolumeX, folderIcon } from "./icons.js";
 import { MessageList } from "./MessageList.jsx";
 import { Preview } from "./Preview.jsx";
 import { longDate } from "./dates.js";
@@ -103,12 +104,6 @@ export function Mail({ session, onLogout }) {
   const [help, setHelp] = useState(false); // the keyboard shortcuts dialog (`?`)
   const [picked, setPicked] = useState(() => new Set()); // ids chosen for a bulk action
   const pick = (id) => setPicked((p) => { const next = new Set(p); if (next.has(id)) next.delete(id); else next.add(id); return next; });
-  const [theme, setTheme] = useState(storedTheme);
-  const nextTheme = () => {
-    const next = THEMES[(THEMES.indexOf(theme) + 1) % THEMES.length];
-    chooseTheme(next);
-    setTheme(next);
-  };
   const [toasts, setToasts] = useState([]);
   // Toasts stack up (at most three) and each leaves after a while: one never hides another. One
   // may carry an action (Undo), offered as long as the toast shows.
@@ -585,7 +580,7 @@ export function Mail({ session, onLogout }) {
   }, [token]);
 
   const queued = outbox().length;
-  const status = live ? "● Live" : !online ? "○ Offline" : everLive ? "○ Reconnecting…" : "○ Connecting…";
+  const status = live ? "Live" : !online ? "Offline" : everLive ? "Reconnecting…" : "Connecting…";
   const switchTo = (a) => { setSelected(null); setMailbox("INBOX"); setAccount(a); };
   const toggleSound = () => {
     const sound = settings.sound === false;
@@ -607,18 +602,19 @@ export function Mail({ session, onLogout }) {
           <span className="who">{account}</span>
         )}
         <span className="spacer" />
-        <button className="primary" onClick={() => setComposing({})}>Compose</button>
-        <button onClick={toggleSound} aria-pressed={settings.sound !== false}>Sound</button>
-        <button onClick={nextTheme} title="Light, dark, or as the system is">Theme: {theme[0].toUpperCase() + theme.slice(1)}</button>
+        <button className="primary" onClick={() => setComposing({})}><SquarePen />Compose</button>
+        <button onClick={toggleSound} aria-pressed={settings.sound !== false}>{settings.sound !== false ? <Volume2 /> : <VolumeX />}Sound</button>
+        <Appearance />
         {mayAskToNotify() && <button onClick={() => Notification.requestPermission().then(() => setToasts((ts) => [...ts]))}>Enable notifications</button>}
-        <button onClick={onLogout}>Sign out</button>
+        <button onClick={onLogout}><LogOut />Sign out</button>
       </header>
       <nav aria-label="Mailboxes">
-        {(mailboxes.length ? mailboxes : [{ name: "INBOX", unread: 0 }]).map((b) => (
+        {(mailboxes.length ? mailboxes : [{ name: "INBOX", unread: 0 }]).map((b) => { const Icon = folderIcon(b.name); return (
           <button key={b.name} className={b.name === mailbox ? "box current" : "box"} aria-current={b.name === mailbox ? "page" : undefined} onClick={() => { setMailbox(b.name); setSelected(null); if (b.name !== "INBOX" && view.tab) setView({ ...view, tab: "" }); }}>
-            {b.name}{b.unread ? ` (${b.unread})` : ""}
+            <Icon /><span className="name">{b.name}</span>
+            {b.unread ? <span className="count"><span className="sr-only"> (</span>{b.unread}<span className="sr-only">)</span></span> : null}
           </button>
-        ))}
+        ); })}
         {folderForm ? (
           <FolderForm
             label={folderForm.mode === "new" ? "New folder name" : `New name for ${folderForm.name}`}
@@ -627,7 +623,7 @@ export function Mail({ session, onLogout }) {
             onCancel={() => setFolderForm(null)}
           />
         ) : (
-          <button className="box new-folder" onClick={() => setFolderForm({ mode: "new" })}>+ New folder</button>
+          <button className="box new-folder" onClick={() => setFolderForm({ mode: "new" })}><FolderPlus />New folder</button>
         )}
       </nav>
       <main className="listing">

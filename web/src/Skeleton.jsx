@@ -1,0 +1,21 @@
+// Placeholder rows while the first listing of a view is on its way: the shape of the rows to come,
+// hidden from assistive technology, which hears the list's busy state and a "Loading…" instead.
+const WIDTHS = [62, 48, 75, 55, 68, 41, 58, 71]; // sender line lengths (%), so the rows do not look stamped
+
+export function SkeletonRows({ count = 24 }) {
+  return (
+    <>
+      <li className="loading"><span className="sr-only">Loading…</span></li>
+      {Array.from({ length: count }, (_, i) => (
+        <li key={i} className="skeleton" aria-hidden="true">
+          <span className="row">
+            <span className="avatar" />
+            <span className="from"><span className="bar" style={{ width: `${WIDTHS[i % WIDTHS.length]}%` }} /></span>
+            <span className="when"><span className="bar" /></span>
+            <span className="line"><span className="bar" style={{ width: `${WIDTHS[(i + 3) % WIDTHS.length] + 20}%` }} /></span>
+          </span>
+        </li>
+      ))}
+    </>
+  );
+}
