@@ -91,7 +91,9 @@ async def test_each_density_fits_its_rows_on_a_laptop_is_remembered_and_keeps_44
     await asyncio.to_thread(append_mails, stack, account, tag, 30)  # more than a screenful in either density
     await indexed(stack, account, 30)
 
-    laptop = await browser.new_context(viewport=LAPTOP)
+    # Dark, and axe in both densities (the accessibility test has the light theme at the default);
+    # bypass_csp only so the test can add axe's script tag.
+    laptop = await browser.new_context(viewport=LAPTOP, color_scheme="dark", bypass_csp=True)
     page = await signed_in(laptop, stack, account)
     await expect(page.get_by_role("button", name=f"Paged 029 {tag}")).to_be_visible(timeout=15_000)
     await expect(page.locator("li.item")).to_have_count(30, timeout=15_000)
@@ -99,11 +101,34 @@ async def test_each_density_fits_its_rows_on_a_laptop_is_remembered_and_keeps_44
     comfortable = await fully_visible_rows(page)
     assert comfortable >= 14, f"{comfortable} rows fit in the comfortable density"
 
+    # The type scale's hierarchy: the open message's subject over the sender, over the subject in
+    # the list, over the date; the sender bolder while unread; the snippet a muted colour.
+    await page.get_by_role("button", name=f"Paged 028 {tag}").click()
+    await expect(page.get_by_role("region", name="Message").get_by_role("heading")).to_have_text(f"Paged 028 {tag}")
+    await expect(page.locator("li.item").nth(1)).not_to_have_class(re.compile(r"\bunread\b"), timeout=15_000)
+    look = await page.evaluate(
+        """() => {
+            const css = (selector, n = 0) => getComputedStyle(document.querySelectorAll(selector)[n]);
+            const size = (selector, n) => parseFloat(css(selector, n).fontSize);
+            return {
+                heading: size(".preview h2"), sender: size("li.item .from"), subject: size("li.item .subject"),
+                date: size("li.item .when"), unreadWeight: Number(css("li.item .from", 0).fontWeight),
+                readWeight: Number(css("li.item .from", 1).fontWeight),
+                subjectColour: css("li.item .subject").color, snippetColour: css("li.item .snippet").color,
+            };
+        }"""
+    )
+    assert look["heading"] > look["sender"] > look["subject"] > look["date"], look
+    assert look["unreadWeight"] > look["readWeight"], look
+    assert look["snippetColour"] != look["subjectColour"], look
+    assert await violations(page) == []
+
     await page.get_by_role("button", name="Density: Comfortable").click()
     await expect(page.get_by_role("button", name="Density: Compact")).to_be_visible()
     compact = await fully_visible_rows(page)
     assert compact >= 18, f"{compact} rows fit in the compact density"
     assert compact > comfortable
+    assert await violations(page) == []
 
     await page.reload()  # the choice is this browser's: it outlives a reload
     await expect(page.get_by_role("button", name="Density: Compact")).to_be_visible(timeout=15_000)
