@@ -1,6 +1,6 @@
 """The web client's design (issue 20, "A real design"): icons are SVGs, not emoji; a comfortable and a
 compact density that fit more of the list on a laptop and keep 44 px rows on a phone, remembered over
-a reload; files dropped on the composer attached and sent; skeleton rows while the list loads."""
+a reload; files dropped on the composer attached and sent; skeletons while the list or a message loads."""
 
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ async def test_a_file_dropped_on_the_composer_is_attached_and_sent(
     await bob.close()
 
 
-async def test_skeleton_rows_show_while_the_listing_is_pending_and_go_when_it_comes(
+async def test_skeletons_show_while_the_listing_and_a_message_are_pending_and_go_when_they_come(
     browser: Browser, stack: StackInfo, account: Account
 ) -> None:
     subject = f"Skeleton {uuid.uuid4().hex[:6]}"
@@ -233,4 +233,21 @@ async def test_skeleton_rows_show_while_the_listing_is_pending_and_go_when_it_co
     await expect(listing).to_have_attribute("aria-busy", "false")
     await expect(listing.locator("li.skeleton")).to_have_count(0)
     await expect(listing).not_to_contain_text("Loading…")
+
+    # The same for a message on its way: the preview is busy, with the shape of a message.
+    opened = asyncio.Event()
+
+    async def hold_message(route: Route) -> None:
+        await opened.wait()
+        await route.continue_()
+
+    await page.route(re.compile(r"/api/v1/email/[^/?]+$"), hold_message)
+    await listing.get_by_role("button", name=subject).click()
+    preview = page.get_by_role("region", name="Message")
+    await expect(preview).to_have_attribute("aria-busy", "true")
+    await expect(preview.locator(".preview-skeleton")).to_be_visible()
+    opened.set()
+    await expect(preview.get_by_role("heading", name=subject)).to_be_visible(timeout=15_000)
+    await expect(preview.locator(".preview-skeleton")).to_have_count(0)
+    await expect(preview).not_to_have_attribute("aria-busy", "true")
     await context.close()

@@ -2,6 +2,7 @@ import { useEffect, useState } from "react";
 import DOMPurify from "dompurify";
 import { api, download } from "./api.js";
 import { Labels } from "./Labels.jsx";
+import { PreviewSkeleton } from "./Skeleton.jsx";
 import { Archive, ArrowLeft, Forward, Mail, OctagonAlert, Paperclip, Pencil, Reply, ReplyAll, ShieldCheck, Star, Trash2 } from "./icons.js";
 import { longDate } from "./dates.js";
 
@@ -33,7 +34,14 @@ export function Preview({ token, email, typing, onAction, onBack, onError, folde
     return () => { current = false; };
   }, [email.id, token, remote]);
   if (error) return <section className="preview" aria-label="Message"><p role="alert">{error}</p></section>;
-  if (!body) return <section className="preview" aria-label="Message"><p>Loading…</p></section>;
+  if (!body) {
+    return (
+      <section className="preview" aria-label="Message" aria-busy="true">
+        <p className="sr-only">Loading…</p>
+        <PreviewSkeleton />
+      </section>
+    );
+  }
   // The bridge sanitises HTML already; sanitising again here costs little and guards the frame.
   const html = body.html ? DOMPurify.sanitize(body.html, { ADD_ATTR: ["target"] }) : null;
   const isDraft = email.mailbox === "Drafts";

@@ -19,3 +19,14 @@ export function SkeletonRows({ count = 24 }) {
     </>
   );
 }
+
+// The same for a message being fetched: a heading, its actions and a few lines of text.
+export function PreviewSkeleton() {
+  return (
+    <div className="skeleton preview-skeleton" aria-hidden="true">
+      <span className="bar heading" />
+      <span className="bar actions-bar" />
+      {[92, 85, 96, 60].map((w, i) => <span key={i} className="bar" style={{ width: `${w}%` }} />)}
+    </div>
+  );
+}
