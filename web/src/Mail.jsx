@@ -8,7 +8,8 @@ import { Compose } from "./Compose.jsx";
 import { FolderForm } from "./FolderForm.jsx";
 import { KeyboardHelp } from "./KeyboardHelp.jsx";
 import { Appearance } from "./Appearance.jsx";
-import { FolderPlus, LogOut, SquarePen, Volume2, VolumeX, folderIcon } from "./icons.js";
+import { FolderLabel } from "./FolderLabel.jsx";
+import { FolderPlus, LogOut, SquarePen, Volume2, VolumeX } from "./icons.js";
 import { MessageList } from "./MessageList.jsx";
 import { Preview } from "./Preview.jsx";
 import { longDate } from "./dates.js";
@@ -609,12 +610,11 @@ export function Mail({ session, onLogout }) {
         <button onClick={onLogout}><LogOut />Sign out</button>
       </header>
       <nav aria-label="Mailboxes">
-        {(mailboxes.length ? mailboxes : [{ name: "INBOX", unread: 0 }]).map((b) => { const Icon = folderIcon(b.name); return (
+        {(mailboxes.length ? mailboxes : [{ name: "INBOX", unread: 0 }]).map((b) => (
           <button key={b.name} className={b.name === mailbox ? "box current" : "box"} aria-current={b.name === mailbox ? "page" : undefined} onClick={() => { setMailbox(b.name); setSelected(null); if (b.name !== "INBOX" && view.tab) setView({ ...view, tab: "" }); }}>
-            <Icon /><span className="name">{b.name}</span>
-            {b.unread ? <span className="count"><span className="sr-only"> (</span>{b.unread}<span className="sr-only">)</span></span> : null}
+            <FolderLabel box={b} />
           </button>
-        ); })}
+        ))}
         {folderForm ? (
           <FolderForm
             label={folderForm.mode === "new" ? "New folder name" : `New name for ${folderForm.name}`}
