@@ -161,6 +161,11 @@ async def test_a_file_dropped_on_the_composer_is_attached_and_sent(
     await alice.get_by_label("To", exact=True).fill(other_account.email)
     await alice.get_by_label("Subject").fill(subject)
     await alice.get_by_role("textbox", name="Message text").fill("The notes are attached.")
+    # The file input stays for the keyboard: next after the text, its button outlined when focused.
+    await alice.keyboard.press("Tab")
+    await expect(composer.get_by_label("Attach files")).to_be_focused()
+    outline = await composer.locator(".attach").evaluate("(label) => getComputedStyle(label).outlineStyle")
+    assert outline == "solid", outline
     # What the desktop hands over when a file is dragged from it: a DataTransfer carrying a File.
     files = await alice.evaluate_handle(
         """() => {
