@@ -26,13 +26,13 @@ pytestmark = pytest.mark.e2e
 MAILS = 250  # two and a half pages of the client's 100
 
 
-def append_mails(stack: StackInfo, account: Account, tag: str) -> None:
-    """MAILS messages straight into the account's INBOX over IMAP, one minute apart, oldest first."""
+def append_mails(stack: StackInfo, account: Account, tag: str, count: int = MAILS) -> None:
+    """`count` messages straight into the account's INBOX over IMAP, one minute apart, oldest first."""
     start = datetime(2026, 1, 1, tzinfo=UTC)
     imap = imaplib.IMAP4(stack.imap["host"], stack.imap["port"])
     try:
         imap.login(account.email, account.password)
-        for n in range(MAILS):
+        for n in range(count):
             m = EmailMessage()
             m["From"], m["To"] = "carol@outside.test", account.email
             m["Subject"] = f"Paged {n:03d} {tag}"
@@ -44,7 +44,7 @@ def append_mails(stack: StackInfo, account: Account, tag: str) -> None:
         imap.logout()
 
 
-async def indexed(stack: StackInfo, account: Account) -> None:
+async def indexed(stack: StackInfo, account: Account, count: int = MAILS) -> None:
     """Until the index holds every appended message (the client lists from it)."""
     async with aiohttp.ClientSession(base_url=stack.web_url) as http:
         headers = {"Authorization": f"Bearer {await login(http, account)}"}
@@ -52,7 +52,7 @@ async def indexed(stack: StackInfo, account: Account) -> None:
         while time.monotonic() < deadline:
             async with http.get("/api/v1/mailboxes", params={"account": account.email}, headers=headers) as r:
                 boxes = (await r.json())["mailboxes"]
-            if any(b["name"] == "INBOX" and b["total"] >= MAILS for b in boxes):
+            if any(b["name"] == "INBOX" and b["total"] >= count for b in boxes):
                 return
             await asyncio.sleep(0.3)
     raise AssertionError("the index never held every appended message")

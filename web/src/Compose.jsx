@@ -5,13 +5,15 @@ import { AddressInput } from "./AddressInput.jsx";
 import { RichEditor } from "./RichEditor.jsx";
 import { formatSize } from "./Preview.jsx";
 import { enqueue } from "./offline.js";
+import { useFileDrop } from "./drop.js";
+import { Paperclip, Send, X } from "./icons.js";
 
 const AUTOSAVE_MS = 2000;
 const addresses = (value) => value.split(",").map((s) => s.trim()).filter(Boolean);
 
 // The composer. Nothing written is lost: it is saved to Drafts while being written (each save
 // replaces the previous one), a failed send keeps it open with the error, and without a connection
-// the mail waits in the outbox.
+// the mail waits in the outbox. Files are attached with the button or dropped onto the composer.
 export function Compose({ token, accounts, account: initialAccount, socket, initial = {}, onClose }) {
   const [account, setAccount] = useState(initialAccount);
   const [to, setTo] = useState(initial.to || "");
@@ -164,9 +166,11 @@ export function Compose({ token, accounts, account: initialAccount, socket, init
     if (error) errorRef.current?.scrollIntoView({ block: "nearest" });
   }, [error]);
 
+  const { dragging, handlers: dropHandlers } = useFileDrop(attach);
   const uploading = files.some((f) => !f.uploadId && !f.forward && !f.error);
   return (
-    <form className="compose" onSubmit={send} aria-label="Compose" ref={form} onKeyDown={onKeyDown}>
+    <form className={dragging ? "compose dropping" : "compose"} onSubmit={send} aria-label="Compose" ref={form} onKeyDown={onKeyDown} {...dropHandlers}>
+      {dragging && <div className="drop-hint" aria-hidden="true"><Paperclip />Drop files to attach them</div>}
       {accounts.length > 1 && (
         <label>From{" "}
           <select value={account} onChange={(e) => { setAccount(e.target.value); touch(); }}>
@@ -186,7 +190,8 @@ export function Compose({ token, accounts, account: initialAccount, socket, init
       <label>Subject <input name="subject" value={subject} onChange={(e) => { setSubject(e.target.value); touch(); }} /></label>
       <RichEditor initialText={initial.body} initialHtml={initial.html} onInput={onEditor} />
       <div className="files">
-        <label className="attach">Attach files <input type="file" multiple onChange={(e) => { attach([...e.target.files]); e.target.value = ""; }} /></label>
+        <label className="attach"><Paperclip />Attach files <input type="file" multiple className="sr-only" onChange={(e) => { attach([...e.target.files]); e.target.value = ""; }} /></label>
+        <span className="drop-note">or drop them here</span>
         <ul aria-label="Attached files">
           {files.map((f) => (
             <li key={f.key}>
@@ -195,14 +200,14 @@ export function Compose({ token, accounts, account: initialAccount, socket, init
                 : f.forward ? <span className="done">forwarded</span>
                 : !f.uploadId ? <progress aria-label={`Uploading ${f.name}`} value={f.progress} max={1} />
                 : <span className="done">uploaded</span>}{" "}
-              <button type="button" aria-label={`Remove ${f.name}`} onClick={() => { setFiles((fs) => fs.filter((x) => x.key !== f.key)); touch(); }}>×</button>
+              <button type="button" aria-label={`Remove ${f.name}`} onClick={() => { setFiles((fs) => fs.filter((x) => x.key !== f.key)); touch(); }}><X /></button>
             </li>
           ))}
         </ul>
       </div>
       {error && <p role="alert" className="error" ref={errorRef}>{error}</p>}
       <div className="compose-actions">
-        <button type="submit" disabled={sending || uploading} title="Send (Ctrl+Enter)">Send</button>
+        <button type="submit" disabled={sending || uploading} title="Send (Ctrl+Enter)"><Send />Send</button>
         <button type="button" onClick={close} title="Close (Esc): kept in Drafts">Close</button>
         <button type="button" onClick={discard}>Discard</button>
       </div>

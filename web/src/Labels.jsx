@@ -1,4 +1,5 @@
 import { colour } from "./avatar.js";
+import { X } from "./icons.js";
 
 // Labels are IMAP keywords (flags without a backslash, RFC 3501 2.3.2); $-keywords are clients' own.
 export const labelsOf = (flags) => (flags || []).filter((f) => !f.startsWith("\\") && !f.startsWith("$"));
@@ -15,7 +16,7 @@ export function Labels({ flags, onRemove }) {
           {l}
           {onRemove && (
             <button type="button" className="label-remove" aria-label={`Remove label ${l}`} title={`Remove label ${l}`} onClick={() => onRemove(l)}>
-              ×
+              <X />
             </button>
           )}
         </span>

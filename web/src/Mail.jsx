@@ -11,7 +11,9 @@ import { FolderForm } from "./FolderForm.jsx";
 import { KeyboardHelp } from "./KeyboardHelp.jsx";
 import { NotificationButton, NotificationCenter } from "./NotificationCenter.jsx";
 import { addNotice, noticeGone, noticeMoved, noticeRead } from "./notices.js";
-import { THEMES, chooseTheme, storedTheme } from "./theme.js";
+import { Appearance } from "./Appearance.jsx";
+import { FolderLabel } from "./FolderLabel.jsx";
+import { FolderPlus, LogOut, SquarePen, Volume2, VolumeX } from "./icons.js";
 import { DRAGGED_MAIL, MessageList } from "./MessageList.jsx";
 import { Preview } from "./Preview.jsx";
 import { longDate } from "./dates.js";
@@ -110,12 +112,6 @@ export function Mail({ session, onLogout }) {
   const [noticesOpen, setNoticesOpen] = useState(false); // the notification center
   const [picked, setPicked] = useState(() => new Set()); // ids chosen for a bulk action
   const pick = (id) => setPicked((p) => { const next = new Set(p); if (next.has(id)) next.delete(id); else next.add(id); return next; });
-  const [theme, setTheme] = useState(storedTheme);
-  const nextTheme = () => {
-    const next = THEMES[(THEMES.indexOf(theme) + 1) % THEMES.length];
-    chooseTheme(next);
-    setTheme(next);
-  };
   const [toasts, setToasts] = useState([]);
   // Toasts stack up (at most three) and each leaves after a while: one never hides another. One
   // may carry an action (Undo), offered as long as the toast shows.
@@ -666,7 +662,7 @@ export function Mail({ session, onLogout }) {
   }, [token]);
 
   const queued = outbox().length;
-  const status = live ? "● Live" : !online ? "○ Offline" : everLive ? "○ Reconnecting…" : "○ Connecting…";
+  const status = live ? "Live" : !online ? "Offline" : everLive ? "Reconnecting…" : "Connecting…";
   const switchTo = (a) => { setSelected(null); setMailbox("INBOX"); setAccount(a); };
   const toggleSound = () => {
     const sound = settings.sound === false;
@@ -688,18 +684,18 @@ export function Mail({ session, onLogout }) {
           <span className="who">{account}</span>
         )}
         <span className="spacer" />
-        <button className="primary" onClick={() => setComposing({})}>Compose</button>
-        <button onClick={toggleSound} aria-pressed={settings.sound !== false}>Sound</button>
-        <button onClick={nextTheme} title="Light, dark, or as the system is">Theme: {theme[0].toUpperCase() + theme.slice(1)}</button>
+        <button className="primary" onClick={() => setComposing({})}><SquarePen />Compose</button>
+        <button onClick={toggleSound} aria-pressed={settings.sound !== false}>{settings.sound !== false ? <Volume2 /> : <VolumeX />}Sound</button>
+        <Appearance />
         {mayAskToNotify() && <button onClick={() => Notification.requestPermission().then((p) => { setToasts((ts) => [...ts]); if (p === "granted") subscribePush(); })}>Enable notifications</button>}
         <NotificationButton onOpen={() => setNoticesOpen(true)} />
-        <button onClick={() => { disablePush(token); onLogout(); }}>Sign out</button>
+        <button onClick={() => { disablePush(token); onLogout(); }}><LogOut />Sign out</button>
       </header>
       <nav aria-label="Mailboxes">
         {(mailboxes.length ? mailboxes : [{ name: "INBOX", unread: 0 }]).map((b) => (
           <button key={b.name} className={`box${b.name === mailbox ? " current" : ""}${dropTarget === b.name ? " drop-target" : ""}`} aria-current={b.name === mailbox ? "page" : undefined} onClick={() => goToFolder(b.name)}
             {...dropOn(b.name)}>
-            {b.name}{b.unread ? ` (${b.unread})` : ""}
+            <FolderLabel box={b} />
           </button>
         ))}
         {folderForm ? (
@@ -710,7 +706,7 @@ export function Mail({ session, onLogout }) {
             onCancel={() => setFolderForm(null)}
           />
         ) : (
-          <button className="box new-folder" onClick={() => setFolderForm({ mode: "new" })}>+ New folder</button>
+          <button className="box new-folder" onClick={() => setFolderForm({ mode: "new" })}><FolderPlus />New folder</button>
         )}
       </nav>
       <main className="listing">

@@ -1,13 +1,15 @@
 import { useEffect, useRef, useState } from "react";
 import { colour, initials } from "./avatar.js";
+import { Archive, Mail, MailOpen, Star, Trash2 } from "./icons.js";
 import { Labels } from "./Labels.jsx";
+import { SkeletonRows } from "./Skeleton.jsx";
 import { shortDate, longDate } from "./dates.js";
 
 const OUTGOING = ["Sent", "Drafts"];
 
 // The listing: one row per message, newest first, with quick actions shown on hover or focus
 // (named "… this message": the row they sit in says which). `listed`: the bridge has answered for
-// this view (before that an empty list is "Loading…", not "No messages"); `more`: older messages
+// this view (before that an empty list shows skeleton rows, busy, not "No messages"); `more`: older messages
 // follow, loaded by `onMore` when the end of the list scrolls into view or its button is pressed.
 // `picked` (a Set of ids) and `onPick` make the rows selectable for bulk actions: a checkbox over the
 // avatar, shown on hover or focus, and on every row once one is picked.
@@ -62,7 +64,7 @@ export function MessageList({
   }, [more, emails.length]);
   return (
     <ul className={picked.size ? "list picking" : "list"} aria-label="Messages" aria-busy={!listed} onKeyDown={onKeyDown}>
-      {emails.length === 0 && <li className="empty">{listed ? "No messages" : "Loading…"}</li>}
+      {emails.length === 0 && (listed ? <li className="empty">No messages</li> : <SkeletonRows />)}
       {emails.map((m) => {
         // Sent and Drafts hold one's own mail: the row names whom it is to.
         const outgoing = OUTGOING.includes(m.mailbox);
@@ -77,22 +79,24 @@ export function MessageList({
             <button className="open" tabIndex={tab} onClick={() => onOpen(m)} aria-current={selectedId === m.id ? "true" : undefined}>
               <span className="avatar" style={{ background: colour(outgoing ? m.to : m.fromAddress) }} aria-hidden="true">{initials(outgoing ? m.to || "?" : from)}</span>
               <span className="from">
-                {starred && <span className="star" title="Starred">★<span className="sr-only"> (starred)</span> </span>}
+                {starred && <span className="star" title="Starred"><Star fill="currentColor" /><span className="sr-only"> (starred) </span></span>}
                 {from}{m.unread && <span className="sr-only"> (unread)</span>}
               </span>
-              <span className="subject">{subject}</span>
               <time className="when" dateTime={m.timestamp} title={longDate(m.timestamp)}>{shortDate(m.timestamp)}</time>
-              <span className="snippet">{m.preview}</span>
-              <Labels flags={m.flags} />
+              <span className="line">
+                <span className="subject">{subject}</span>
+                <span className="snippet">{m.preview}</span>
+                <Labels flags={m.flags} />
+              </span>
             </button>
             <span className="quick">
               <button tabIndex={tab} title={starred ? "Unstar" : "Star"} onClick={() => onAction(starred ? "unstar" : "star", m)}>
-                <span aria-hidden="true">{starred ? "★" : "☆"}</span><span className="sr-only">{starred ? "Unstar this message" : "Star this message"}</span>
+                <Star fill={starred ? "currentColor" : "none"} /><span className="sr-only">{starred ? "Unstar this message" : "Star this message"}</span>
               </button>
-              <button tabIndex={tab} title="Archive" onClick={() => onAction("archive", m)}><span aria-hidden="true">🗄</span><span className="sr-only">Archive this message</span></button>
-              <button tabIndex={tab} title="Delete" onClick={() => onAction("delete", m)}><span aria-hidden="true">🗑</span><span className="sr-only">Delete this message</span></button>
+              <button tabIndex={tab} title="Archive" onClick={() => onAction("archive", m)}><Archive /><span className="sr-only">Archive this message</span></button>
+              <button tabIndex={tab} title="Delete" onClick={() => onAction("delete", m)}><Trash2 /><span className="sr-only">Delete this message</span></button>
               <button tabIndex={tab} title={m.unread ? "Mark read" : "Mark unread"} onClick={() => onAction(m.unread ? "read" : "unread", m)}>
-                <span aria-hidden="true">{m.unread ? "✉" : "📩"}</span><span className="sr-only">{m.unread ? "Mark this message read" : "Mark this message unread"}</span>
+                {m.unread ? <MailOpen /> : <Mail />}<span className="sr-only">{m.unread ? "Mark this message read" : "Mark this message unread"}</span>
               </button>
             </span>
           </li>

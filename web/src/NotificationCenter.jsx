@@ -1,5 +1,6 @@
 import { useRef } from "react";
 import { dialogKeys, useDialogFocus } from "./dialog.js";
+import { Bell } from "./icons.js";
 import { clearNotices, useNotices } from "./notices.js";
 import { longDate, shortDate } from "./dates.js";
 
@@ -8,7 +9,7 @@ export function NotificationButton({ onOpen }) {
   const unread = useNotices().filter((n) => n.unread && !n.gone).length;
   return (
     <button onClick={onOpen} aria-haspopup="dialog">
-      Notifications{unread > 0 && <span className="tab-count"> {unread}<span className="sr-only"> unread</span></span>}
+      <Bell />Notifications{unread > 0 && <span className="tab-count"> {unread}<span className="sr-only"> unread</span></span>}
     </button>
   );
 }

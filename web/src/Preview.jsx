@@ -2,6 +2,8 @@ import { useEffect, useState } from "react";
 import DOMPurify from "dompurify";
 import { api, download } from "./api.js";
 import { Labels } from "./Labels.jsx";
+import { PreviewSkeleton } from "./Skeleton.jsx";
+import { Archive, ArrowLeft, Forward, Mail, OctagonAlert, Paperclip, Pencil, Reply, ReplyAll, ShieldCheck, Star, Trash2 } from "./icons.js";
 import { longDate } from "./dates.js";
 
 // Every link of a mail opens in a new tab that learns nothing of us: no opener, no referrer (the
@@ -32,31 +34,38 @@ export function Preview({ token, email, typing, onAction, onBack, onError, folde
     return () => { current = false; };
   }, [email.id, token, remote]);
   if (error) return <section className="preview" aria-label="Message"><p role="alert">{error}</p></section>;
-  if (!body) return <section className="preview" aria-label="Message"><p>Loading…</p></section>;
+  if (!body) {
+    return (
+      <section className="preview" aria-label="Message" aria-busy="true">
+        <p className="sr-only">Loading…</p>
+        <PreviewSkeleton />
+      </section>
+    );
+  }
   // The bridge sanitises HTML already; sanitising again here costs little and guards the frame.
   const html = body.html ? DOMPurify.sanitize(body.html, { ADD_ATTR: ["target"] }) : null;
   const isDraft = email.mailbox === "Drafts";
   const starred = (email.flags || []).includes("\\Flagged");
   return (
     <section className="preview" aria-label="Message">
-      <button className="back" onClick={onBack}>← Back to list</button>
+      <button className="back" onClick={onBack}><ArrowLeft />Back to list</button>
       <h2>{body.subject || "(no subject)"}</h2>
       {typing && <p className="typing" role="status">{typing} is replying…</p>}
       <Labels flags={email.flags} onRemove={(label) => onAction("unlabel", label)} />
       <div className="actions">
-        {isDraft && <button onClick={() => onAction("edit", body)}>Edit draft</button>}
-        <button onClick={() => onAction("reply", body)} title="Reply (r)">Reply</button>
-        <button onClick={() => onAction("replyall", body)} title="Reply all (a)">Reply all</button>
-        <button onClick={() => onAction("forward", body)}>Forward</button>
-        <button onClick={() => onAction(starred ? "unstar" : "star")} title="Star (s)" aria-pressed={starred}>{starred ? "★ Starred" : "☆ Star"}</button>
-        <button onClick={() => onAction("archive")} title="Archive (e)">Archive</button>
-        <button onClick={() => onAction("delete")} title="Delete (#)">Delete</button>
+        {isDraft && <button onClick={() => onAction("edit", body)}><Pencil />Edit draft</button>}
+        <button onClick={() => onAction("reply", body)} title="Reply (r)"><Reply />Reply</button>
+        <button onClick={() => onAction("replyall", body)} title="Reply all (a)"><ReplyAll />Reply all</button>
+        <button onClick={() => onAction("forward", body)}><Forward />Forward</button>
+        <button onClick={() => onAction(starred ? "unstar" : "star")} title="Star (s)" aria-pressed={starred}><Star fill={starred ? "currentColor" : "none"} />{starred ? "Starred" : "Star"}</button>
+        <button onClick={() => onAction("archive")} title="Archive (e)"><Archive />Archive</button>
+        <button onClick={() => onAction("delete")} title="Delete (#)"><Trash2 />Delete</button>
         {email.mailbox === "Junk" ? (
-          <button onClick={() => onAction("notspam")}>Not spam</button>
+          <button onClick={() => onAction("notspam")}><ShieldCheck />Not spam</button>
         ) : (
-          <button onClick={() => onAction("spam")} title="Report spam (!)">Report spam</button>
+          <button onClick={() => onAction("spam")} title="Report spam (!)"><OctagonAlert />Report spam</button>
         )}
-        <button onClick={() => onAction("unread")} title="Mark unread (u)">Mark unread</button>
+        <button onClick={() => onAction("unread")} title="Mark unread (u)"><Mail />Mark unread</button>
         <label className="move-to">
           <span className="sr-only">Move to folder</span>
           <select value="" onChange={(e) => e.target.value && onAction("move", e.target.value)}>
@@ -84,7 +93,7 @@ export function Preview({ token, email, typing, onAction, onBack, onError, folde
         <ul className="attachments" aria-label="Attachments">
           {body.attachments.map((a) => (
             <li key={a.part_id}>
-              <button onClick={() => download(token, a).catch((e) => onError(e.message))}>{a.filename}</button>{" "}
+              <button onClick={() => download(token, a).catch((e) => onError(e.message))}><Paperclip />{a.filename}</button>{" "}
               <span className="size">{formatSize(a.size)}</span>
             </li>
           ))}

@@ -1,5 +1,6 @@
 import DOMPurify from "dompurify";
 import { useEffect, useRef, useState } from "react";
+import { Bold, Italic, Link, List, ListOrdered, Smile, Underline } from "./icons.js";
 
 // The message body: a contenteditable area with a small formatting toolbar and an emoji picker.
 // The HTML it yields is the writer's own, but paste can bring anything: Compose sanitises it before
@@ -35,22 +36,22 @@ export function RichEditor({ initialText, initialHtml, onInput }) {
     if (url && /^(https?:|mailto:)/i.test(url.trim())) run("createLink", url.trim());
   };
   // onMouseDown + preventDefault keeps the editor's selection while a toolbar button is pressed.
-  const tool = (label, text, action) => (
+  const tool = (label, icon, action) => (
     <button type="button" title={label} onMouseDown={(e) => e.preventDefault()} onClick={action}>
-      <span aria-hidden="true">{text}</span><span className="sr-only">{label}</span>
+      {icon}<span className="sr-only">{label}</span>
     </button>
   );
   return (
     <div className="editor">
       <div className="toolbar" role="toolbar" aria-label="Formatting">
-        {tool("Bold", <b>B</b>, () => run("bold"))}
-        {tool("Italic", <i>I</i>, () => run("italic"))}
-        {tool("Underline", <u>U</u>, () => run("underline"))}
-        {tool("Bulleted list", "•", () => run("insertUnorderedList"))}
-        {tool("Numbered list", "1.", () => run("insertOrderedList"))}
-        {tool("Link", "🔗", link)}
+        {tool("Bold", <Bold />, () => run("bold"))}
+        {tool("Italic", <Italic />, () => run("italic"))}
+        {tool("Underline", <Underline />, () => run("underline"))}
+        {tool("Bulleted list", <List />, () => run("insertUnorderedList"))}
+        {tool("Numbered list", <ListOrdered />, () => run("insertOrderedList"))}
+        {tool("Link", <Link />, link)}
         <button type="button" aria-expanded={emoji} title="Emoji" onMouseDown={(e) => e.preventDefault()} onClick={() => setEmoji(!emoji)}>
-          <span aria-hidden="true">😊</span><span className="sr-only">Emoji</span>
+          <Smile /><span className="sr-only">Emoji</span>
         </button>
       </div>
       {emoji && (
