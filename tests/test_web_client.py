@@ -248,6 +248,11 @@ async def test_question_mark_lists_the_shortcuts_and_back_returns_to_the_list(
         round(box["y"]) for box in [await b.bounding_box() for b in await page.locator("header button").all()] if box
     }
     assert len(header_tops) == 1, header_tops
+    # ... and all of it on screen: the header's buttons show their icons alone, keeping their names.
+    fits = "(() => { const h = document.querySelector('header'); return h.scrollWidth <= h.clientWidth; })()"
+    assert await page.evaluate(fits)
+    for name in ("Compose", "Sound", "Notifications", "Sign out"):
+        await expect(page.locator("header").get_by_role("button", name=name, exact=True)).to_be_in_viewport()
 
     await listing.get_by_role("button", name=subject).focus()
     await page.keyboard.press("?")

@@ -13,7 +13,7 @@ import { NotificationButton, NotificationCenter } from "./NotificationCenter.jsx
 import { addNotice, noticeGone, noticeMoved, noticeRead } from "./notices.js";
 import { Appearance } from "./Appearance.jsx";
 import { FolderLabel } from "./FolderLabel.jsx";
-import { FolderPlus, LogOut, SquarePen, Volume2, VolumeX } from "./icons.js";
+import { BellPlus, FolderPlus, LogOut, SquarePen, Volume2, VolumeX } from "./icons.js";
 import { DRAGGED_MAIL, MessageList } from "./MessageList.jsx";
 import { Preview } from "./Preview.jsx";
 import { longDate } from "./dates.js";
@@ -684,12 +684,12 @@ export function Mail({ session, onLogout }) {
           <span className="who">{account}</span>
         )}
         <span className="spacer" />
-        <button className="primary" onClick={() => setComposing({})}><SquarePen />Compose</button>
-        <button onClick={toggleSound} aria-pressed={settings.sound !== false}>{settings.sound !== false ? <Volume2 /> : <VolumeX />}Sound</button>
+        <button className="primary" onClick={() => setComposing({})}><SquarePen /><span className="label">Compose</span></button>
+        <button onClick={toggleSound} aria-pressed={settings.sound !== false}>{settings.sound !== false ? <Volume2 /> : <VolumeX />}<span className="label">Sound</span></button>
         <Appearance />
-        {mayAskToNotify() && <button onClick={() => Notification.requestPermission().then((p) => { setToasts((ts) => [...ts]); if (p === "granted") subscribePush(); })}>Enable notifications</button>}
+        {mayAskToNotify() && <button onClick={() => Notification.requestPermission().then((p) => { setToasts((ts) => [...ts]); if (p === "granted") subscribePush(); })}><BellPlus /><span className="label">Enable notifications</span></button>}
         <NotificationButton onOpen={() => setNoticesOpen(true)} />
-        <button onClick={() => { disablePush(token); onLogout(); }}><LogOut />Sign out</button>
+        <button onClick={() => { disablePush(token); onLogout(); }}><LogOut /><span className="label">Sign out</span></button>
       </header>
       <nav aria-label="Mailboxes">
         {(mailboxes.length ? mailboxes : [{ name: "INBOX", unread: 0 }]).map((b) => (

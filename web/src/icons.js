@@ -3,7 +3,7 @@
 import { File, Folder, Inbox, OctagonAlert, Send, Trash2, Archive } from "lucide-react";
 
 export {
-  Archive, ArrowLeft, Bell, Bold, File, Folder, FolderPlus, Forward, Inbox, Italic, Link, List, ListOrdered, LogOut,
+  Archive, ArrowLeft, Bell, BellPlus, Bold, File, Folder, FolderPlus, Forward, Inbox, Italic, Link, List, ListOrdered, LogOut,
   Mail, MailOpen, Monitor, Moon, OctagonAlert, Paperclip, Pencil, Reply, ReplyAll, Rows3, Rows4, Send,
   ShieldCheck, Smile, SquarePen, Star, Sun, Trash2, Underline, Volume2, VolumeX, X,
 } from "lucide-react";
