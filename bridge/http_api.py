@@ -366,6 +366,17 @@ def add_web_client(app: web.Application, web_dir: Path) -> None:
     for name, (content_type, extra) in WEB_FILES.items():
         app.router.add_get(f"/{name}", top_level(name, content_type, extra))
     app.router.add_static("/assets", web_dir / "assets")
+    app.on_response_prepare.append(_cache_assets)
+
+
+# The build names every file under assets/ by a hash of its content (Vite): a name never changes
+# content, so a browser may keep it for good, and a new build's page names new files.
+ASSET_CACHE = "public, max-age=31536000, immutable"
+
+
+async def _cache_assets(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith("/assets/") and response.status in (200, 304):
+        response.headers["Cache-Control"] = ASSET_CACHE
 
 
 def add_routes(app: web.Application) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.http_api import WEB_CSP, add_web_client, errors_middleware
+from bridge.http_api import ASSET_CACHE, WEB_CSP, add_web_client, errors_middleware
 
 
 async def serving(web_dir: Path) -> TestClient[web.Request, web.Application]:
@@ -55,3 +56,26 @@ def test_the_policy_lets_asked_for_remote_images_through_and_nothing_else_remote
     directives = dict(d.strip().split(" ", 1) for d in WEB_CSP.split(";"))
     assert directives["img-src"].split() == ["'self'", "data:", "blob:", "https:", "http:"]
     assert directives["default-src"] == "'self'" and directives["script-src"] == "'self'"
+
+
+async def test_hashed_assets_are_cached_for_good_and_sent_compressed_when_a_copy_is_built(tmp_path: Path) -> None:
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "index.html").write_text("<!doctype html><title>x</title>")
+    script = "console.log('the client');\n" * 100
+    (tmp_path / "assets" / "index-abc123.js").write_text(script)
+    (tmp_path / "assets" / "index-abc123.js.gz").write_bytes(gzip.compress(script.encode()))
+    client = await serving(tmp_path)
+    try:
+        async with client.get("/assets/index-abc123.js", headers={"Accept-Encoding": "gzip"}) as r:
+            assert r.status == 200
+            assert r.headers["Cache-Control"] == ASSET_CACHE
+            assert r.headers["Content-Encoding"] == "gzip" and r.headers["Vary"] == "Accept-Encoding"
+            assert int(r.headers["Content-Length"]) < len(script) and await r.text() == script
+        async with client.get("/assets/index-abc123.js", headers={"Accept-Encoding": "identity"}) as r:
+            assert "Content-Encoding" not in r.headers and await r.text() == script
+        async with client.get("/assets/missing.js") as r:
+            assert r.status == 404 and "immutable" not in r.headers.get("Cache-Control", "")
+        async with client.get("/") as r:  # the page names this build's assets: never kept for good
+            assert "immutable" not in r.headers.get("Cache-Control", "")
+    finally:
+        await client.close()
