@@ -125,6 +125,12 @@ def _guarded(item: pytest.Item) -> Iterator[None]:
         _PURE_TEST.clear()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--lighthouse-report", metavar="PATH", help="write Lighthouse's scores on the inbox here (markdown)"
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     sys.addaudithook(_refuse_live_programs)
 
