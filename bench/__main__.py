@@ -10,7 +10,8 @@ Stages (each bounded in count and time, loopback only):
 3. the highest sustained rate with nothing lost;
 4. the relay ceiling of the bridge (profiled too), and memory per socket at 1,000 and 10,000 sockets;
 5. the same relay ceiling with one, two and three bridge processes sharing the sockets;
-6. the time to replay 1,000 missed events.
+6. the time to replay 1,000 missed events;
+7. the web client with 10,000 mails in INBOX, in headless Chromium (bench.web).
 `--quick` runs a small version of each (a smoke test of the benchmark itself). `--stages` runs a
 subset (and then writes no report, it prints the results), `--rates` and `--sockets-per-user` set
 the latency stage's grid: `--stages latency --rates 100 --sockets-per-user 10` measures one step.
@@ -47,6 +48,7 @@ from bench.smtp_load import Plan, run_open_loop
 from bench.socket_floor import memory_note, socket_floor
 from bench.socket_load import SocketFleet
 from bench.stack import REPO, STATE, BenchStack, User, running_stack
+from bench.web import web_stage
 from bridge.settings import BARE_PARTS
 
 _N = TypeVar("_N", int, float)
@@ -172,7 +174,7 @@ def imap_connections(port: int) -> int:
     return count
 
 
-STAGES = ("bare", "latency", "cost", "capacity", "relay", "scale", "resume")
+STAGES = ("bare", "latency", "cost", "capacity", "relay", "scale", "resume", "web")
 CAPACITY_RATES = (25, 50, 75, 100, 150, 200, 300, 400, 600, 800)
 NODE_COUNTS = (1, 2, 3)
 
@@ -504,6 +506,8 @@ async def run(stack: BenchStack, options: Options, bare: dict[str, Any] | None =
     if "resume" in stages:
         results["resume"] = await resume_replay(stack, events=1000)
         print(f"resume: {results['resume']}", flush=True)
+    if "web" in stages:
+        results["web"] = await web_stage(stack, quick)
     if bare is not None and "latency" in results:
         results["against_bare"] = compare(bare, results["latency"], results.get("capacity", {}))
         print(f"against bare: {results['against_bare']}", flush=True)
