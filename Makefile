@@ -11,7 +11,7 @@ DEBS := dovecot-imapd dovecot-lmtpd dovecot-sieve postfix redis-server lua-socke
 TEST_DEBS := chromium fonts-noto-color-emoji systemd libnss-mdns
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit reliability bench check lint typecheck setup debs test-debs venv ferretdb web dist screenshots clean
+.PHONY: run test test-unit reliability bench check lint typecheck setup debs test-debs venv ferretdb web dist screenshots lighthouse clean
 
 run: setup
 	$(PY) -m bridge stack
@@ -93,6 +93,10 @@ dist: venv web
 # The README's screenshots: the web client on the stack, captured by its accessibility test.
 screenshots: setup test-debs
 	MAIL_BRIDGE_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_web_a11y.py -k "main_screens or dark_theme"
+
+# Lighthouse's scores on the signed-in inbox (tests/test_web_lighthouse.py), written to docs/lighthouse.md.
+lighthouse: setup test-debs
+	$(PY) -m pytest -q tests/test_web_lighthouse.py --lighthouse-report docs/lighthouse.md
 
 # MongoDB-compatible store: only needed when MONGODB_URL is not set.
 ferretdb:

@@ -13,7 +13,8 @@ Stages (each bounded in count and time, loopback only):
 6. the time to replay 1,000 missed events;
 7. the web client with 10,000 mails in INBOX, in headless Chromium (bench.web).
 `--quick` runs a small version of each (a smoke test of the benchmark itself). `--stages` runs a
-subset (and then writes no report, it prints the results), `--rates` and `--sockets-per-user` set
+subset (and then writes no report, it prints the results; `--stages web` alone rewrites the report's
+web section, the rest of it left as the last whole run wrote it), `--rates` and `--sockets-per-user` set
 the latency stage's grid: `--stages latency --rates 100 --sockets-per-user 10` measures one step.
 """
 
@@ -36,7 +37,7 @@ from typing import Any, TypeVar
 
 from pymongo import MongoClient
 
-from bench import report
+from bench import report, web_report
 from bench.baseline import PARTS_RATE, bare_stage, bare_step, compare
 from bench.capacity import sustained_rate
 from bench.cpu import BRIDGE, MACHINE, service_group
@@ -579,7 +580,10 @@ def main() -> int:
                 bare["parts"][part] = asyncio.run(run_bare_part(stack, options, part))
     with running_stack(args.state) as stack:
         results = asyncio.run(run(stack, options, bare))
-    if args.no_report or not options.complete:
+    if options.stages == ("web",) and not args.no_report:
+        web_report.update(report.DOCS / "benchmarks.md", results["web"])
+        print("wrote the web section of docs/benchmarks.md", file=sys.stderr)
+    elif args.no_report or not options.complete:
         if not args.no_report:
             print(f"stages {','.join(options.stages)} only: docs/ left as it is", file=sys.stderr)
         print(json.dumps(results, indent=1, default=str))

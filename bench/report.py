@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
+from bench import web_report
 from bench.baseline import report_lines
 from bench.cpu import BRIDGE, GROUPS, MACHINE
 
@@ -124,6 +125,7 @@ def write(results: dict[str, Any]) -> Path:
     out += _relay_section(results["relay"], results["memory"])
     out += _scale_section(results["scale"], int(m["cpus"] or 1))
     out += _resume_section(results["resume"])
+    out += web_report.section(results["web"])
     out += _profiles_section(results)
     out += ["## How it is measured", "", results["method"], ""]
     path = DOCS / "benchmarks.md"

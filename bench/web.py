@@ -32,24 +32,18 @@ from typing import Any
 
 import aiohttp
 from playwright.async_api import Browser, Page, async_playwright
+from pymongo import MongoClient
 
+from bench.chromium import CHROMIUM, CHROMIUM_ARGS
 from bench.latency import percentiles
 from bench.stack import BenchStack, User
+from bridge.search_query import parse_search
+from bridge.store_reads import NEWEST, to_mongo_filter
 
 MAILS = 10_000
 CONNECTIONS = 4  # IMAP sessions appending at once
 WORDS = ("invoice", "meeting", "travel", "quarterly", "lunch", "release", "budget", "holiday", "review", "contract")
 SENDERS = 50
-CHROMIUM = "/usr/bin/chromium"  # as tests/browser.py: Debian's, headless
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 DESKTOP = {"width": 1280, "height": 800}
 
 
@@ -95,7 +89,7 @@ async def fill(stack: BenchStack, user: User, count: int) -> dict[str, float]:
             await asyncio.sleep(1)
         else:
             raise RuntimeError(f"the index never held {count} mails")
-    return {"append_s": appended - started, "indexed_s": time.monotonic() - appended}
+    return {"sessions": CONNECTIONS, "append_s": appended - started, "indexed_s": time.monotonic() - appended}
 
 
 # Installed before the client's own script: records what the measures read back.
@@ -113,8 +107,11 @@ new MutationObserver((_, observer) => {
 """
 
 FIRST_ROW = """
-async () => {
-  while (window.__bench.firstPaint === null) await new Promise((r) => setTimeout(r, 10));
+async (limitMs) => {
+  while (window.__bench.firstPaint === null) {
+    if (performance.now() > limitMs) throw new Error("no row within the limit");
+    await new Promise((r) => setTimeout(r, 10));
+  }
   const listing = performance.getEntriesByType("resource").find((e) => e.name.includes("/api/v1/email/inbox"));
   const nav = performance.getEntriesByType("navigation")[0];
   return {
@@ -200,7 +197,7 @@ async def _signed_in(browser: Browser, stack: BenchStack, user: User) -> tuple[P
     page = await context.new_page()
     await page.add_init_script(INSTRUMENT)
     await page.goto(f"{stack.info.web_url}/#token={stack.token(user.email)}")
-    first: dict[str, Any] = await page.evaluate(FIRST_ROW)
+    first: dict[str, Any] = await page.evaluate(FIRST_ROW, 120_000)
     return page, first
 
 
@@ -270,7 +267,7 @@ async def searches(browser: Browser, stack: BenchStack, user: User, rounds: int)
                 await box.fill(text)
                 await page.evaluate(SEARCH_ARM)
                 await box.press("Enter")
-                results[name].append(await page.evaluate("window.__search"))
+                results[name].append(await asyncio.wait_for(page.evaluate("window.__search"), 120))
     finally:
         await page.context.close()
     every = [r for rs in results.values() for r in rs]
@@ -290,22 +287,44 @@ async def searches(browser: Browser, stack: BenchStack, user: User, rounds: int)
 
 
 async def server_times(stack: BenchStack, user: User, rounds: int) -> dict[str, Any]:
-    """The listing's first page and each search over HTTP from here: the server's time without a browser."""
+    """The listing's first page and each search over HTTP from here (the bridge's time without a
+    browser), and the same query straight to the store (the filter and order the bridge builds)."""
     headers = {"Authorization": f"Bearer {stack.token(user.email)}"}
     asked = {"listing": "", **queries()}
-    times: dict[str, list[float]] = {name: [] for name in asked}
-    async with aiohttp.ClientSession(base_url=stack.info.web_url, headers=headers) as http:
-        for _ in range(rounds):
-            for name, text in asked.items():
-                params = {"account": user.email, "mailbox": "INBOX", "limit": "100"}
-                if text:
-                    params["q"] = text
-                started = time.perf_counter()
-                async with http.get("/api/v1/email/inbox", params=params) as r:
-                    r.raise_for_status()
-                    await r.read()
-                times[name].append((time.perf_counter() - started) * 1000)
-    return {name: _ms(values) for name, values in times.items()}
+    http_ms: dict[str, list[float]] = {name: [] for name in asked}
+    store_ms: dict[str, list[float]] = {name: [] for name in asked}
+    client: MongoClient[dict[str, Any]] = MongoClient(stack.info.mongodb_url)
+    messages = client["mailbridge"]["messages"]
+
+    def store_query(text: str) -> None:
+        match: dict[str, Any] = {"account": user.email, "mailbox": "INBOX"}
+        if text:
+            match = {"$and": [{"account": user.email}, to_mongo_filter(parse_search(text), user.email, "INBOX")]}
+        list(messages.find(match).sort(NEWEST).limit(101))
+
+    try:
+        async with aiohttp.ClientSession(base_url=stack.info.web_url, headers=headers) as http:
+            for _ in range(rounds):
+                for name, text in asked.items():
+                    params = {"account": user.email, "mailbox": "INBOX", "limit": "100"}
+                    if text:
+                        params["q"] = text
+                    started = time.perf_counter()
+                    async with http.get("/api/v1/email/inbox", params=params) as r:
+                        r.raise_for_status()
+                        await r.read()
+                    http_ms[name].append((time.perf_counter() - started) * 1000)
+                    started = time.perf_counter()
+                    await asyncio.to_thread(store_query, text)
+                    store_ms[name].append((time.perf_counter() - started) * 1000)
+        documents = await asyncio.to_thread(messages.estimated_document_count)
+    finally:
+        client.close()
+    return {
+        "documents": documents,
+        "http": {name: _ms(values) for name, values in http_ms.items()},
+        "store": {name: _ms(values) for name, values in store_ms.items()},
+    }
 
 
 async def web_stage(stack: BenchStack, quick: bool) -> dict[str, Any]:
@@ -313,15 +332,15 @@ async def web_stage(stack: BenchStack, quick: bool) -> dict[str, Any]:
     (user,) = stack.add_users(1, "web")
     result: dict[str, Any] = {"mails": count, "fill": await fill(stack, user, count)}
     print(f"web: {count} mails in INBOX: {result['fill']}", flush=True)
-    result["server"] = await server_times(stack, user, 3 if quick else 10)
+    result["server"] = await server_times(stack, user, 3 if quick else 5)
     print(f"web: server: {result['server']}", flush=True)
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             result["chromium"] = browser.version
-            result["first_row"] = await first_rows(browser, stack, user, 3 if quick else 10)
+            result["first_row"] = await first_rows(browser, stack, user, 3 if quick else 8)
             print(f"web: first row: { {k: v for k, v in result['first_row'].items() if k != 'runs'} }", flush=True)
-            result["search"] = await searches(browser, stack, user, 2 if quick else 5)
+            result["search"] = await searches(browser, stack, user, 2 if quick else 3)
             print(f"web: search: {result['search']}", flush=True)
             result["scroll"] = await scroll_to_end(browser, stack, user)
             print(f"web: scroll: {result['scroll']}", flush=True)

@@ -8,20 +8,10 @@ from contextlib import asynccontextmanager
 
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
+from bench.chromium import CHROMIUM, CHROMIUM_ARGS
 from bridge.stack.launcher import StackInfo
 from tests.common import Account
 
-CHROMIUM = "/usr/bin/chromium"  # browser downloads are not possible here: Debian's package
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # root in a container-like machine
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    # This machine reaches no outside host: keep Chromium from trying.
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PHONE = {"width": 390, "height": 844}
 
 

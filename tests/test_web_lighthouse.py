@@ -24,8 +24,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bench.chromium import CHROMIUM, CHROMIUM_ARGS
 from bridge.stack.launcher import StackInfo
-from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.common import REPO, TEST_STATE, Account, login
 from tests.mailtools import send_smtp
 from tests.test_web_a11y import demo_mail
@@ -65,7 +65,11 @@ async def lighthouse(url: str, out: Path) -> dict[str, Any]:
 
 
 def _value(audit: dict[str, Any]) -> str:
-    return f": {audit['displayValue']}" if audit.get("displayValue") else ""
+    """An audit's figure and up to three of the elements it names (their HTML, shortened)."""
+    items = (audit.get("details") or {}).get("items") or []
+    nodes = [i["node"]["snippet"][:100] for i in items if isinstance(i.get("node"), dict) and "snippet" in i["node"]]
+    value = f": {audit['displayValue']}" if audit.get("displayValue") else ""
+    return value + ("; " + ", ".join(f"`{n}`" for n in nodes[:3]) if nodes else "")
 
 
 def shortfalls(report: dict[str, Any], *, weighted: bool = True) -> dict[str, list[str]]:
