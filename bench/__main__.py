@@ -583,7 +583,8 @@ def main() -> int:
     if options.stages == ("web",) and not args.no_report:
         web_report.update(report.DOCS / "benchmarks.md", results["web"])
         print("wrote the web section of docs/benchmarks.md", file=sys.stderr)
-    elif args.no_report or not options.complete:
+        return 0
+    if args.no_report or not options.complete:
         if not args.no_report:
             print(f"stages {','.join(options.stages)} only: docs/ left as it is", file=sys.stderr)
         print(json.dumps(results, indent=1, default=str))

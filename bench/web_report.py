@@ -29,7 +29,9 @@ STORE_NOTE = (
     "SQLite, so the (account, mailbox, arrived, uid) index the bridge creates is not used, and the "
     "newest-first sort is done in FerretDB after the whole scan. A store that uses the index (MongoDB, "
     "for which the bridge creates it) reads one page instead; with FerretDB, the listing and search "
-    "times grow with the number of messages stored, of every account."
+    "times grow with the number of messages stored, of every account. Next: the first page of each "
+    "mailbox kept where it is cheap to read (beside the counts in Redis, bridge/index_cache.py), or a "
+    "FerretDB whose SQLite backend pushes equality filters and the sort down to that index."
 )
 
 

@@ -1,4 +1,4 @@
-import { useEffect, useRef, useState } from "react";
+import { memo, useEffect, useRef, useState } from "react";
 import { colour, initials } from "./avatar.js";
 import { Archive, Mail, MailOpen, Star, Trash2 } from "./icons.js";
 import { Labels } from "./Labels.jsx";
@@ -22,6 +22,46 @@ function dragMail(event, ids, subject) {
   event.dataTransfer.setData("text/plain", ids.length > 1 ? `${ids.length} messages` : subject);
   event.dataTransfer.effectAllowed = "move";
 }
+
+// One row. Memoised: a page appended to a long list renders its own rows, not every row again (10,000
+// rows re-rendered per page were long tasks of up to seconds: bench/web.py). What a row does goes
+// through `on`, a ref holding the list's current handlers, so the row's props change only with it.
+const Row = memo(function Row({ m, tab, isPicked, selected, on }) {
+  // Sent and Drafts hold one's own mail: the row names whom it is to.
+  const outgoing = OUTGOING.includes(m.mailbox);
+  const from = outgoing ? `To: ${m.to || "(no recipient)"}` : m.fromName || m.fromAddress;
+  const subject = m.subject || "(no subject)";
+  const starred = (m.flags || []).includes("\\Flagged");
+  return (
+    <li className={`item${m.unread ? " unread" : ""}${isPicked ? " picked" : ""}`} onFocus={() => on.current.setCursorId(m.id)}
+      draggable onDragStart={(e) => dragMail(e, isPicked ? [...on.current.picked] : [m.id], subject)}>
+      <input type="checkbox" className="pick" tabIndex={tab} aria-label={`Select ${subject}`} checked={isPicked} onChange={() => on.current.onPick(m.id)} />
+      <button className="open" tabIndex={tab} onClick={() => on.current.onOpen(m)} aria-current={selected ? "true" : undefined}>
+        <span className="avatar" style={{ background: colour(outgoing ? m.to : m.fromAddress) }} aria-hidden="true">{initials(outgoing ? m.to || "?" : from)}</span>
+        <span className="from">
+          {starred && <span className="star" title="Starred"><Star fill="currentColor" /><span className="sr-only"> (starred) </span></span>}
+          {from}{m.unread && <span className="sr-only"> (unread)</span>}
+        </span>
+        <time className="when" dateTime={m.timestamp} title={longDate(m.timestamp)}>{shortDate(m.timestamp)}</time>
+        <span className="line">
+          <span className="subject">{subject}</span>
+          <span className="snippet">{m.preview}</span>
+          <Labels flags={m.flags} />
+        </span>
+      </button>
+      <span className="quick">
+        <button tabIndex={tab} title={starred ? "Unstar" : "Star"} onClick={() => on.current.onAction(starred ? "unstar" : "star", m)}>
+          <Star fill={starred ? "currentColor" : "none"} /><span className="sr-only">{starred ? "Unstar this message" : "Star this message"}</span>
+        </button>
+        <button tabIndex={tab} title="Archive" onClick={() => on.current.onAction("archive", m)}><Archive /><span className="sr-only">Archive this message</span></button>
+        <button tabIndex={tab} title="Delete" onClick={() => on.current.onAction("delete", m)}><Trash2 /><span className="sr-only">Delete this message</span></button>
+        <button tabIndex={tab} title={m.unread ? "Mark read" : "Mark unread"} onClick={() => on.current.onAction(m.unread ? "read" : "unread", m)}>
+          {m.unread ? <MailOpen /> : <Mail />}<span className="sr-only">{m.unread ? "Mark this message read" : "Mark this message unread"}</span>
+        </button>
+      </span>
+    </li>
+  );
+});
 
 export function MessageList({
   emails,
@@ -51,6 +91,8 @@ export function MessageList({
     rows[to]?.focus();
     rows[to]?.scrollIntoView({ block: "nearest" });
   };
+  const on = useRef(null);
+  on.current = { onOpen, onAction, onPick, picked, setCursorId };
   const onMoreRef = useRef(onMore);
   onMoreRef.current = onMore;
   useEffect(() => {
@@ -65,43 +107,9 @@ export function MessageList({
   return (
     <ul className={picked.size ? "list picking" : "list"} aria-label="Messages" aria-busy={!listed} onKeyDown={onKeyDown}>
       {emails.length === 0 && (listed ? <li className="empty">No messages</li> : <SkeletonRows />)}
-      {emails.map((m) => {
-        // Sent and Drafts hold one's own mail: the row names whom it is to.
-        const outgoing = OUTGOING.includes(m.mailbox);
-        const from = outgoing ? `To: ${m.to || "(no recipient)"}` : m.fromName || m.fromAddress;
-        const subject = m.subject || "(no subject)";
-        const starred = (m.flags || []).includes("\\Flagged");
-        const tab = m.id === current ? 0 : -1;
-        return (
-          <li key={m.id} className={`item${m.unread ? " unread" : ""}${picked.has(m.id) ? " picked" : ""}`} onFocus={() => setCursorId(m.id)}
-            draggable onDragStart={(e) => dragMail(e, picked.has(m.id) ? [...picked] : [m.id], subject)}>
-            <input type="checkbox" className="pick" tabIndex={tab} aria-label={`Select ${subject}`} checked={picked.has(m.id)} onChange={() => onPick(m.id)} />
-            <button className="open" tabIndex={tab} onClick={() => onOpen(m)} aria-current={selectedId === m.id ? "true" : undefined}>
-              <span className="avatar" style={{ background: colour(outgoing ? m.to : m.fromAddress) }} aria-hidden="true">{initials(outgoing ? m.to || "?" : from)}</span>
-              <span className="from">
-                {starred && <span className="star" title="Starred"><Star fill="currentColor" /><span className="sr-only"> (starred) </span></span>}
-                {from}{m.unread && <span className="sr-only"> (unread)</span>}
-              </span>
-              <time className="when" dateTime={m.timestamp} title={longDate(m.timestamp)}>{shortDate(m.timestamp)}</time>
-              <span className="line">
-                <span className="subject">{subject}</span>
-                <span className="snippet">{m.preview}</span>
-                <Labels flags={m.flags} />
-              </span>
-            </button>
-            <span className="quick">
-              <button tabIndex={tab} title={starred ? "Unstar" : "Star"} onClick={() => onAction(starred ? "unstar" : "star", m)}>
-                <Star fill={starred ? "currentColor" : "none"} /><span className="sr-only">{starred ? "Unstar this message" : "Star this message"}</span>
-              </button>
-              <button tabIndex={tab} title="Archive" onClick={() => onAction("archive", m)}><Archive /><span className="sr-only">Archive this message</span></button>
-              <button tabIndex={tab} title="Delete" onClick={() => onAction("delete", m)}><Trash2 /><span className="sr-only">Delete this message</span></button>
-              <button tabIndex={tab} title={m.unread ? "Mark read" : "Mark unread"} onClick={() => onAction(m.unread ? "read" : "unread", m)}>
-                {m.unread ? <MailOpen /> : <Mail />}<span className="sr-only">{m.unread ? "Mark this message read" : "Mark this message unread"}</span>
-              </button>
-            </span>
-          </li>
-        );
-      })}
+      {emails.map((m) => (
+        <Row key={m.id} m={m} tab={m.id === current ? 0 : -1} isPicked={picked.has(m.id)} selected={selectedId === m.id} on={on} />
+      ))}
       {more && (
         <li className="more" ref={end}>
           <button onClick={() => onMoreRef.current()}>Load older messages</button>
