@@ -69,7 +69,13 @@ function merge(fetched, current, where, view, gone, since, changedAt, partial = 
 
 // The listing's order (the server's too, which its cursor resumes): latest arrival first, ties by
 // UID. Not the Date header: that is the sender's claim, and a mail that came last shows first.
-const arrival = (m) => new Date(m.arrived || m.timestamp);
+// Parsed once per message (state never changes a message in place, so its object is the key): an
+// appended page sorts the whole list, 10,000 rows compared ~140,000 times (bench/web.py).
+const arrivals = new WeakMap();
+const arrival = (m) => {
+  if (!arrivals.has(m)) arrivals.set(m, new Date(m.arrived || m.timestamp).getTime());
+  return arrivals.get(m);
+};
 const newestFirst = (a, b) => arrival(b) - arrival(a) || b.uid - a.uid;
 
 // The listing's query for a view of a mailbox, from `cursor` on when given.
