@@ -344,7 +344,8 @@ async def server_times(stack: BenchStack, user: User, rounds: int) -> dict[str, 
 async def web_stage(stack: BenchStack, quick: bool) -> dict[str, Any]:
     count = 1_000 if quick else MAILS
     (user,) = stack.add_users(1, "web")
-    result: dict[str, Any] = {"mails": count, "fill": await fill(stack, user, count)}
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    result: dict[str, Any] = {"date": date, "mails": count, "fill": await fill(stack, user, count)}
     print(f"web: {count} mails in INBOX: {result['fill']}", flush=True)
     result["server"] = await server_times(stack, user, 3 if quick else 5)
     print(f"web: server: {result['server']}", flush=True)

@@ -49,7 +49,13 @@ def _goal(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
-def section(web: Mapping[str, Any]) -> list[str]:
+def _alone(web: Mapping[str, Any]) -> str:
+    when = f", {web['date']}" if "date" in web else ""
+    return f" From a run of this stage alone (`python -m bench --stages web`{when}), not the rest of the report's run."
+
+
+def section(web: Mapping[str, Any], *, alone: bool = False) -> list[str]:
+    """The section's lines; `alone`: from a run of this stage alone, not the run the report is of."""
     first, search, scroll, server = web["first_row"], web["search"], web["scroll"], web["server"]
     fill = web["fill"]
     lines = [
@@ -59,7 +65,8 @@ def section(web: Mapping[str, Any]) -> list[str]:
         f"{fill['sessions']} sessions at once; all in the index {fill['indexed_s']:.1f} s after the last "
         f"append), the store's messages collection holding {server['documents']:,} documents. Headless Chromium "
         f"{web['chromium']} at 1280x800 (bench/web.py): each navigation in a fresh browser context (cold "
-        "cache, nothing remembered), signed in by the client's own `/#token=` entry. Times in ms, p50 / p95.",
+        "cache, nothing remembered), signed in by the client's own `/#token=` entry. Times in ms, p50 / p95."
+        + (_alone(web) if alone else ""),
         "",
         "| Goal | Measured | |",
         "|---|---|---|",
@@ -156,7 +163,7 @@ def splice(report: str, lines: list[str]) -> str:
 def update(path: Path, web: dict[str, Any]) -> None:
     """The web section of the report at `path` (and the web figures of the results.json beside it)
     from this run; the rest of the report is left as its own run wrote it."""
-    path.write_text(splice(path.read_text() if path.exists() else "# Benchmarks\n", section(web)))
+    path.write_text(splice(path.read_text() if path.exists() else "# Benchmarks\n", section(web, alone=True)))
     raw = path.parent / "benchmarks" / "results.json"
     if raw.exists():
         results = json.loads(raw.read_text())

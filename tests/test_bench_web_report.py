@@ -82,5 +82,6 @@ def test_a_web_only_run_replaces_its_section_and_nothing_else(tmp_path: Path) ->
     web = results(painted=300, search=150, long_frames=0, store=40)
     update(docs, web)
     assert "## Profiles\n\nstacks\n" in docs.read_text() and TITLE in docs.read_text()
+    assert "From a run of this stage alone" in docs.read_text() and "stage alone" not in "\n".join(section(web))
     raw = json.loads((tmp_path / "benchmarks" / "results.json").read_text())
     assert raw["relay"] == {"kept": True} and raw["web"]["mails"] == 10_000
