@@ -9,10 +9,12 @@ const TABS = [["", "All"], ["primary", "Primary"], ["social", "Social"], ["promo
  * (`countsKey`: its unread count and version, which every device hears of live), so they stay live
  * without a request per event.
  */
-export function CategoryTabs({ token, account, countsKey, tab, onSelect }) {
+export function CategoryTabs({ token, account, countsKey, tab, onSelect, listed }) {
   const [unread, setUnread] = useState({});
   useEffect(() => {
-    if (!account) return undefined;
+    // After the list: on the embedded store each count reads the mailbox, and the first rows must
+    // not wait behind it.
+    if (!account || !listed) return undefined;
     let current = true;
     // A burst of deliveries changes the counts many times: ask once it settles.
     const timer = setTimeout(() => {
@@ -21,7 +23,7 @@ export function CategoryTabs({ token, account, countsKey, tab, onSelect }) {
         .catch(() => {}); // offline or a store outage: the tabs show no counts rather than old ones
     }, 250);
     return () => { current = false; clearTimeout(timer); };
-  }, [token, account, countsKey]);
+  }, [token, account, countsKey, listed]);
   useEffect(() => setUnread({}), [account]);
 
   return (

@@ -738,7 +738,7 @@ export function Mail({ session, onLogout }) {
           <input ref={searchRef} type="search" aria-label="Search mail" placeholder="Search (from: subject: is:unread …)" value={query} onChange={(e) => setQuery(e.target.value)} />
         </form>
         {mailbox === "INBOX" && (
-        <CategoryTabs token={token} account={account} tab={view.tab} onSelect={(tab) => setView({ ...view, tab })}
+        <CategoryTabs token={token} account={account} tab={view.tab} onSelect={(tab) => setView({ ...view, tab })} listed={paging.next !== null}
           countsKey={(({ unread, countsVersion } = {}) => `${unread}/${countsVersion}`)(mailboxes.find((b) => b.name === "INBOX"))} />
         )}
         <div className="filters" role="group" aria-label="Quick filters">
