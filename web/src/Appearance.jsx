@@ -18,10 +18,10 @@ export function Appearance() {
   return (
     <>
       <button onClick={() => { const t = next(THEMES, theme); chooseTheme(t); setTheme(t); }} title="Light, dark, or as the system is">
-        <ThemeIcon /><span className="label">Theme: {title(theme)}</span>
+        <ThemeIcon /><span className="btn-text">Theme: {title(theme)}</span>
       </button>
       <button onClick={() => { const d = next(DENSITIES, density); chooseDensity(d); setDensity(d); }} title="Two lines a message, or one">
-        <DensityIcon /><span className="label">Density: {title(density)}</span>
+        <DensityIcon /><span className="btn-text">Density: {title(density)}</span>
       </button>
     </>
   );

@@ -708,12 +708,12 @@ export function Mail({ session, onLogout }) {
           <span className="who">{account}</span>
         )}
         <span className="spacer" />
-        <button className="primary" onClick={() => setComposing({})}><SquarePen /><span className="label">Compose</span></button>
-        <button onClick={toggleSound} aria-pressed={settings.sound !== false}>{settings.sound !== false ? <Volume2 /> : <VolumeX />}<span className="label">Sound</span></button>
+        <button className="primary" onClick={() => setComposing({})}><SquarePen /><span className="btn-text">Compose</span></button>
+        <button onClick={toggleSound} aria-pressed={settings.sound !== false}>{settings.sound !== false ? <Volume2 /> : <VolumeX />}<span className="btn-text">Sound</span></button>
         <Appearance />
-        {mayAskToNotify() && <button onClick={() => Notification.requestPermission().then((p) => { setToasts((ts) => [...ts]); if (p === "granted") subscribePush(); })}><BellPlus /><span className="label">Enable notifications</span></button>}
+        {mayAskToNotify() && <button onClick={() => Notification.requestPermission().then((p) => { setToasts((ts) => [...ts]); if (p === "granted") subscribePush(); })}><BellPlus /><span className="btn-text">Enable notifications</span></button>}
         <NotificationButton onOpen={() => setNoticesOpen(true)} />
-        <button onClick={() => { disablePush(token); onLogout(); }}><LogOut /><span className="label">Sign out</span></button>
+        <button onClick={() => { disablePush(token); onLogout(); }}><LogOut /><span className="btn-text">Sign out</span></button>
       </header>
       <nav aria-label="Mailboxes">
         {(mailboxes.length ? mailboxes : [{ name: "INBOX", unread: 0 }]).map((b) => (

@@ -9,7 +9,7 @@ export function NotificationButton({ onOpen }) {
   const unread = useNotices().filter((n) => n.unread && !n.gone).length;
   return (
     <button onClick={onOpen} aria-haspopup="dialog">
-      <Bell /><span className="label">Notifications</span>{unread > 0 && <span className="tab-count"> {unread}<span className="sr-only"> unread</span></span>}
+      <Bell /><span className="btn-text">Notifications</span>{unread > 0 && <span className="tab-count"> {unread}<span className="sr-only"> unread</span></span>}
     </button>
   );
 }
