@@ -226,7 +226,7 @@ async def test_mark_all_read_reads_the_whole_folder_on_every_device(
     await expect(inbox).to_have_text("INBOX (3)", timeout=15_000)
     await laptop.get_by_role("button", name="Mark all read").click()
     await expect(inbox).to_have_text("INBOX", timeout=15_000)
-    await expect(phone.get_by_role("list", name="Messages").locator("li.item.unread")).to_have_count(0)
+    await expect(phone.get_by_role("list", name="Messages").locator("li.item.unread")).to_have_count(0, timeout=15_000)
     await expect(laptop.get_by_role("button", name="Mark all read")).to_have_count(0)
     await laptop.close()
     await phone.close()
