@@ -203,22 +203,12 @@ export function Mail({ session, onLogout }) {
   const loadingMore = useRef(false);
   const viewKey = (acct, box, v) => JSON.stringify([acct, box, v.q, v.filter, v.tab]);
 
-  // Why the view on screen could not be listed (its key and the reason), until a listing answers:
-  // the list says so, with a way to try again, instead of loading for ever.
-  const [listError, setListError] = useState(null);
   const listOnce = useCallback(async () => {
     const { account: acct, mailbox: box } = where.current;
     if (!acct) return;
     const v = viewRef.current;
     const since = performance.now();
-    let list;
-    try {
-      [list] = await Promise.all([api(token, listingQuery(acct, box, v)), reloadBoxes()]);
-    } catch (err) {
-      setListError({ key: viewKey(acct, box, v), message: err.message });
-      throw err;
-    }
-    setListError(null);
+    const [list] = await Promise.all([api(token, listingQuery(acct, box, v)), reloadBoxes()]);
     if (where.current.account !== acct || where.current.mailbox !== box || viewRef.current !== v) return; // switched meanwhile
     const partial = Boolean(list.nextCursor);
     setEmails((current) => merge(list.emails, current, { account: acct, mailbox: box }, v, gone.current, since, changedAt.current, partial));
@@ -786,8 +776,6 @@ export function Mail({ session, onLogout }) {
           onOpen={open}
           onAction={(a, m) => act(a, m)}
           listed={paging.next !== null}
-          failed={listError && listError.key === viewKey(account, mailbox, view) ? listError.message : null}
-          onRetry={() => reload().catch(() => {})}
           more={Boolean(paging.next)}
           onMore={() => loadMore().catch((err) => setToast(err.message))}
         />

@@ -9,8 +9,7 @@ const OUTGOING = ["Sent", "Drafts"];
 
 // The listing: one row per message, newest first, with quick actions shown on hover or focus
 // (named "… this message": the row they sit in says which). `listed`: the bridge has answered for
-// this view (before that an empty list shows skeleton rows, busy, not "No messages"; `failed`: why
-// it could not be, said with a Try again button calling `onRetry`); `more`: older messages
+// this view (before that an empty list shows skeleton rows, busy, not "No messages"); `more`: older messages
 // follow, loaded by `onMore` when the end of the list scrolls into view or its button is pressed.
 // `picked` (a Set of ids) and `onPick` make the rows selectable for bulk actions: a checkbox over the
 // avatar, shown on hover or focus, and on every row once one is picked.
@@ -70,8 +69,6 @@ export function MessageList({
   onOpen,
   onAction,
   listed = true,
-  failed = null,
-  onRetry = () => {},
   more = false,
   onMore = () => {},
   picked = new Set(),
@@ -108,12 +105,8 @@ export function MessageList({
     return () => seen.disconnect();
   }, [more, emails.length]);
   return (
-    <ul className={picked.size ? "list picking" : "list"} aria-label="Messages" aria-busy={!listed && !failed} onKeyDown={onKeyDown}>
-      {emails.length === 0 && (listed ? <li className="empty">No messages</li> : failed ? (
-        <li className="empty" role="alert">
-          Messages could not be loaded: {failed}. <button onClick={onRetry}>Try again</button>
-        </li>
-      ) : <SkeletonRows />)}
+    <ul className={picked.size ? "list picking" : "list"} aria-label="Messages" aria-busy={!listed} onKeyDown={onKeyDown}>
+      {emails.length === 0 && (listed ? <li className="empty">No messages</li> : <SkeletonRows />)}
       {emails.map((m) => (
         <Row key={m.id} m={m} tab={m.id === current ? 0 : -1} isPicked={picked.has(m.id)} selected={selectedId === m.id} on={on} />
       ))}
