@@ -205,8 +205,9 @@ async def test_skeletons_show_while_the_listing_and_a_message_are_pending_and_go
 ) -> None:
     subject = f"Skeleton {uuid.uuid4().hex[:6]}"
     await asyncio.to_thread(send_smtp, stack, [message("carol@outside.test", account.email, subject)])
-    # bypass_csp only so the test can add axe's script tag.
-    context = await browser.new_context(viewport=LAPTOP, bypass_csp=True)
+    # bypass_csp only so the test can add axe's script tag; no service worker, whose own fetches
+    # (it keeps copies of message bodies) page.route cannot hold back.
+    context = await browser.new_context(viewport=LAPTOP, bypass_csp=True, service_workers="block")
     page = await signed_in(context, stack, account)
     listing = page.get_by_role("list", name="Messages")
     await expect(listing.get_by_role("button", name=subject)).to_be_visible(timeout=15_000)
