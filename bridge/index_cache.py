@@ -97,17 +97,19 @@ return out
 
 # KEYS: the account's unread, total, writing and version hashes. ARGV: the mailbox, the version
 # read before counting ("" for none), the unread and total counted. Keeps the counts only if no
-# writer is between its documents and its counts and none finished while they were taken (the
-# version is unchanged). Returns {1, new version} when kept, {0, version} when a writer is at
-# work (it counts when done), {-1, version} when one finished meanwhile (count again).
+# writer finished while they were taken (the version is unchanged) and none is between its
+# documents and its counts. Returns {1, new version} when kept, {-1, version} when a writer
+# finished meanwhile (count again), {0, version} when one is at work (it counts when done). The
+# version is checked first: a count taken before a writer finished must not be handed out as
+# "a writer is at work", or it would go with that writer's version and tie with its counts.
 _KEEP_COUNTS = (
     _BUMP
     + """
 local unread, total, writing, version = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local mailbox = ARGV[1]
 local current = redis.call('HGET', version, mailbox) or ''
-if tonumber(redis.call('HGET', writing, mailbox) or '0') > 0 then return {0, current} end
 if current ~= ARGV[2] then return {-1, current} end
+if tonumber(redis.call('HGET', writing, mailbox) or '0') > 0 then return {0, current} end
 redis.call('HSET', unread, mailbox, ARGV[3])
 redis.call('HSET', total, mailbox, ARGV[4])
 return {1, bump(version, mailbox)}
@@ -219,7 +221,10 @@ class IndexCache:
             unread, total = await self.store.counts(account, mailbox)
             expected = text(seen) if seen is not None else ""
             status, current = await self._keep_counts(keys=keys, args=[mailbox, expected, unread, total])
-            version = int(current or 0)
+            # Kept: the version the keep raised. Not kept: the version read before counting, which
+            # every writer finishing after it exceeds (never the current one: a writer that
+            # finished meanwhile published that version with counts these may predate).
+            version = int(current or 0) if int(status) == 1 else int(expected or 0)
             if int(status) >= 0:
                 break  # kept, or a writer at work will count
         return MailboxCounts(account, mailbox, unread, total, version)

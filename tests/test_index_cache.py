@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -52,13 +52,19 @@ def test_a_delivery_keeps_only_a_date_it_can_have_had() -> None:
 
 
 class Counted(Store):
-    """The real store, noting how often it was asked to count."""
+    """The real store, noting how often it was asked to count; `meanwhile`, if set, runs once
+    after a count is taken and before it is returned (another writer acting in between)."""
 
     asked = 0
+    meanwhile: Callable[[], Awaitable[None]] | None = None
 
     async def counts(self, account: str, mailbox: str) -> tuple[int, int]:
         self.asked += 1
-        return await super().counts(account, mailbox)
+        counted = await super().counts(account, mailbox)
+        if self.meanwhile is not None:
+            act, self.meanwhile = self.meanwhile, None
+            await act()
+        return counted
 
 
 @dataclasses.dataclass
@@ -163,6 +169,28 @@ async def test_a_count_taken_later_has_a_higher_version_whoever_took_it(rig: Rig
     finished = (await index.move_counts({box: (1, 1)}, set(), {box}))[0]
     assert (finished.unread, finished.total) == (2, 3)  # the kept counts, moved by its delta
     assert finished.version > provisional.version
+
+
+async def test_a_count_taken_before_a_writer_finished_never_goes_out_with_its_version(rig: Rig) -> None:
+    """A recount (the backfill's) counts, then one writer finishes a read and another starts:
+    the count it took predates the read, so it must not carry the read's version (a browser
+    would take the two as equally new and could show the mail unread again); it counts again."""
+    index, store, box = rig.index, rig.store, (rig.account, "INBOX")
+    await rig.holds("INBOX", 1, 1)
+    await index.end_backfill(*box)
+    finished: list[MailboxCounts] = []
+
+    async def read_then_another_writer() -> None:
+        await index.begin_writes({box})
+        await rig.holds("INBOX", 0, 1)
+        finished.extend(await index.move_counts({box: (-1, 0)}, set(), {box}))
+        await index.begin_writes({box})  # at work, its counts still to move
+
+    store.meanwhile = read_then_another_writer
+    recounted = await index.recount(*box)
+    (read,) = finished
+    assert (read.unread, read.total) == (0, 1)
+    assert recounted.version < read.version or (recounted.unread, recounted.total) == (0, 1), (recounted, read)
 
 
 async def test_versions_rise_past_the_redis_clock_and_keep_rising_after_redis_lost_them(
