@@ -45,10 +45,16 @@ const isDefaultView = (v) => !v.q && !v.filter && !v.tab;
  * live copy wins if it changed after `since` (give or take the index's lag), else the listing's; a message the listing lacks stays
  * only if it arrived live after `since` (else it was deleted or moved meanwhile).
  */
-function merge(fetched, current, where, view, gone, since, changedAt, partial = false) {
+function merge(fetched, current, where, view, gone, since, changedAt, flagEdits, partial = false) {
   const byId = new Map();
-  // The index may answer before it has applied a deletion the socket already reported.
-  for (const m of fetched) if (!gone.has(m.id)) byId.set(m.id, m);
+  // The index may answer before it has applied a deletion the socket already reported, or a flag
+  // change: one that came live while the message was not on screen yet (the first listing still on
+  // its way) has no live copy below to win, so it is applied to the listing's copy here.
+  for (const m of fetched) {
+    if (gone.has(m.id)) continue;
+    const edits = (flagEdits.get(m.id) || []).filter((x) => x.at > since - INDEX_LAG_MS);
+    byId.set(m.id, edits.reduce((copy, x) => withFlags(copy, x.e), m));
+  }
   // A first page (more follow) says nothing of what sorts after its last message: pages loaded
   // further down stay as they are.
   const last = partial && fetched.length ? fetched[fetched.length - 1] : null;
@@ -141,6 +147,19 @@ export function Mail({ session, onLogout }) {
   const offscreen = useRef(new Map());
   const changedAt = useRef(new Map()); // email id -> when a live event last changed it
   const changed = (id) => changedAt.current.set(id, performance.now());
+  // email id -> the flag changes that came live in the last INDEX_LAG_MS, in order (merge()).
+  const flagEdits = useRef(new Map());
+  const editFlags = (e) => {
+    const now = performance.now();
+    const edits = flagEdits.current;
+    const earlier = edits.get(e.emailId) || [];
+    edits.delete(e.emailId); // re-added last: the map stays ordered by each id's latest change
+    for (const [id, old] of edits) {
+      if (old[old.length - 1].at >= now - INDEX_LAG_MS) break; // the rest are newer still
+      edits.delete(id);
+    }
+    edits.set(e.emailId, [...earlier, { at: now, e }]);
+  };
   // "account\nmailbox" -> the highest countsVersion seen. Counts are taken by several writers on
   // the server and can arrive out of order (a listing, a late unread_count): the newest wins.
   const countsVersion = useRef(new Map());
@@ -211,7 +230,7 @@ export function Mail({ session, onLogout }) {
     const [list] = await Promise.all([api(token, listingQuery(acct, box, v)), reloadBoxes()]);
     if (where.current.account !== acct || where.current.mailbox !== box || viewRef.current !== v) return; // switched meanwhile
     const partial = Boolean(list.nextCursor);
-    setEmails((current) => merge(list.emails, current, { account: acct, mailbox: box }, v, gone.current, since, changedAt.current, partial));
+    setEmails((current) => merge(list.emails, current, { account: acct, mailbox: box }, v, gone.current, since, changedAt.current, flagEdits.current, partial));
     // Pages already loaded below the first stay, and so does where the next one starts.
     setPaging((p) => {
       const key = viewKey(acct, box, v);
@@ -346,6 +365,7 @@ export function Mail({ session, onLogout }) {
       changed(e.emailId);
       withdraw(e.emailId); // read anywhere: its notification goes away on every device
       noticeRead(e.emailId, true);
+      editFlags({ emailId: e.emailId, added: ["\\Seen"], removed: [], unread: false });
       setEmails((l) => l.map((m) => (m.id === e.emailId ? { ...m, unread: false } : m)));
     });
     socket.on("email_flags", (e) => {
@@ -353,6 +373,7 @@ export function Mail({ session, onLogout }) {
       changed(e.emailId);
       if (e.unread === false) withdraw(e.emailId);
       if (typeof e.unread === "boolean") noticeRead(e.emailId, !e.unread);
+      editFlags(e);
       setEmails((l) => l.map((m) => (m.id === e.emailId ? withFlags(m, e) : m)));
     });
     socket.on("email_deleted", (e) => {
