@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from playwright.async_api import Browser, expect
+from playwright.async_api import Browser, Route, expect
 
 from bridge import redis_keys
 from bridge.stack.launcher import Stack, StackInfo
@@ -399,4 +399,40 @@ async def test_the_client_subscribes_is_quiet_while_open_pushed_once_closed_and_
         await asyncio.sleep(0.1)
     assert browser_id not in left
     assert await again.evaluate("localStorage.getItem('mail-bridge-push')") is None
+    await context.close()
+
+
+async def test_a_sign_out_while_the_subscription_is_on_its_way_leaves_no_subscription(
+    browser: Browser, stack: StackInfo, account: Account, receiver: PushReceiver, store: Store
+) -> None:
+    """Every tab subscribes as it opens; one signed out at once must not be subscribed after all
+    when that subscription lands (the bridge would push to a browser that signed out)."""
+    name, keys = uuid.uuid4().hex, BrowserKeys()
+    context = await browser.new_context(permissions=["notifications"])
+    await context.add_init_script(FAKE_PUSH_SERVICE % json.dumps(keys.subscription(receiver.endpoint(name))))
+    posted, signed_out, answered = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def held_until_signed_out(route: Route) -> None:
+        if route.request.method != "POST":
+            await route.continue_()
+            return
+        posted.set()
+        await signed_out.wait()
+        response = await route.fetch()  # lands after the sign-out's DELETE: the bridge holds it now
+        answered.set()
+        await route.fulfill(response=response)
+
+    await context.route("**/api/v1/push/subscriptions", held_until_signed_out)
+    page = await signed_in(context, stack, account)
+    await asyncio.wait_for(posted.wait(), 15)
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.get_by_label("Email")).to_be_visible()
+    signed_out.set()
+    await asyncio.wait_for(answered.wait(), 15)
+    for _ in range(100):  # a ceiling: the client undoes its subscription as soon as it lands
+        if not await store.push_subscriptions_of(account.email):
+            break
+        await asyncio.sleep(0.1)
+    assert await store.push_subscriptions_of(account.email) == []
+    assert await page.evaluate("localStorage.getItem('mail-bridge-push')") is None
     await context.close()

@@ -15,9 +15,15 @@ const sameKey = (buffer, b64url) => {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 };
 
+// A subscription starts with every tab, so a sign-out can come while one is on its way: its POST
+// may land after the sign-out's DELETE, and the bridge would push to a browser that signed out.
+// So a subscription that finds its token signed out undoes itself, and stores no id.
+const signedOut = new Set();
+
 /** Subscribe (or renew the subscription) for these accounts; the id, or null where push is not to be had. */
 export async function enablePush(token, accounts) {
   if (!("serviceWorker" in navigator) || !("PushManager" in window) || Notification.permission !== "granted") return null;
+  if (signedOut.has(token)) return null;
   const registration = await navigator.serviceWorker.ready;
   const { publicKey } = await api(token, "/api/v1/push/key");
   let subscription = await registration.pushManager.getSubscription();
@@ -27,13 +33,21 @@ export async function enablePush(token, accounts) {
   }
   subscription ||= await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: bytes(publicKey) });
   let id = null;
-  for (const account of accounts) ({ id } = await post(token, "/api/v1/push/subscriptions", { account, ...subscription.toJSON() }));
+  for (const account of accounts) {
+    if (signedOut.has(token)) break;
+    ({ id } = await post(token, "/api/v1/push/subscriptions", { account, ...subscription.toJSON() }));
+  }
+  if (signedOut.has(token)) {
+    if (id) await api(token, `/api/v1/push/subscriptions/${id}`, { method: "DELETE" }).catch(() => {});
+    return null;
+  }
   if (id) localStorage.setItem(KEY, id);
   return id;
 }
 
 /** Signing out: the bridge forgets this browser, and the browser its subscription. */
 export async function disablePush(token) {
+  signedOut.add(token);
   const id = pushId();
   localStorage.removeItem(KEY);
   if (id) await api(token, `/api/v1/push/subscriptions/${id}`, { method: "DELETE" }).catch(() => {});
