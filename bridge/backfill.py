@@ -126,6 +126,8 @@ class Backfill:
                 docs = [document(account, box.name, validity, item) for item in items]
                 try:
                     await self.store.add_backfilled(docs)
+                    # Its listing order is filled from the store afresh (bridge.listing_order).
+                    await self.counts.order.forget({(account, box.name)})
                 except BaseException:  # cancelled too (the bridge stopping): the mark must not stay up
                     # Clear the mark (and the counts, which may miss part of these writes). Not
                     # raising from here: that would replace the error (or the cancellation).

@@ -1,5 +1,6 @@
-"""The index's state in Redis: where a mail's filter summary meets its delivery, and each mailbox's
-unread and total counts.
+"""The index's state in Redis: where a mail's filter summary meets its delivery, each mailbox's
+unread and total counts, and its listing order (kept by bridge.listing_order, moved here after
+each read's documents).
 
 Both are kept out of the store because they are touched by every event: on FerretDB each store
 operation is a round trip through Go and SQLite, and two of them per mail (the summary document,
@@ -41,6 +42,7 @@ from redis.exceptions import RedisError
 
 from bridge import redis_keys
 from bridge.events import Event, MailboxEvent, MailboxRename, MessageAdded
+from bridge.listing_order import ListingOrder
 from bridge.mail_facts import MailFacts
 from bridge.mail_headers import believable_date
 from bridge.redis_text import text
@@ -125,6 +127,7 @@ class IndexCache:
         self.store = store
         self.prefix = prefix
         self.facts = MailFacts(redis, prefix)
+        self.order = ListingOrder(redis, store, prefix)
         self._move_counts = redis.register_script(_MOVE_COUNTS)
         self._keep_counts = redis.register_script(_KEEP_COUNTS)
 
@@ -142,6 +145,11 @@ class IndexCache:
         try:
             facts, early = await self.facts.meet(events)
             changes = await self.store.apply(events, facts, early)
+            # After the documents: a member stands for a document already written. A failure here
+            # leaves the read pending, and applied again it adds what it added (as `readded`).
+            await self.order.arrive(changes.inserted, changes.readded)
+            await self.order.depart(changes.expunged)
+            await self.order.forget(changes.reordered)
         except BaseException:  # cancelled too (the bridge stopping): the marks must not stay up
             # The store may hold part of this read's writes, which the retry will not see as new:
             # the kept counts of these mailboxes can no longer be moved by deltas. Forget them

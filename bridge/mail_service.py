@@ -183,7 +183,9 @@ class MailService:
         quick filters by name (bridge.store_reads.FILTERS)."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}")
-        emails, next_cursor = await self.store.listing(
+        # The plain listing from the mailbox's order in Redis: no scan (bridge.listing_order).
+        ordered = None if filters or search else await self.counts.order.listing(account, mailbox, limit, cursor)
+        emails, next_cursor = ordered or await self.store.listing(
             account, mailbox, limit=limit, cursor=cursor, filters=filters, search=search
         )
         return {"emails": [summary(d) for d in emails], "nextCursor": next_cursor}

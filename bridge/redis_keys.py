@@ -134,6 +134,28 @@ def index_writing(prefix: str, account: str) -> str:
     return f"{prefix}:index:writing:{account}"
 
 
+# ------------------------------------------------------------------ listing order (bridge.listing_order)
+
+
+def listing_order(prefix: str, account: str, mailbox: str) -> str:
+    """Sorted set of one mailbox's messages (member `<UID, 10 digits>:<UIDVALIDITY>`, score the
+    arrival in Unix seconds), the order of its listing, with the member `built` scored -inf once
+    complete; no TTL (dropped with the mailbox)."""
+    return f"{prefix}:order:{_mailbox_digest(account, mailbox)}"
+
+
+def listing_generation(prefix: str, account: str) -> str:
+    """Hash, mailbox -> how often its set was dropped (a fill that read the store before the last
+    drop does not count); no TTL."""
+    return f"{prefix}:order:generation:{account}"
+
+
+def _mailbox_digest(account: str, mailbox: str) -> str:
+    # A mailbox name may hold any character (RFC 3501 5.1, modified UTF-7 decoded): hashed, as the
+    # facts' keys are, so a key never holds a separator or a newline from a name.
+    return hashlib.sha256(f"{account}\0{mailbox}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
 # ------------------------------------------------------------------ REST (mail_service, uploads, rate_limit)
 
 

@@ -254,6 +254,16 @@ class Store:
                 self.messages, account, mailbox, limit=limit, cursor=cursor, filters=filters, search=search
             )
 
+    async def documents(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Message documents by `_id`, in order (None where there is none; a tombstone as it is)."""
+        with _answered():
+            return await store_reads.documents(self.messages, ids)
+
+    async def arrivals(self, account: str, mailbox: str) -> list[tuple[int, int, int]]:
+        """(UIDVALIDITY, UID, arrival) of every message of the mailbox (a scan on FerretDB)."""
+        with _answered():
+            return await store_reads.arrivals(self.messages, account, mailbox)
+
     async def senders(
         self, account: str, needle: str, *, skip: Sequence[str], limit: int
     ) -> list[tuple[int, str, str]]:

@@ -13,6 +13,7 @@ value in the filter, never a key or an operator.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
@@ -123,15 +124,31 @@ async def listing(
     return page, encode_cursor(page[-1]) if len(docs) > limit else None
 
 
+def arrival(doc: Mapping[str, Any]) -> int:
+    """A document's arrival (Unix seconds) as an integer: a stored time of another type counts as 0."""
+    arrived = doc.get("arrived")
+    if isinstance(arrived, float) and math.isfinite(arrived):
+        return int(arrived)
+    return arrived if isinstance(arrived, int) and not isinstance(arrived, bool) else 0
+
+
 def encode_cursor(doc: Mapping[str, Any]) -> str:
     """Where the next page starts: after this document, in the listing's order (arrival, then UID)."""
-    arrived = doc.get("arrived")
     # decode_cursor takes integers only: a stored time of another type must not make page 2 a 400.
-    if isinstance(arrived, float) and math.isfinite(arrived):
-        arrived = int(arrived)
-    elif not isinstance(arrived, int) or isinstance(arrived, bool):
-        arrived = 0
-    return base64.urlsafe_b64encode(json.dumps([arrived, doc["uid"]]).encode()).decode()
+    return base64.urlsafe_b64encode(json.dumps([arrival(doc), doc["uid"]]).encode()).decode()
+
+
+async def documents(messages: Documents, ids: Sequence[str]) -> list[dict[str, Any] | None]:
+    """Documents by `_id`, one query each, side by side (the client's pool bounds how many at once):
+    FerretDB answers `{_id: <string>}` from an index, and `$in` by reading every document."""
+    return list(await asyncio.gather(*(messages.find_one({"_id": doc_id}) for doc_id in ids)))
+
+
+async def arrivals(messages: Documents, account: str, mailbox: str) -> list[tuple[int, int, int]]:
+    """(UIDVALIDITY, UID, arrival) of every message of the mailbox (bridge.listing_order fills its
+    order from them)."""
+    cursor = messages.find({"account": account, "mailbox": mailbox}, {"uidvalidity": 1, "uid": 1, "arrived": 1})
+    return [(int(d["uidvalidity"]), int(d["uid"]), arrival(d)) async for d in cursor]
 
 
 def decode_cursor(value: str) -> tuple[int, int]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from pymongo import DeleteMany, DeleteOne, ReturnDocument, UpdateMany, UpdateOne
@@ -66,10 +66,21 @@ def message_doc_id(account: str, mailbox: str, uidvalidity: int, uid: int) -> st
     return json.dumps([account, mailbox, uidvalidity, uid], ensure_ascii=False, separators=(",", ":"))
 
 
+# A message in a mailbox: (account, mailbox, UIDVALIDITY, UID).
+MessageKey = tuple[str, str, int, int]
+
+
 @dataclass(frozen=True)
 class IndexChanges:
     deltas: dict[tuple[str, str], list[int]]  # (account, mailbox) -> [unread, total] moved
     recounts: set[tuple[str, str]]  # mailboxes to count again (renamed, deleted)
+    # For the listing order (bridge.listing_order), in the order written: messages inserted, with
+    # the arrival written; messages added that were there already (their arrival is the document's);
+    # messages expunged; mailboxes renamed or deleted.
+    inserted: list[tuple[MessageKey, int]] = field(default_factory=list)
+    readded: list[MessageKey] = field(default_factory=list)
+    expunged: list[MessageKey] = field(default_factory=list)
+    reordered: set[tuple[str, str]] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +109,11 @@ async def apply(
             await _rename(messages, event)
             batch.recount(event.account, event.old_mailbox)
             batch.recount(event.account, event.mailbox)
+            batch.reordered |= {(event.account, event.old_mailbox), (event.account, event.mailbox)}
         elif isinstance(event, MailboxDelete):
             batch.write(DeleteMany({"account": event.account, "mailbox": event.mailbox}))
             batch.recount(event.account, event.mailbox)
+            batch.reordered.add((event.account, event.mailbox))
         elif isinstance(event, MessageExpunge):
             await batch.expunge(event)
         elif isinstance(event, FlagsSet | FlagsClear):
@@ -112,7 +125,8 @@ async def apply(
         batch.write(UpdateOne({"_id": doc_id}, {"$set": {k: summary[k] for k in FACTS}}))
     await batch.flush()
     await batch.forget_early_flags()
-    return IndexChanges(batch.deltas, batch.recounts)
+    b = batch
+    return IndexChanges(b.deltas, b.recounts, b.inserted, b.readded, b.expunged_keys, b.reordered)
 
 
 async def _rename(messages: Documents, event: MailboxRename) -> None:
@@ -159,11 +173,15 @@ class _CountingBatch:
         self.messages = messages
         self.early_flags = early_flags
         self.writes: list[Write] = []
-        self.added: dict[int, tuple[str, str, bool]] = {}  # write position -> (account, mailbox, seen)
+        self.added: dict[int, tuple[MessageKey, int, bool]] = {}  # write position -> (key, arrived, seen)
         self.added_ids: dict[str, tuple[str, str]] = {}  # document id -> (account, mailbox) of this flush's adds
         self.deltas: dict[tuple[str, str], list[int]] = {}  # (account, mailbox) -> [unread, total]
         self.recounts: set[tuple[str, str]] = set()
         self.expunged: list[str] = []  # document ids
+        self.inserted: list[tuple[MessageKey, int]] = []  # (message, arrival written)
+        self.readded: list[MessageKey] = []  # added, but its document was there already
+        self.expunged_keys: list[MessageKey] = []
+        self.reordered: set[tuple[str, str]] = set()
 
     def _delta(self, account: str, mailbox: str) -> list[int]:
         return self.deltas.setdefault((account, mailbox), [0, 0])
@@ -177,7 +195,8 @@ class _CountingBatch:
 
     def add(self, event: MessageAdded, summary: dict[str, Any] | None) -> None:
         self._delta(event.account, event.mailbox)
-        self.added[len(self.writes)] = (event.account, event.mailbox, SEEN in event.flags)
+        key = (event.account, event.mailbox, event.uidvalidity, event.uid)
+        self.added[len(self.writes)] = (key, _arrival(event), SEEN in event.flags)
         doc_id = message_doc_id(event.account, event.mailbox, event.uidvalidity, event.uid)
         self.added_ids[doc_id] = (event.account, event.mailbox)
         self.writes.append(_message_upsert(event, summary))
@@ -187,10 +206,13 @@ class _CountingBatch:
             return
         inserted, _matched = await bulk_write(self.messages, self.writes, ordered=True)
         for position in inserted:  # inserted, not updated: a new message
-            account, mailbox, seen = self.added[position]
-            delta = self._delta(account, mailbox)
+            key, arrived, seen = self.added[position]
+            delta = self._delta(key[0], key[1])
             delta[0] += 0 if seen else 1
             delta[1] += 1
+            self.inserted.append((key, arrived))
+        new = set(inserted)
+        self.readded += [key for position, (key, _arrived, _seen) in self.added.items() if position not in new]
         added_ids = self.added_ids
         self.writes, self.added, self.added_ids = [], {}, {}
         await self._take_early_flags(added_ids)
@@ -229,6 +251,7 @@ class _CountingBatch:
         else:
             self._delta(event.account, event.mailbox)
         self.expunged.append(doc_id)  # flag changes kept for it no longer matter
+        self.expunged_keys.append((event.account, event.mailbox, event.uidvalidity, event.uid))
 
     async def forget_early_flags(self) -> None:
         """Drop the flag changes kept for messages this read expunged (one round trip)."""
@@ -285,6 +308,11 @@ def _visible(doc: Mapping[str, Any] | None) -> TypeGuard[Mapping[str, Any]]:
     return doc is not None and "account" in doc and "gone" not in doc
 
 
+def _arrival(event: MessageAdded) -> int:
+    """When the message came into its mailbox, by the event (Unix seconds)."""
+    return event.ts // 1000
+
+
 def _message_doc(event: MessageAdded) -> dict[str, Any]:
     return {
         "account": event.account,
@@ -300,7 +328,7 @@ def _message_doc(event: MessageAdded) -> dict[str, Any]:
         "snippet": event.snippet,
         "messageId": event.message_id,
         "date": event.date if event.date is not None else event.ts // 1000,
-        "arrived": event.ts // 1000,
+        "arrived": _arrival(event),
         "flags": list(event.flags),
         "keywords": list(event.keywords),
         "seen": SEEN in event.flags,
