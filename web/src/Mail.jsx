@@ -4,7 +4,7 @@ import { api, post } from "./api.js";
 import { announce, mayAskToNotify, withdraw } from "./notify.js";
 import { flushOutbox, outbox, registerServiceWorker, rememberList, rememberedList } from "./offline.js";
 import { disablePush, enablePush, pushId } from "./push.js";
-import { forgetEvents, lastEventIds, rememberEvent, rememberPoint, saveSession } from "./session.js";
+import { accountsIn, forgetEvents, lastEventIds, rememberEvent, rememberPoint, saveSession } from "./session.js";
 import { CategoryTabs } from "./CategoryTabs.jsx";
 import { Compose } from "./Compose.jsx";
 import { FolderForm } from "./FolderForm.jsx";
@@ -16,7 +16,7 @@ import { FolderLabel } from "./FolderLabel.jsx";
 import { BellPlus, FolderPlus, LogOut, SquarePen, Volume2, VolumeX } from "./icons.js";
 import { DRAGGED_MAIL, MessageList } from "./MessageList.jsx";
 import { Preview } from "./Preview.jsx";
-import { longDate } from "./dates.js";
+import { longDate, warmDates } from "./dates.js";
 
 const FILTERS = {
   "": () => true,
@@ -109,8 +109,9 @@ const withFlags = (m, e) => {
 export function Mail({ session, onLogout }) {
   const { token } = session;
   // Known from the last /me answer too, so the client opens offline with what it had.
-  const [accounts, setAccounts] = useState(session.accounts || []);
-  const [account, setAccount] = useState((session.accounts || [])[0] || null);
+  // Or, before the first /me answer, from the token's own claims (the first listing need not wait).
+  const [accounts, setAccounts] = useState(() => session.accounts || accountsIn(token));
+  const [account, setAccount] = useState(() => (session.accounts || accountsIn(token))[0] || null);
   const [inboxUnread, setInboxUnread] = useState({}); // account -> unread in its INBOX
   const [mailbox, setMailbox] = useState("INBOX");
   const [mailboxes, setMailboxes] = useState([]);
@@ -227,8 +228,13 @@ export function Mail({ session, onLogout }) {
     if (!acct) return;
     const v = viewRef.current;
     const since = performance.now();
-    const [list] = await Promise.all([api(token, listingQuery(acct, box, v)), reloadBoxes()]);
-    if (where.current.account !== acct || where.current.mailbox !== box || viewRef.current !== v) return; // switched meanwhile
+    // The folders beside it, not before it: the rows show as soon as they come.
+    const boxes = reloadBoxes();
+    boxes.catch(() => {}); // awaited below: a failed listing must not leave its failure unhandled
+    const asked = api(token, listingQuery(acct, box, v));
+    warmDates(); // while it is on its way
+    const list = await asked;
+    if (where.current.account !== acct || where.current.mailbox !== box || viewRef.current !== v) return boxes; // switched meanwhile
     const partial = Boolean(list.nextCursor);
     setEmails((current) => merge(list.emails, current, { account: acct, mailbox: box }, v, gone.current, since, changedAt.current, flagEdits.current, partial));
     // Pages already loaded below the first stay, and so does where the next one starts.
@@ -236,6 +242,7 @@ export function Mail({ session, onLogout }) {
       const key = viewKey(acct, box, v);
       return p.key === key && p.next !== null && partial ? p : { next: list.nextCursor || "", key };
     });
+    await boxes;
   }, [token, reloadBoxes]);
 
   // One listing of a view at a time. Asked again while one is in flight (the first load, the
@@ -295,9 +302,11 @@ export function Mail({ session, onLogout }) {
     reload().catch((e) => navigator.onLine && setToast(e.message));
   }, [account, mailbox, view, reload]);
 
-  // Unread counts of the other accounts, for the switcher.
+  // Unread counts of the other accounts, for the switcher (the current one's come with its folders).
   useEffect(() => {
+    if (accounts.length < 2) return; // no switcher
     for (const a of accounts) {
+      if (a === where.current.account) continue;
       api(token, `/api/v1/mailboxes?account=${encodeURIComponent(a)}`).then(
         (r) => {
           const inbox = r.mailboxes.find((b) => b.name === "INBOX");

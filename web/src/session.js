@@ -17,6 +17,20 @@ export function readSession() {
   return JSON.parse(sessionStorage.getItem(SESSION) || "null");
 }
 
+// The accounts a token grants, read from its claims without checking it (the bridge checks it on
+// every call): the first listing need not wait for /api/v1/me, which then confirms or corrects
+// them. As the bridge names them (bridge/auth.py canonical_account): ASCII letters lowercased.
+export function accountsIn(token) {
+  try {
+    const payload = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+    const accounts = Array.isArray(payload.accounts) ? payload.accounts : [payload.sub];
+    const named = accounts.filter((a) => typeof a === "string" && a.includes("@"));
+    return [...new Set(named.map((a) => a.replace(/[A-Z]/g, (c) => c.toLowerCase())))];
+  } catch {
+    return []; // not a JWT we can read: /api/v1/me says
+  }
+}
+
 export function saveSession(session) {
   sessionStorage.setItem(SESSION, JSON.stringify(session));
 }
