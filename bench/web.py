@@ -79,9 +79,8 @@ async def fill(stack: BenchStack, user: User, count: int) -> dict[str, float]:
     # The first mail alone: Dovecot 2.3 creates the account's mailbox list index on first use, and
     # sessions that do so at once can panic on its lock (fcntl's EDEADLK, seen in a bench run).
     await asyncio.to_thread(_append, host, port, user, [0])
-    await asyncio.gather(
-        *(asyncio.to_thread(_append, host, port, user, range(c, count, CONNECTIONS)[1 if c == 0 else 0 :]) for c in range(CONNECTIONS))
-    )
+    shares = [range(c, count, CONNECTIONS)[1 if c == 0 else 0 :] for c in range(CONNECTIONS)]
+    await asyncio.gather(*(asyncio.to_thread(_append, host, port, user, share) for share in shares))
     appended = time.monotonic()
     headers = {"Authorization": f"Bearer {stack.token(user.email)}"}
     async with aiohttp.ClientSession(base_url=stack.info.web_url, headers=headers) as http:
