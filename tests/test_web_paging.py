@@ -67,6 +67,8 @@ async def scroll_to_the_end(page: Page) -> None:
         # Only a listed view can say it has nothing older (before its first answer it has no button).
         await expect(listing).to_have_attribute("aria-busy", "false", timeout=15_000)
         if await more.count() == 0:
+            # At the very end (a long list draws only the rows near the screen).
+            await listing.evaluate("(list) => { list.scrollTop = list.scrollHeight; }")
             return
         try:
             await more.scroll_into_view_if_needed(timeout=5_000)
@@ -74,6 +76,39 @@ async def scroll_to_the_end(page: Page) -> None:
             continue  # the last page came in meanwhile and took the button away
         await page.wait_for_timeout(300)
     raise AssertionError("the list kept offering older messages")
+
+
+# Read in the page: every row of the list, drawn or not, as (position, subject). A list longer than
+# the client's WINDOW_FROM draws only the rows near the screen, each with its aria-posinset of
+# aria-setsize: scrolled through a screen at a time, every position must come up, once.
+EVERY_ROW = """async () => {
+  const list = document.querySelector('ul[aria-label="Messages"]');
+  const seen = new Map();
+  const frame = () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+  for (let top = 0; ; top += list.clientHeight / 2) {
+    list.scrollTop = top;
+    list.dispatchEvent(new Event("scroll"));
+    await frame();
+    list.querySelectorAll(":scope > li.item").forEach((li, i) => {
+      const at = Number(li.getAttribute("aria-posinset") || i + 1);
+      seen.set(at, li.querySelector(".subject").textContent);
+    });
+    if (top >= list.scrollHeight) break;
+  }
+  return [...seen.entries()].sort((a, b) => a[0] - b[0]).map(([, subject]) => subject);
+}"""
+
+
+async def every_row(page: Page) -> list[str]:
+    subjects: list[str] = await page.evaluate(EVERY_ROW)
+    return subjects
+
+
+async def listed_count(page: Page) -> int:
+    """How many rows the list holds, drawn or not."""
+    rows = page.get_by_role("list", name="Messages").locator("li.item")
+    size = await rows.first.get_attribute("aria-setsize")
+    return int(size) if size else await rows.count()
 
 
 @pytest.fixture
@@ -94,9 +129,38 @@ async def test_scrolling_reaches_the_oldest_message_of_a_long_mailbox(
     await expect(page.get_by_role("button", name="Load older messages")).to_be_visible()
     await scroll_to_the_end(page)
     await expect(page.get_by_role("button", name=f"Paged 000 {paged}")).to_be_attached()
-    await expect(rows).to_have_count(MAILS)
-    subjects = await rows.locator(".subject").all_inner_texts()
-    assert subjects == [f"Paged {n:03d} {paged}" for n in reversed(range(MAILS))]  # newest first, none twice
+    assert await listed_count(page) == MAILS
+    # Longer than WINDOW_FROM (200): only the rows near the screen are drawn, and each says where it is.
+    assert await rows.count() < 100
+    newest_first = [f"Paged {n:03d} {paged}" for n in reversed(range(MAILS))]
+    assert await every_row(page) == newest_first  # and none twice
+    await page.close()
+
+
+async def test_the_keyboard_walks_a_long_list_of_which_only_the_screen_is_drawn(
+    browser: Browser, stack: StackInfo, account: Account, paged: str
+) -> None:
+    page = await signed_in(browser, stack, account)
+    listing = page.get_by_role("list", name="Messages")
+    await expect(page.get_by_role("button", name=f"Paged {MAILS - 1:03d} {paged}")).to_be_visible(timeout=15_000)
+    await scroll_to_the_end(page)
+    assert await listed_count(page) == MAILS
+    await listing.evaluate("(list) => { list.scrollTop = 0; }")
+    newest = page.get_by_role("button", name=f"Paged {MAILS - 1:03d} {paged}")
+    await newest.focus()
+    # End goes to the oldest row, far outside what is drawn: drawn then, and focused.
+    await page.keyboard.press("End")
+    await expect(page.get_by_role("button", name=f"Paged 000 {paged}")).to_be_focused()
+    await page.keyboard.press("ArrowUp")
+    await expect(page.get_by_role("button", name=f"Paged 001 {paged}")).to_be_focused()
+    await expect(newest).to_have_count(0)  # scrolled far away: not drawn
+    # Still one tab stop in the list, wherever it is scrolled.
+    assert await listing.locator("li.item .open[tabindex='0']").count() == 1
+    await page.keyboard.press("Home")
+    await expect(newest).to_be_focused()
+    for _ in range(29):  # step by step down past the first screen: every row is there to land on
+        await page.keyboard.press("ArrowDown")
+    await expect(page.get_by_role("button", name=f"Paged {MAILS - 30:03d} {paged}")).to_be_focused()
     await page.close()
 
 
@@ -115,7 +179,7 @@ async def test_the_keyboard_loads_older_pages_and_filters_and_search_page_too(
     await page.get_by_role("button", name="Unread", exact=True).click()
     await expect(rows).to_have_count(100, timeout=15_000)
     await scroll_to_the_end(page)
-    await expect(rows).to_have_count(MAILS)
+    assert await listed_count(page) == MAILS
 
     await page.get_by_role("button", name="Unread", exact=True).click()
     await page.get_by_label("Search mail").fill(f"subject:{paged}")
@@ -123,5 +187,5 @@ async def test_the_keyboard_loads_older_pages_and_filters_and_search_page_too(
     await expect(rows).to_have_count(100, timeout=15_000)
     await scroll_to_the_end(page)
     await expect(page.get_by_role("button", name=f"Paged 000 {paged}")).to_be_attached()
-    await expect(rows).to_have_count(MAILS)
+    assert await listed_count(page) == MAILS
     await page.close()

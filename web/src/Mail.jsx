@@ -646,13 +646,17 @@ export function Mail({ session, onLogout }) {
   };
 
   // The list's keyboard cursor is the focused row: j/k move it without opening anything.
+  // A long list draws only the rows near the screen (MessageList.jsx), enough either side for a step.
   const rows = () => [...document.querySelectorAll(".list .item .open")];
-  const cursorIndex = () => rows().indexOf(document.activeElement);
   const moveCursor = (step) => {
     const all = rows();
-    const next = all[Math.min(all.length - 1, Math.max(0, cursorIndex() + step))];
+    const next = all[Math.min(all.length - 1, Math.max(0, all.indexOf(document.activeElement) + step))];
     next?.focus();
     next?.scrollIntoView({ block: "nearest" });
+  };
+  const cursorIndex = () => {
+    const id = document.activeElement?.closest?.(".item")?.dataset.id;
+    return id === undefined ? -1 : keys.current.emails.findIndex((m) => m.id === id);
   };
 
   // Keyboard: the shortcuts KeyboardHelp.jsx lists (`?` shows them); keep the two alike.
