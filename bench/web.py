@@ -100,6 +100,9 @@ async def fill(stack: BenchStack, user: User, count: int) -> dict[str, float]:
 # Installed before the client's own script: records what the measures read back.
 INSTRUMENT = """
 window.__bench = { longtasks: [], firstRow: null, firstPaint: null };
+// How many rows a list holds: a long one draws only those near the screen, each with aria-setsize.
+window.__listed = (list) =>
+  Number(list.querySelector("li.item")?.getAttribute("aria-setsize")) || list.querySelectorAll("li.item").length;
 new PerformanceObserver((list) => {
   for (const e of list.getEntries()) window.__bench.longtasks.push([e.startTime, e.duration]);
 }).observe({ type: "longtask", buffered: true });
@@ -152,8 +155,7 @@ async (limitMs) => {
     .map((e) => e.duration);
   return {
     total_ms: t1 - t0,
-    // A long list draws only the rows near the screen, each with its position in aria-setsize.
-    rows: Number(list.querySelector("li.item")?.getAttribute("aria-setsize")) || list.querySelectorAll("li.item").length,
+    rows: window.__listed(list),
     frames,
     longtasks: tasks,
     page_requests_ms: pages,
@@ -182,8 +184,7 @@ SEARCH_ARM = """
         resolve({
           total_ms: shown - started,
           request_ms: request ? request.duration : null,
-          // A long list draws only the rows near the screen, each with its position in aria-setsize.
-    rows: Number(list.querySelector("li.item")?.getAttribute("aria-setsize")) || list.querySelectorAll("li.item").length,
+          rows: window.__listed(list),
         });
       }
     });

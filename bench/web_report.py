@@ -139,9 +139,9 @@ def _where(web: Mapping[str, Any]) -> list[str]:
         notes.append(
             f"Scrolling: the {scroll['page_requests']} pages took {_ms(scroll['page_request']['p50'])} ms each "
             f"at p50; the long tasks ({_ms(scroll['longtask']['p50'])} ms at p50, "
-            f"{_ms(scroll['longtask']['max'])} at most) are the page's own work, adding each page to a list "
-            "that grows to every row loaded (the rows are memoised but not virtualised: the DOM holds them "
-            "all, and React renders the whole list for each page)."
+            f"{_ms(scroll['longtask']['max'])} at most) are the page's own work as pages come in: each is "
+            "merged and sorted into the list of every row loaded, and the rows near the screen drawn again "
+            "(a list over 200 rows draws only those: web/src/MessageList.jsx)."
         )
     searched = [v["p50"] for k, v in server["store"].items() if k != "listing"]
     missed = web["search"]["total"]["p50"] > SEARCH_GOAL_MS
