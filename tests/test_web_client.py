@@ -543,6 +543,37 @@ async def test_counts_that_arrive_late_do_not_replace_newer_ones(
     await page.close()
 
 
+async def test_counts_that_come_before_the_folder_list_are_not_lost_when_it_comes(
+    browser: Browser, stack: StackInfo, account: Account, redis_client: aioredis.Redis
+) -> None:
+    """The socket can bring a mailbox's counts before the page has its folder list (the rows come
+    first): when the list comes, with counts older than those, the newer counts stay."""
+    await asyncio.to_thread(send_smtp, stack, [message("carol@outside.test", account.email, "Count me early")])
+    release, asked = asyncio.Event(), asyncio.Event()
+
+    async def held(route: Route) -> None:
+        asked.set()
+        await release.wait()
+        await route.continue_()
+
+    context = await browser.new_context(service_workers="block")  # its own fetches pass page routes by
+    await context.route(re.compile(r"/api/v1/mailboxes\?"), held)
+    page = await signed_in(context, stack, account)
+    await expect(page.get_by_role("button", name=re.compile("Count me early"))).to_be_visible(timeout=15_000)
+    await asyncio.wait_for(asked.wait(), 15)
+    publisher = FanoutPublisher(redis_client, "mail", resume_log_len=10_000, metrics=Metrics())
+    payload = {"account": account.email, "mailbox": "INBOX", "unread": 5, "total": 5}
+    payload["countsVersion"] = int(time.time() * 1_000_000) + 600_000_000  # newer than the list's
+    sent = await publisher.publish(BrowserEvent("unread_count", account.email, payload))
+    received = "(id) => JSON.parse(sessionStorage.getItem('mail-bridge-last-event') || '{}')[%r] === id"
+    await page.wait_for_function(received % account.email, arg=sent, timeout=15_000)
+    release.set()  # the folder list comes now, with the count of 1 it took before
+    inbox = page.get_by_role("navigation", name="Mailboxes").get_by_role("button", name=re.compile("^INBOX"))
+    await expect(inbox).to_have_text("INBOX (5)", timeout=15_000)
+    await expect(page).to_have_title("(5) INBOX — mail-bridge")
+    await context.close()
+
+
 async def test_mail_that_arrived_live_in_another_folder_shows_when_it_is_opened(
     browser: Browser, stack: StackInfo, account: Account, redis_client: aioredis.Redis
 ) -> None:

@@ -161,14 +161,15 @@ export function Mail({ session, onLogout }) {
     }
     edits.set(e.emailId, [...earlier, { at: now, e }]);
   };
-  // "account\nmailbox" -> the highest countsVersion seen. Counts are taken by several writers on
-  // the server and can arrive out of order (a listing, a late unread_count): the newest wins.
+  // "account\nmailbox" -> the counts with the highest countsVersion seen. Counts are taken by
+  // several writers on the server and can arrive out of order (a listing, a late unread_count): the
+  // newest wins, also over a folder list that comes after them (an unread_count can come first).
   const countsVersion = useRef(new Map());
   const newestCounts = (acct, box) => {
     const key = `${acct}\n${box.name || box.mailbox}`;
     const version = Number(box.countsVersion) || 0;
-    if (version < (countsVersion.current.get(key) || 0)) return false;
-    countsVersion.current.set(key, version);
+    if (version < (countsVersion.current.get(key)?.countsVersion || 0)) return false;
+    countsVersion.current.set(key, { unread: box.unread, total: box.total, countsVersion: version });
     return true;
   };
   const where = useRef({});
@@ -205,10 +206,10 @@ export function Mail({ session, onLogout }) {
     if (where.current.account !== acct) return; // switched meanwhile
     // Counts pushed live that are newer than the listing's stay.
     const fresh = new Set(boxes.mailboxes.filter((b) => newestCounts(acct, b)).map((b) => b.name));
-    setMailboxes((current) =>
+    setMailboxes(() =>
       boxes.mailboxes.map((b) => {
-        const live = current.find((c) => c.name === b.name);
-        return live && !fresh.has(b.name) ? { ...b, unread: live.unread, total: live.total, countsVersion: live.countsVersion } : b;
+        const live = countsVersion.current.get(`${acct}\n${b.name}`);
+        return live && !fresh.has(b.name) ? { ...b, ...live } : b;
       }),
     );
     const inbox = boxes.mailboxes.find((b) => b.name === "INBOX");
