@@ -27,13 +27,13 @@ Memory: about 100 bytes per message in Redis (a skiplist entry); small mailboxes
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol, TypeGuard
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
 from bridge import redis_keys
 from bridge.store_reads import arrival, decode_cursor, encode_cursor
-from bridge.store_writes import MessageKey, message_doc_id
+from bridge.store_writes import MessageKey, message_doc_id, visible
 
 BUILT = "built"  # the mark of a complete set (sorts after every member: scored -inf)
 _FILL_CHUNK = 1000  # members per ZADD of a fill (a script argument list stays small)
@@ -109,7 +109,7 @@ class ListingOrder:
         unscored = list(unscored)
         if unscored:
             docs = await self.store.documents([message_doc_id(*key) for key in unscored])
-            scored += [(key, arrival(doc)) for key, doc in zip(unscored, docs, strict=True) if _visible(doc)]
+            scored += [(key, arrival(doc)) for key, doc in zip(unscored, docs, strict=True) if visible(doc)]
         if not scored:
             return
         pipe = self.redis.pipeline(transaction=False)
@@ -182,7 +182,7 @@ class ListingOrder:
             docs = await self.store.documents([message_doc_id(account, mailbox, uv, uid) for uv, uid in members])
             stale, rescored = [], {}
             for (uidvalidity, uid), score, doc in zip(members, scores, docs, strict=True):
-                if not _visible(doc):
+                if not visible(doc):
                     stale.append(member(uidvalidity, uid))
                     continue
                 if arrival(doc) != score:  # set by a writer that could not know; the document rules
@@ -220,9 +220,4 @@ class ListingOrder:
         if rescored:
             pipe.zadd(order, dict(rescored), xx=True)
         await pipe.execute()
-
-
-def _visible(doc: Mapping[str, Any] | None) -> TypeGuard[Mapping[str, Any]]:
-    """A message document listings see: there, and not a tombstone (bridge.store_writes)."""
-    return doc is not None and "account" in doc and "gone" not in doc
 

@@ -125,8 +125,7 @@ async def apply(
         batch.write(UpdateOne({"_id": doc_id}, {"$set": {k: summary[k] for k in FACTS}}))
     await batch.flush()
     await batch.forget_early_flags()
-    b = batch
-    return IndexChanges(b.deltas, b.recounts, b.inserted, b.readded, b.expunged_keys, b.reordered)
+    return IndexChanges(batch.deltas, batch.recounts, batch.inserted, batch.readded, batch.expunged, batch.reordered)
 
 
 async def _rename(messages: Documents, event: MailboxRename) -> None:
@@ -177,10 +176,9 @@ class _CountingBatch:
         self.added_ids: dict[str, tuple[str, str]] = {}  # document id -> (account, mailbox) of this flush's adds
         self.deltas: dict[tuple[str, str], list[int]] = {}  # (account, mailbox) -> [unread, total]
         self.recounts: set[tuple[str, str]] = set()
-        self.expunged: list[str] = []  # document ids
+        self.expunged: list[MessageKey] = []
         self.inserted: list[tuple[MessageKey, int]] = []  # (message, arrival written)
         self.readded: list[MessageKey] = []  # added, but its document was there already
-        self.expunged_keys: list[MessageKey] = []
         self.reordered: set[tuple[str, str]] = set()
 
     def _delta(self, account: str, mailbox: str) -> list[int]:
@@ -244,20 +242,20 @@ class _CountingBatch:
         gone = await self.messages.find_one_and_replace(
             {"_id": doc_id}, {"gone": event.ts, "at": now_ms()}, upsert=True, return_document=ReturnDocument.BEFORE
         )
-        if _visible(gone):
+        if visible(gone):
             delta = self._delta(event.account, event.mailbox)
             delta[0] -= 0 if gone.get("seen") else 1
             delta[1] -= 1
         else:
             self._delta(event.account, event.mailbox)
-        self.expunged.append(doc_id)  # flag changes kept for it no longer matter
-        self.expunged_keys.append((event.account, event.mailbox, event.uidvalidity, event.uid))
+        # Flag changes kept for it no longer matter (forget_early_flags); the listing order drops it.
+        self.expunged.append((event.account, event.mailbox, event.uidvalidity, event.uid))
 
     async def forget_early_flags(self) -> None:
         """Drop the flag changes kept for messages this read expunged (one round trip)."""
         if self.expunged:
-            await bulk_write(self.early_flags, [DeleteOne({"_id": doc_id}) for doc_id in self.expunged], ordered=False)
-            self.expunged = []
+            drops = [DeleteOne({"_id": message_doc_id(*key)}) for key in self.expunged]
+            await bulk_write(self.early_flags, drops, ordered=False)
 
     async def change_flags(self, event: FlagsSet | FlagsClear) -> None:
         await self.flush()
@@ -280,7 +278,7 @@ class _CountingBatch:
         if found is None:
             return False
         before, stale = found
-        if _visible(before) and SEEN in changes:
+        if visible(before) and SEEN in changes:
             seen_before = bool(before.get("seen"))
             seen_after = stale.get(SEEN, value)
             if seen_after != seen_before:
@@ -303,7 +301,7 @@ async def bulk_write(collection: Documents, ops: Sequence[Write], *, ordered: bo
     return inserted, matched
 
 
-def _visible(doc: Mapping[str, Any] | None) -> TypeGuard[Mapping[str, Any]]:
+def visible(doc: Mapping[str, Any] | None) -> TypeGuard[Mapping[str, Any]]:
     """A message document listings and counts see: not a tombstone."""
     return doc is not None and "account" in doc and "gone" not in doc
 
