@@ -183,8 +183,15 @@ class MailService:
         quick filters by name (bridge.store_reads.FILTERS)."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}")
-        # The plain listing from the mailbox's order in Redis: no scan (bridge.listing_order).
-        ordered = None if filters or search else await self.counts.order.listing(account, mailbox, limit, cursor)
+        # From the mailbox's order in Redis, without a scan of the store (bridge.listing_order): the
+        # plain listing, and searches with a text term. Quick filters and the other searches: the store.
+        order = self.counts.order
+        if filters:
+            ordered = None
+        elif search is None or not search.terms:
+            ordered = await order.listing(account, mailbox, limit, cursor)
+        else:
+            ordered = await order.search(account, mailbox, search, limit, cursor)
         emails, next_cursor = ordered or await self.store.listing(
             account, mailbox, limit=limit, cursor=cursor, filters=filters, search=search
         )

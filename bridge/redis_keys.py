@@ -144,6 +144,13 @@ def listing_order(prefix: str, account: str, mailbox: str) -> str:
     return f"{prefix}:order:{_mailbox_digest(account, mailbox)}"
 
 
+def search_digests(prefix: str, account: str, mailbox: str) -> str:
+    """Hash beside one mailbox's listing order: member -> the message's search digest
+    (bridge.search_match), with the field `built` once a fill wrote every message's; no TTL
+    (dropped with the order)."""
+    return f"{prefix}:search:{_mailbox_digest(account, mailbox)}"
+
+
 def listing_generation(prefix: str, account: str) -> str:
     """Hash, mailbox -> how often its set was dropped (a fill that read the store before the last
     drop does not count); no TTL."""

@@ -259,8 +259,8 @@ class Store:
         with _answered():
             return await store_reads.documents(self.messages, ids)
 
-    async def arrivals(self, account: str, mailbox: str) -> list[tuple[int, int, int]]:
-        """(UIDVALIDITY, UID, arrival) of every message of the mailbox (a scan on FerretDB)."""
+    async def arrivals(self, account: str, mailbox: str) -> list[tuple[int, int, int, bytes]]:
+        """(UIDVALIDITY, UID, arrival, search digest) of every message of the mailbox (a scan on FerretDB)."""
         with _answered():
             return await store_reads.arrivals(self.messages, account, mailbox)
 

@@ -21,21 +21,19 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any
 
 from bridge.errors import InvalidInput
+from bridge.search_match import FLAG_MEANING, SEARCHED, TEXT_FIELDS, digest
 from bridge.search_query import (
     FLAGGED,
-    SEEN,
     AttachmentTerm,
     DateTerm,
-    FlagState,
     FlagTerm,
     LabelTerm,
     MailboxTerm,
     SearchQuery,
     Term,
-    TextField,
     TextTerm,
 )
 from bridge.store_flags import Documents
@@ -54,20 +52,6 @@ FILTERS: dict[str, dict[str, Any]] = {
 # and a mail that came last must show first, as Gmail and Fastmail show it.
 NEWEST = [("arrived", -1), ("uid", -1)]
 
-# Which index fields each kind of text term looks in. The raw From header may still be RFC 2047 encoded, so
-# the decoded name and the address are searched too; a field a document lacks simply does not match.
-_TEXT_FIELDS: Final[dict[TextField, tuple[str, ...]]] = {
-    "from": ("from", "fromName", "fromAddress"),
-    "to": ("to", "toAddress"),
-    "subject": ("subject",),
-    "text": ("subject", "snippet", "from", "fromName", "fromAddress", "to", "toAddress"),
-}
-# (flag, whether the state means the flag is present)
-_FLAG_MEANING: Final[dict[FlagState, tuple[str, bool]]] = {
-    "unread": (SEEN, False),
-    "read": (SEEN, True),
-    "starred": (FLAGGED, True),
-}
 _INT64 = 1 << 63
 
 
@@ -144,11 +128,12 @@ async def documents(messages: Documents, ids: Sequence[str]) -> list[dict[str, A
     return list(await asyncio.gather(*(messages.find_one({"_id": doc_id}) for doc_id in ids)))
 
 
-async def arrivals(messages: Documents, account: str, mailbox: str) -> list[tuple[int, int, int]]:
-    """(UIDVALIDITY, UID, arrival) of every message of the mailbox (bridge.listing_order fills its
-    order from them)."""
-    cursor = messages.find({"account": account, "mailbox": mailbox}, {"uidvalidity": 1, "uid": 1, "arrived": 1})
-    return [(int(d["uidvalidity"]), int(d["uid"]), arrival(d)) async for d in cursor]
+async def arrivals(messages: Documents, account: str, mailbox: str) -> list[tuple[int, int, int, bytes]]:
+    """(UIDVALIDITY, UID, arrival, search digest) of every message of the mailbox (bridge.listing_order
+    fills its order from them; bridge.search_match makes the digest)."""
+    fields = {"uidvalidity": 1, "uid": 1, "arrived": 1, **dict.fromkeys(SEARCHED, 1)}
+    cursor = messages.find({"account": account, "mailbox": mailbox}, fields)
+    return [(int(d["uidvalidity"]), int(d["uid"]), arrival(d), digest(d)) async for d in cursor]
 
 
 def decode_cursor(value: str) -> tuple[int, int]:
@@ -235,7 +220,7 @@ def _clause(term: Term) -> dict[str, Any]:
     if isinstance(term, FlagTerm):
         # Both polarities have a direct form: an array field equals X when an element is X, and `$ne` holds
         # when no element is X (or the field is missing), which is exactly the complement.
-        flag, present = _FLAG_MEANING[term.state]
+        flag, present = FLAG_MEANING[term.state]
         if term.negated:
             present = not present
         return {"flags": flag} if present else {"flags": {"$ne": flag}}
@@ -251,7 +236,7 @@ def _alternatives(term: TextTerm | AttachmentTerm | MailboxTerm | LabelTerm | Da
     """Conditions of which the (non-negated) term needs at least one."""
     if isinstance(term, TextTerm):
         pattern = re.escape(term.value)
-        return [{field: {"$regex": pattern, "$options": "i"}} for field in _TEXT_FIELDS[term.field]]
+        return [{field: {"$regex": pattern, "$options": "i"}} for field in TEXT_FIELDS[term.field]]
     if isinstance(term, LabelTerm):
         # Anchored: label:work must not match the keyword "homework". On an array, any element may match.
         return [{"keywords": {"$regex": f"^{re.escape(term.keyword)}$", "$options": "i"}}]

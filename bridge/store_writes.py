@@ -44,6 +44,7 @@ from bridge.events import (
     MessageAdded,
     MessageExpunge,
 )
+from bridge.search_match import digest
 from bridge.store_flags import SEEN, Documents, now_ms
 
 FACTS = ("hasAttachments", "size", "category")
@@ -75,9 +76,9 @@ class IndexChanges:
     deltas: dict[tuple[str, str], list[int]]  # (account, mailbox) -> [unread, total] moved
     recounts: set[tuple[str, str]]  # mailboxes to count again (renamed, deleted)
     # For the listing order (bridge.listing_order), in the order written: messages inserted, with
-    # the arrival written; messages added that were there already (their arrival is the document's);
-    # messages expunged; mailboxes renamed or deleted.
-    inserted: list[tuple[MessageKey, int]] = field(default_factory=list)
+    # the arrival and the search digest written; messages added that were there already (their
+    # arrival and digest are the document's); messages expunged; mailboxes renamed or deleted.
+    inserted: list[tuple[MessageKey, int, bytes]] = field(default_factory=list)
     readded: list[MessageKey] = field(default_factory=list)
     expunged: list[MessageKey] = field(default_factory=list)
     reordered: set[tuple[str, str]] = field(default_factory=set)
@@ -172,12 +173,12 @@ class _CountingBatch:
         self.messages = messages
         self.early_flags = early_flags
         self.writes: list[Write] = []
-        self.added: dict[int, tuple[MessageKey, int, bool]] = {}  # write position -> (key, arrived, seen)
+        self.added: dict[int, tuple[MessageKey, int, bool, bytes]] = {}  # position -> (key, arrived, seen, digest)
         self.added_ids: dict[str, tuple[str, str]] = {}  # document id -> (account, mailbox) of this flush's adds
         self.deltas: dict[tuple[str, str], list[int]] = {}  # (account, mailbox) -> [unread, total]
         self.recounts: set[tuple[str, str]] = set()
         self.expunged: list[MessageKey] = []
-        self.inserted: list[tuple[MessageKey, int]] = []  # (message, arrival written)
+        self.inserted: list[tuple[MessageKey, int, bytes]] = []  # (message, arrival and digest written)
         self.readded: list[MessageKey] = []  # added, but its document was there already
         self.reordered: set[tuple[str, str]] = set()
 
@@ -194,23 +195,24 @@ class _CountingBatch:
     def add(self, event: MessageAdded, summary: dict[str, Any] | None) -> None:
         self._delta(event.account, event.mailbox)
         key = (event.account, event.mailbox, event.uidvalidity, event.uid)
-        self.added[len(self.writes)] = (key, _arrival(event), SEEN in event.flags)
+        doc = _message_doc(event)
+        self.added[len(self.writes)] = (key, doc["arrived"], SEEN in event.flags, digest(doc))
         doc_id = message_doc_id(event.account, event.mailbox, event.uidvalidity, event.uid)
         self.added_ids[doc_id] = (event.account, event.mailbox)
-        self.writes.append(_message_upsert(event, summary))
+        self.writes.append(_message_upsert(doc_id, doc, summary))
 
     async def flush(self) -> None:
         if not self.writes:
             return
         inserted, _matched = await bulk_write(self.messages, self.writes, ordered=True)
         for position in inserted:  # inserted, not updated: a new message
-            key, arrived, seen = self.added[position]
+            key, arrived, seen, searched = self.added[position]
             delta = self._delta(key[0], key[1])
             delta[0] += 0 if seen else 1
             delta[1] += 1
-            self.inserted.append((key, arrived))
+            self.inserted.append((key, arrived, searched))
         new = set(inserted)
-        self.readded += [key for position, (key, _arrived, _seen) in self.added.items() if position not in new]
+        self.readded += [key for position, (key, *_written) in self.added.items() if position not in new]
         added_ids = self.added_ids
         self.writes, self.added, self.added_ids = [], {}, {}
         await self._take_early_flags(added_ids)
@@ -333,8 +335,7 @@ def _message_doc(event: MessageAdded) -> dict[str, Any]:
     }
 
 
-def _message_upsert(event: MessageAdded, summary: dict[str, Any] | None) -> UpdateOne:
-    doc = _message_doc(event)
+def _message_upsert(doc_id: str, doc: dict[str, Any], summary: dict[str, Any] | None) -> UpdateOne:
     # Flags as delivered only for a new document: on one already there (a replayed event, or the
     # backfill came first) the flag events since then hold the truth, and the counts with them.
     # The identity too: a tombstone (the message was expunged before this arrived) stays one.
@@ -347,5 +348,4 @@ def _message_upsert(event: MessageAdded, summary: dict[str, Any] | None) -> Upda
     else:
         # Not known yet: defaults for a new document, and what a summary wrote stays.
         update["$setOnInsert"].update(DEFAULT_FACTS)
-    doc_id = message_doc_id(event.account, event.mailbox, event.uidvalidity, event.uid)
     return UpdateOne({"_id": doc_id}, update, upsert=True)

@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bridge.events import MailboxRename, MessageExpunge, MessageNew
+from bridge import listing_order
+from bridge.events import FlagsSet, MailboxRename, MessageExpunge, MessageNew
 from bridge.index_cache import IndexCache
 from bridge.listing_order import ListingOrder
+from bridge.search_query import parse_search
 from bridge.stack.launcher import StackInfo
 from bridge.store import Store
 from bridge.store_writes import message_doc_id
@@ -33,7 +35,7 @@ class Interleaved(Store):
 
     meanwhile: Callable[[], Awaitable[None]] | None = None
 
-    async def arrivals(self, account: str, mailbox: str) -> list[tuple[int, int, int]]:
+    async def arrivals(self, account: str, mailbox: str) -> list[tuple[int, int, int, bytes]]:
         found = await super().arrivals(account, mailbox)
         if self.meanwhile is not None:
             act, self.meanwhile = self.meanwhile, None
@@ -170,3 +172,95 @@ async def test_a_fill_that_read_the_store_before_a_rename_does_not_count(rig: Ri
     assert await rig.order.page(rig.account, "INBOX", 10, None) is None  # still not complete
     assert await rig.order.listing(rig.account, "INBOX", 10, None) == ([], None)  # filled afresh: empty now
     assert [d["uid"] for d in (await rig.order.listing(rig.account, "Old", 10, None) or ([], None))[0]] == [2, 1]
+
+
+# -- searches answered from the order and its digests
+
+
+def _mail(rig: Rig, uid: int, **fields: Any) -> MessageNew:
+    return dataclasses.replace(rig.delivered(uid, at=TS + uid * 1000), **fields)
+
+
+async def _searched(rig: Rig, text: str, limit: int, *, store: bool = False) -> list[list[int]]:
+    """Every page of a search in the INBOX, as UIDs: through the order, or from the store's scan."""
+    query = parse_search(text)
+    out, cursor = [], None
+    for _ in range(50):
+        if store:
+            docs, cursor = await rig.store.listing(rig.account, "INBOX", limit=limit, cursor=cursor, search=query)
+        else:
+            found = await rig.order.search(rig.account, "INBOX", query, limit, cursor)
+            assert found is not None, text
+            docs, cursor = found
+        out.append([int(d["uid"]) for d in docs])
+        if cursor is None:
+            return out
+    raise AssertionError(f"no last page after 50: {out[:6]}")
+
+
+async def test_searches_through_the_order_select_and_page_exactly_as_the_store(rig: Rig) -> None:
+    mails = [
+        _mail(rig, 1, subject="Quarterly budget", from_="Ann <ann@outside.test>", from_address="ann@outside.test"),
+        _mail(rig, 2, subject="Invoice 42", snippet="please pay the budget", to="Team <team@example.test>"),
+        _mail(rig, 3, subject="=?utf-8?q?Caf=C3=A9?=", from_name="Zoë Ünal", from_address="zoe@outside.test"),
+        _mail(rig, 4, subject="INVOICE again", keywords=("work",), flags=("\\Seen",)),
+        _mail(rig, 5, subject="lunch", snippet="invoice attached", to_address="bob@example.test"),
+        _mail(rig, 6, subject="Über budget", flags=("\\Flagged",)),
+    ]
+    mails += [_mail(rig, uid, subject=f"Filler {uid}") for uid in range(7, 20)]
+    await rig.index.apply(mails)
+    # Every text field, negation, case (also beyond ASCII), flags and labels with text, in: the scope.
+    for text in [
+        "invoice", "INVOICE", "subject:invoice", "budget", "-budget", "budget -subject:budget", "from:ann",
+        "from:zoë", "from:ÜNAL", "to:team", "to:bob@", "über", "invoice is:unread", "invoice -is:read",
+        "budget is:starred", "invoice label:WORK", "invoice -label:work", "in:INBOX lunch", "-in:INBOX lunch",
+        "filler -filler", "filler", "zzqx", "-zzqx", "invoice before:2023-11-15",
+    ]:  # fmt: skip
+        assert await _searched(rig, text, 2) == await _searched(rig, text, 2, store=True), text
+    assert await _searched(rig, "invoice", 10) == [[5, 4, 2]]
+
+
+async def test_flags_and_labels_are_judged_on_the_document_not_the_digest(rig: Rig) -> None:
+    await rig.index.apply([_mail(rig, 1, subject="Invoice"), _mail(rig, 2, subject="Invoice")])
+    assert await _searched(rig, "invoice is:unread", 10) == [[2, 1]]
+    seen = FlagsSet(key="f", ts=TS, account=rig.account, mailbox="INBOX", uidvalidity=7, uid=2, flags=("\\Seen",))
+    await rig.index.apply([seen])
+    assert await _searched(rig, "invoice is:unread", 10) == [[1]]
+    assert await _searched(rig, "invoice is:unread", 10, store=True) == [[1]]
+
+
+async def test_a_message_without_a_digest_is_tested_on_its_document(rig: Rig) -> None:
+    await rig.index.apply([_mail(rig, uid, subject="Report" if uid % 2 else "Other") for uid in range(1, 7)])
+    assert await _searched(rig, "report", 10) == [[5, 3, 1]]
+    digests = [k async for k in rig.redis.scan_iter(f"{rig.order.prefix}:search:*")]
+    assert len(digests) == 1
+    await rig.redis.hdel(digests[0], "0000000003:7", "0000000004:7")
+    assert await _searched(rig, "report", 10) == [[5, 3, 1]]
+    assert await _searched(rig, "-report", 10) == [[6, 4, 2]]
+
+
+async def test_an_order_built_without_digests_is_filled_before_a_search(rig: Rig) -> None:
+    """A set built before digests were kept (an upgrade): a search fills them, and finds everything."""
+    await rig.index.apply([_mail(rig, uid, subject=f"Note {uid}") for uid in range(1, 5)])
+    assert await rig.pages(10) == [[4, 3, 2, 1]]
+    await rig.redis.delete(*[k async for k in rig.redis.scan_iter(f"{rig.order.prefix}:search:*")])
+    assert await rig.order.page(rig.account, "INBOX", 10, None, parse_search("note")) is None
+    assert await _searched(rig, "note", 3) == [[4, 3, 2], [1]]
+
+
+async def test_a_scan_reads_on_past_its_budget_and_expunged_mail_leaves_the_digests(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(listing_order, "_SCAN_BUDGET", 3)  # each call looks at 3 members
+    await rig.index.apply([_mail(rig, uid, subject="Needle" if uid in (2, 11) else "Hay") for uid in range(1, 15)])
+    assert await _searched(rig, "needle", 1) == [[11], [2]]
+    await rig.index.apply([rig.expunged(11)])
+    assert await _searched(rig, "needle", 1) == [[2]]
+    digests = [k async for k in rig.redis.scan_iter(f"{rig.order.prefix}:search:*")]
+    assert not await rig.redis.hexists(digests[0], "0000000011:7")
+
+
+async def test_searches_the_order_cannot_narrow_are_left_to_the_store(rig: Rig) -> None:
+    await rig.index.apply([_mail(rig, 1, subject="Invoice")])
+    for text in ["is:unread", "label:work", "-invoice is:unread", "in:INBOX in:Sent invoice"]:
+        assert await rig.order.search(rig.account, "INBOX", parse_search(text), 10, None) is None, text
