@@ -32,7 +32,7 @@ reliability: setup test-debs
 	$(PY) -m pytest -q -m reliability --reliability-full --reliability-report docs/reliability.md tests
 
 # Benchmarks on the real stack (7 to 13 minutes here, and about 10 more for the web stage); writes docs/benchmarks.md and its plots.
-bench: setup $(VENV)/.bench-installed
+bench: setup test-debs $(VENV)/.bench-installed
 	$(VENV)/bin/mypy --strict bench
 	$(PY) -m bench
 

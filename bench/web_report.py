@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bench.web import FIRST_PAGE
+
 TITLE = "## 7. Web client with a long mailbox"
 FIRST_ROW_GOAL_MS = 400
 SEARCH_GOAL_MS = 200
@@ -95,7 +97,7 @@ def section(web: Mapping[str, Any], *, alone: bool = False) -> list[str]:
         "",
         "| query | rows shown | Enter → shown | request (browser) | HTTP | store alone |",
         "|---|---|---|---|---|---|",
-        f"| first page of INBOX | 100 | - | - | {_pair(server['http']['listing'])} | "
+        f"| first page of INBOX | {FIRST_PAGE} | - | - | {_pair(server['http']['listing'])} | "
         f"{_pair(server['store']['listing'])} |",
     ]
     for name, q in search["by_query"].items():

@@ -75,11 +75,12 @@ async def test_flags_changed_while_the_first_listing_is_on_its_way_are_not_undon
     await context.route(first_page_of_inbox, taken_now_answered_later)
     phone = await signed_in(context, stack, account)
     await asyncio.wait_for(taken.wait(), 15)
-    inbox = phone.get_by_role("navigation", name="Mailboxes").get_by_role("button", name=re.compile("^INBOX"))
-    await expect(inbox).to_have_text("INBOX (3)", timeout=15_000)
+    # Connected (the folders, and their counts, wait for the listing: nothing else shows it).
+    await expect(phone.get_by_role("status").filter(has_text="Live")).to_be_visible(timeout=15_000)
     await laptop.get_by_role("button", name="Mark all read").click()
+    inbox = laptop.get_by_role("navigation", name="Mailboxes").get_by_role("button", name=re.compile("^INBOX"))
     await expect(inbox).to_have_text("INBOX", timeout=15_000)
-    await phone.wait_for_timeout(1000)  # the three email_flags came too (they go before the counts)
+    await phone.wait_for_timeout(1500)  # the three email_flags reached the phone's socket too
     release.set()
     rows = phone.get_by_role("list", name="Messages").locator("li.item")
     await expect(rows).to_have_count(3, timeout=15_000)

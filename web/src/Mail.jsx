@@ -1,7 +1,7 @@
 import { useCallback, useEffect, useRef, useState } from "react";
 import { io } from "socket.io-client";
 import { api, post } from "./api.js";
-import { announce, mayAskToNotify, withdraw } from "./notify.js";
+import { announce, askToNotify, mayAskToNotify, withdraw } from "./notify.js";
 import { flushOutbox, outbox, registerServiceWorker, rememberList, rememberedList } from "./offline.js";
 import { disablePush, enablePush, pushId } from "./push.js";
 import { accountsIn, forgetEvents, lastEventIds, rememberEvent, rememberPoint, saveSession } from "./session.js";
@@ -17,6 +17,7 @@ import { BellPlus, FolderPlus, LogOut, SquarePen, Volume2, VolumeX } from "./ico
 import { DRAGGED_MAIL, MessageList } from "./MessageList.jsx";
 import { Preview } from "./Preview.jsx";
 import { longDate, warmDates } from "./dates.js";
+import { DEFAULT_VIEW, listingQuery } from "./listing.js";
 
 const FILTERS = {
   "": () => true,
@@ -36,7 +37,6 @@ const matches = (view, m) => !view.q && FILTERS[view.filter](m) && TABS[view.tab
 
 const INDEX_LAG_MS = 10_000;
 const STANDARD = ["INBOX", "Drafts", "Sent", "Archive", "Junk", "Trash"]; // bridge/mailbox_order.py
-const PAGE = 100; // messages per listing request; further pages load as the list is scrolled
 const isDefaultView = (v) => !v.q && !v.filter && !v.tab;
 
 /**
@@ -84,16 +84,6 @@ const arrival = (m) => {
 };
 const newestFirst = (a, b) => arrival(b) - arrival(a) || b.uid - a.uid;
 
-// The listing's query for a view of a mailbox, from `cursor` on when given.
-function listingQuery(acct, box, v, cursor) {
-  const params = new URLSearchParams({ account: acct, mailbox: box, limit: String(PAGE) });
-  const filters = [v.filter, v.tab].filter(Boolean).join(",");
-  if (filters) params.set("filter", filters);
-  if (v.q) params.set("q", v.q);
-  if (cursor) params.set("cursor", cursor);
-  return `/api/v1/email/inbox?${params}`;
-}
-
 const escapeHtml = (text) => text.replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
 
 function quoted(body) {
@@ -135,7 +125,7 @@ export function Mail({ session, onLogout }) {
     setTimeout(() => setToasts((ts) => ts.filter((t) => t.id !== id)), action ? 8000 : 6000);
   }, []);
   const lastUndo = useRef(null); // what `z` undoes: the latest archive, delete or move
-  const [view, setView] = useState({ q: "", filter: "", tab: "" });
+  const [view, setView] = useState(DEFAULT_VIEW);
   const [query, setQuery] = useState("");
   const [typing, setTyping] = useState({});
   const [settings, setSettings] = useState({ sound: true });
@@ -229,11 +219,12 @@ export function Mail({ session, onLogout }) {
     if (!acct) return;
     const v = viewRef.current;
     const since = performance.now();
-    // The folders beside it, not before it: the rows show as soon as they come.
-    const boxes = reloadBoxes();
-    boxes.catch(() => {}); // awaited below: a failed listing must not leave its failure unhandled
     const asked = api(token, listingQuery(acct, box, v));
     warmDates(); // while it is on its way
+    // The folders after it, not beside it: the rows show as soon as they come, and on a first load
+    // the folders' counts (IMAP) would share the bridge and the machine with the listing.
+    const boxes = asked.then(reloadBoxes, reloadBoxes);
+    boxes.catch(() => {}); // awaited below: a failed listing must not leave its failure unhandled
     const list = await asked;
     if (where.current.account !== acct || where.current.mailbox !== box || viewRef.current !== v) return boxes; // switched meanwhile
     const partial = Boolean(list.nextCursor);
@@ -746,7 +737,7 @@ export function Mail({ session, onLogout }) {
         <button className="primary" onClick={() => setComposing({})}><SquarePen /><span className="btn-text">Compose</span></button>
         <button onClick={toggleSound} aria-pressed={settings.sound !== false}>{settings.sound !== false ? <Volume2 /> : <VolumeX />}<span className="btn-text">Sound</span></button>
         <Appearance />
-        {mayAskToNotify() && <button onClick={() => Notification.requestPermission().then((p) => { setToasts((ts) => [...ts]); if (p === "granted") subscribePush(); })}><BellPlus /><span className="btn-text">Enable notifications</span></button>}
+        {mayAskToNotify() && <button onClick={() => askToNotify().then((p) => { setToasts((ts) => [...ts]); if (p === "granted") subscribePush(); })}><BellPlus /><span className="btn-text">Enable notifications</span></button>}
         <NotificationButton onOpen={() => setNoticesOpen(true)} />
         <button onClick={() => { disablePush(token); onLogout(); }}><LogOut /><span className="btn-text">Sign out</span></button>
       </header>

@@ -1,3 +1,4 @@
+import "./early.js"; // first: see there
 import { createRoot } from "react-dom/client";
 import { App } from "./App.jsx";
 import "./styles.css";

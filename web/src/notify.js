@@ -20,7 +20,17 @@ export function chime() {
 }
 
 export const canNotify = () => "Notification" in window && Notification.permission === "granted";
-export const mayAskToNotify = () => "Notification" in window && Notification.permission === "default";
+// Read on every render of the header: Notification.permission costs a few ms a read in Chromium, so
+// it is read once and again when it may have changed (the page asked, or the site settings changed).
+let permission = "Notification" in window ? Notification.permission : "denied";
+if ("Notification" in window && navigator.permissions) {
+  navigator.permissions.query({ name: "notifications" }).then(
+    (status) => { status.onchange = () => { permission = Notification.permission; }; },
+    () => {},
+  );
+}
+export const mayAskToNotify = () => permission === "default";
+export const askToNotify = () => Notification.requestPermission().then((p) => { permission = p; return p; });
 
 /** Announce new mail; returns a line for the toast when no desktop notification could be shown. */
 export function announce(mail, { sound }) {
