@@ -416,7 +416,7 @@ async def cost_stage(stack: BenchStack, quick: bool) -> tuple[dict[str, Any], di
 
 async def scale_stage(stack: BenchStack, quick: bool) -> list[dict[str, Any]]:
     """The relay ceiling again with 1, 2 and 3 bridge processes (unprofiled, same load for each):
-    the sockets are spread over the nodes, every event crosses the fan-out stream to each."""
+    the sockets are spread over the nodes, every event reaches each node over its user's channel."""
     rows = []
     try:
         for count in NODE_COUNTS:

@@ -441,7 +441,7 @@ async def relay_ceiling(
 
     With several `nodes` (default: the stack's own bridge alone), socket i connects to node
     i mod n, so each user's sockets are spread over the nodes as a round-robin balancer would;
-    every event then crosses the fan-out stream to every node, and each emits to its own sockets.
+    every event then reaches every node with a socket of its user (on its channel), and each emits to its own sockets.
 
     Steady state is the window from `warmup` after the first injection to the end of injection,
     measured from the socket workers' one-second counts. The relay's and the indexer's lag are read
@@ -479,7 +479,7 @@ async def relay_ceiling(
 
             async def backlog() -> int | None:
                 # The relay's lag, or, when the nodes fall behind it, the events injected that the
-                # sockets have not had yet (waiting in the fan-out stream or in socket buffers;
+                # sockets have not had yet (on their way over the channels or in socket buffers;
                 # the workers report counts once a second, so this reads up to a second high).
                 lag = await relay_lag()
                 shown = fleet.counts.get(relay_event, 0) / per_user

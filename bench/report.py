@@ -370,8 +370,8 @@ def _scale_section(rows: Sequence[Mapping[str, Any]], cpus: int) -> list[str]:
         "",
         f"The relay ceiling of section 4 (same sockets, users and kind of event, unprofiled) with the "
         f"sockets spread over 1 to {len(rows)} `mail-bridge serve` processes, socket i on node i mod n, as a "
-        "round-robin balancer places them: one user's sockets sit on different nodes, so every event crosses "
-        "the fan-out stream to each node and each emits to its own sockets. Every process shares the same "
+        "round-robin balancer places them: one user's sockets sit on different nodes, so every event reaches "
+        "each node over its user's channel and each emits to its own sockets. Every process shares the same "
         f"{cpus} cores with Redis, the store and the load, so the growth here is bounded by the machine, not "
         "by the design; the bridge's cores and its CPU per event show where the time goes.",
         "",

@@ -354,10 +354,11 @@ def create_app(settings: Settings) -> web.Application:
             presence=app[keys.PUSH_PRESENCE],
         )
         SocketActions(sio, realtime.identity, app[keys.FANOUT_PUBLISHER], app[keys.IMAP], app[keys.MAIL])
-        tasks = [_supervised("fanout", reader.run())]
+        tasks = [_supervised("fanout", reader.run()), _supervised("fanout-sweep", reader.sweep())]
         yield
         await _cancel(tasks)
         await realtime.close()
+        await reader.aclose()
 
     async def background_ctx(app: web.Application) -> AsyncIterator[None]:
         redis = app[keys.REDIS]

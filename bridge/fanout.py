@@ -1,23 +1,34 @@
-"""The ordered fan-out, read on this node: every published browser event emitted, in order, to the
-account's room of this node's sockets; the resume logs replayed where a room or a socket missed
-some; the gap of a node that fell too far behind recovered.
+"""Routed delivery, read on this node: the events of the accounts with a socket here, emitted in
+order to each account's room; what this node missed on a channel replayed from the account's log.
 
-Each node reads the fan-out stream (bridge.redis_keys.fanout, written by bridge.fanout_publish) in
-order and emits each entry to its account's room, under a per-account lock. A socket resuming with
-`lastEventId` (bridge.realtime) takes the same lock, is replayed the account's logged events after
-that id up to this node's position (`emitted_through`), and joins the room before it lets go: the
-reader emits everything past that position to the room, so nothing is missed or sent twice across
-the seam. If the log no longer reaches back to that id, the socket gets `resync` instead.
+The publish script (bridge.fanout_publish) appends each logged browser event to its account's
+resume log and publishes it, with its id and the log's id before it, on the account's channel
+(sharded PUB/SUB, so on Redis Cluster it stays on the shard that holds the account's keys). This
+node subscribes to the channel of each account it has a socket of (`watch`, under the account's
+lock, before the socket joins the room) and lets go once the room is empty (`_sweep`): a node hears
+only its own accounts' events, so adding nodes does not add work to each.
 
-A node that falls further behind than the fan-out keeps (FANOUT_MAXLEN entries) sees a number
-skipped in the entries' sequence, and replays the missed range from the resume logs of its accounts
-before going on (to the rooms of sockets that join meanwhile too: `_recover_gap`). Only unlogged
-events (typing) are lost that way.
+Per watched account this node keeps `through`: the id of the newest logged event its room has had
+(at `watch`, the log's newest). PUB/SUB keeps nothing for a subscriber that is not there, so:
+- a message whose previous id is not `through` means this node missed some (its PUB/SUB connection
+  dropped, or a failover): the range is replayed from the log before the message is emitted;
+- each time a subscription is confirmed (the first, and redis-py subscribing again after a
+  reconnect or a failover), the room is caught up from the log: what was published before it
+  took effect;
+- a message at or below `through` was replayed already, and is dropped.
+So every logged event reaches each room once, in order. A log trimmed past `through` gets the room
+a `resync`. Ephemeral events (user_typing) are not logged: one missed is lost.
+
+A socket resuming with `lastEventId` (bridge.realtime) takes the account's lock, watches it, is
+replayed the log after that id up to `through` (`emitted_through`), and joins the room before it
+lets go: the reader emits everything after `through` to the room, so nothing is missed or sent
+twice across the seam.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -27,6 +38,8 @@ from typing import Any
 import msgpack
 import redis.asyncio as aioredis
 import socketio
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterPubSub
 from redis.exceptions import RedisError
 
 from bridge import redis_keys
@@ -37,10 +50,12 @@ from bridge.sio_server import room_names
 log = logging.getLogger(__name__)
 
 LOCK_STRIPES = 256
-FANOUT_BATCH = 500  # fan-out entries read at a time
 REPLAY_PAGE = 500  # resume-log entries read at a time
-# How long a connect waits for the reader's first position before it is refused.
+# How long a connect waits for the reader to start before it is refused.
 READER_WAIT_S = 5.0
+SWEEP_EVERY_S = 5.0  # how often channels of accounts without a socket here are let go
+STRIPE_QUEUE = 1000  # messages waiting for one stripe's worker
+SUBSCRIBE_TURN_S = 0.02  # the longest the reader waits for a message before it sends subscriptions asked for
 _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 _ROOM_PREFIX = "account:"
 
@@ -70,143 +85,235 @@ class FanoutReader:
         self.prefix = prefix
         self.metrics = metrics
         self._locks = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
-        # The id of the last fan-out entry this node emitted (set once the reader started).
-        self.position = "0-0"
-        self._sequence: int | None = None  # the 'q' of that entry, when it had one
+        # redis-py's Cluster client gives a pubsub that follows each shard channel to its node.
+        self._pubsub: PubSub = redis.pubsub()
+        self._channel_prefix = redis_keys.room_channel(prefix, "")
+        self._through: dict[str, str] = {}  # watched account (lower case) -> newest id its room had
+        self._subscribed: set[str] = set()  # channels subscribed to, watched or not
+        self._pending: set[str] = set()  # channels a `watch` asked for, not subscribed to yet
+        self._sent: dict[str, asyncio.Future[None]] = {}  # each pending channel: done once asked of Redis
+        self._wake = asyncio.Event()  # a `watch` asked for one
         self._reading = asyncio.Event()
-        # While a fan-out gap is replayed (`_recover_gap`), until the reader emits the entry after
-        # it: by account, how far its room has been caught up: the `before` of the gap its replay
-        # finished (so a socket joining it now starts there), and the last id replayed to it (so a
-        # replay retried after a Redis error goes on from there rather than send anything twice).
-        self._in_gap = False
-        self._gap_through: dict[str, str] = {}
-        self._gap_last: dict[str, str] = {}
+        # Per lock stripe, what the reader handed over (bounded: a stripe that cannot keep up
+        # holds the reader back rather than grow), and its worker.
+        self._queues: list[asyncio.Queue[tuple[str, bytes | None]]] = [
+            asyncio.Queue(STRIPE_QUEUE) for _ in range(LOCK_STRIPES)
+        ]
+        self._workers: list[asyncio.Task[None]] = []
 
     def lock(self, account: str) -> asyncio.Lock:
-        """The lock the reader holds to emit an account's entry, and a socket to join its room."""
+        """The lock the reader holds to emit an account's events, and a socket to join its room."""
         return self._locks[lock_stripe(account)]
+
+    # ------------------------------------------------------------------ watching
+
+    async def watch(self, account: str) -> None:
+        """Hear the account's channel from now on, its room caught up to the log's newest event;
+        returns once the reader has sent the subscription (it alone speaks to the PUB/SUB
+        connection), so every event published after that reaches the room live. A logged one
+        published before the subscription took effect reaches it by the catch-up that follows the
+        confirmation. Called without the account's lock (the reader may need it to get to the
+        subscription); the caller then takes the lock and checks `watching`, as the sweep may have
+        let go of an account whose room was still empty."""
+        account = account.lower()
+        await self.reader_started()
+        channel = redis_keys.room_channel(self.prefix, account)
+        async with self.lock(account):
+            if account not in self._through:
+                newest: Any = await self.redis.xrevrange(redis_keys.resume_log(self.prefix, account), count=1)
+                self._through[account] = text(newest[0][0]) if newest else "0-0"
+                self._pending.add(channel)
+                self._wake.set()
+                self.metrics.fanout_watched.set(len(self._through))
+                if channel not in self._sent or self._sent[channel].done():
+                    self._sent[channel] = asyncio.get_running_loop().create_future()
+            sent = self._sent.get(channel)
+        if sent is not None:
+            # Bounded: while Redis is away the reader cannot send it, and a connect waiting for it
+            # would hang (the account stays asked for; the sweep lets go of it if no socket comes).
+            try:
+                await asyncio.wait_for(asyncio.shield(sent), READER_WAIT_S)
+            except TimeoutError:
+                raise RedisError(f"[{account}] its channel's subscription was not sent in time") from None
+
+    def watching(self, account: str) -> bool:
+        """Whether the account's channel is heard here (checked under its lock, after `watch`)."""
+        return account.lower() in self._through
+
+    def emitted_through(self, account: str) -> str:
+        """How far this node has emitted the watched account's events to its room (the newest
+        id its room had, "0-0" if none), as an XRANGE bound. Under the account's lock, the room
+        then gets every later event live."""
+        return self._through[account.lower()]
+
+    async def reader_started(self) -> None:
+        # Bounded: a connect must not wait (and keep its socket slot) for a reader that never starts.
+        await asyncio.wait_for(self._reading.wait(), READER_WAIT_S)
+
+    async def sweep(self) -> None:
+        """Every SWEEP_EVERY_S, let go of the accounts with no socket here any more (each under its
+        lock, as a join watches it: a socket joining meanwhile finds the account either still
+        watched or not at all); the reader then unsubscribes their channels."""
+        while True:
+            await asyncio.sleep(SWEEP_EVERY_S)
+            rooms = set(room_names(self.sio))
+            for account in [a for a in self._through if account_room(a) not in rooms]:
+                async with self.lock(account):
+                    if account_room(account) not in set(room_names(self.sio)):
+                        self._through.pop(account, None)
+            self._wake.set()
+            self.metrics.fanout_watched.set(len(self._through))
+
+    async def aclose(self) -> None:
+        """Close the PUB/SUB connection (once `run` and `sweep` were cancelled)."""
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        await self._pubsub.aclose()
 
     # ------------------------------------------------------------------ reading
 
     async def run(self) -> None:
-        """Emit every fan-out entry, in order, to this node's sockets in the account's room."""
-        fanout = redis_keys.fanout(self.prefix)
+        """Keep the PUB/SUB subscriptions what the watched accounts need, and hand what their
+        channels bring to the stripes' workers, in order. The only task that uses the PUB/SUB
+        connection (redis-py's PubSub is not safe for two at once: two first commands open two
+        connections), and it never waits for an account's lock: a join waiting for its
+        subscription is never held up by another account's slow catch-up."""
+        self._workers = [asyncio.create_task(self._work(q), name=f"fanout-{n}") for n, q in enumerate(self._queues)]
+        self._reading.set()
         failing = False
         while True:
             try:
-                if not self._reading.is_set():
-                    newest: Any = await self.redis.xrevrange(fanout, count=1)
-                    self.position = text(newest[0][0]) if newest else "0-0"
-                    self._reading.set()
-                response: Any = await self.redis.xread({fanout: self.position}, count=FANOUT_BATCH, block=1000)
+                await self._subscribe_pending()
+                message = await self._next_message()
                 if failing:
-                    log.info("fan-out reader recovered at %s", self.position)
+                    log.info("room channels' reader recovered")
                     failing = False
-                for _stream, entries in response or []:
-                    for entry_id, fields in entries:
-                        await self._emit_entry(text(entry_id), fields)
+                if message is not None:
+                    await self._handle(message)
             except (RedisError, OSError) as exc:
                 if not failing:
-                    log.warning("fan-out reader paused, retrying: %s", exc)
+                    log.warning("room channels' reader paused, retrying: %s", exc)
                 failing = True
                 await asyncio.sleep(0.5)
 
-    async def _emit_entry(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
-        sequence = int(fields[b"q"]) if fields.get(b"q", b"").isdigit() else None
-        if sequence is not None and self._sequence is not None and sequence > self._sequence + 1:
-            await self._recover_gap(self.position, entry_id, sequence - self._sequence - 1)
-        # A number at or below the last one: the counter started again (Redis restarted without
-        # persistence); the resume logs went with it, and resuming sockets are told (`replay`).
-        self._sequence = sequence
-        account = fields[b"a"].decode()
-        name = fields[b"n"].decode()
+    async def _subscribe_pending(self) -> None:
+        """Send the subscriptions asked for and let go of the channels no account needs now."""
+        self._wake.clear()
+        watched = {redis_keys.room_channel(self.prefix, a) for a in self._through}
+        idle = sorted(self._subscribed - watched)
+        if idle:
+            await self._pubsub.sunsubscribe(*idle)
+            self._subscribed.difference_update(idle)
+        asked, self._pending = self._pending, set()
+        channels = sorted(asked & watched)
         try:
-            payload = msgpack.unpackb(fields[b"p"], raw=False)
-        except (ValueError, msgpack.UnpackException):
-            log.error("[fan-out %s] undecodable entry skipped", entry_id)
-            self._advance(entry_id)
+            if channels:
+                await self._pubsub.ssubscribe(*channels)
+        except BaseException:
+            self._pending.update(channels)  # asked again on the next turn
+            raise
+        self._subscribed.update(channels)
+        for channel in asked:  # sent, or let go of meanwhile (its join finds it so)
+            if (sent := self._sent.pop(channel, None)) is not None and not sent.done():
+                sent.set_result(None)
+
+    async def _next_message(self) -> dict[str, Any] | None:
+        if not self._pubsub.subscribed:
+            # Nothing to read yet (redis-py has no connection before a first subscribe).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            return None
+        # A short wait: a subscription asked for meanwhile (a socket's connect waits for it) is
+        # sent on the next turn.
+        if isinstance(self._pubsub, ClusterPubSub):
+            found: Any = await self._pubsub.get_sharded_message(
+                ignore_subscribe_messages=False, timeout=SUBSCRIBE_TURN_S
+            )
+        else:
+            found = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=SUBSCRIBE_TURN_S)
+        return found if isinstance(found, dict) else None
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        kind, channel = message.get("type"), text(message.get("channel") or b"")
+        if not channel.startswith(self._channel_prefix):
             return
-        skip = fields.get(b"s", b"").decode() or None
+        account = channel[len(self._channel_prefix) :]
+        data = message.get("data")
+        if kind == "ssubscribe":
+            await self._queues[lock_stripe(account)].put((account, None))
+        elif kind == "smessage" and isinstance(data, bytes):
+            await self._queues[lock_stripe(account)].put((account, data))
+
+    async def _work(self, queue: asyncio.Queue[tuple[str, bytes | None]]) -> None:
+        """One stripe's messages, in the order they came, each under its account's lock."""
+        while True:
+            account, data = await queue.get()
+            try:
+                if data is None:
+                    await self._confirmed(account)
+                else:
+                    await self._deliver(account, data)
+            except (RedisError, OSError) as exc:
+                # The room missed what this was to bring: the next message's ids show it, and
+                # the range is replayed then.
+                log.warning("[%s] room channel's message not handled: %s", account, exc)
+            except Exception:
+                log.exception("[%s] room channel's message not handled", account)
+
+    async def _confirmed(self, account: str) -> None:
+        """A subscription took effect (again): what came before it is read from the log."""
         async with self.lock(account):
-            if fields.get(b"l") == b"1":
-                payload["eventId"] = entry_id
-            await self.sio.emit(name, payload, room=account_room(account), skip_sid=skip)
-            self._advance(entry_id)
+            if account in self._through:
+                await self._catch_up(account, "+")
 
-    def _advance(self, entry_id: str) -> None:
-        """The reader emitted `entry_id`: past a gap's end, the position says it all again."""
-        self.position = entry_id
-        if self._in_gap:
-            self._in_gap = False
-            self._gap_through.clear()
-            self._gap_last.clear()
+    async def _deliver(self, account: str, data: bytes) -> None:
+        parts = data.split(b"\n", 4)
+        if len(parts) != 5:
+            log.error("[%s] undecodable message skipped", account)
+            return
+        try:
+            event_id, previous, name, skip = (part.decode() for part in parts[:4])
+            payload = msgpack.unpackb(parts[4], raw=False)
+        except (ValueError, UnicodeDecodeError, msgpack.UnpackException):
+            log.error("[%s] undecodable message skipped", account)
+            return
+        async with self.lock(account):
+            through = self._through.get(account)
+            if through is None:
+                return  # not watched (any more): no socket of it here
+            self.metrics.fanout_messages.inc()
+            if event_id:
+                if not _older(through, event_id):
+                    return  # replayed from the log already
+                if previous != through:
+                    await self._catch_up(account, f"({event_id}")
+                payload["eventId"] = event_id
+            await self.sio.emit(name, payload, room=account_room(account), skip_sid=skip or None)
+            if event_id:
+                self._through[account] = event_id
 
-    # ------------------------------------------------------------------ where a room stands
+    async def _catch_up(self, account: str, upto: str) -> None:
+        """Emit to the room the account's logged events after `through`, up to `upto`; under its lock."""
+        since = self._through[account]
 
-    async def log_position(self, account: str) -> str:
-        """The id of the newest event in the account's log that this node has emitted ("0-0" if
-        none). Called under the account's lock, with the join: every later event reaches the socket
-        live."""
-        await self.reader_started()
-        newest: Any = await self.redis.xrevrange(
-            redis_keys.resume_log(self.prefix, account), max=self.emitted_through(account), count=1
+        def emitted(event_id: str) -> None:
+            self._through[account] = event_id
+
+        replayed = await self.replay(
+            account_room(account), account, since, upto, new_log_is_reset=False, emitted=emitted
         )
-        return text(newest[0][0]) if newest else "0-0"
-
-    async def reader_started(self) -> None:
-        # Bounded: while Redis is down at start the reader has no position, and a connect waiting
-        # for it would hang (and keep its socket slot) rather than be refused.
-        await asyncio.wait_for(self._reading.wait(), READER_WAIT_S)
-
-    def emitted_through(self, account: str) -> str:
-        """How far this node has emitted the account's events to its room, as an XRANGE bound: its
-        fan-out position, or, for a room a gap's replay has caught up, up to the entry after the gap
-        (the reader, still at the gap's start, emits that entry next)."""
-        through = self._gap_through.get(account.lower())
-        return f"({through}" if through is not None else self.position
-
-    # ------------------------------------------------------------------ gaps
-
-    def _account_rooms(self) -> list[str]:
-        """The accounts with a room (a socket) on this node, by their lower-case room name."""
-        return [r[len(_ROOM_PREFIX) :] for r in room_names(self.sio) if r.startswith(_ROOM_PREFIX)]
-
-    async def _recover_gap(self, after: str, before: str, missed: int) -> None:
-        """The fan-out was trimmed past `missed` entries between `after` (the last one this node
-        emitted) and `before` (the next it can read): this node fell that far behind. The logged
-        ones are still in the accounts' resume logs, under the same ids: replay that range to the
-        room of every account that has sockets here, in order, before the reader goes on. Only
-        unlogged events (typing) are lost, and a log itself trimmed past `after` gets `resync`.
-
-        The rooms are listed again until none is left: a socket joining an account's room during
-        the replay either joins it before that room's turn (and gets the replay with the room) or
-        after it (and starts from the end of the gap: `emitted_through`). A replay cut short by a
-        Redis error is retried by the reader, and goes on from where each room got to."""
-        if not self._in_gap:  # not a retry of the same gap's replay
+        if replayed:
             self.metrics.fanout_gaps.inc()
             log.warning(
-                "[fan-out %s] this node fell behind the stream's length: %d entries after %s trimmed unread;"
-                " replaying its accounts' resume logs",
-                before,
-                missed,
-                after,
+                "[%s] %d event(s) missed on its channel after %s: replayed from its log", account, replayed, since
             )
-        self._in_gap = True
-        replayed = rooms = 0
-        while pending := [a for a in self._account_rooms() if self._gap_through.get(a) != before]:
-            for account in pending:
-                async with self.lock(account):
-                    since = self._gap_last.get(account, after)
-
-                    def emitted(event_id: str, account: str = account) -> None:
-                        self._gap_last[account] = event_id
-
-                    replayed += await self.replay(
-                        account_room(account), account, since, f"({before}", new_log_is_reset=False, emitted=emitted
-                    )
-                    self._gap_through[account] = before
-                rooms += 1
-        log.warning("[fan-out %s] %d event(s) replayed to %d account room(s)", before, replayed, rooms)
+        if self._through[account] == since and upto == "+":
+            # Nothing replayed: the log may have been trimmed past `since` (the room was told to
+            # resync); go on from its newest, or a message would be taken for a gap again.
+            newest: Any = await self.redis.xrevrange(redis_keys.resume_log(self.prefix, account), count=1)
+            if newest and _older(since, text(newest[0][0])):
+                self._through[account] = text(newest[0][0])
 
     # ------------------------------------------------------------------ replay
 
@@ -221,12 +328,11 @@ class FanoutReader:
         emitted: Callable[[str], None] = lambda _event_id: None,
     ) -> int:
         """Emit to `to` (a socket or a room) the account's logged events after `since`, up to
-        `upto` (an id, or "(id" to stop before it): for a resuming socket, this node's fan-out
-        position (the reader emits the later ones to the room). Called under the account's lock.
-        A log that starts after `since` with nothing trimmed is, for a client's `since`, one that
-        Redis lost and began again (`resync` is sent too); after a fan-out gap (the sequence went
-        on, so Redis kept its data) it is an account's first events. `emitted` is told each id
-        as it is sent. Returns how many were."""
+        `upto` (an id, or "(id" to stop before it): for a resuming socket, how far this node's
+        room has had them (the reader emits the later ones to the room). Called under the account's
+        lock. A log that starts after `since` with nothing trimmed is, for a client's `since`, one
+        that Redis lost and began again (`resync` is sent too); for a room it is the account's
+        first events. `emitted` is told each id as it is sent. Returns how many were."""
         key = redis_keys.resume_log(self.prefix, account)
         if not isinstance(since, str) or not _EVENT_ID.match(since):
             await self.sio.emit("resync", {"account": account, "reason": "unknown lastEventId"}, to=to)

@@ -1,11 +1,12 @@
-"""Publishing browser events: one Redis script appends them to the fan-out that every bridge node
-reads and, under the same ids, to their accounts' resume logs.
+"""Publishing browser events: one Redis script appends each to its account's resume log and
+publishes it on the account's channel, which only the nodes with a socket of that account hear.
 
-A browser event is appended, by one script (atomic in Redis), to the fan-out stream
-(bridge.redis_keys.fanout) and, with the same id, to its account's resume log (a capped stream,
-bridge.redis_keys.resume_log); that id is the event's `eventId`. Every node's reader (bridge.fanout)
-then emits it, in order, to the account's room of its own sockets, so every socket gets it once
-whichever node published it.
+A logged browser event is appended, by one script (atomic in Redis), to its account's resume log (a
+capped stream, bridge.redis_keys.resume_log), whose new id is the event's `eventId`, and published
+with that id and the log's id before it on the account's channel (bridge.redis_keys.room_channel,
+sharded PUB/SUB: SPUBLISH). A node that watches the account (bridge.fanout) emits it to the
+account's room of its own sockets, and replays from the log whatever the two ids say it missed. An
+ephemeral event (user_typing) is published without ids and logged nowhere.
 
 Markers: a call may name markers (keys), each standing for some of its events having been
 published. A marker is set by the same script that writes its events, so there is never one
@@ -31,65 +32,47 @@ from bridge.browser_events import BrowserEvent
 from bridge.metrics import Metrics
 from bridge.redis_text import text
 
-# Entries kept in the fan-out: how far a node may fall behind before it misses events (minutes of
-# mail at hundreds of events a second), at a few hundred bytes each.
-FANOUT_MAXLEN = 50_000
 # A publish call's own marker only has to outlive redis-py repeating the call after a lost reply.
 PUBLISHED_TTL_S = 300
 
-# KEYS: the fan-out stream, its sequence counter, the n events' resume logs, then the call's m
-# markers. ARGV: the fan-out's and the logs' MAXLEN, n, m, the m markers' TTLs, then six per event:
-# account, name, payload, a sid to skip ("" for none), "1" to log it ("0" for an ephemeral event
-# such as user_typing), and its marker's number (1..m, or 0 for none).
-# Returns {ids, fresh}: each event's id, and 1 if this call wrote it, 0 if its marker was already
-# set (the id is then the one its first publication stored in the marker).
+# KEYS: the n events' resume logs, then the call's m markers. ARGV: the logs' MAXLEN, n, m, the m
+# markers' TTLs, then six per event: its account's channel, name, payload, a sid to skip ("" for
+# none), "1" to log it ("0" for an ephemeral event such as user_typing), and its marker's number
+# (1..m, or 0 for none).
+# Returns {ids, fresh}: each event's id ("" for an ephemeral one), and 1 if this call wrote it, 0 if
+# its marker was already set (the id is then the one its first publication stored in the marker).
 #
-# Each fan-out entry carries the next number of the counter ('q'): a reader that finds a number
-# skipped knows the stream was trimmed past entries it had not read (it fell more than
-# FANOUT_MAXLEN behind). A log entry takes its fan-out entry's id, so both streams order events
-# alike; a log whose last id is not older (one written before this scheme, or a clock step) gets a
-# fresh id instead.
+# The message published is "<id>\n<previous id>\n<name>\n<sid to skip>\n<payload>": the previous
+# id is the log's newest before this event ("0-0" for a new log), so a node that had `previous` as
+# its last knows it missed nothing, and one that had less replays the rest from the log.
 # Everything that could fail is checked before the first write: Redis does not undo a script's
-# writes when it fails half-way, and a counter bumped (a false gap on every node), a fan-out entry
-# without its log entry, or a marker without its events would each outlive the error.
+# writes when it fails half-way, and a log entry without its marker, or a marker without its
+# events, would each outlive the error.
 _PUBLISH_SCRIPT = """
-local n, m = tonumber(ARGV[3]), tonumber(ARGV[4])
+local n, m = tonumber(ARGV[2]), tonumber(ARGV[3])
 local function kind(key) return redis.call('TYPE', key)['ok'] end
-local function wrong(key, want)
-  local t = kind(key)
-  return t ~= 'none' and t ~= want
-end
-if wrong(KEYS[1], 'stream') then return redis.error_reply('WRONGTYPE fan-out ' .. KEYS[1] .. ' is not a stream') end
-if wrong(KEYS[2], 'string') or not string.match(redis.call('GET', KEYS[2]) or '0', '^%d+$') then
-  return redis.error_reply('WRONGTYPE fan-out counter ' .. KEYS[2] .. ' is not a number')
-end
-for i = 3, n + 2 do
-  if wrong(KEYS[i], 'stream') then
+for i = 1, n do
+  local t = kind(KEYS[i])
+  if t ~= 'none' and t ~= 'stream' then
     return redis.error_reply('WRONGTYPE resume log ' .. KEYS[i] .. ' is not a stream')
   end
 end
 local kept = {}  -- marker number -> the ids its first publication stored, or false when not set
 for j = 1, m do
-  local key = KEYS[n + 2 + j]
+  local key = KEYS[n + j]
   local t = kind(key)
   if t == 'none' then
     kept[j] = false
   else
     local ids = {}
     if t == 'string' then
-      for id in string.gmatch(redis.call('GET', key), '[^,]+') do ids[#ids + 1] = id end
+      for id in string.gmatch(redis.call('GET', key), '[^,]+') do ids[#ids + 1] = (id == '-') and '' or id end
     end
     kept[j] = ids
   end
 end
-local base = 4 + m
-local count = 0
-for i = 1, n do
-  local marker = tonumber(ARGV[base + i * 6])
-  if marker == 0 or not kept[marker] then count = count + 1 end
-end
-local seq = 0
-if count > 0 then seq = redis.call('INCRBY', KEYS[2], count) - count end
+local base = 3 + m
+local newest = {}  -- log key -> its newest id, as this call goes
 local ids, fresh, made, used = {}, {}, {}, {}
 for i = 1, n do
   local at = base + (i - 1) * 6
@@ -99,22 +82,28 @@ for i = 1, n do
     ids[i] = kept[marker][used[marker]] or ''
     fresh[i] = 0
   else
-    seq = seq + 1
-    local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-      'a', ARGV[at + 1], 'n', ARGV[at + 2], 'p', ARGV[at + 3], 's', ARGV[at + 4], 'l', ARGV[at + 5], 'q', seq)
+    local id, previous = '', ''
     if ARGV[at + 5] == '1' then
-      local logged = redis.pcall('XADD', KEYS[i + 2], 'MAXLEN', '~', ARGV[2], id, 'n', ARGV[at + 2], 'p', ARGV[at + 3])
-      if type(logged) == 'table' and logged.err then
-        redis.call('XADD', KEYS[i + 2], 'MAXLEN', '~', ARGV[2], '*', 'n', ARGV[at + 2], 'p', ARGV[at + 3])
+      previous = newest[KEYS[i]]
+      if previous == nil then
+        local top = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
+        previous = top[1] and top[1][1] or '0-0'
       end
+      id = redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[1], '*', 'n', ARGV[at + 2], 'p', ARGV[at + 3])
+      newest[KEYS[i]] = id
     end
+    redis.call('SPUBLISH', ARGV[at + 1],
+      id .. '\\n' .. previous .. '\\n' .. ARGV[at + 2] .. '\\n' .. ARGV[at + 4] .. '\\n' .. ARGV[at + 3])
     ids[i] = id
     fresh[i] = 1
-    if marker > 0 then made[marker] = made[marker] and (made[marker] .. ',' .. id) or id end
+    if marker > 0 then
+      local stored = (id == '') and '-' or id
+      made[marker] = made[marker] and (made[marker] .. ',' .. stored) or stored
+    end
   end
 end
 for j = 1, m do
-  if made[j] then redis.call('SET', KEYS[n + 2 + j], made[j], 'EX', ARGV[4 + j]) end
+  if made[j] then redis.call('SET', KEYS[n + j], made[j], 'EX', ARGV[3 + j]) end
 end
 return {ids, fresh}
 """
@@ -163,13 +152,13 @@ class FanoutPublisher:
     ) -> tuple[list[str], list[bool]]:
         """Run the publish script with these events and (key, TTL) markers: each event's id, and
         whether this call wrote it (False: its marker was already set)."""
-        keys = [redis_keys.fanout(self.prefix), redis_keys.fanout_sequence(self.prefix)]
-        keys += [redis_keys.resume_log(self.prefix, e.account) for e in events]
+        keys = [redis_keys.resume_log(self.prefix, e.account) for e in events]
         keys += [key for key, _ttl in markers]
-        args: list[str | bytes | int] = [FANOUT_MAXLEN, self.resume_log_len, len(events), len(markers)]
+        args: list[str | bytes | int] = [self.resume_log_len, len(events), len(markers)]
         args += [ttl for _key, ttl in markers]
         for e in events:
-            args += [e.account, e.name, msgpack.packb(e.payload), e.skip, "1" if e.logged else "0", e.marker]
+            channel = redis_keys.room_channel(self.prefix, e.account)
+            args += [channel, e.name, msgpack.packb(e.payload), e.skip, "1" if e.logged else "0", e.marker]
         reply: Any = await self._script(keys=keys, args=args)
         ids, fresh = reply
         return [text(raw) for raw in ids], [bool(flag) for flag in fresh]

@@ -57,7 +57,17 @@ class Metrics:
         )
         self.fanout_gaps = Counter(
             "mailbridge_fanout_gaps_total",
-            "Times this node fell behind the fan-out stream's length and replayed from the resume logs",
+            "Times this node replayed events it missed on an account's channel from the account's resume log",
+            registry=self.registry,
+        )
+        self.fanout_messages = Counter(
+            "mailbridge_fanout_messages_total",
+            "Browser events this node received on the channels of accounts with a socket here",
+            registry=self.registry,
+        )
+        self.fanout_watched = Gauge(
+            "mailbridge_fanout_watched_accounts",
+            "Accounts whose channel this node listens to (those with a socket here)",
             registry=self.registry,
         )
         self.events_lost = LostEvents()

@@ -5,15 +5,15 @@ or it is refused; it joins the rooms of exactly the accounts its token grants, a
 than its token. Origins are checked against the configured allow-list during the handshake, and a
 user has at most `max_sockets_per_user` sockets.
 
-Resume, across any number of bridge nodes (bridge.fanout emits every published event to the rooms
-of this node's sockets, with its id as `eventId`): a socket that connects with `auth.lastEventId`
-(one id, or one per account) is replayed, per account, the logged events after that id up to this
-node's fan-out position, then joins the room, under the lock the fan-out reader takes to emit to
-it: everything past that position reaches it live, and nothing is missed or sent twice across the
-seam. If the log no longer reaches back to that id, the socket gets `resync` instead. A socket that
-connects without a `lastEventId` for an account gets `resume_point` (the newest id it will not get
-live, or "0-0"), taken under the same lock as its join, so it can resume even if no event reached
-it before it dropped.
+Resume, across any number of bridge nodes (bridge.fanout emits each published event of an account
+with a socket here to its room, with its id as `eventId`): a socket that connects with
+`auth.lastEventId` (one id per account; one id for all is read as each account's) is replayed, per
+account, the logged events after that id up to how far the room has had them, then joins the
+room, under the lock the reader takes to emit to it: everything past that reaches it live, and
+nothing is missed or sent twice across the seam. If the log no longer reaches back to that id, the
+socket gets `resync` instead. A socket that connects without a `lastEventId` for an account gets
+`resume_point` (the newest id it will not get live, or "0-0"), taken under the same lock as its
+join, so it can resume even if no event reached it before it dropped.
 
 A socket that connects with `auth.push` (its browser's Web Push subscription id) marks that
 browser as having a tab open while it stays (bridge.push_presence): its new mail comes live, not pushed.
@@ -24,9 +24,10 @@ Client actions (bridge.socket_actions) are registered on the same server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import socketio
@@ -41,6 +42,9 @@ from bridge.push_presence import PushPresence
 from bridge.sio_server import is_connected
 
 log = logging.getLogger(__name__)
+
+# How often a join watches its account again when the sweep let go of it in between (an empty room).
+WATCH_TRIES = 3
 
 Ack = dict[str, Any]
 
@@ -127,8 +131,8 @@ class Realtime:
             await self.sio.save_session(sid, {"identity": identity})
             if last_event_id is None:
                 for account in identity.accounts:
-                    async with self.fanout.lock(account):
-                        points[account] = await self.fanout.log_position(account)
+                    async with self._joined(account):
+                        points[account] = self.fanout.emitted_through(account)
                         await self.sio.enter_room(sid, account_room(account))
             if sid not in self._expiry:
                 # The token expired during the awaits above. Its timer could not disconnect a socket
@@ -213,6 +217,18 @@ class Realtime:
 
     # ------------------------------------------------------------------ resume
 
+    @contextlib.asynccontextmanager
+    async def _joined(self, account: str) -> AsyncIterator[None]:
+        """The account watched on this node and its lock held: a socket joins its room here, with
+        `emitted_through` as the seam between what it is replayed and what reaches it live."""
+        for _ in range(WATCH_TRIES):
+            await self.fanout.watch(account)
+            async with self.fanout.lock(account):
+                if self.fanout.watching(account):  # not let go of since (an empty room is)
+                    yield
+                    return
+        raise RedisError(f"{account}: its channel was let go of {WATCH_TRIES} times while joining")
+
     async def _send_resume_points(self, sid: str, points: dict[str, str]) -> None:
         """A socket that came without lastEventId (or without one for an account) learns where its
         view of each account begins, so a reconnect can resume from there even if no event came
@@ -227,18 +243,17 @@ class Realtime:
             fresh: dict[str, str] = {}
             for account in identity.accounts:
                 since = last_event_id.get(account) if isinstance(last_event_id, dict) else last_event_id
-                async with self.fanout.lock(account):
+                async with self._joined(account):
                     if since is None:  # an account this client has no position for yet
-                        fresh[account] = await self.fanout.log_position(account)
+                        fresh[account] = self.fanout.emitted_through(account)
                         replayed = 0
                     else:
-                        await self.fanout.reader_started()
                         replayed = await self.fanout.replay(sid, account, since, self.fanout.emitted_through(account))
                     await self.sio.enter_room(sid, account_room(account))
                 log.info("[sid %s] resumed %s: %d event(s) replayed", sid, account, replayed)
             await self._send_resume_points(sid, fresh)
         except Exception:
-            log.exception("[sid %s] resume failed; asking the client to resync", sid)
-            await self.sio.emit("resync", {"reason": "resume failed"}, to=sid)
-            for account in identity.accounts:
-                await self.sio.enter_room(sid, account_room(account))
+            # Dropped rather than kept half-resumed: its client connects again and resumes from the
+            # last event it has (a room this node does not watch would bring it nothing).
+            log.exception("[sid %s] resume failed; disconnecting it to resume again", sid)
+            await self.sio.disconnect(sid)

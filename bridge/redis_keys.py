@@ -47,25 +47,20 @@ def filter_done(prefix: str, event_key: str) -> str:
     return f"{prefix}:filter:done:{event_key}"
 
 
-# ------------------------------------------------------------------ browser fan-out (bridge.fanout_publish)
+# ------------------------------------------------------------------ browser events (bridge.fanout_publish)
 
 
-def fanout(prefix: str) -> str:
-    """Stream every bridge node reads in order: one entry per browser event (fields a account,
-    n name, p msgpack payload, s sid to skip, l "1" if logged, q sequence number), MAXLEN ~ 50,000;
-    no TTL."""
-    return f"{prefix}:browser-fanout"
-
-
-def fanout_sequence(prefix: str) -> str:
-    """String counter: the last sequence number given to a fan-out entry (its `q`); no TTL."""
-    return f"{prefix}:browser-fanout:seq"
+def room_channel(prefix: str, account: str) -> str:
+    """Sharded PUB/SUB channel, per account (lower case): its browser events as the publish script
+    sends them; the nodes with a socket of the account subscribe (bridge.fanout). A channel, not a
+    key: it holds nothing."""
+    return f"{prefix}:room:{account.lower()}"
 
 
 def resume_log(prefix: str, account: str) -> str:
     """Stream, per account (lower case): its logged browser events (fields n name, p msgpack
-    payload) under their fan-out ids, for `lastEventId` resume; MAXLEN ~ BRIDGE_RESUME_LOG_LEN, no
-    TTL."""
+    payload) under their ids (the events' `eventId`), for `lastEventId` resume and for a node that
+    missed some on the account's channel; MAXLEN ~ BRIDGE_RESUME_LOG_LEN, no TTL."""
     return f"{prefix}:browser:{account.lower()}"
 
 
