@@ -175,9 +175,10 @@ def imap_connections(port: int) -> int:
     return count
 
 
-STAGES = ("bare", "latency", "cost", "capacity", "relay", "scale", "resume", "web")
+STAGES = ("bare", "latency", "cost", "capacity", "relay", "scale", "routed", "resume", "web")
 CAPACITY_RATES = (25, 50, 75, 100, 150, 200, 300, 400, 600, 800)
 NODE_COUNTS = (1, 2, 3)
+ROUTED_NODE_COUNTS = (1, 2, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -435,6 +436,29 @@ async def scale_stage(stack: BenchStack, quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+async def routed_stage(stack: BenchStack, quick: bool) -> list[dict[str, Any]]:
+    """The relay ceiling with 1 to 4 bridge processes, every socket of user u on node u mod n (a
+    balancer that routes by account): each node hears only its own users' events on their
+    channels, and its CPU per event heard should stay as one node's."""
+    rows = []
+    try:
+        for count in ROUTED_NODE_COUNTS:
+            nodes = stack.scale_to(count)
+            row = await relay_ceiling(
+                stack,
+                sockets=100 if quick else 1000,
+                users=10 if quick else 100,
+                seconds=3 if quick else 10,
+                nodes=nodes,
+                by_user=True,
+            )
+            rows.append(row)
+            print(f"routed {count}: {_brief(row)}; heard {row['nodes_heard']} of {row['published']}", flush=True)
+    finally:
+        stack.scale_to(1)
+    return rows
+
+
 def _mail_users(stack: BenchStack, quick: bool) -> list[User]:
     """The latency and sustained-rate stages' recipients (the bare stage's too: the same number)."""
     return stack.add_users(20 if quick else 100, "lat")
@@ -504,6 +528,8 @@ async def run(stack: BenchStack, options: Options, bare: dict[str, Any] | None =
             print(f"profile relay: {headline(results['relay']['profile'])}", flush=True)
     if "scale" in stages:
         results["scale"] = await scale_stage(stack, quick)
+    if "routed" in stages:
+        results["routed"] = await routed_stage(stack, quick)
     if "resume" in stages:
         results["resume"] = await resume_replay(stack, events=1000)
         print(f"resume: {results['resume']}", flush=True)

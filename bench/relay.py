@@ -281,6 +281,9 @@ async def scrape(http: aiohttp.ClientSession, *web_urls: str) -> dict[str, float
     return out
 
 
+HEARD = "mailbridge_fanout_messages_total"  # events a node heard on its accounts' channels
+
+
 def _relayed(metrics: dict[str, float]) -> dict[str, float]:
     prefix = 'mailbridge_events_relayed_total{event="'
     return {k[len(prefix) : -2]: v for k, v in metrics.items() if k.startswith(prefix)}
@@ -435,13 +438,17 @@ async def relay_ceiling(
     drain_timeout: float = 30.0,
     profile_dir: Path | None = None,
     nodes: Sequence[Node] | None = None,
+    by_user: bool = False,
 ) -> dict[str, Any]:
     """Events/s the bridge relays to `sockets` sockets of `users` users (sockets split evenly),
     with events injected for `seconds` as fast as Redis takes them (or at `rate`/s).
 
     With several `nodes` (default: the stack's own bridge alone), socket i connects to node
     i mod n, so each user's sockets are spread over the nodes as a round-robin balancer would;
-    every event then reaches every node with a socket of its user (on its channel), and each emits to its own sockets.
+    every event then reaches every node with a socket of its user (on its channel), and each
+    emits to its own sockets. With `by_user`, every socket of user u connects to node u mod n, as a
+    balancer that routes by account would: each node then hears only its users' events (the
+    result's `nodes_heard` counts them, and `nodes_cpu_s` each node's CPU over the same time).
 
     Steady state is the window from `warmup` after the first injection to the end of injection,
     measured from the socket workers' one-second counts. The relay's and the indexer's lag are read
@@ -456,6 +463,8 @@ async def relay_ceiling(
     accounts = [u.email for u in stack.add_users(users, f"relay{secrets.token_hex(2)}-")]
     per_user = max(1, sockets // users)
     tokens = [t for email in accounts for t in [stack.token(email)] * per_user][:sockets]
+    # Socket i connects to fleet_urls[i mod its length]: the tokens come grouped by user.
+    fleet_urls = [urls[(i // per_user) % len(urls)] for i in range(len(tokens))] if by_user else urls
     relay_event = KINDS[kind]
     warmup = min(2.0, seconds / 4)
     redis = aioredis.Redis.from_url(stack.info.redis_url)
@@ -465,7 +474,7 @@ async def relay_ceiling(
         warmed = await warm_accounts(stack, accounts, processes=processes, nodes=nodes)
         fleet_started = time.monotonic()
         async with SocketFleet(
-            urls, tokens, processes=processes, mode="count", connect_concurrency=connect_concurrency
+            fleet_urls, tokens, processes=processes, mode="count", connect_concurrency=connect_concurrency
         ) as fleet:
             connect_wall_s = time.monotonic() - fleet_started
             settled_s = await settle_all([n.pid for n in nodes], below=0.05, timeout=60, plateau=True)
@@ -491,6 +500,8 @@ async def relay_ceiling(
             keys0 = int(await redis.dbsize())
             window_meter = StepWindow(stack, "relay", profile_dir=profile_dir)
             metrics0 = await scrape(http, *urls)
+            heard0 = [(await scrape(http, u)).get(HEARD, 0.0) for u in urls]
+            node_cpu0 = [cpu_seconds(n.pid) for n in nodes]
             t_start = time.time()
             rss_before = rss_bytes(bridge)
             with RssSampler(bridge) as rss:
@@ -508,6 +519,8 @@ async def relay_ceiling(
                 await window_meter.stop()
                 cpu = window_meter.cpu_cores
                 metrics1 = await scrape(http, *urls)
+                node_cpu1 = [cpu_seconds(n.pid) for n in nodes]
+                heard1 = [(await scrape(http, u)).get(HEARD, 0.0) for u in urls]
                 lag_end = await group_state(redis, names.dovecot)
                 # One more summary from every worker so the window's last second is counted.
                 await asyncio.sleep(1.2)
@@ -598,6 +611,13 @@ async def relay_ceiling(
                 "deliveries_per_s": total,
                 "events_per_s": round(deliveries.get(relay_event, 0.0) / per_user, 1),
                 "fanout": per_user,
+                "by_user": by_user,
+                # From the first scrape to the last, per node: the events it heard on its
+                # accounts' channels, its CPU seconds, and the events published meanwhile (each
+                # relayed event is published once, on its account's channel).
+                "nodes_heard": [int(b - a) for a, b in zip(heard0, heard1, strict=True)],
+                "nodes_cpu_s": [round(b - a, 3) for a, b in zip(node_cpu0, node_cpu1, strict=True)],
+                "published": int(sum(relayed1.values()) - sum(relayed0.values())),
             }
         result["dropped_sockets"] = fleet.dropped
         return result

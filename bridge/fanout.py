@@ -300,20 +300,21 @@ class FanoutReader:
         def emitted(event_id: str) -> None:
             self._through[account] = event_id
 
+        def resynced(newest: str) -> None:
+            # The log no longer reaches back to `since`: the room was told to resync (its clients
+            # fetch the state anew), and goes on from the newest id the log had when that was
+            # decided, or every later message would be taken for a gap again. Not from a newer
+            # read: an event logged in between would be skipped unsent.
+            self._through[account] = newest
+
         replayed = await self.replay(
-            account_room(account), account, since, upto, new_log_is_reset=False, emitted=emitted
+            account_room(account), account, since, upto, new_log_is_reset=False, emitted=emitted, resynced=resynced
         )
         if replayed:
             self.metrics.fanout_gaps.inc()
             log.warning(
                 "[%s] %d event(s) missed on its channel after %s: replayed from its log", account, replayed, since
             )
-        if self._through[account] == since and upto == "+":
-            # Nothing replayed: the log may have been trimmed past `since` (the room was told to
-            # resync); go on from its newest, or a message would be taken for a gap again.
-            newest: Any = await self.redis.xrevrange(redis_keys.resume_log(self.prefix, account), count=1)
-            if newest and _older(since, text(newest[0][0])):
-                self._through[account] = text(newest[0][0])
 
     # ------------------------------------------------------------------ replay
 
@@ -326,13 +327,16 @@ class FanoutReader:
         *,
         new_log_is_reset: bool = True,
         emitted: Callable[[str], None] = lambda _event_id: None,
+        resynced: Callable[[str], None] = lambda _newest: None,
     ) -> int:
         """Emit to `to` (a socket or a room) the account's logged events after `since`, up to
         `upto` (an id, or "(id" to stop before it): for a resuming socket, how far this node's
         room has had them (the reader emits the later ones to the room). Called under the account's
         lock. A log that starts after `since` with nothing trimmed is, for a client's `since`, one
         that Redis lost and began again (`resync` is sent too); for a room it is the account's
-        first events. `emitted` is told each id as it is sent. Returns how many were."""
+        first events. `emitted` is told each id as it is sent, and `resynced` the log's newest id
+        when `to` was told to resync because the log no longer reaches back to `since`. Returns how
+        many were sent."""
         key = redis_keys.resume_log(self.prefix, account)
         if not isinstance(since, str) or not _EVENT_ID.match(since):
             await self.sio.emit("resync", {"account": account, "reason": "unknown lastEventId"}, to=to)
@@ -354,6 +358,7 @@ class FanoutReader:
             # every entry ever added; XINFO STREAM).
             if int(info.get("entries-added", 0)) > int(info.get("length", 0)):
                 await self.sio.emit("resync", {"account": account, "reason": "gap older than the log"}, to=to)
+                resynced(text(info.get("last-generated-id", b"0-0")))
                 return 0
         elif info:
             first = info.get("first-entry")
@@ -361,6 +366,7 @@ class FanoutReader:
             if _older(since, oldest):
                 if int(info.get("entries-added", 0)) > int(info.get("length", 0)):
                     await self.sio.emit("resync", {"account": account, "reason": "gap older than the log"}, to=to)
+                    resynced(text(info.get("last-generated-id", b"0-0")))
                     return 0
                 # Nothing was ever trimmed from this log, yet it starts after `since`: it is a new log
                 # (Redis restarted without persistence and lost the old one). Every event in it came
