@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-from bench import web_report
+from bench import routed_report, web_report
 from bench.baseline import report_lines
 from bench.cpu import BRIDGE, GROUPS, MACHINE
 
@@ -124,7 +124,7 @@ def write(results: dict[str, Any]) -> Path:
     out += _capacity_section(results["capacity"])
     out += _relay_section(results["relay"], results["memory"])
     out += _scale_section(results["scale"], int(m["cpus"] or 1))
-    out += routed_section(results["routed"], int(m["cpus"] or 1))
+    out += routed_report.section(results["routed"], int(m["cpus"] or 1))
     out += _resume_section(results["resume"])
     out += web_report.section(results["web"])
     out += _profiles_section(results)
@@ -391,35 +391,6 @@ def _scale_section(rows: Sequence[Mapping[str, Any]], cpus: int) -> list[str]:
         )
     lines += ["", "Cores used in each steady-state window, by process group:", ""]
     lines += _cpu_table(rows, ("nodes",), lambda r: (str(r["nodes"]),))
-    return [*lines, ""]
-
-
-def routed_section(rows: Sequence[Mapping[str, Any]], cpus: int) -> list[str]:
-    """Section 5b: routed delivery, each node hearing only its own accounts' events."""
-    lines = [
-        "## 5b. Routed delivery: each node hears only its own accounts",
-        "",
-        f"The relay ceiling of section 4 with 1 to {len(rows)} `mail-bridge serve` processes and every "
-        "socket of user u on node u mod n, as a balancer that routes by account places them. A node "
-        "subscribes to the channels of the accounts it has sockets of (bridge/fanout.py), so it hears "
-        "(`mailbridge_fanout_messages_total`) only their events. Per node: the share of the events "
-        "published that it heard, and its CPU per event heard; the goals are at most 30% heard each "
-        "with 4 nodes, and a CPU per event heard within 20% of one node's. The "
-        f"{cpus} cores are shared by every process here, Redis, the store and the load.",
-        "",
-        "| nodes | events/s | published | heard per node (share) | CPU ms per event heard, per node | kept up |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        published = int(r.get("published", 0))
-        heard = [int(h) for h in r.get("nodes_heard", [])]
-        cpu = [float(c) for c in r.get("nodes_cpu_s", [])]
-        shares = ", ".join(f"{h:,} ({h / max(1, published):.0%})" for h in heard)
-        per_event = ", ".join(f"{1000 * c / h:.3f}" if h else "-" for c, h in zip(cpu, heard, strict=False))
-        lines.append(
-            f"| {r['nodes']} | {r['events_per_s']:.0f} | {published:,} | {shares} | {per_event} | "
-            f"{'yes' if r['kept_up'] else 'no'} |"
-        )
     return [*lines, ""]
 
 

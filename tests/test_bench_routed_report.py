@@ -1,9 +1,9 @@
-"""bench.report's routed-delivery section: each node's share of the events published, and its CPU
-per event heard, from the stage's rows."""
+"""bench.routed_report: each node's share of the events published, and its CPU per event heard,
+from the routed stage's rows."""
 
 from __future__ import annotations
 
-from bench.report import routed_section
+from bench.routed_report import section as routed_section
 
 
 def test_each_nodes_share_and_cpu_per_event_heard_are_shown() -> None:
