@@ -15,7 +15,7 @@ from email.utils import format_datetime
 import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, expect
-from playwright.async_api import TimeoutError as PlaywrightTimeoutError
+from playwright.async_api import Error as PlaywrightError
 
 from bridge.stack.launcher import StackInfo
 from tests.browser import signed_in
@@ -73,8 +73,10 @@ async def scroll_to_the_end(page: Page) -> None:
             return
         try:
             await more.scroll_into_view_if_needed(timeout=5_000)
-        except PlaywrightTimeoutError:
-            continue  # the last page came in meanwhile and took the button away
+        except PlaywrightError:
+            # A page came in meanwhile: the last one took the button away (a timeout), or the list
+            # drew it anew and the one found is no longer in the page ("not attached").
+            continue
         await page.wait_for_timeout(300)
     raise AssertionError("the list kept offering older messages")
 
