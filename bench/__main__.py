@@ -29,7 +29,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -418,31 +418,23 @@ async def cost_stage(stack: BenchStack, quick: bool) -> tuple[dict[str, Any], di
 async def scale_stage(stack: BenchStack, quick: bool) -> list[dict[str, Any]]:
     """The relay ceiling again with 1, 2 and 3 bridge processes (unprofiled, same load for each):
     the sockets are spread over the nodes, every event reaches each node over its user's channel."""
-    rows = []
-    try:
-        for count in NODE_COUNTS:
-            nodes = stack.scale_to(count)
-            row = await relay_ceiling(
-                stack,
-                sockets=100 if quick else 1000,
-                users=10 if quick else 100,
-                seconds=3 if quick else 10,
-                nodes=nodes,
-            )
-            rows.append(row)
-            print(f"scale {count}: {_brief(row)}", flush=True)
-    finally:
-        stack.scale_to(1)
-    return rows
+    return await _across_nodes(stack, quick, NODE_COUNTS, by_user=False)
 
 
 async def routed_stage(stack: BenchStack, quick: bool) -> list[dict[str, Any]]:
     """The relay ceiling with 1 to 4 bridge processes, every socket of user u on node u mod n (a
     balancer that routes by account): each node hears only its own users' events on their
     channels, and its CPU per event heard should stay as one node's."""
+    return await _across_nodes(stack, quick, ROUTED_NODE_COUNTS, by_user=True)
+
+
+async def _across_nodes(
+    stack: BenchStack, quick: bool, counts: Sequence[int], *, by_user: bool
+) -> list[dict[str, Any]]:
+    """The relay ceiling with each number of bridge processes in `counts` (then one again)."""
     rows = []
     try:
-        for count in ROUTED_NODE_COUNTS:
+        for count in counts:
             nodes = stack.scale_to(count)
             row = await relay_ceiling(
                 stack,
@@ -450,10 +442,11 @@ async def routed_stage(stack: BenchStack, quick: bool) -> list[dict[str, Any]]:
                 users=10 if quick else 100,
                 seconds=3 if quick else 10,
                 nodes=nodes,
-                by_user=True,
+                by_user=by_user,
             )
             rows.append(row)
-            print(f"routed {count}: {_brief(row)}; heard {row['nodes_heard']} of {row['published']}", flush=True)
+            heard = f"; heard {row['nodes_heard']} of {row['published']}" if by_user else ""
+            print(f"{'routed' if by_user else 'scale'} {count}: {_brief(row)}{heard}", flush=True)
     finally:
         stack.scale_to(1)
     return rows
